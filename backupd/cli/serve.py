@@ -1,0 +1,62 @@
+"""``backupd serve``: the rsync daemon (TCP, or stdio with --stdio)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import typer
+from loguru import logger
+
+from backupd.cli import app
+from backupd.ops.logging import setup_logging
+
+
+@app.command()
+def serve(
+    config: Path = typer.Option(None, "--config", help="rsyncd.conf or backupd.yaml; default: the embedded default"),
+    port: int = typer.Option(None, "--port", help="TCP port (overrides the config)"),
+    address: str = typer.Option(None, "--address", help="address to listen on (overrides the config)"),
+    stdio: bool = typer.Option(False, "--stdio", help="run one session on stdin/stdout"),
+    log_json: bool = typer.Option(False, "--log-json", help="log as JSON lines"),
+    data_dir: Path = typer.Option(Path("backupd-data"), "--data-dir", help="where the embedded default keeps its module"),
+) -> None:
+    """Serve rsync clients: every overwritten or deleted file is kept in history."""
+    from backupd.config.load import load_config
+
+    creds = None
+    if config is None:
+        from backupd.config.default import embedded_default
+
+        cfg, creds = embedded_default(data_dir)
+    else:
+        cfg = load_config(config)
+    setup_logging(json=log_json, log_file=cfg.log_file)
+    for warning in cfg.warnings:
+        logger.warning(warning)
+    if stdio:
+        from backupd.transport.stdio import serve_stdio
+
+        sys.exit(int(serve_stdio(cfg)))
+    _serve_tcp(cfg, port if port is not None else cfg.port, address or cfg.address, creds)
+
+
+def _serve_tcp(cfg, port: int, address: str | None, creds) -> None:
+    from backupd.transport.tcp import DaemonServer
+
+    server = DaemonServer(cfg, address=address, port=port)
+    try:
+        server.bind()
+    except OSError as exc:
+        typer.echo(f"backupd: cannot listen on {address or '*'}:{port}: {exc.strerror}", err=True)
+        raise typer.Exit(10) from None
+    if cfg.pid_file is not None:
+        cfg.pid_file.write_text(f"{os.getpid()}\n")
+    logger.info("backupd listening on {}:{} ({} modules)", address or "*", port, len(cfg.modules))
+    if creds is not None:
+        from backupd.config.default import push_command_hint
+
+        typer.echo(push_command_hint(cfg, creds, port=port, address=address))
+    sys.stdout.flush()
+    server.serve_forever()

@@ -1,0 +1,1 @@
+"""Configuration: rsyncd.conf, backupd.yaml, the embedded default, sersync.conf."""

@@ -1,0 +1,80 @@
+"""Frozen configuration model shared by every reader (rsyncd.conf, YAML, default).
+
+Names follow rsyncd.conf parameters with underscores (``read only`` ->
+``read_only``). Durations carry their unit in the name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class AuthUser:
+    """One entry of ``auth users``: a user name or ``@group``, with its access.
+
+    ``access`` is ``"rw"``, ``"ro"`` or ``"deny"``; ``None`` means the module's
+    own ``read only`` setting decides.
+    """
+
+    name: str
+    is_group: bool = False
+    access: str | None = None
+
+
+@dataclass(frozen=True)
+class ModuleConfig:
+    """One ``[module]`` section. Defaults are rsyncd's, plus backupd's history."""
+
+    name: str
+    path: Path
+    comment: str = ""
+    read_only: bool = True
+    write_only: bool = False
+    list: bool = True
+    auth_users: tuple[AuthUser, ...] = ()
+    secrets_file: Path | None = None
+    strict_modes: bool = True
+    hosts_allow: tuple[str, ...] = ()
+    hosts_deny: tuple[str, ...] = ()
+    max_connections: int = 0
+    lock_file: Path | None = None
+    timeout_s: int = 0
+    refuse_options: tuple[str, ...] = ()
+    filter: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    include: tuple[str, ...] = ()
+    incoming_chmod: str | None = None
+    outgoing_chmod: str | None = None
+    dont_compress: tuple[str, ...] = ()
+    transfer_logging: bool = False
+    log_format: str = "%o %h [%a] %m (%u) %f %l"
+    numeric_ids: bool = True
+    munge_symlinks: bool = False
+    ignore_errors: bool = False
+    uid: str | None = None
+    gid: str | None = None
+    fake_super: bool = False
+    history: bool = True
+    history_dir: str = "history-backup"
+    history_keep_days: int = 7
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    """The whole daemon: global settings and the modules in file order."""
+
+    modules: dict[str, ModuleConfig] = field(default_factory=dict)
+    port: int = 873
+    address: str | None = None
+    motd_file: Path | None = None
+    log_file: Path | None = None
+    pid_file: Path | None = None
+    reverse_lookup: bool = True
+    max_connections: int = 0
+    ssh_port: int | None = None
+    ssh_host_key: Path | None = None
+    ssh_authorized_keys: Path | None = None
+    source: Path | None = None
+    warnings: tuple[str, ...] = ()

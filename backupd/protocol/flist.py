@@ -1,0 +1,444 @@
+"""File list: FileEntry, the entry codec (XMIT_* flags), sort order, id lists.
+
+Source: rsync flist.c send_file_entry()/recv_file_entry(), flist.c f_name_cmp(),
+uidlist.c send_id_lists()/recv_id_list(), protocols 30-32 with
+CF_VARINT_FLIST_FLAGS; rsync-protocol-a.md §8.
+"""
+
+from __future__ import annotations
+
+import stat
+from dataclasses import dataclass, field
+
+from backupd.errors import ProtocolError
+from backupd.protocol.constants import MAX_PATH_LEN, XmitFlags
+from backupd.protocol.wire import (
+    Read,
+    decode_int32,
+    decode_varint,
+    decode_varlong,
+    encode_int32,
+    encode_varint,
+    encode_varlong,
+)
+
+MAX_FLIST_ENTRIES = 50_000_000
+_VALID_TYPES = (stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK, stat.S_IFCHR, stat.S_IFBLK, stat.S_IFIFO, stat.S_IFSOCK)
+
+
+@dataclass
+class FileEntry:
+    """One file-list entry. ``name`` is the wire path (``.`` for the transfer root).
+
+    ``mtime`` in seconds since the epoch, ``mtime_nsec`` 0..999999999, ``size``
+    in bytes; ``uid``/``gid`` None when not preserved. ``xflags`` keeps the
+    TOP_DIR / NO_CONTENT_DIR bits as sent. ``hlink_group`` is the wire index of
+    the first member of a hard-link group (-H), or None.
+    """
+
+    name: bytes
+    mode: int
+    size: int = 0
+    mtime: int = 0
+    mtime_nsec: int = 0
+    uid: int | None = None
+    gid: int | None = None
+    user_name: bytes | None = None
+    group_name: bytes | None = None
+    rdev_major: int = 0
+    rdev_minor: int = 0
+    link_target: bytes | None = None
+    checksum: bytes | None = None
+    xflags: int = 0
+    hlink_group: int | None = None
+    hlink_first: bool = False
+
+    @property
+    def is_dir(self) -> bool:
+        """A directory entry."""
+        return stat.S_ISDIR(self.mode)
+
+    @property
+    def is_reg(self) -> bool:
+        """A regular file entry."""
+        return stat.S_ISREG(self.mode)
+
+    @property
+    def is_link(self) -> bool:
+        """A symlink entry."""
+        return stat.S_ISLNK(self.mode)
+
+    @property
+    def is_device(self) -> bool:
+        """A block or character device."""
+        return stat.S_ISCHR(self.mode) or stat.S_ISBLK(self.mode)
+
+    @property
+    def is_special(self) -> bool:
+        """A fifo or socket."""
+        return stat.S_ISFIFO(self.mode) or stat.S_ISSOCK(self.mode)
+
+    @property
+    def is_content_dir(self) -> bool:
+        """A directory whose contents are part of the transfer (swept by --delete)."""
+        return self.is_dir and not self.xflags & XmitFlags.NO_CONTENT_DIR
+
+    @property
+    def mtime_ns(self) -> int:
+        """mtime in nanoseconds."""
+        return self.mtime * 1_000_000_000 + self.mtime_nsec
+
+
+@dataclass(frozen=True)
+class FlistOptions:
+    """What decides the fields of an entry on the wire (both directions agree)."""
+
+    protocol: int = 31
+    preserve_uid: bool = False
+    preserve_gid: bool = False
+    preserve_links: bool = False
+    preserve_devices: bool = False
+    preserve_specials: bool = False
+    preserve_hard_links: bool = False
+    csum_len: int = 0
+    inc_recurse: bool = False
+    numeric_ids: bool = False
+    id0_names: bool = False
+
+
+@dataclass
+class _Prev:
+    name: bytes = b""
+    mode: int = 0
+    mtime: int = 0
+    uid: int = 0
+    gid: int = 0
+    rdev_major: int = 0
+    user_names: dict[int, bytes] = field(default_factory=dict)
+    group_names: dict[int, bytes] = field(default_factory=dict)
+
+
+class FlistDecoder:
+    """Reads file-list entries; keeps the "same as previous" state across lists."""
+
+    def __init__(self, opts: FlistOptions) -> None:
+        self.opts = opts
+        self._prev = _Prev()
+        self.entries_read = 0
+        self.wire_entries: list[FileEntry] = []
+        self.ndx_start = 1 if opts.inc_recurse else 0
+        self._list_count = 0
+        self._by_wire_ndx: dict[int, FileEntry] = {}
+
+    def next_list(self) -> None:
+        """Start an incremental sub-list: its indices follow the previous list plus one."""
+        self.ndx_start += self._list_count + 1
+        self._list_count = 0
+
+    def read_entry(self, read: Read) -> FileEntry | None:
+        """Read one entry, or the end marker (returns None; see ``io_error``).
+
+        Raises:
+            ProtocolError: a bad name (``..``, absolute, too long), a bad mode,
+                an out-of-range value, or a hard-link reference to nothing.
+        """
+        xflags = decode_varint(read)
+        if xflags == 0:
+            self.io_error = decode_varint(read)
+            return None
+        if self.entries_read >= MAX_FLIST_ENTRIES:
+            raise ProtocolError(f"file list over {MAX_FLIST_ENTRIES} entries")
+        entry = self._read_fields(read, xflags & 0xFFFFFFFF)
+        self._by_wire_ndx[self.ndx_start + self._list_count] = entry
+        self._list_count += 1
+        self.entries_read += 1
+        self.wire_entries.append(entry)
+        return entry
+
+    io_error: int = 0
+
+    def _read_name(self, read: Read, xflags: int) -> bytes:
+        prev = self._prev
+        l1 = read(1)[0] if xflags & XmitFlags.SAME_NAME else 0
+        l2 = decode_varint(read) if xflags & XmitFlags.LONG_NAME else read(1)[0]
+        if l1 > len(prev.name) or l2 < 0 or l1 + l2 >= MAX_PATH_LEN:
+            raise ProtocolError(f"file-list name of {l1}+{l2} bytes (previous name {len(prev.name)} bytes)")
+        name = prev.name[:l1] + read(l2)
+        prev.name = name
+        return name
+
+    def _read_fields(self, read: Read, xflags: int) -> FileEntry:
+        o, prev = self.opts, self._prev
+        name = self._read_name(read, xflags)
+        entry = FileEntry(name=name, mode=0, xflags=xflags & (XmitFlags.TOP_DIR | XmitFlags.NO_CONTENT_DIR))
+        if o.preserve_hard_links and xflags & XmitFlags.HLINKED:
+            if self._read_hlink(read, xflags, entry):
+                return entry
+        entry.size = decode_varlong(read, 3)
+        if entry.size < 0:
+            raise ProtocolError(f"{name!r}: negative file length {entry.size}")
+        if not xflags & XmitFlags.SAME_TIME:
+            prev.mtime = decode_varlong(read, 4)
+        entry.mtime = prev.mtime
+        if xflags & XmitFlags.MOD_NSEC:
+            entry.mtime_nsec = decode_varint(read)
+            if not 0 <= entry.mtime_nsec <= 999_999_999:
+                raise ProtocolError(f"{name!r}: mtime nanoseconds {entry.mtime_nsec} out of range")
+        if not xflags & XmitFlags.SAME_MODE:
+            prev.mode = decode_int32(read) & 0xFFFFFFFF
+        entry.mode = prev.mode
+        if stat.S_IFMT(entry.mode) not in _VALID_TYPES:
+            raise ProtocolError(f"{name!r}: invalid file mode {entry.mode:#o}")
+        self._read_ids(read, xflags, entry)
+        self._read_rdev_link_sum(read, xflags, entry)
+        return entry
+
+    def _read_hlink(self, read: Read, xflags: int, entry: FileEntry) -> bool:
+        """Hard-link fields; True when the entry is abbreviated (copied from its first)."""
+        if xflags & XmitFlags.HLINK_FIRST:
+            entry.hlink_group, entry.hlink_first = self.ndx_start + self._list_count, True
+            return False
+        first = decode_varint(read)
+        src = self._by_wire_ndx.get(first)
+        if src is None or src.hlink_group is None:
+            raise ProtocolError(f"hard-link reference {first} names no hard-linked entry read so far")
+        entry.hlink_group = src.hlink_group
+        if first < self.ndx_start:
+            return False
+        for attr in ("size", "mtime", "mtime_nsec", "mode", "uid", "gid", "rdev_major", "rdev_minor",
+                     "link_target", "checksum", "user_name", "group_name"):
+            setattr(entry, attr, getattr(src, attr))
+        self._prev.mode, self._prev.mtime = src.mode, src.mtime
+        return True
+
+    def _read_ids(self, read: Read, xflags: int, entry: FileEntry) -> None:
+        o, prev = self.opts, self._prev
+        if o.preserve_uid:
+            if not xflags & XmitFlags.SAME_UID:
+                prev.uid = decode_varint(read)
+                if xflags & XmitFlags.USER_NAME_FOLLOWS:
+                    prev.user_names[prev.uid] = read(read(1)[0])
+            entry.uid = prev.uid
+            entry.user_name = prev.user_names.get(prev.uid)
+        if o.preserve_gid:
+            if not xflags & XmitFlags.SAME_GID:
+                prev.gid = decode_varint(read)
+                if xflags & XmitFlags.GROUP_NAME_FOLLOWS:
+                    prev.group_names[prev.gid] = read(read(1)[0])
+            entry.gid = prev.gid
+            entry.group_name = prev.group_names.get(prev.gid)
+
+    def _read_rdev_link_sum(self, read: Read, xflags: int, entry: FileEntry) -> None:
+        o, prev = self.opts, self._prev
+        if (o.preserve_devices and entry.is_device) or (o.preserve_specials and entry.is_special and o.protocol < 31):
+            if not xflags & XmitFlags.SAME_RDEV_MAJOR:
+                prev.rdev_major = decode_varint(read)
+            entry.rdev_major, entry.rdev_minor = prev.rdev_major, decode_varint(read)
+        if o.preserve_links and entry.is_link:
+            n = decode_varint(read)
+            if not 0 < n < MAX_PATH_LEN:
+                raise ProtocolError(f"{entry.name!r}: symlink target of {n} bytes")
+            entry.link_target = read(n)
+        if o.csum_len and entry.is_reg:
+            entry.checksum = read(o.csum_len)
+
+    def read_id_lists(self, read: Read) -> tuple[dict[int, bytes], dict[int, bytes]]:
+        """The uid and gid name lists after a non-incremental list (uidlist.c recv_id_list).
+
+        Returns (uid -> name, gid -> name); also applied to the entries' names.
+        """
+        o = self.opts
+        users = self._read_id_list(read) if o.preserve_uid and not o.numeric_ids else {}
+        groups = self._read_id_list(read) if o.preserve_gid and not o.numeric_ids else {}
+        return users, groups
+
+    def _read_id_list(self, read: Read) -> dict[int, bytes]:
+        names: dict[int, bytes] = {}
+        for _ in range(1_000_000):
+            ident = decode_varint(read)
+            if ident == 0:
+                break
+            names[ident] = read(read(1)[0])
+        else:
+            raise ProtocolError("id list over 1000000 entries")
+        if self.opts.id0_names:
+            names[0] = read(read(1)[0])
+        return names
+
+
+class FlistEncoder:
+    """Writes file-list entries (flist.c send_file_entry); the sender's side."""
+
+    def __init__(self, opts: FlistOptions) -> None:
+        self.opts = opts
+        self._prev = _Prev()
+        self._sent_users: set[int] = set()
+        self._sent_groups: set[int] = set()
+        self.entries_written = 0
+
+    def encode_entry(self, entry: FileEntry) -> bytes:
+        """Wire bytes of one entry; advances the "same as previous" state."""
+        o, prev = self.opts, self._prev
+        xflags = self._flags(entry)
+        name = entry.name
+        l1 = 0
+        limit = min(len(name), len(prev.name), 255)
+        while l1 < limit and name[l1] == prev.name[l1]:
+            l1 += 1
+        suffix = name[l1:]
+        if l1:
+            xflags |= XmitFlags.SAME_NAME
+        if len(suffix) > 255:
+            xflags |= XmitFlags.LONG_NAME
+        user = self._name_follows(entry.uid, entry.user_name, self._sent_users, o.preserve_uid, xflags & XmitFlags.SAME_UID)
+        group = self._name_follows(entry.gid, entry.group_name, self._sent_groups, o.preserve_gid, xflags & XmitFlags.SAME_GID)
+        xflags |= (XmitFlags.USER_NAME_FOLLOWS if user else 0) | (XmitFlags.GROUP_NAME_FOLLOWS if group else 0)
+        out = [encode_varint(xflags or XmitFlags.EXTENDED_FLAGS)]
+        if l1:
+            out.append(bytes([l1]))
+        out.append(encode_varint(len(suffix)) if len(suffix) > 255 else bytes([len(suffix)]))
+        out.append(suffix)
+        out.append(encode_varlong(entry.size, 3))
+        if not xflags & XmitFlags.SAME_TIME:
+            out.append(encode_varlong(entry.mtime, 4))
+        if xflags & XmitFlags.MOD_NSEC:
+            out.append(encode_varint(entry.mtime_nsec))
+        if not xflags & XmitFlags.SAME_MODE:
+            out.append(encode_int32(_signed32(entry.mode)))
+        if o.preserve_uid and not xflags & XmitFlags.SAME_UID:
+            out.append(encode_varint(entry.uid or 0))
+            if user:
+                out.append(bytes([len(user)]) + user)
+        if o.preserve_gid and not xflags & XmitFlags.SAME_GID:
+            out.append(encode_varint(entry.gid or 0))
+            if group:
+                out.append(bytes([len(group)]) + group)
+        out.append(self._rdev_link_sum(entry, xflags))
+        self._remember(entry)
+        return b"".join(out)
+
+    def _flags(self, entry: FileEntry) -> int:
+        o, prev = self.opts, self._prev
+        xflags = 0
+        if entry.is_dir:
+            xflags |= entry.xflags & (XmitFlags.TOP_DIR | XmitFlags.NO_CONTENT_DIR)
+        if entry.mode == prev.mode:
+            xflags |= XmitFlags.SAME_MODE
+        if o.preserve_devices and entry.is_device and entry.rdev_major == prev.rdev_major:
+            xflags |= XmitFlags.SAME_RDEV_MAJOR
+        if not o.preserve_uid or (entry.uid == prev.uid and prev.name):
+            xflags |= XmitFlags.SAME_UID
+        if not o.preserve_gid or (entry.gid == prev.gid and prev.name):
+            xflags |= XmitFlags.SAME_GID
+        if entry.mtime == prev.mtime:
+            xflags |= XmitFlags.SAME_TIME
+        if entry.mtime_nsec and o.protocol >= 31:
+            xflags |= XmitFlags.MOD_NSEC
+        return xflags
+
+    def _name_follows(self, ident, name, sent: set[int], preserve: bool, same: int) -> bytes | None:
+        o = self.opts
+        if not preserve or same or ident is None or o.numeric_ids or not o.inc_recurse or ident in sent:
+            return None
+        sent.add(ident)
+        return name[:255] if name else None
+
+    def _rdev_link_sum(self, entry: FileEntry, xflags: int) -> bytes:
+        o = self.opts
+        out = []
+        if (o.preserve_devices and entry.is_device) or (o.preserve_specials and entry.is_special and o.protocol < 31):
+            if not xflags & XmitFlags.SAME_RDEV_MAJOR:
+                out.append(encode_varint(entry.rdev_major))
+            out.append(encode_varint(entry.rdev_minor))
+        if o.preserve_links and entry.is_link:
+            target = entry.link_target or b""
+            out.append(encode_varint(len(target)) + target)
+        if o.csum_len and entry.is_reg:
+            out.append((entry.checksum or b"\0" * o.csum_len)[: o.csum_len].ljust(o.csum_len, b"\0"))
+        return b"".join(out)
+
+    def _remember(self, entry: FileEntry) -> None:
+        prev = self._prev
+        prev.name, prev.mode, prev.mtime = entry.name, entry.mode, entry.mtime
+        if entry.uid is not None:
+            prev.uid = entry.uid
+        if entry.gid is not None:
+            prev.gid = entry.gid
+        if entry.is_device:
+            prev.rdev_major = entry.rdev_major
+        self.entries_written += 1
+
+    @staticmethod
+    def encode_end(io_error: int = 0) -> bytes:
+        """End-of-list marker: varint 0 then varint io_error."""
+        return b"\x00" + encode_varint(io_error)
+
+    def encode_id_lists(self, users: dict[int, bytes], groups: dict[int, bytes]) -> bytes:
+        """uid then gid name lists for a non-incremental list (uidlist.c send_id_lists)."""
+        o = self.opts
+        out = []
+        for preserve, names in ((o.preserve_uid, users), (o.preserve_gid, groups)):
+            if not preserve or o.numeric_ids:
+                continue
+            for ident, name in names.items():
+                if ident != 0 and name:
+                    out.append(encode_varint(ident) + bytes([len(name[:255])]) + name[:255])
+            out.append(b"\x00")
+            if o.id0_names:
+                zero = names.get(0, b"")[:255]
+                out.append(bytes([len(zero)]) + zero)
+        return b"".join(out)
+
+
+def _signed32(value: int) -> int:
+    value &= 0xFFFFFFFF
+    return value - (1 << 32) if value & 0x80000000 else value
+
+
+def sort_key(name: bytes, is_dir: bool) -> tuple:
+    """rsync's file-list order (flist.c f_name_cmp, protocol >= 29).
+
+    Files before directories at each level, directories compared with a
+    trailing ``/``, ``.`` first, bytes unsigned.
+    """
+    parts = name.split(b"/")
+    key = []
+    last = len(parts) - 1
+    for i, part in enumerate(parts):
+        if i < last:
+            key.append((1, part + b"/"))
+        elif is_dir:
+            if part != b".":
+                key.append((1, part + b"/"))
+        else:
+            key.append((0, part))
+    return tuple(key)
+
+
+def sort_flist(entries: list[FileEntry]) -> list[FileEntry]:
+    """Sorted copy with later duplicates removed (a directory wins over a file)."""
+    ordered = sorted(entries, key=lambda e: sort_key(e.name, e.is_dir))
+    out: list[FileEntry] = []
+    for entry in ordered:
+        if out and _same_name(out[-1].name, entry.name):
+            if entry.is_dir and not out[-1].is_dir:
+                out[-1] = entry
+            continue
+        out.append(entry)
+    return out
+
+
+def _same_name(a: bytes, b: bytes) -> bool:
+    return a == b or (a in (b".", b"") and b in (b".", b""))
+
+
+def check_wire_name(name: bytes) -> None:
+    """Refuse a name that could leave the destination (receiver.c "unsafe pathname").
+
+    Raises:
+        ProtocolError: absolute, contains ``..`` or NUL, or is empty.
+    """
+    if not name or name.startswith(b"/") or b"\0" in name:
+        raise ProtocolError(f"unsafe pathname from sender: {name!r}")
+    if b".." in name.split(b"/"):
+        raise ProtocolError(f"unsafe pathname from sender: {name!r}")

@@ -1,0 +1,126 @@
+"""Compat flags, checksum and compression negotiation, checksum seed.
+
+Source: rsync compat.c setup_protocol(), negotiate_the_strings(); 
+rsync-protocol-a.md §5. The rule for both lists: take the first name in the
+CLIENT's list that we implement (3.2.7's rule; it agrees with every client).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from backupd.errors import Unsupported
+from backupd.protocol.constants import CompatFlags
+from backupd.protocol.server_args import TransferOptions
+
+OUR_COMPRESSIONS = ("zstd", "lz4", "zlibx", "zlib", "none")
+MAX_NAME_LIST = 255
+
+_CAP_FLAGS = (
+    ("f", CompatFlags.SAFE_FLIST),
+    ("x", CompatFlags.AVOID_XATTR_OPTIM),
+    ("C", CompatFlags.CHKSUM_SEED_FIX),
+    ("I", CompatFlags.INPLACE_PARTIAL_DIR),
+    ("v", CompatFlags.VARINT_FLIST_FLAGS),
+    ("u", CompatFlags.ID0_NAMES),
+)
+
+
+@dataclass(frozen=True)
+class SetupPlan:
+    """What the server sends after the arguments: flags and which lists."""
+
+    compat_flags: CompatFlags
+    send_checksum_list: bool
+    send_compress_list: bool
+
+
+@dataclass(frozen=True)
+class Negotiated:
+    """The session's agreed algorithms. ``compression`` None means no compression."""
+
+    compat_flags: CompatFlags
+    checksum: str
+    file_checksum: str
+    compression: str | None
+    compress_level: int | None
+    seed: int
+
+
+def plan_setup(opts: TransferOptions, *, allow_inc_recurse: bool = False) -> SetupPlan:
+    """Compat flags and list choice for ``opts`` (compat.c setup_protocol).
+
+    Raises:
+        Unsupported: a client without the ``v`` capability (legacy flist
+            encodings are not implemented).
+    """
+    caps = opts.capabilities
+    if "v" not in caps:
+        raise Unsupported("backupd needs a client that sends varint file lists (rsync 3.1.0 or later)")
+    flags = CompatFlags.SYMLINK_TIMES
+    for letter, flag in _CAP_FLAGS:
+        if letter in caps:
+            flags |= flag
+    if allow_inc_recurse and "i" in caps and opts.recursive and not opts.use_qsort:
+        flags |= CompatFlags.INC_RECURSE
+    return SetupPlan(
+        compat_flags=flags,
+        send_checksum_list=opts.checksum_choice is None,
+        send_compress_list=opts.compression_on and opts.compress_choice is None,
+    )
+
+
+def choose_name(client_list: bytes, ours: Sequence[str], what: str) -> str:
+    """First name of the client's space-separated list that is in ``ours``.
+
+    ``xxhash`` is an alias of ``xxh64``; names compare case-insensitively.
+
+    Raises:
+        Unsupported: nothing in common ("Failed to negotiate a ... choice", exit 4).
+    """
+    for raw in client_list.decode("ascii", "replace").split():
+        name = raw.lower()
+        name = "xxh64" if name == "xxhash" else name
+        if name in ours:
+            return name
+    raise Unsupported(f"Failed to negotiate a {what} choice: client offered {client_list.decode('ascii', 'replace')!r}")
+
+
+def finish_setup(
+    plan: SetupPlan,
+    opts: TransferOptions,
+    *,
+    client_checksums: bytes | None,
+    client_compressions: bytes | None,
+    our_checksums: Sequence[str],
+    seed: int,
+) -> Negotiated:
+    """Combine the client's lists (or forced choices) into the session's algorithms.
+
+    Raises:
+        Unsupported: a forced or offered name we do not implement (exit 4).
+    """
+    if plan.send_checksum_list:
+        checksum = choose_name(client_checksums or b"", our_checksums, "checksum")
+    else:
+        checksum = _forced(opts.checksum_choice or "md5", our_checksums, "checksum")
+    file_checksum = checksum
+    if opts.checksum_choice_file:
+        file_checksum = _forced(opts.checksum_choice_file, our_checksums, "checksum")
+    if plan.send_compress_list:
+        compression: str | None = choose_name(client_compressions or b"", OUR_COMPRESSIONS, "compress")
+    elif opts.compression_on:
+        compression = _forced(opts.compress_choice or "zlib", OUR_COMPRESSIONS, "compress")
+    else:
+        compression = None
+    if compression == "none" or opts.compress_level == 0:
+        compression = None
+    return Negotiated(plan.compat_flags, checksum, file_checksum, compression, opts.compress_level, seed)
+
+
+def _forced(name: str, ours: Sequence[str], what: str) -> str:
+    name = "xxh64" if name == "xxhash" else name
+    if name not in ours:
+        raise Unsupported(f"unknown {what} name: {name} (backupd supports {' '.join(ours)})")
+    return name

@@ -1,0 +1,1 @@
+"""Synchronous role logic: protocol objects + a stream + storage."""

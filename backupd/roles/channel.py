@@ -1,0 +1,235 @@
+"""Session I/O: raw handshake reads, the multiplexed input, and a writer thread.
+
+Input (``Inbox``) is read by one thread only. Output (``Outbox``) is owned by
+a writer thread so that neither the generator nor the receiver ever blocks on
+the socket while the other needs it (rsync-protocol-b.md §1.3: read while
+you write). Source of the framing: rsync io.c, rsync-protocol-a.md §6.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+
+from backupd.errors import ExitCode, ProtocolError, RsyncError, StreamClosed
+from backupd.protocol.constants import MPLEX_BASE, MsgCode
+from backupd.protocol.mux import decode_header, encode_frame
+from backupd.transport.stream import Stream
+
+READ_SIZE = 256 * 1024
+FRAME_DATA_MAX = 256 * 1024
+HIGH_WATER = 8 * 1024 * 1024
+
+
+class Inbox:
+    """Reads the peer's bytes: lines and raw bytes first, then the MSG_DATA stream.
+
+    ``on_message(code, payload)`` receives every non-DATA frame.
+    """
+
+    def __init__(self, stream: Stream, timeout_s: float | None = None) -> None:
+        self.stream = stream
+        self._raw = bytearray()
+        self._data = bytearray()
+        self._dpos = 0
+        self.muxed = False
+        self.bytes_read = 0
+        self.timeout_s = timeout_s
+        self.on_message: Callable[[MsgCode, bytes], None] = lambda code, payload: None
+        stream.settimeout(timeout_s)
+
+    def _fill(self) -> None:
+        try:
+            chunk = self.stream.recv(READ_SIZE)
+        except (socket.timeout, TimeoutError):
+            raise RsyncError(f"io timeout after {self.timeout_s:g} seconds -- exiting", ExitCode.TIMEOUT) from None
+        except OSError as exc:
+            raise StreamClosed(f"connection read error: {exc.strerror or exc}") from None
+        if not chunk:
+            raise StreamClosed(f"connection unexpectedly closed ({self.bytes_read} bytes received so far)")
+        self.bytes_read += len(chunk)
+        self._raw += chunk
+
+    def read_line(self, max_len: int = 4096) -> bytes:
+        """One ``\\n``-terminated line without the newline (pre-multiplex phase).
+
+        Raises:
+            ProtocolError: no newline within ``max_len`` bytes.
+        """
+        while True:
+            end = self._raw.find(b"\n", 0, max_len + 1)
+            if end >= 0:
+                line = bytes(self._raw[:end])
+                del self._raw[: end + 1]
+                return line
+            if len(self._raw) > max_len:
+                raise ProtocolError(f"line longer than {max_len} bytes")
+            self._fill()
+
+    def read_raw(self, n: int) -> bytes:
+        """Exactly ``n`` unframed bytes."""
+        while len(self._raw) < n:
+            self._fill()
+        out = bytes(self._raw[:n])
+        del self._raw[:n]
+        return out
+
+    def read_until_nul(self, max_len: int = 4096) -> bytes:
+        """One NUL-terminated argument (without the NUL), pre-multiplex."""
+        while True:
+            end = self._raw.find(b"\0", 0, max_len + 1)
+            if end >= 0:
+                arg = bytes(self._raw[:end])
+                del self._raw[: end + 1]
+                return arg
+            if len(self._raw) > max_len:
+                raise ProtocolError(f"argument longer than {max_len} bytes")
+            self._fill()
+
+    def start_mux(self) -> None:
+        """From now on the peer's bytes are multiplexed frames."""
+        self.muxed = True
+
+    def _next_frame(self) -> None:
+        while len(self._raw) < 4:
+            self._fill()
+        code, length = decode_header(bytes(self._raw[:4]))
+        while len(self._raw) < 4 + length:
+            self._fill()
+        payload = self._raw[4 : 4 + length]
+        if code == MsgCode.DATA:
+            if self._dpos > 1 << 20 and self._dpos * 2 > len(self._data):
+                del self._data[: self._dpos]
+                self._dpos = 0
+            self._data += payload
+            del self._raw[: 4 + length]
+        else:
+            data = bytes(payload)
+            del self._raw[: 4 + length]
+            self.on_message(code, data)
+
+    def read(self, n: int) -> bytes:
+        """Exactly ``n`` bytes of the MSG_DATA stream, dispatching other frames."""
+        if not self.muxed:
+            return self.read_raw(n)
+        while len(self._data) - self._dpos < n:
+            self._next_frame()
+        out = bytes(self._data[self._dpos : self._dpos + n])
+        self._dpos += n
+        return out
+
+    def drain(self, limit_s: float = 5.0) -> None:
+        """Read and drop input until EOF or ``limit_s`` seconds (polite close)."""
+        deadline = time.monotonic() + limit_s
+        try:
+            self.stream.settimeout(0.5)
+            while time.monotonic() < deadline:
+                if not self.stream.recv(READ_SIZE):
+                    return
+        except OSError:
+            return
+
+
+class Outbox:
+    """Buffered multiplexed output written by one writer thread.
+
+    ``write`` appends protocol bytes (MSG_DATA), ``send_msg`` queues a message
+    after the data written before it, ``flush`` hands the buffer to the
+    writer. A keep-alive (empty MSG_DATA) goes out after ``keepalive_s`` of
+    silence when set. Callers block only above HIGH_WATER queued bytes.
+    """
+
+    def __init__(self, stream: Stream, keepalive_s: float | None = None) -> None:
+        self.stream = stream
+        self.keepalive_s = keepalive_s
+        self._buf = bytearray()
+        self._queue: deque[bytes] = deque()
+        self._queued = 0
+        self._cond = threading.Condition()
+        self._closing = False
+        self.error: BaseException | None = None
+        self.bytes_written = 0
+        self._thread = threading.Thread(target=self._run, name="outbox", daemon=True)
+        self._thread.start()
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Append bytes to the MSG_DATA stream."""
+        with self._cond:
+            self._check()
+            self._buf += data
+            if len(self._buf) >= FRAME_DATA_MAX:
+                self._move_buffer()
+                while self._queued > HIGH_WATER and self.error is None:
+                    self._cond.wait(1.0)
+
+    def send_msg(self, code: MsgCode, payload: bytes = b"") -> None:
+        """Queue a message frame after everything written so far. Never blocks long."""
+        with self._cond:
+            if self.error is not None:
+                return
+            self._move_buffer()
+            frame = encode_frame(code, payload)
+            self._queue.append(frame)
+            self._queued += len(frame)
+            self._cond.notify_all()
+
+    def flush(self) -> None:
+        """Hand buffered data to the writer thread."""
+        with self._cond:
+            self._check()
+            self._move_buffer()
+
+    def close(self, timeout_s: float = 30.0) -> None:
+        """Flush, wait for the writer to send everything, stop it."""
+        with self._cond:
+            self._move_buffer()
+            self._closing = True
+            self._cond.notify_all()
+        self._thread.join(timeout_s)
+
+    def _check(self) -> None:
+        if self.error is not None:
+            raise StreamClosed(f"connection write error: {self.error}")
+
+    def _move_buffer(self) -> None:
+        if self._buf:
+            data = bytes(self._buf)
+            self._buf.clear()
+            for start in range(0, len(data), FRAME_DATA_MAX):
+                frame = encode_frame(MsgCode.DATA, data[start : start + FRAME_DATA_MAX])
+                self._queue.append(frame)
+                self._queued += len(frame)
+            self._cond.notify_all()
+
+    def _take(self) -> list[bytes] | None:
+        with self._cond:
+            while not self._queue and not self._closing:
+                if not self._cond.wait(self.keepalive_s) and self.keepalive_s:
+                    self._queue.append(((MPLEX_BASE + MsgCode.DATA) << 24).to_bytes(4, "little"))
+                    self._queued += 4
+            if not self._queue:
+                return None
+            items = list(self._queue)
+            self._queue.clear()
+            return items
+
+    def _run(self) -> None:
+        while True:
+            items = self._take()
+            if items is None:
+                return
+            data = b"".join(items)
+            try:
+                self.stream.sendall(data)
+            except OSError as exc:
+                with self._cond:
+                    self.error = exc
+                    self._cond.notify_all()
+                return
+            with self._cond:
+                self._queued -= len(data)
+                self.bytes_written += len(data)
+                self._cond.notify_all()

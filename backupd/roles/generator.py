@@ -1,0 +1,461 @@
+"""The generator of a push: walks the sorted file list against the module tree.
+
+Per entry it creates directories and symlinks, decides whether a regular
+file needs a transfer (quick check), and for each transfer writes ndx,
+iflags, the sum head and the block sums of the basis file. It also deletes
+(moves to history) what the client no longer has, and fixes directory times
+at the end. Source: rsync generator.c generate_files()/recv_generator(),
+delete_in_dir(); rsync-protocol-b.md §1.4, §3, §4, §8.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import queue
+import stat
+import threading
+
+from backupd.errors import ExitCode, RsyncError, StorageError
+from backupd.protocol.constants import (
+    NDX_DEL_STATS,
+    NDX_DONE,
+    SIGNIFICANT_ITEM_FLAGS,
+    IoError,
+    ItemFlags,
+    MsgCode,
+)
+from backupd.protocol.flist import FileEntry
+from backupd.protocol.sums import SumHead, generate_sums, sum_sizes
+from backupd.protocol.wire import NdxEncoder, encode_shortint, encode_varint
+from backupd.roles.push import PushState, join_path
+
+_NULL_HEAD = SumHead(0, 0, 0, 0)
+
+
+class _Aborted(Exception):
+    """The receiver side failed; the generator stops quietly."""
+
+
+class Generator:
+    """Runs in its own thread; see the module docstring."""
+
+    def __init__(self, state: PushState, session) -> None:
+        self.state = state
+        self.opts = state.opts
+        self.out = session.outbox
+        self.log = session.log
+        self.ndx = NdxEncoder()
+        self.error: RsyncError | None = None
+        self.deleted = {"files": 0, "dirs": 0, "symlinks": 0, "devices": 0, "specials": 0}
+        self.deletions_left = self.opts.max_delete if self.opts.max_delete is not None else -1
+        self.deletions_skipped = 0
+        self._thread = threading.Thread(target=self._run, name="generator", daemon=True)
+        self._dirs: list[tuple[int, bytes, bool]] = []
+        self._children = _children_by_dir(state.flist)
+        self._aborted = False
+
+    # -- thread control ----------------------------------------------------------------
+    def start(self) -> None:
+        """Start the generator thread."""
+        self._thread.start()
+
+    def join(self) -> None:
+        """Wait for the generator thread."""
+        self._thread.join()
+
+    def abort(self) -> None:
+        """Stop waiting for the receiver (it failed)."""
+        self._aborted = True
+        self.state.events.put(("abort", None))
+
+    def _wait(self, kind: str, value=None) -> list:
+        """Block until the receiver reports ``kind`` (and ``value``); return redo ndxs seen."""
+        self.out.flush()
+        redo = []
+        while True:
+            event, arg = self.state.events.get()
+            if event == "abort":
+                raise _Aborted()
+            if event == "redo":
+                redo.append(arg)
+            elif event == kind and (value is None or arg == value):
+                return redo
+
+    def _run(self) -> None:
+        try:
+            self._generate()
+        except _Aborted:
+            return
+        except RsyncError as exc:
+            self.error = exc
+            self._send_fatal(exc)
+        except Exception as exc:  # a bug: keep the traceback in the server log
+            self.log.exception("generator failed")
+            self.error = RsyncError(f"internal error in the generator: {exc}", ExitCode.CRASHED)
+            self._send_fatal(self.error)
+
+    def _send_fatal(self, exc: RsyncError) -> None:
+        from backupd.protocol.wire import encode_int32
+
+        self.out.send_msg(MsgCode.ERROR, f"rsync: [generator] {exc}\n".encode("utf-8", "replace"))
+        self.out.send_msg(MsgCode.ERROR_EXIT, encode_int32(int(exc.exit_code)))
+
+    # -- the phases --------------------------------------------------------------------
+    def _generate(self) -> None:
+        st, opts = self.state, self.opts
+        deleting = opts.deleting and self._deletion_allowed()
+        if deleting and opts.delete_mode == "before":
+            self._delete_pass()
+        for ndx, entry in enumerate(st.flist):
+            if ndx in st.skip:
+                continue
+            self._process(ndx, entry, deleting and opts.delete_mode == "during")
+        self.out.write(self.ndx.encode(NDX_DONE))
+        for ndx in self._wait("phase", 1):
+            self._request_file(ndx, st.flist[ndx], redo=True)
+        self.out.write(self.ndx.encode(NDX_DONE) + self.ndx.encode(NDX_DONE))
+        self._wait("phase", 3)
+        if deleting and opts.delete_mode in ("after", "delay"):
+            self._delete_pass()
+        self._touch_up_dirs()
+        if opts.deleting:
+            self._send_del_stats()
+        self.out.write(self.ndx.encode(NDX_DONE))
+        self._wait("goodbye")
+        self.out.write(self.ndx.encode(NDX_DONE))
+        self.out.flush()
+
+    def _deletion_allowed(self) -> bool:
+        if self.state.io_error & IoError.GENERAL and not self.opts.ignore_errors:
+            self.out.send_msg(MsgCode.INFO, b"IO error encountered -- skipping file deletion\n")
+            return False
+        return True
+
+    # -- one entry ---------------------------------------------------------------------
+    def _process(self, ndx: int, entry: FileEntry, delete_during: bool) -> None:
+        path = self.state.dest[ndx]
+        if self.state.tree.is_history_path(path):
+            self._file_error(f"refusing to write {path!r} inside the history folder", entry)
+            return
+        try:
+            if entry.mode == 0:
+                self._delete_missing(ndx, entry, path)
+            elif entry.is_dir:
+                self._process_dir(ndx, entry, path, delete_during)
+            elif entry.is_reg:
+                self._process_file(ndx, entry, path)
+            elif entry.is_link:
+                self._process_symlink(ndx, entry, path)
+            else:
+                self._process_device(ndx, entry, path)
+        except StorageError as exc:
+            self._file_error(str(exc), entry)
+
+    def _file_error(self, message: str, entry: FileEntry) -> None:
+        self.state.file_errors += 1
+        self.out.send_msg(MsgCode.ERROR_XFER, f"rsync: [generator] {message}\n".encode("utf-8", "replace"))
+        self.log.warning("{}: {}", os.fsdecode(entry.name), message)
+
+    def _itemize(self, ndx: int, iflags: int) -> None:
+        """Send ndx + iflags for a non-transfer item when it changed or -ii asks."""
+        log_format = self.opts.log_format or ""
+        if iflags & SIGNIFICANT_ITEM_FLAGS or "%i%I" in log_format:
+            self.out.write(self.ndx.encode(ndx) + encode_shortint(iflags))
+
+    def _process_dir(self, ndx: int, entry: FileEntry, path: bytes, delete_during: bool) -> None:
+        tree, dry = self.state.tree, self.opts.dry_run
+        st = tree.lstat(path)
+        if st is not None and stat.S_ISDIR(st.st_mode):
+            iflags = self._attr_changes(entry, st)
+        else:
+            if st is not None and not dry:
+                self._count_deleted(tree.delete(path))
+            if not dry:
+                tree.mkdir(path, 0o700 | (entry.mode & 0o7777))
+            iflags = ItemFlags.IS_NEW | ItemFlags.LOCAL_CHANGE
+        if delete_during and st is not None and entry.is_content_dir:
+            self._delete_in_dir(ndx, entry, path)
+        self._dirs.append((ndx, path, st is None))
+        self._itemize(ndx, iflags)
+
+    def _process_symlink(self, ndx: int, entry: FileEntry, path: bytes) -> None:
+        if not self.opts.links or entry.link_target is None:
+            return
+        tree = self.state.tree
+        st = tree.lstat(path)
+        if st is not None and stat.S_ISLNK(st.st_mode) and tree.readlink(path) == entry.link_target:
+            iflags = self._attr_changes(entry, st) & ~ItemFlags.REPORT_PERMS
+            if iflags & ItemFlags.REPORT_TIME and not self.opts.dry_run:
+                tree.set_attrs(path, mtime_ns=entry.mtime_ns)
+        else:
+            if not self.opts.dry_run:
+                tree.symlink(entry.link_target, path)
+                if self.opts.times:
+                    tree.set_attrs(path, mtime_ns=entry.mtime_ns, **self._owner(entry))
+            iflags = ItemFlags.LOCAL_CHANGE | (ItemFlags.REPORT_CHANGE if st is not None else ItemFlags.IS_NEW)
+        self._itemize(ndx, iflags)
+
+    def _process_device(self, ndx: int, entry: FileEntry, path: bytes) -> None:
+        wanted = (self.opts.devices and entry.is_device) or (self.opts.specials and entry.is_special)
+        if not wanted:
+            return
+        if entry.is_device and not self.state.is_root:
+            self._file_error(f"mknod {path!r} failed: Operation not permitted", entry)
+            return
+        tree = self.state.tree
+        st = tree.lstat(path)
+        rdev = os.makedev(entry.rdev_major, entry.rdev_minor) if entry.is_device else 0
+        if st is not None and stat.S_IFMT(st.st_mode) == stat.S_IFMT(entry.mode) and (not entry.is_device or st.st_rdev == rdev):
+            self._itemize(ndx, self._attr_changes(entry, st))
+            return
+        if not self.opts.dry_run:
+            tree.mknod(path, entry.mode, rdev)
+            tree.set_attrs(path, mode=entry.mode & 0o7777, mtime_ns=entry.mtime_ns if self.opts.times else None, **self._owner(entry))
+        self._itemize(ndx, ItemFlags.LOCAL_CHANGE | (ItemFlags.REPORT_CHANGE if st is not None else ItemFlags.IS_NEW))
+
+    # -- regular files -----------------------------------------------------------------
+    def _process_file(self, ndx: int, entry: FileEntry, path: bytes) -> None:
+        opts, tree = self.opts, self.state.tree
+        if (opts.min_size is not None and entry.size < opts.min_size) or (opts.max_size is not None and entry.size > opts.max_size):
+            return
+        st = tree.lstat(path)
+        if st is None and opts.existing:
+            return
+        if st is not None and opts.ignore_existing:
+            return
+        regular = st is not None and stat.S_ISREG(st.st_mode)
+        if regular:
+            if opts.update and st.st_mtime_ns // 1_000_000_000 > entry.mtime:
+                return
+            if opts.append and st.st_size >= entry.size:
+                return
+            if self._unchanged(entry, path, st):
+                self._update_attrs(ndx, entry, path, st)
+                return
+        self._request_file(ndx, entry, redo=False, st=st)
+
+    def _unchanged(self, entry: FileEntry, path: bytes, st: os.stat_result) -> bool:
+        opts = self.opts
+        if opts.ignore_times or opts.append:
+            return False
+        if st.st_size != entry.size:
+            return False
+        if opts.checksum:
+            return self._file_checksum(path) == entry.checksum
+        if opts.size_only:
+            return True
+        return self._same_mtime(entry, st)
+
+    def _same_mtime(self, entry: FileEntry, st: os.stat_result) -> bool:
+        window = self.opts.modify_window
+        sec = st.st_mtime_ns // 1_000_000_000
+        if window:
+            return abs(sec - entry.mtime) <= window
+        if sec != entry.mtime:
+            return False
+        return self.state.protocol < 31 or st.st_mtime_ns % 1_000_000_000 == entry.mtime_nsec
+
+    def _file_checksum(self, path: bytes) -> bytes | None:
+        from backupd.protocol.sums import Checksum
+
+        basis = self.state.tree.open_basis(path)
+        if basis is None:
+            return None
+        with basis:
+            hasher = Checksum(self.state.negotiated.file_checksum, 0).file_sum_hasher()
+            step = 4 << 20
+            for off in range(0, basis.size, step):
+                hasher.update(basis.view(off, min(step, basis.size - off)))
+            return hasher.digest()
+
+    def _update_attrs(self, ndx: int, entry: FileEntry, path: bytes, st: os.stat_result) -> None:
+        iflags = self._attr_changes(entry, st)
+        if not self.opts.dry_run and iflags & (ItemFlags.REPORT_PERMS | ItemFlags.REPORT_TIME | ItemFlags.REPORT_OWNER | ItemFlags.REPORT_GROUP):
+            self.state.tree.set_attrs(
+                path,
+                mode=entry.mode & 0o7777 if iflags & ItemFlags.REPORT_PERMS else None,
+                mtime_ns=entry.mtime_ns if iflags & ItemFlags.REPORT_TIME else None,
+                **self._owner(entry),
+            )
+        self._itemize(ndx, iflags)
+
+    def _attr_changes(self, entry: FileEntry, st: os.stat_result) -> int:
+        opts, iflags = self.opts, 0
+        if opts.times and not (entry.is_dir and opts.omit_dir_times) and not self._same_mtime(entry, st):
+            iflags |= ItemFlags.REPORT_TIME
+        if opts.perms and (st.st_mode & 0o7777) != (entry.mode & 0o7777):
+            iflags |= ItemFlags.REPORT_PERMS
+        owner = self._owner(entry)
+        if owner.get("uid") is not None and owner["uid"] != st.st_uid:
+            iflags |= ItemFlags.REPORT_OWNER
+        if owner.get("gid") is not None and owner["gid"] != st.st_gid:
+            iflags |= ItemFlags.REPORT_GROUP
+        return iflags
+
+    def _owner(self, entry: FileEntry) -> dict:
+        return owner_ids(self.state, entry)
+
+    def _request_file(self, ndx: int, entry: FileEntry, *, redo: bool, st: os.stat_result | None = None) -> None:
+        state, opts = self.state, self.opts
+        path = state.dest[ndx]
+        if st is None and redo:
+            st = state.tree.lstat(path)
+        exists = st is not None and stat.S_ISREG(st.st_mode)
+        iflags = ItemFlags.TRANSFER
+        if st is None:
+            iflags |= ItemFlags.IS_NEW
+        else:
+            iflags |= self._attr_changes(entry, st) | (ItemFlags.REPORT_SIZE if st.st_size != entry.size else 0)
+            if opts.checksum:
+                iflags |= ItemFlags.REPORT_CHANGE
+            if not opts.times:
+                iflags |= ItemFlags.REPORT_TIME
+        state.requested.add(ndx)
+        header = self.ndx.encode(ndx) + encode_shortint(iflags & 0xFFFF)
+        if opts.dry_run:
+            self.out.write(header)
+            return
+        self.out.write(header + self._sums_for(path, entry, exists, redo))
+
+    def _sums_for(self, path: bytes, entry: FileEntry, exists: bool, redo: bool) -> bytes:
+        opts = self.opts
+        if not exists or opts.whole_file or self.state.negotiated.checksum == "none":
+            return _NULL_HEAD.encode()
+        basis = self.state.tree.open_basis(path)
+        if basis is None or basis.size == 0:
+            if basis is not None:
+                basis.close()
+            return _NULL_HEAD.encode()
+        with basis:
+            digest_len = self.state.checksum.digest_len
+            head = sum_sizes(basis.size, digest_len, block_size=opts.block_size, redo=redo)
+            if opts.append and not redo:
+                return head.encode()
+            return head.encode() + generate_sums(basis.view(0, basis.size), head, self.state.checksum)
+
+    # -- deletion ----------------------------------------------------------------------
+    def _delete_missing(self, ndx: int, entry: FileEntry, path: bytes) -> None:
+        if not self.opts.delete_missing_args or path == self.state.dest_dir:
+            return
+        if self.state.tree.lstat(path) is not None:
+            self._delete(entry.name, path)
+
+    def _delete_pass(self) -> None:
+        for ndx, entry in enumerate(self.state.flist):
+            if entry.is_content_dir and ndx not in self.state.skip:
+                path = self.state.dest[ndx]
+                st = self.state.tree.lstat(path)
+                if st is not None and stat.S_ISDIR(st.st_mode):
+                    self._delete_in_dir(ndx, entry, path)
+
+    def _delete_in_dir(self, ndx: int, entry: FileEntry, path: bytes) -> None:
+        """Delete what the directory holds and the file list does not (delete_in_dir)."""
+        state = self.state
+        keep = self._children.get(_parent_key(entry.name), set())
+        names = sorted(state.tree.listdir(path))
+        for name in names:
+            if name in keep:
+                continue
+            child_path = join_path(path, name)
+            if state.tree.is_history_path(child_path):
+                continue
+            rel = join_path(b"" if entry.name == b"." else entry.name, name)
+            child_st = state.tree.lstat(child_path)
+            is_dir = child_st is not None and stat.S_ISDIR(child_st.st_mode)
+            if state.filters is not None and state.filters.excluded(rel, is_dir, side="receiver"):
+                continue
+            self._delete(rel, child_path, is_dir)
+
+    def _delete(self, rel: bytes, path: bytes, is_dir: bool | None = None) -> None:
+        if self.deletions_left == 0:
+            self.deletions_skipped += 1
+            return
+        if is_dir is None:
+            st = self.state.tree.lstat(path)
+            is_dir = st is not None and stat.S_ISDIR(st.st_mode)
+        if not self.opts.dry_run:
+            try:
+                self._count_deleted(self.state.tree.delete(path))
+            except StorageError as exc:
+                self.state.file_errors += 1
+                self.out.send_msg(MsgCode.ERROR_XFER, f"rsync: [generator] delete failed: {exc}\n".encode("utf-8", "replace"))
+                return
+        if self.deletions_left > 0:
+            self.deletions_left -= 1
+        self.out.send_msg(MsgCode.DELETED, rel + (b"\0" if is_dir else b""))
+        self.log.debug("deleted {}", os.fsdecode(rel))
+
+    def _count_deleted(self, counts) -> None:
+        for key in self.deleted:
+            self.deleted[key] += getattr(counts, key, 0)
+
+    def _send_del_stats(self) -> None:
+        if self.deletions_skipped:
+            self.out.send_msg(
+                MsgCode.WARNING,
+                f"Deletions stopped due to --max-delete limit ({self.deletions_skipped} skipped)\n".encode(),
+            )
+        d = self.deleted
+        total_files = d["files"]
+        out = self.ndx.encode(NDX_DEL_STATS)
+        for value in (total_files, d["dirs"], d["symlinks"], d["devices"], d["specials"]):
+            out += encode_varint(min(value, 0x7FFFFFFF))
+        self.out.write(out)
+
+    # -- the end -----------------------------------------------------------------------
+    def _touch_up_dirs(self) -> None:
+        """Directory modes and mtimes, after everything inside them was written."""
+        if self.opts.dry_run:
+            return
+        state, opts = self.state, self.opts
+        for ndx, path, created in reversed(self._dirs):
+            entry = state.flist[ndx]
+            mode = None
+            if opts.perms:
+                mode = entry.mode & 0o7777
+            elif created:
+                mode = entry.mode & 0o777 & ~state.umask
+            mtime = entry.mtime_ns if opts.times and not opts.omit_dir_times else None
+            try:
+                state.tree.set_attrs(path, mode=mode, mtime_ns=mtime, **self._owner(entry))
+            except StorageError as exc:
+                self._file_error(str(exc), entry)
+
+
+def owner_ids(state: PushState, entry: FileEntry) -> dict:
+    """uid/gid to set for ``entry``: only as root, mapped by name unless numeric ids."""
+    out = {}
+    if not state.is_root:
+        return out
+    numeric = state.opts.numeric_ids
+    if state.opts.owner and entry.uid is not None:
+        out["uid"] = _map_id(entry.uid, entry.user_name, numeric, pwd.getpwnam, "pw_uid")
+    if state.opts.group and entry.gid is not None:
+        out["gid"] = _map_id(entry.gid, entry.group_name, numeric, grp.getgrnam, "gr_gid")
+    return out
+
+
+def _map_id(ident: int, name: bytes | None, numeric: bool, lookup, attr: str) -> int:
+    if numeric or not name:
+        return ident
+    try:
+        return getattr(lookup(name.decode("utf-8", "replace")), attr)
+    except KeyError:
+        return ident
+
+
+def _parent_key(name: bytes) -> bytes:
+    return b"" if name in (b".", b"") else name
+
+
+def _children_by_dir(flist: list[FileEntry]) -> dict[bytes, set[bytes]]:
+    """Directory name (b"" for the root) -> the set of its children's basenames."""
+    out: dict[bytes, set[bytes]] = {}
+    for entry in flist:
+        if entry.name == b".":
+            continue
+        parent, _, base = entry.name.rpartition(b"/")
+        out.setdefault(parent, set()).add(base)
+    return out

@@ -1,0 +1,212 @@
+"""A push (the client sends, backupd receives): file list in, generator + receiver.
+
+The generator runs in a thread and writes requests; the receiver runs in
+the session's thread and reads the client sender's data; they talk through
+a queue, as rsync's generator and receiver processes talk through a pipe.
+Source: rsync main.c do_server_recv()/do_recv(); rsync-protocol-b.md §1.4.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import stat
+from dataclasses import dataclass, field
+
+from backupd.errors import ExitCode, PathEscape, ProtocolError, RsyncError, StorageError
+from backupd.protocol.constants import CompatFlags, IoError
+from backupd.protocol.filters import FilterList, decode_filter_list, parse_rule
+from backupd.protocol.flist import FileEntry, FlistDecoder, FlistOptions, check_wire_name, sort_key
+from backupd.protocol.negotiate import Negotiated
+from backupd.protocol.server_args import TransferOptions
+from backupd.protocol.sums import Checksum
+from backupd.storage import HistoryStore, ModuleTree
+
+
+@dataclass
+class PushState:
+    """Everything the generator and the receiver share for one push."""
+
+    opts: TransferOptions
+    negotiated: Negotiated
+    tree: ModuleTree
+    flist: list[FileEntry]
+    dest: list[bytes]
+    dest_dir: bytes
+    checksum: Checksum
+    filters: FilterList | None
+    protocol: int
+    io_error: int = 0
+    skip: set[int] = field(default_factory=set)
+    requested: set[int] = field(default_factory=set)
+    events: queue.Queue = field(default_factory=queue.Queue)
+    umask: int = 0o022
+    file_errors: int = 0
+    is_root: bool = False
+
+    def module_path(self, ndx: int) -> bytes:
+        """Module-relative destination of entry ``ndx``."""
+        return self.dest[ndx]
+
+
+def strip_module(arg: bytes, module: str) -> bytes:
+    """Module-relative path of a path argument ``module/sub/dir`` (b"." for the root).
+
+    Raises:
+        RsyncError: the argument does not name this module, or tries to leave it.
+    """
+    name = module.encode()
+    if arg == name or arg.startswith(name + b"/"):
+        rest = arg[len(name) :]
+    else:
+        raise RsyncError(f"path {arg!r} is not inside module {module}", ExitCode.SYNTAX)
+    parts = [p for p in rest.split(b"/") if p and p != b"."]
+    if b".." in parts:
+        raise RsyncError(f"path {arg!r} tries to leave module {module}", ExitCode.SYNTAX)
+    return b"/".join(parts) or b"."
+
+
+def join_path(base: bytes, name: bytes) -> bytes:
+    """``base/name`` with b"." meaning the module root on either side."""
+    if name in (b".", b""):
+        return base
+    return name if base in (b".", b"") else base + b"/" + name
+
+
+def read_file_list(state_opts: TransferOptions, negotiated: Negotiated, protocol: int, read) -> tuple[list[FileEntry], int]:
+    """Read the client's single file list and its id lists; return (sorted entries, io_error).
+
+    Raises:
+        ProtocolError: an unsafe name or a malformed entry.
+    """
+    opts = state_opts
+    csum_len = Checksum(negotiated.file_checksum, 0).digest_len if opts.checksum else 0
+    decoder = FlistDecoder(FlistOptions(
+        protocol=protocol, preserve_uid=opts.owner, preserve_gid=opts.group, preserve_links=opts.links,
+        preserve_devices=opts.devices, preserve_specials=opts.specials, preserve_hard_links=bool(opts.hard_links),
+        csum_len=csum_len, inc_recurse=bool(negotiated.compat_flags & CompatFlags.INC_RECURSE),
+        numeric_ids=opts.numeric_ids, id0_names=bool(negotiated.compat_flags & CompatFlags.ID0_NAMES),
+    ))
+    entries = []
+    while (entry := decoder.read_entry(read)) is not None:
+        if entry.name != b".":
+            check_wire_name(entry.name)
+        elif not entry.is_dir:
+            raise ProtocolError("file-list entry '.' is not a directory")
+        entries.append(entry)
+    users, groups = decoder.read_id_lists(read)
+    for entry in entries:
+        if entry.uid is not None and entry.user_name is None:
+            entry.user_name = users.get(entry.uid)
+        if entry.gid is not None and entry.group_name is None:
+            entry.group_name = groups.get(entry.gid)
+    entries.sort(key=lambda e: sort_key(e.name, e.is_dir))
+    return entries, decoder.io_error
+
+
+def build_filters(opts: TransferOptions, module_rules: list[bytes], client_rules: list[bytes]) -> FilterList | None:
+    """Module rules first (they always win), then the client's."""
+    rules = [parse_rule(r) for r in module_rules] + [parse_rule(r) for r in client_rules]
+    return FilterList(rules) if rules else None
+
+
+def _module_rules(session) -> list[bytes]:
+    module = session_module(session)
+    rules = [r.encode() for r in module.filter]
+    rules += [b"- " + p.encode() for p in module.exclude]
+    rules += [b"+ " + p.encode() for p in module.include]
+    return rules
+
+
+def session_module(session):
+    """The module of the session's request (set by run_push)."""
+    return session.request.module
+
+
+def plan_destination(state: PushState, dest_arg: bytes) -> None:
+    """Map each entry to its module path (rsync main.c get_local_name).
+
+    A single non-directory entry pushed to a name that is not an existing
+    directory (and has no trailing slash) is written under that name.
+
+    Raises:
+        RsyncError: the destination is inside the history folder, or its
+            parent does not exist (exit 11, as rsyncd).
+    """
+    base = state.dest_dir
+    st = state.tree.lstat(base)
+    single_file = len(state.flist) == 1 and not state.flist[0].is_dir
+    if single_file and (st is None or not stat.S_ISDIR(st.st_mode)) and not dest_arg.endswith(b"/") and base != b".":
+        state.dest = [base]
+        return
+    state.dest = [join_path(base, e.name) for e in state.flist]
+    if st is None and not state.opts.dry_run:
+        try:
+            state.tree.mkdir(base, 0o755)
+        except (StorageError, OSError) as exc:
+            raise RsyncError(f'mkdir "{os.fsdecode(base)}" failed: {exc}', ExitCode.FILEIO) from None
+    elif st is not None and not stat.S_ISDIR(st.st_mode):
+        raise RsyncError(f"destination {os.fsdecode(base)!r} is not a directory", ExitCode.FILEIO)
+
+
+def run_push(session, request, negotiated: Negotiated) -> ExitCode:
+    """Receive one push into the request's module. Returns the session's exit code.
+
+    Raises:
+        RsyncError: fatal problems (reported by the session).
+    """
+    from backupd.roles.generator import Generator
+    from backupd.roles.receiver import Receiver
+
+    session.request = request
+    opts, module = request.opts, request.module
+    if len(opts.paths) != 1:
+        raise RsyncError("a push names exactly one destination", ExitCode.SYNTAX)
+    if (opts.backup or opts.backup_dir) and not module.history:
+        raise RsyncError("--backup is refused: module history is off on this server", ExitCode.UNSUPPORTED)
+    read = session.inbox.read
+    client_rules = decode_filter_list(read) if (opts.deleting or opts.prune_empty_dirs) else []
+    flist, io_error = read_file_list(opts, negotiated, request.protocol, read)
+    history = HistoryStore(module.history_dir.encode()) if module.history else None
+    tree = ModuleTree(module.path, module=module.name, history=history)
+    try:
+        dest_dir = strip_module(opts.paths[0], module.name)
+        if tree.is_history_path(dest_dir):
+            raise RsyncError(f"refusing to write into the history folder {module.history_dir}/ of module {module.name}", ExitCode.FILESELECT)
+        state = PushState(
+            opts=opts, negotiated=negotiated, tree=tree, flist=flist, dest=[], dest_dir=dest_dir,
+            checksum=Checksum(negotiated.checksum, negotiated.seed, seed_fix=bool(negotiated.compat_flags & CompatFlags.CHKSUM_SEED_FIX)),
+            filters=build_filters(opts, _module_rules(session), client_rules), protocol=request.protocol,
+            io_error=io_error, is_root=os.geteuid() == 0,
+        )
+        state.umask = _current_umask()
+        plan_destination(state, opts.paths[0])
+        generator = Generator(state, session)
+        receiver = Receiver(state, session)
+        return _run_both(generator, receiver, session)
+    except PathEscape as exc:
+        raise RsyncError(str(exc), ExitCode.FILESELECT) from None
+    finally:
+        tree.close()
+
+
+def _run_both(generator, receiver, session) -> ExitCode:
+    generator.start()
+    try:
+        receiver.run()
+    except RsyncError:
+        if generator.error is not None:
+            raise generator.error from None
+        generator.abort()
+        raise
+    generator.join()
+    if generator.error is not None:
+        raise generator.error
+    state = receiver.state
+    return ExitCode.PARTIAL if state.file_errors or state.io_error & IoError.GENERAL else ExitCode.OK
+
+
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask

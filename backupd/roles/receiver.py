@@ -1,0 +1,223 @@
+"""The receiver of a push: rebuilds each file from the basis file and tokens.
+
+For every item the client sender echoes, it reads the sum head, the token
+stream and the whole-file checksum, writes a StagedFile (temp file in the
+target directory), verifies the checksum and commits (history first, then an
+atomic rename). A mismatch in phase 0 asks the generator for a redo.
+Source: rsync receiver.c recv_files()/receive_data(); rsync-protocol-b.md §7.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+
+from backupd.errors import ExitCode, FileError, ProtocolError, RsyncError, StorageError, StreamClosed
+from backupd.protocol.constants import NDX_DONE, IoError, ItemFlags, MsgCode
+from backupd.protocol.sums import decode_sum_head
+from backupd.protocol.tokens import BlockMatch, Literal, make_token_reader
+from backupd.protocol.wire import NdxDecoder, decode_int32, decode_shortint, decode_vstring, encode_int32
+from backupd.roles.generator import owner_ids
+from backupd.roles.push import PushState
+
+MAX_PHASE = 2
+
+
+class Receiver:
+    """Runs in the session's thread; see the module docstring."""
+
+    def __init__(self, state: PushState, session) -> None:
+        self.state = state
+        self.opts = state.opts
+        self.inbox = session.inbox
+        self.out = session.outbox
+        self.log = session.log
+        self.ndx = NdxDecoder()
+        self.tokens = make_token_reader(state.negotiated.compression)
+        self.inbox.on_message = self._on_message
+        self.files_received = 0
+        self.bytes_literal = 0
+
+    def _on_message(self, code: MsgCode, payload: bytes) -> None:
+        """Messages from the client sender (rsync io.c read_a_msg)."""
+        if code == MsgCode.ERROR_EXIT:
+            exit_code = int.from_bytes(payload[:4], "little") if len(payload) >= 4 else ExitCode.PARTIAL
+            raise StreamClosed(f"client aborted with exit code {exit_code}", ExitCode(exit_code) if exit_code in ExitCode._value2member_map_ else ExitCode.PROTOCOL)
+        if code == MsgCode.IO_ERROR and len(payload) == 4:
+            self.state.io_error |= int.from_bytes(payload, "little") & 7
+        elif code == MsgCode.NO_SEND and len(payload) == 4:
+            self.log.info("client could not send ndx {}", int.from_bytes(payload, "little"))
+        elif code in (MsgCode.INFO, MsgCode.WARNING, MsgCode.ERROR, MsgCode.ERROR_XFER):
+            self.log.info("client says: {}", payload.decode("utf-8", "replace").rstrip())
+        elif code not in (MsgCode.NOOP, MsgCode.DATA):
+            raise ProtocolError(f"unexpected message {code.name} from the client")
+
+    def run(self) -> None:
+        """Read items until the third NDX_DONE, then the final goodbye.
+
+        Raises:
+            ProtocolError: bad ndx, unrequested transfer, phase violations.
+            StreamClosed: the client went away.
+        """
+        read, phase = self.inbox.read, 0
+        while True:
+            ndx = self.ndx.decode(read)
+            if ndx == NDX_DONE:
+                phase += 1
+                self.state.events.put(("phase", phase))
+                if phase > MAX_PHASE:
+                    break
+                continue
+            self._check_ndx(ndx)
+            iflags = decode_shortint(read)
+            if iflags & ItemFlags.BASIS_TYPE_FOLLOWS:
+                read(1)
+            if iflags & ItemFlags.XNAME_FOLLOWS:
+                decode_vstring(read, 4096)
+            if not iflags & ItemFlags.TRANSFER:
+                continue
+            self._check_transfer(ndx, phase)
+            if not self.opts.dry_run:
+                self._receive_file(ndx, phase)
+        if self.ndx.decode(read) != NDX_DONE:
+            raise ProtocolError("Invalid packet at end of run")
+        self.state.events.put(("goodbye", None))
+
+    def _check_ndx(self, ndx: int) -> None:
+        if not 0 <= ndx < len(self.state.flist):
+            raise ProtocolError(f"Invalid file index: {ndx} (file list of {len(self.state.flist)} entries)")
+
+    def _check_transfer(self, ndx: int, phase: int) -> None:
+        if phase == MAX_PHASE:
+            raise ProtocolError("got transfer request in phase 2")
+        if not self.state.flist[ndx].is_reg:
+            raise ProtocolError(f"received request to transfer non-regular file: {ndx}")
+        if ndx not in self.state.requested:
+            raise ProtocolError(f"received data for ndx {ndx}, which was never requested")
+
+    # -- one file ----------------------------------------------------------------------
+    def _receive_file(self, ndx: int, phase: int) -> None:
+        state = self.state
+        entry, path = state.flist[ndx], state.dest[ndx]
+        head = decode_sum_head(self.inbox.read(16))
+        basis = state.tree.open_basis(path) if head.count or head.remainder else None
+        staged = self._open_staged(path, entry)
+        try:
+            ok = self._rebuild(head, basis, staged, entry)
+        except BaseException:
+            self._interrupted(staged)
+            raise
+        finally:
+            if basis is not None:
+                basis.close()
+        if staged is None:
+            return
+        if ok:
+            self._commit(ndx, entry, path, staged)
+        else:
+            staged.abort()
+            self._verification_failed(ndx, entry, phase)
+
+    def _open_staged(self, path: bytes, entry):
+        try:
+            return self.state.tree.create_staged(path, 0o600)
+        except (StorageError, FileError) as exc:
+            self._file_error(f"cannot create {os.fsdecode(entry.name)}: {exc}")
+            return None
+
+    def _rebuild(self, head, basis, staged, entry) -> bool:
+        """Copy literals and basis blocks into ``staged``; True if the file sum matches."""
+        read, tokens = self.inbox.read, self.tokens
+        hasher = self.state.checksum.file_sum_hasher()
+        good = True
+        if self.opts.append:
+            prefix = head.prefix_len
+            if basis is None or basis.size < prefix:
+                good = False
+            else:
+                data = basis.view(0, prefix)
+                if staged is not None:
+                    staged.write(data)
+                if self.opts.append > 1:
+                    hasher.update(data)
+        tokens.start_file()
+        while True:
+            token = tokens.next_token(read)
+            if isinstance(token, Literal):
+                self.bytes_literal += len(token.data)
+                hasher.update(token.data)
+                if staged is not None:
+                    staged.write(token.data)
+            elif isinstance(token, BlockMatch):
+                data = self._block(head, basis, token.index)
+                if data is None:
+                    good = False
+                    continue
+                hasher.update(data)
+                tokens.see_block(data)
+                if staged is not None:
+                    staged.write(data)
+            else:
+                break
+        sent = read(self.state.checksum.digest_len)
+        return good and hasher.digest() == sent
+
+    def _block(self, head, basis, index: int):
+        if not 0 <= index < head.count:
+            raise ProtocolError(f"block {index} outside the {head.count} blocks of the sum head")
+        length = head.remainder if (index == head.count - 1 and head.remainder) else head.block_len
+        offset = index * head.block_len
+        if basis is None or offset + length > basis.size:
+            return None
+        return basis.view(offset, length)
+
+    def _commit(self, ndx: int, entry, path: bytes, staged) -> None:
+        state, opts = self.state, self.opts
+        st = state.tree.lstat(path)
+        if opts.perms:
+            mode = entry.mode & 0o7777
+        elif st is not None and stat.S_ISREG(st.st_mode):
+            mode = st.st_mode & 0o7777
+        else:
+            mode = entry.mode & 0o777 & ~state.umask
+        if opts.executability and not opts.perms and entry.mode & 0o111:
+            mode |= (mode & 0o444) >> 2
+        try:
+            staged.commit(mtime_ns=entry.mtime_ns if opts.times else None, mode=mode, **owner_ids(state, entry))
+        except (StorageError, FileError) as exc:
+            staged.abort()
+            self._file_error(f"cannot write {os.fsdecode(entry.name)}: {exc}")
+            return
+        self.files_received += 1
+        if opts.remove_source_files:
+            self.out.send_msg(MsgCode.SUCCESS, encode_int32(ndx))
+
+    def _verification_failed(self, ndx: int, entry, phase: int) -> None:
+        name = os.fsdecode(entry.name)
+        if phase == 0:
+            if self.opts.verbose:
+                self.out.send_msg(MsgCode.WARNING, f"WARNING: {name} failed verification -- update discarded (will try again).\n".encode())
+            self.state.events.put(("redo", ndx))
+        else:
+            self._file_error(f"ERROR: {name} failed verification -- update discarded.")
+
+    def _interrupted(self, staged) -> None:
+        if staged is None:
+            return
+        if self.opts.partial:
+            try:
+                staged.keep_partial()
+                return
+            except (StorageError, FileError, OSError):
+                pass
+        staged.abort()
+
+    def _file_error(self, message: str) -> None:
+        self.state.file_errors += 1
+        self.state.io_error |= IoError.GENERAL
+        text = message if message.startswith("ERROR") else f"rsync: [receiver] {message}"
+        self.out.send_msg(MsgCode.ERROR_XFER, (text + "\n").encode("utf-8", "replace"))
+        self.log.warning(message)
+
+
+__all__ = ["Receiver", "RsyncError", "decode_int32"]

@@ -1,0 +1,375 @@
+"""One daemon connection: greeting, module, auth, arguments, setup, role.
+
+Errors reach the wire in one place, ``run_session``: before ``@RSYNCD: OK``
+as an ``@ERROR`` line, after it as MSG_ERROR + MSG_ERROR_EXIT once the setup
+phase is complete. Source: rsync clientserver.c start_daemon()/rsync_module(),
+compat.c setup_protocol(); rsync-protocol-a.md §3, §5, §6.5.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import grp
+import os
+import pwd
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from loguru import logger
+
+from backupd import __version__
+from backupd.config.access import allow_access
+from backupd.config.model import DaemonConfig, ModuleConfig
+from backupd.errors import (
+    EXIT_TEXT,
+    BackupdError,
+    ConfigError,
+    DaemonRefusal,
+    ExitCode,
+    ProtocolError,
+    RsyncError,
+    StreamClosed,
+)
+from backupd.protocol import greeting as gr
+from backupd.protocol.constants import MsgCode
+from backupd.protocol.negotiate import Negotiated, finish_setup, plan_setup
+from backupd.protocol.server_args import TransferOptions, has_protected_args, parse_server_args_lenient
+from backupd.protocol.sums import SUPPORTED_CHECKSUMS
+from backupd.protocol.wire import decode_vstring, encode_int32, encode_varint, encode_vstring
+from backupd.roles.channel import Inbox, Outbox
+from backupd.transport.stream import Stream
+
+MAX_EARLY_INPUT = 5120
+AUTH_FAIL_DELAY_S = 1.0
+
+
+@dataclass
+class SessionContext:
+    """Who is connected and under which configuration."""
+
+    config: DaemonConfig
+    peer_addr: str
+    session_id: str = "-"
+    clock: Callable[[], float] = time.time
+    stats: dict = field(default_factory=dict)
+
+    def peer_host(self) -> str | None:
+        """Reverse-resolved peer name (only when ``reverse lookup`` is on)."""
+        if not self.config.reverse_lookup:
+            return None
+        try:
+            return socket.gethostbyaddr(self.peer_addr)[0]
+        except OSError:
+            return None
+
+
+@dataclass
+class ModuleRequest:
+    """The result of the daemon handshake: module, user, access, arguments."""
+
+    module: ModuleConfig
+    user: str | None
+    read_only: bool
+    protocol: int
+    opts: TransferOptions
+    args_error: RsyncError | None
+
+
+class Session:
+    """Runs one client session over ``stream``; see ``run``."""
+
+    def __init__(self, stream: Stream, ctx: SessionContext) -> None:
+        self.stream = stream
+        self.ctx = ctx
+        self.inbox = Inbox(stream, timeout_s=None)
+        self.outbox: Outbox | None = None
+        self.log = logger.bind(session=ctx.session_id, peer=ctx.peer_addr)
+        self.role = "Receiver"
+
+    # -- the pre-binary handshake ---------------------------------------------------------
+    def handshake(self) -> ModuleRequest | None:
+        """Greeting, module line, access, auth, OK, arguments. None after a listing.
+
+        Raises:
+            DaemonRefusal: anything refused before ``@RSYNCD: OK``.
+        """
+        self.stream.sendall(gr.encode_greeting())
+        peer = gr.decode_greeting(self.inbox.read_line(256))
+        protocol = gr.negotiate_protocol(peer)
+        self._send_motd()
+        line = self._read_module_line()
+        if line in (b"", b"#list"):
+            self._send_listing()
+            return None
+        if line.startswith(b"#"):
+            raise DaemonRefusal(f"Unknown command '{line.decode('utf-8', 'replace')}'")
+        name = line.decode("utf-8", "replace")
+        module = self.ctx.config.modules.get(name)
+        if module is None:
+            raise DaemonRefusal(f"Unknown module '{name}'")
+        self._check_host(module)
+        user, read_only = self._authenticate(module, peer)
+        self.stream.sendall(b"@RSYNCD: OK\n")
+        argv = self._read_args()
+        opts, error = parse_server_args_lenient(argv)
+        self.log = self.log.bind(module=module.name, user=user or "-")
+        return ModuleRequest(module, user, read_only, protocol, opts, error)
+
+    def _send_motd(self) -> None:
+        path = self.ctx.config.motd_file
+        if path is None:
+            return
+        try:
+            text = path.read_bytes()[:65536]
+        except OSError as exc:
+            self.log.warning("motd file {}: {}", path, exc.strerror)
+            return
+        self.stream.sendall(text.rstrip(b"\n") + b"\n\n")
+
+    def _read_module_line(self) -> bytes:
+        line = self.inbox.read_line(1024).rstrip(b"\r")
+        if line.startswith(b"#early_input="):
+            try:
+                size = int(line.split(b"=", 1)[1])
+            except ValueError:
+                raise DaemonRefusal("invalid early_input length") from None
+            if not 0 <= size <= MAX_EARLY_INPUT:
+                raise DaemonRefusal(f"early_input of {size} bytes exceeds {MAX_EARLY_INPUT}")
+            self.inbox.read_raw(size)
+            line = self.inbox.read_line(1024).rstrip(b"\r")
+        return line
+
+    def _send_listing(self) -> None:
+        shown = [
+            (m.name, m.comment)
+            for m in self.ctx.config.modules.values()
+            if m.list and allow_access(self.ctx.peer_addr, m.hosts_allow, m.hosts_deny, self.ctx.peer_host)
+        ]
+        self.stream.sendall(gr.encode_listing(shown))
+        self.log.info("module list sent ({} modules)", len(shown))
+
+    def _check_host(self, module: ModuleConfig) -> None:
+        if not allow_access(self.ctx.peer_addr, module.hosts_allow, module.hosts_deny, self.ctx.peer_host):
+            host = self.ctx.peer_host() or self.ctx.peer_addr
+            raise DaemonRefusal(f"access denied to {module.name} from {host} ({self.ctx.peer_addr})")
+
+    def _authenticate(self, module: ModuleConfig, peer: gr.Greeting) -> tuple[str | None, bool]:
+        if not module.auth_users:
+            return None, module.read_only
+        digest = gr.choose_auth_digest(peer)
+        challenge = gr.make_challenge(digest, os.urandom(32))
+        self.stream.sendall(f"@RSYNCD: AUTHREQD {challenge}\n".encode())
+        user, response = gr.parse_auth_line(self.inbox.read_line(1024))
+        access = self._check_user(module, user, digest, challenge, response)
+        if access is None:
+            self.log.warning("auth failed on module {} for user {!r}", module.name, user)
+            time.sleep(AUTH_FAIL_DELAY_S)
+            raise DaemonRefusal(f"auth failed on module {module.name}")
+        return user, {"ro": True, "rw": False}.get(access, module.read_only)
+
+    def _check_user(self, module: ModuleConfig, user: str, digest: str, challenge: str, response: str) -> str | None:
+        """The access word for a verified user ('ro', 'rw', '' = module default), or None."""
+        from backupd.config.secrets import read_secrets
+
+        if module.secrets_file is None:
+            return None
+        try:
+            secrets = read_secrets(module.secrets_file, module.strict_modes)
+        except (ConfigError, OSError) as exc:
+            self.log.error("secrets file of module {}: {}", module.name, exc)
+            return None
+        groups = _user_groups(user)
+        for entry in module.auth_users:
+            if entry.is_group:
+                if entry.name not in groups:
+                    continue
+                password = secrets.get(user) or secrets.get("@" + entry.name)
+            elif fnmatch.fnmatchcase(user, entry.name):
+                password = secrets.get(user)
+            else:
+                continue
+            if password is None or entry.access == "deny":
+                return None
+            if gr.check_response(digest, password.encode(), challenge, response):
+                return entry.access or ""
+            return None
+        return None
+
+    def _read_args(self) -> list[bytes]:
+        argv = []
+        for _ in range(1025):
+            arg = self.inbox.read_until_nul(4096)
+            if not arg:
+                break
+            argv.append(arg)
+        else:
+            raise ProtocolError("argument list over 1024 arguments")
+        if has_protected_args(argv):
+            second = []
+            for _ in range(1025):
+                arg = self.inbox.read_until_nul(4096)
+                if not arg:
+                    break
+                second.append(arg)
+            argv += second[1:]
+        return argv
+
+    # -- the binary setup ----------------------------------------------------------------
+    def setup(self, request: ModuleRequest) -> Negotiated:
+        """Compat flags, name lists, seed; then both directions multiplexed.
+
+        Raises:
+            Unsupported: a client without varint flists, or no common name.
+        """
+        opts = request.opts
+        plan = plan_setup(opts)
+        out = encode_varint(int(plan.compat_flags))
+        if plan.send_checksum_list:
+            out += encode_vstring(" ".join(SUPPORTED_CHECKSUMS).encode())
+        if plan.send_compress_list:
+            from backupd.protocol.negotiate import OUR_COMPRESSIONS
+
+            out += encode_vstring(" ".join(OUR_COMPRESSIONS).encode())
+        self.stream.sendall(out)
+        client_sums = decode_vstring(self.inbox.read_raw, 255) if plan.send_checksum_list else None
+        client_zips = decode_vstring(self.inbox.read_raw, 255) if plan.send_compress_list else None
+        seed = opts.checksum_seed if opts.checksum_seed is not None else self._make_seed()
+        self.stream.sendall(encode_int32(_signed(seed)))
+        self.outbox = Outbox(self.stream)
+        self.inbox.start_mux()
+        timeout = _effective_timeout(request.module.timeout_s, opts.timeout_s)
+        if timeout:
+            self.outbox.send_msg(MsgCode.IO_TIMEOUT, encode_int32(timeout))
+            self.outbox.keepalive_s = max(1, (timeout + 1) // 2)
+            self.inbox.timeout_s = timeout
+            self.stream.settimeout(timeout)
+        return finish_setup(
+            plan, opts, client_checksums=client_sums, client_compressions=client_zips,
+            our_checksums=SUPPORTED_CHECKSUMS, seed=_signed(seed),
+        )
+
+    def _make_seed(self) -> int:
+        return (int(self.ctx.clock()) ^ (os.getpid() << 6)) & 0x7FFFFFFF
+
+    def _setup_for_error(self, request: ModuleRequest) -> None:
+        """Complete the setup phase leniently so that an error can be framed."""
+        try:
+            self.setup(request)
+        except RsyncError:
+            if self.outbox is None:
+                self.outbox = Outbox(self.stream)
+                self.inbox.start_mux()
+
+    # -- running ---------------------------------------------------------------------------
+    def run(self) -> ExitCode:
+        """Run the session to its end. Never raises; returns the exit code."""
+        request = None
+        try:
+            request = self.handshake()
+            if request is None:
+                return ExitCode.OK
+            if request.args_error is not None:
+                self._setup_for_error(request)
+                raise request.args_error
+            negotiated = self.setup(request)
+            return self._run_role(request, negotiated)
+        except DaemonRefusal as exc:
+            if self.outbox is None:
+                self.log.warning("refused: {}", exc)
+                self._send_line_error(str(exc))
+                return exc.exit_code
+            return self._fatal(exc)
+        except StreamClosed as exc:
+            self.log.warning("session ended: {}", exc)
+            return exc.exit_code
+        except RsyncError as exc:
+            if self.outbox is None and request is not None:
+                self._setup_for_error(request)
+            return self._fatal(exc)
+        except Exception:
+            self.log.exception("internal error")
+            return self._fatal(RsyncError("internal error, see the server log", ExitCode.CRASHED))
+        finally:
+            self._close()
+
+    def _run_role(self, request: ModuleRequest, negotiated: Negotiated) -> ExitCode:
+        from backupd.roles.push import run_push
+
+        if request.opts.sender:
+            self.role = "sender"
+            from backupd.errors import Unsupported
+
+            raise Unsupported("pulling from backupd is not implemented yet")
+        if request.read_only:
+            raise RsyncError("ERROR: module is read only", ExitCode.SYNTAX)
+        return run_push(self, request, negotiated)
+
+    def _send_line_error(self, message: str) -> None:
+        try:
+            self.stream.sendall(gr.encode_error(message))
+        except OSError:
+            pass
+
+    def _fatal(self, exc: RsyncError) -> ExitCode:
+        """MSG_ERROR + MSG_ERROR_EXIT after the setup phase (protocol-b §9.6)."""
+        code = exc.exit_code
+        self.log.warning("session failed (code {}): {}", int(code), exc)
+        if self.outbox is None:
+            return code
+        text = str(exc)
+        if not text.startswith(("ERROR", "rsync")):
+            text = f"rsync: [{self.role}] {text}"
+        self.outbox.send_msg(MsgCode.ERROR, (text.rstrip("\n") + "\n").encode("utf-8", "replace"))
+        trailer = f"rsync error: {EXIT_TEXT.get(code, 'error')} (code {int(code)}) at backupd [{self.role}=backupd-{__version__}]\n"
+        self.outbox.send_msg(MsgCode.ERROR, trailer.encode())
+        self.outbox.send_msg(MsgCode.ERROR_EXIT, encode_int32(int(code)))
+        return code
+
+    def _close(self) -> None:
+        if self.outbox is not None:
+            self.outbox.close()
+        try:
+            self.stream.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        self.inbox.drain()
+        try:
+            self.stream.close()
+        except OSError:
+            pass
+
+
+def _signed(value: int) -> int:
+    value &= 0xFFFFFFFF
+    return value - (1 << 32) if value & 0x80000000 else value
+
+
+def _effective_timeout(module_s: int, client_s: int) -> int:
+    values = [t for t in (module_s, client_s) if t and t > 0]
+    return min(values) if values else 0
+
+
+def _user_groups(user: str) -> set[str]:
+    try:
+        pw = pwd.getpwnam(user)
+    except KeyError:
+        return set()
+    return {grp.getgrgid(g).gr_name for g in os.getgrouplist(user, pw.pw_gid) if _has_group(g)}
+
+
+def _has_group(gid: int) -> bool:
+    try:
+        grp.getgrgid(gid)
+        return True
+    except KeyError:
+        return False
+
+
+def run_session(stream: Stream, ctx: SessionContext) -> ExitCode:
+    """Run one client session to its end. Never raises."""
+    return Session(stream, ctx).run()
+
+
+__all__ = ["BackupdError", "ModuleRequest", "Session", "SessionContext", "run_session"]

@@ -1,0 +1,1 @@
+"""Transports: each hands one byte stream to one session."""

@@ -1,0 +1,66 @@
+"""The byte stream a session runs on: a socket, or a pair of file descriptors."""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Protocol
+
+
+class Stream(Protocol):
+    """What a session needs from its transport (a subset of socket.socket)."""
+
+    def recv(self, n: int) -> bytes: ...  # noqa: D102 - b"" at end of stream
+
+    def sendall(self, data: bytes | memoryview) -> None: ...  # noqa: D102
+
+    def settimeout(self, seconds: float | None) -> None: ...  # noqa: D102
+
+    def shutdown(self, how: int) -> None: ...  # noqa: D102
+
+    def close(self) -> None: ...  # noqa: D102
+
+
+class FdStream:
+    """A Stream over two file descriptors (stdin/stdout, or a pipe pair)."""
+
+    def __init__(self, read_fd: int, write_fd: int) -> None:
+        self.read_fd, self.write_fd = read_fd, write_fd
+        self._timeout: float | None = None
+
+    def recv(self, n: int) -> bytes:
+        """Up to ``n`` bytes; b"" at end of stream. Raises TimeoutError."""
+        if self._timeout is not None:
+            import select
+
+            ready, _, _ = select.select([self.read_fd], [], [], self._timeout)
+            if not ready:
+                raise TimeoutError("read timed out")
+        return os.read(self.read_fd, n)
+
+    def sendall(self, data: bytes | memoryview) -> None:
+        """Write everything."""
+        view = memoryview(data)
+        while view:
+            written = os.write(self.write_fd, view)
+            view = view[written:]
+
+    def settimeout(self, seconds: float | None) -> None:
+        """Timeout for recv, in seconds (None = block)."""
+        self._timeout = seconds
+
+    def shutdown(self, how: int) -> None:
+        """Close the write side for SHUT_WR / SHUT_RDWR."""
+        if how in (socket.SHUT_WR, socket.SHUT_RDWR) and self.write_fd >= 0:
+            os.close(self.write_fd)
+            self.write_fd = -1
+
+    def close(self) -> None:
+        """Close both descriptors."""
+        for fd in {self.read_fd, self.write_fd}:
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self.read_fd = self.write_fd = -1

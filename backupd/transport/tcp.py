@@ -1,0 +1,143 @@
+"""The daemon's TCP listener: accept, check the global limit, fork a session.
+
+The listener never runs protocol code itself: each accepted connection is
+handed to a worker process (worker.py), so it keeps accepting while
+sessions run, and a failing session cannot take it down.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import selectors
+import signal
+import socket
+import time
+from collections.abc import Callable
+
+from loguru import logger
+
+from backupd.config.model import DaemonConfig
+from backupd.protocol.greeting import encode_error
+from backupd.transport.worker import fork_session
+
+
+class DaemonServer:
+    """Listens on ``address:port`` and forks a worker per connection."""
+
+    def __init__(self, config: DaemonConfig, *, address: str | None, port: int) -> None:
+        self.config = config
+        self.address = address
+        self.port = port
+        self.children: dict[int, float] = {}
+        self.listeners: list[socket.socket] = []
+        self._stop = False
+        self.periodic: list[tuple[float, Callable[[], None]]] = []
+        self._next_run: list[float] = []
+
+    def bind(self) -> None:
+        """Create the listening sockets (IPv4 and/or IPv6).
+
+        Raises:
+            OSError: the address is in use or not available.
+        """
+        hosts = [self.address] if self.address else ["0.0.0.0", "::"]
+        for host in hosts:
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind((host, self.port))
+            except OSError as exc:
+                sock.close()
+                if self.address is None and exc.errno == errno.EADDRNOTAVAIL:
+                    continue
+                raise
+            sock.listen(128)
+            sock.setblocking(False)
+            self.listeners.append(sock)
+
+    def add_periodic(self, interval_s: float, job: Callable[[], None]) -> None:
+        """Run ``job`` every ``interval_s`` seconds in the listener (keep it short)."""
+        self.periodic.append((interval_s, job))
+        self._next_run.append(time.monotonic() + interval_s)
+
+    def stop(self, *_args) -> None:
+        """Stop accepting (signal handler)."""
+        self._stop = True
+
+    def serve_forever(self) -> None:
+        """Accept until stopped (SIGTERM/SIGINT); then wait briefly for sessions."""
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
+        selector = selectors.DefaultSelector()
+        for sock in self.listeners:
+            selector.register(sock, selectors.EVENT_READ)
+        while not self._stop:
+            for key, _ in selector.select(timeout=0.5):
+                self._accept(key.fileobj)
+            self._reap()
+            self._run_periodic()
+        for sock in self.listeners:
+            sock.close()
+        self._wait_children(10.0)
+
+    def _accept(self, listener: socket.socket) -> None:
+        try:
+            conn, peer = listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            logger.warning("accept failed: {}", exc)
+            return
+        conn.setblocking(True)
+        limit = self.config.max_connections
+        if limit and len(self.children) >= limit:
+            self._refuse(conn, f"max connections ({limit}) reached -- try again later")
+            return
+        try:
+            pid = fork_session(conn, peer[0], self.config, self.listeners)
+        except OSError as exc:
+            logger.error("cannot fork a session for {}: {}", peer[0], exc)
+            conn.close()
+            return
+        self.children[pid] = time.monotonic()
+        conn.close()
+
+    def _refuse(self, conn: socket.socket, message: str) -> None:
+        try:
+            conn.sendall(b"@RSYNCD: 32.0\n" + encode_error(message))
+        except OSError:
+            pass
+        conn.close()
+
+    def _reap(self) -> None:
+        while self.children:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                self.children.clear()
+                return
+            if pid == 0:
+                return
+            self.children.pop(pid, None)
+            if os.WIFSIGNALED(status):
+                logger.warning("session process {} killed by signal {}", pid, os.WTERMSIG(status))
+
+    def _run_periodic(self) -> None:
+        now = time.monotonic()
+        for i, (interval, job) in enumerate(self.periodic):
+            if now >= self._next_run[i]:
+                self._next_run[i] = now + interval
+                try:
+                    job()
+                except Exception:
+                    logger.exception("periodic job failed")
+
+    def _wait_children(self, limit_s: float) -> None:
+        deadline = time.monotonic() + limit_s
+        while self.children and time.monotonic() < deadline:
+            self._reap()
+            time.sleep(0.1)
