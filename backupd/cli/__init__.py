@@ -15,6 +15,11 @@ from backupd.errors import BackupdError, ConfigError
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="backupd: an rsyncd-compatible backup server.")
 
 
+@app.callback()
+def _root() -> None:
+    """backupd: an rsyncd-compatible backup server that keeps every version."""
+
+
 def _register() -> None:
     from backupd.cli import serve  # noqa: F401 - registers its commands
 

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 
 from backupd.errors import ExitCode, PathEscape, ProtocolError, RsyncError, StorageError
 from backupd.protocol.constants import CompatFlags, IoError
-from backupd.protocol.filters import FilterList, decode_filter_list, parse_rule
 from backupd.protocol.flist import FileEntry, FlistDecoder, FlistOptions, check_wire_name, sort_key
 from backupd.protocol.negotiate import Negotiated
 from backupd.protocol.server_args import TransferOptions
@@ -34,7 +33,7 @@ class PushState:
     dest: list[bytes]
     dest_dir: bytes
     checksum: Checksum
-    filters: FilterList | None
+    filters: object | None
     protocol: int
     io_error: int = 0
     skip: set[int] = field(default_factory=set)
@@ -104,8 +103,31 @@ def read_file_list(state_opts: TransferOptions, negotiated: Negotiated, protocol
     return entries, decoder.io_error
 
 
-def build_filters(opts: TransferOptions, module_rules: list[bytes], client_rules: list[bytes]) -> FilterList | None:
-    """Module rules first (they always win), then the client's."""
+def read_filter_list(read) -> list[bytes]:
+    """The client's filter rules: int32 length + text, until a zero length (exclude.c recv_filter_list).
+
+    Raises:
+        ProtocolError: a rule of 5120 bytes or more, or over 100000 rules.
+    """
+    from backupd.protocol.wire import decode_int32
+
+    rules = []
+    for _ in range(100_000):
+        n = decode_int32(read)
+        if n == 0:
+            return rules
+        if not 0 < n < 5120:
+            raise ProtocolError(f"filter rule of {n} bytes (limit 5120)")
+        rules.append(read(n))
+    raise ProtocolError("filter list over 100000 rules")
+
+
+def build_filters(opts: TransferOptions, module_rules: list[bytes], client_rules: list[bytes]):
+    """Module rules first (they always win), then the client's; None when there are none."""
+    if not module_rules and not client_rules:
+        return None
+    from backupd.protocol.filters import FilterList, parse_rule
+
     rules = [parse_rule(r) for r in module_rules] + [parse_rule(r) for r in client_rules]
     return FilterList(rules) if rules else None
 
@@ -165,7 +187,7 @@ def run_push(session, request, negotiated: Negotiated) -> ExitCode:
     if (opts.backup or opts.backup_dir) and not module.history:
         raise RsyncError("--backup is refused: module history is off on this server", ExitCode.UNSUPPORTED)
     read = session.inbox.read
-    client_rules = decode_filter_list(read) if (opts.deleting or opts.prune_empty_dirs) else []
+    client_rules = read_filter_list(read) if (opts.deleting or opts.prune_empty_dirs) else []
     flist, io_error = read_file_list(opts, negotiated, request.protocol, read)
     history = HistoryStore(module.history_dir.encode()) if module.history else None
     tree = ModuleTree(module.path, module=module.name, history=history)
