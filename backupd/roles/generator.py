@@ -137,7 +137,11 @@ class Generator:
     def _process(self, ndx: int, entry: FileEntry, delete_during: bool) -> None:
         path = self.state.dest[ndx]
         if self.state.tree.is_history_path(path):
-            self._file_error(f"refusing to write {path!r} inside the history folder", entry)
+            self._file_error(f"refusing to write {os.fsdecode(path)!r} inside the history folder", entry)
+            return
+        if self.state.daemon_excluded(path, entry.is_dir):
+            self._file_error(f'skipping daemon-excluded {"directory" if entry.is_dir else "file"} "{os.fsdecode(entry.name)}"', entry)
+            self.state.skip.add(ndx)
             return
         try:
             if entry.mode == 0:
@@ -364,7 +368,9 @@ class Generator:
             rel = join_path(b"" if entry.name == b"." else entry.name, name)
             child_st = state.tree.lstat(child_path)
             is_dir = child_st is not None and stat.S_ISDIR(child_st.st_mode)
-            if state.filters is not None and state.filters.excluded(rel, is_dir, side="receiver"):
+            if state.filters is not None and state.filters.protected_from_delete(rel, is_dir, perishable_ok=False):
+                continue
+            if state.daemon_excluded(child_path, is_dir):
                 continue
             self._delete(rel, child_path, is_dir)
 

@@ -34,6 +34,7 @@ class PushState:
     dest_dir: bytes
     checksum: Checksum
     filters: object | None
+    module_filters: object | None
     protocol: int
     io_error: int = 0
     skip: set[int] = field(default_factory=set)
@@ -46,6 +47,10 @@ class PushState:
     def module_path(self, ndx: int) -> bytes:
         """Module-relative destination of entry ``ndx``."""
         return self.dest[ndx]
+
+    def daemon_excluded(self, path: bytes, is_dir: bool) -> bool:
+        """True if the module's own rules exclude this module-relative path."""
+        return self.module_filters is not None and self.module_filters.excluded(path, is_dir, side=None)
 
 
 def strip_module(arg: bytes, module: str) -> bytes:
@@ -122,22 +127,35 @@ def read_filter_list(read) -> list[bytes]:
     raise ProtocolError("filter list over 100000 rules")
 
 
-def build_filters(opts: TransferOptions, module_rules: list[bytes], client_rules: list[bytes]):
-    """Module rules first (they always win), then the client's; None when there are none."""
-    if not module_rules and not client_rules:
+def build_filters(client_rules: list[bytes]):
+    """The client's rules (relative to the transfer root); None when there are none."""
+    if not client_rules:
         return None
     from backupd.protocol.filters import FilterList, parse_rule
 
-    rules = [parse_rule(r) for r in module_rules] + [parse_rule(r) for r in client_rules]
+    return FilterList([parse_rule(r) for r in client_rules])
+
+
+def build_module_filters(module):
+    """The module's own filter/include/exclude (relative to the module root); None if none.
+
+    Raises:
+        ConfigError: a rule that does not parse.
+    """
+    from backupd.errors import ConfigError
+    from backupd.protocol.filters import FilterList, parse_rules
+
+    rules = []
+    try:
+        for text in module.filter:
+            rules += parse_rules(text.encode(), "filter")
+        for text in module.include:
+            rules += parse_rules(text.encode(), "include")
+        for text in module.exclude:
+            rules += parse_rules(text.encode(), "exclude")
+    except ProtocolError as exc:
+        raise ConfigError(f"module {module.name}: bad filter rule: {exc}") from None
     return FilterList(rules) if rules else None
-
-
-def _module_rules(session) -> list[bytes]:
-    module = session_module(session)
-    rules = [r.encode() for r in module.filter]
-    rules += [b"- " + p.encode() for p in module.exclude]
-    rules += [b"+ " + p.encode() for p in module.include]
-    return rules
 
 
 def session_module(session):
@@ -198,7 +216,8 @@ def run_push(session, request, negotiated: Negotiated) -> ExitCode:
         state = PushState(
             opts=opts, negotiated=negotiated, tree=tree, flist=flist, dest=[], dest_dir=dest_dir,
             checksum=Checksum(negotiated.checksum, negotiated.seed, seed_fix=bool(negotiated.compat_flags & CompatFlags.CHKSUM_SEED_FIX)),
-            filters=build_filters(opts, _module_rules(session), client_rules), protocol=request.protocol,
+            filters=build_filters(client_rules), module_filters=build_module_filters(module),
+            protocol=request.protocol,
             io_error=io_error, is_root=os.geteuid() == 0,
         )
         state.umask = _current_umask()

@@ -1,0 +1,336 @@
+"""The sender's block search: new file x received block sums -> send_token calls.
+
+``match_tokens`` reproduces rsync's hash_search() call sequence exactly
+(which block is chosen, where literal data is cut) without a per-byte
+Python loop: the weak sums of every window come from NumPy prefix sums over
+bounded pieces of the file, candidate offsets are those whose sum is in the
+block table, and only candidates are walked in Python, with the strong sum
+from the C hash. ``match_tokens_ref`` is the byte-by-byte transcription it
+is tested against. Source: rsync match.c (3.5.0) match_sums(),
+hash_search(), matched(); docs/rsync-protocol-b.md §5.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import NamedTuple
+
+import numpy as np
+
+from backupd.protocol.constants import CHUNK_SIZE
+from backupd.protocol.sums import (
+    Buffer,
+    Checksum,
+    SumHead,
+    block_sums1,
+    checksum1_ref,
+    rolling_sums1,
+)
+
+MAX_CHAIN = 1024            # 3.5.0 MAX_CHAIN_LEN: equal weak sums tried per offset (None: 3.2.7)
+MATCH_WINDOW = 1024 * 1024  # offsets whose weak sums are computed per NumPy pass (>= 16 blocks)
+_PREFILTER_SHIFT = 12       # bitmap over the top 20 bits of sum1 before the exact lookup
+
+
+class SendCall(NamedTuple):
+    """One C ``send_token`` call: ``literal`` then ``token`` (block, -1 end, -2 none).
+
+    ``block`` is the matched block's data in the new file (zlib primes its
+    history with it); None unless ``token >= 0``.
+    """
+
+    literal: memoryview
+    token: int
+    block: memoryview | None
+
+
+def literal_calls(view: memoryview, chunk: int = CHUNK_SIZE) -> Iterator[SendCall]:
+    """All data as literal: a -2 call at every multiple of ``chunk`` below the length, then -1.
+
+    Used when there are no block sums (or an empty file), and for --append
+    on the part after the kept prefix. Source: match.c match_sums().
+    """
+    last = 0
+    for cut in range(chunk, len(view), chunk):
+        yield SendCall(view[last:cut], -2, None)
+        last = cut
+    yield SendCall(view[last:], -1, None)
+
+
+class _Search:
+    """State of the fast search: block table, want, last_match, early flushes.
+
+    Equal weak sums are found through an index sorted by (sum1, -block), so
+    a weak sum's "chain" is a slice in C's order (highest block first, at
+    most ``max_chain`` entries) without a Python object per block.
+    """
+
+    def __init__(
+        self,
+        data: Buffer,
+        head: SumHead,
+        sum1: Sequence[int] | np.ndarray,
+        sum2: Sequence[bytes],
+        checksum: Checksum,
+        max_chain: int | None,
+        chunk: int,
+    ) -> None:
+        if not len(sum1) == len(sum2) == head.count:
+            raise ValueError(f"{len(sum1)}/{len(sum2)} block sums for a head of {head.count}")
+        self.view = memoryview(data).cast("B")
+        self.size = len(self.view)
+        self.head, self.checksum, self.chunk, self.max_chain = head, checksum, chunk, max_chain
+        self.b = head.block_len
+        self.cmp_len = min(head.s2_len, checksum.digest_len)
+        self.sum1 = np.asarray(sum1, dtype=np.uint32)
+        self.sum2 = sum2 if self.cmp_len == head.s2_len else [s[: self.cmp_len] for s in sum2]
+        self.last_len = head.block_size(head.count - 1) if head.count else 0
+        self.end = self.size + 1 - self.last_len
+        self.order = np.lexsort((-np.arange(head.count), self.sum1))
+        self.sorted_sum1 = self.sum1[self.order]
+        self.last_match = 0
+        self.pos = 0          # next offset the search looks at
+        self.want = 0
+
+    def block_len(self, i: int) -> int:
+        return self.last_len if i == self.head.count - 1 else self.b
+
+    def chain(self, weak: int) -> np.ndarray:
+        """Blocks whose sum1 is ``weak``, highest index first, at most ``max_chain``."""
+        lo = int(np.searchsorted(self.sorted_sum1, weak, "left"))
+        hi = int(np.searchsorted(self.sorted_sum1, weak, "right"))
+        if self.max_chain is not None:
+            hi = min(hi, lo + self.max_chain)
+        return self.order[lo:hi]
+
+    def find(self, offset: int, weak: int) -> int | None:
+        """Block matching at ``offset`` (weak sum ``weak``), after the want-next rule; or None."""
+        length = min(self.b, self.size - offset)
+        found = strong = None
+        for i in self.chain(weak).tolist():
+            if self.block_len(i) != length:
+                continue
+            if strong is None:
+                block = self.view[offset : offset + length]
+                strong = self.checksum.block_sum(block)[: self.cmp_len]
+            if self.sum2[i] == strong:
+                found = i
+                break
+        want = self.want
+        if (
+            found is not None and found != want and want < self.head.count
+            and int(self.sum1[want]) == weak and self.block_len(want) == length
+            and self.sum2[want] == strong
+        ):
+            found = want
+        return found
+
+    def emit_match(self, offset: int, i: int) -> SendCall:
+        """matched(offset, i): literal since last_match, then block ``i``."""
+        end = offset + self.block_len(i)
+        call = SendCall(self.view[self.last_match : offset], i, self.view[offset:end])
+        self.last_match = self.pos = end
+        self.want = i + 1
+        return call
+
+    def flushes_before(self, limit: int) -> Iterator[SendCall]:
+        """Early literal flushes at offsets below ``limit`` (no match in between).
+
+        C flushes ``data[last_match : offset - blength]`` at the first offset
+        where ``offset - last_match >= blength + CHUNK_SIZE``, while more
+        than CHUNK_SIZE offsets remain before ``end``.
+        """
+        while True:
+            at = self.last_match + self.b + self.chunk
+            if at >= limit or self.end - at <= self.chunk:
+                return
+            yield SendCall(self.view[self.last_match : at - self.b], -2, None)
+            self.last_match = at - self.b
+
+    def finish(self) -> Iterator[SendCall]:
+        """Flushes up to the end, then the end-of-file call with the remaining literal."""
+        yield from self.flushes_before(self.end)
+        yield SendCall(self.view[self.last_match :], -1, None)
+
+
+def match_tokens(
+    data: Buffer,
+    head: SumHead,
+    sum1: np.ndarray,
+    sum2: Sequence[bytes],
+    checksum: Checksum,
+    *,
+    max_chain: int | None = MAX_CHAIN,
+    chunk: int = CHUNK_SIZE,
+    window: int | None = None,
+) -> Iterator[SendCall]:
+    """Yield the C sender's send_token calls for ``data`` against the generator's sums.
+
+    Memory stays bounded for GB files (``data`` may be an mmap): weak sums
+    are computed ``window`` offsets at a time, about 16 bytes of
+    temporaries per offset (default: 1 MiB or 16 blocks, whichever is more;
+    about 9 s per GiB on one core). Only ``min(s2_len, digest_len)`` strong-sum
+    bytes are compared (a 3.2.7 redo may send 16 for an 8-byte digest).
+
+    Args:
+        data: the sender's file.
+        head: the generator's sum head.
+        sum1: weak sums, shape ``(count,)``.
+        sum2: strong-sum prefixes, ``s2_len`` bytes each.
+        checksum: the negotiated checksum with the session seed.
+        max_chain: equal weak sums tried per offset (3.5.0: 1024; None: 3.2.7).
+        chunk: CHUNK_SIZE (a parameter only for tests).
+        window: offsets per NumPy pass (tests use small ones).
+
+    Raises:
+        ValueError: the number of sums does not match ``head.count``.
+    """
+    search = _Search(data, head, sum1, sum2, checksum, max_chain, chunk)
+    if not search.size or not head.count:
+        yield from literal_calls(search.view, chunk)
+        return
+    if window is None:
+        window = max(MATCH_WINDOW, 16 * head.block_len)
+    yield from _scan_full_windows(search, window)
+    if head.remainder and search.pos <= search.size - head.remainder:
+        offset = search.size - head.remainder       # the only place the short block fits
+        yield from search.flushes_before(offset)
+        weak = int(block_sums1(search.view[offset:], head.remainder)[0])
+        if (i := search.find(offset, weak)) is not None:
+            yield search.emit_match(offset, i)
+    yield from search.finish()
+
+
+def _scan_full_windows(search: _Search, window: int) -> Iterator[SendCall]:
+    """Walk the candidate offsets whose full-length window's weak sum is a block's sum1."""
+    b = search.b
+    full = search.sum1 if search.last_len == b else search.sum1[:-1]
+    table = np.unique(full)
+    last_full = search.size - b
+    if not len(table) or last_full < 0:
+        return
+    bitmap = np.zeros(1 << (32 - _PREFILTER_SHIFT), dtype=bool)
+    bitmap[table >> _PREFILTER_SHIFT] = True
+    start = 0
+    while (start := max(start, search.pos)) <= last_full:
+        stop = min(start + window, last_full + 1)
+        sums = rolling_sums1(search.view[start : stop + b - 1], b)
+        hits = np.flatnonzero(bitmap[sums >> _PREFILTER_SHIFT])
+        hits = hits[np.isin(sums[hits], table)]
+        k = 0
+        while k < len(hits):
+            offset = start + int(hits[k])
+            yield from search.flushes_before(offset)
+            if (i := search.find(offset, int(sums[offset - start]))) is None:
+                k += 1
+                continue
+            yield search.emit_match(offset, i)
+            k = int(np.searchsorted(hits, search.pos - start))
+        start = stop
+
+
+def match_tokens_ref(
+    data: Buffer,
+    head: SumHead,
+    sum1: Sequence[int] | np.ndarray,
+    sum2: Sequence[bytes],
+    checksum: Checksum,
+    *,
+    max_chain: int | None = MAX_CHAIN,
+    chunk: int = CHUNK_SIZE,
+) -> Iterator[SendCall]:
+    """Byte-by-byte transcription of hash_search(): the reference for ``match_tokens``.
+
+    Rolls (s1, s2) one byte at a time, walks C's hash table chains
+    (tablesize, key and insertion order of build_hash_table()) and checks
+    the early flush at every offset. About a microsecond per byte: tests only.
+    """
+    view = memoryview(data).cast("B")
+    if not len(view) or not head.count:
+        yield from literal_calls(view, chunk)
+        return
+    ref = _RefSearch(view, head, sum1, sum2, checksum, max_chain)
+    size, b = len(view), head.block_len
+    end = size + 1 - ref.lens[-1]
+    signed = [v - 256 if v > 127 else v for v in view.tobytes()]
+    k = min(size, b)
+    s1, s2 = _split_sum(checksum1_ref(view[:k]))
+    offset = last_match = 0
+    while True:
+        i = ref.chain_match(offset, (s1 & 0xFFFF) | (s2 & 0xFFFF) << 16)
+        if i is not None:
+            yield SendCall(view[last_match:offset], i, view[offset : offset + ref.lens[i]])
+            last_match = offset + ref.lens[i]
+            offset += ref.lens[i] - 1
+            k = min(b, size - offset)
+            s1, s2 = _split_sum(checksum1_ref(view[offset : offset + k]))
+        backup = max(0, offset - last_match)
+        x = signed[offset]
+        s1, s2 = s1 - x, s2 - k * x
+        if offset + k < size:
+            s1 += signed[offset + k]
+            s2 += s1
+        else:
+            k -= 1
+        if backup >= b + chunk and end - offset > chunk:
+            yield SendCall(view[last_match : offset - b], -2, None)
+            last_match = offset - b
+        offset += 1
+        if offset >= end:
+            break
+    yield SendCall(view[last_match:], -1, None)
+
+
+def _split_sum(value: int) -> tuple[int, int]:
+    return value & 0xFFFF, value >> 16
+
+
+class _RefSearch:
+    """C's hash table (build_hash_table()) and chain walk, for ``match_tokens_ref``."""
+
+    def __init__(self, view, head, sum1, sum2, checksum, max_chain) -> None:
+        self.view, self.head, self.checksum, self.max_chain = view, head, checksum, max_chain
+        self.lens = [head.block_size(i) for i in range(head.count)]
+        self.cmp_len = min(head.s2_len, checksum.digest_len)
+        self.sum1 = [int(s) for s in sum1]
+        self.sum2 = [s[: self.cmp_len] for s in sum2]
+        self.tablesize = max(1 << 16, (head.count // 8) * 10 + 11)
+        self.buckets: dict[int, int] = {}
+        self.next_in_chain = [-1] * head.count
+        for i, s in enumerate(self.sum1):
+            self.next_in_chain[i] = self.buckets.get(self.key(s), -1)
+            self.buckets[self.key(s)] = i
+        self.want = 0
+
+    def key(self, weak: int) -> int:
+        if self.tablesize == 1 << 16:
+            return ((weak & 0xFFFF) + (weak >> 16)) & 0xFFFF
+        return weak % self.tablesize
+
+    def chain_match(self, offset: int, weak: int) -> int | None:
+        """The block matched at ``offset`` (want rule applied), or None."""
+        i, equal, strong = self.buckets.get(self.key(weak), -1), 0, None
+        length = min(self.head.block_len, len(self.view) - offset)
+        while i >= 0:
+            if self.sum1[i] == weak:
+                equal += 1
+                if self.max_chain is not None and equal > self.max_chain:
+                    return None
+                if length == self.lens[i]:
+                    if strong is None:
+                        data = self.view[offset : offset + length]
+                        strong = self.checksum.block_sum(data)[: self.cmp_len]
+                    if self.sum2[i] == strong:
+                        return self._prefer_want(i, weak, length, strong)
+            i = self.next_in_chain[i]
+        return None
+
+    def _prefer_want(self, i: int, weak: int, length: int, strong: bytes) -> int:
+        w = self.want
+        if (
+            i != w and w < self.head.count and self.sum1[w] == weak
+            and self.lens[w] == length and self.sum2[w] == strong
+        ):
+            i = w
+        self.want = i + 1
+        return i

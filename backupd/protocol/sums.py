@@ -1,0 +1,424 @@
+"""Sum head, block-length rule, checksum1 (reference + NumPy) and strong sums.
+
+The generator describes its basis file with a ``SumHead`` and one
+``sum1`` (int32 LE) + ``sum2`` (first ``s2_len`` bytes of the strong sum)
+per block; the sender matches against them (``match.py``) and both ends
+check the whole-file sum. Source: rsync generator.c sum_sizes_sqroot(),
+generate_and_send_sums(); io.c read_sum_head(); checksum.c get_checksum1(),
+get_checksum2(), sum_init(); docs/rsync-protocol-b.md §4, §12.2.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import xxhash
+
+from backupd.errors import ProtocolError, Unsupported
+from backupd.protocol.constants import MAX_BLOCK_SIZE
+
+BLOCK_SIZE = 700                # rsync.h BLOCK_SIZE: blength for files up to 700*700 bytes
+SUM_LENGTH = 16                 # rsync.h SUM_LENGTH: longest per-block strong sum used
+FIRST_PASS_S2_LEN = 2           # csum_length in phase 0 (SHORT_SUM_LENGTH)
+BLOCKSUM_BIAS = 10              # generator.c: bits of safety in the s2length rule
+SUMS_WINDOW = 2 * 1024 * 1024   # bytes of basis turned into sum1 values per NumPy pass
+_MAX_COUNT = 0x7FFFFFFF         # count is an int32 on the wire
+_HEAD = struct.Struct("<4i")
+
+Buffer = bytes | bytearray | memoryview
+
+
+@dataclass(frozen=True)
+class SumHead:
+    """The 16-byte checksum header (C ``struct sum_struct``, wire part).
+
+    ``block_len`` is C's ``blength``, ``s2_len`` its ``s2length``. Block ``i``
+    covers basis bytes ``[i * block_len, i * block_len + block_size(i))``.
+    The all-zero head means "no basis: everything comes as literal data".
+    Source: rsync io.c write_sum_head() / read_sum_head(); protocol-b §4.1.
+    """
+
+    count: int
+    block_len: int
+    s2_len: int
+    remainder: int
+
+    def encode(self) -> bytes:
+        """Return the wire form: count, blength, s2length, remainder as 4 x int32 LE."""
+        return _HEAD.pack(self.count, self.block_len, self.s2_len, self.remainder)
+
+    @property
+    def prefix_len(self) -> int:
+        """Bytes the head describes: the basis length, or the kept prefix for --append.
+
+        ``count * block_len - (block_len - remainder if remainder else 0)``.
+        Source: rsync sender.c (append_mode), protocol-b §4.1.
+        """
+        if self.count == 0:
+            return 0
+        short = self.block_len - self.remainder if self.remainder else 0
+        return self.count * self.block_len - short
+
+    def block_size(self, index: int) -> int:
+        """Length of block ``index``: ``remainder`` for a short last block, else ``block_len``.
+
+        Raises:
+            ProtocolError: ``index`` outside ``0 .. count - 1`` (it came off the wire).
+        """
+        if not 0 <= index < self.count:
+            raise ProtocolError(f"block index {index} outside {self.count} blocks")
+        if index == self.count - 1 and self.remainder:
+            return self.remainder
+        return self.block_len
+
+
+NULL_SUM_HEAD = SumHead(0, 0, 0, 0)
+
+
+def decode_sum_head(data: bytes | memoryview, digest_len: int = SUM_LENGTH) -> SumHead:
+    """Decode and bound-check the 16-byte sum head.
+
+    Bounds are rsync 3.5.0's read_sum_head(): ``count >= 0``;
+    ``0 <= blength <= 131072``, nonzero when ``count > 0``; ``0 <= remainder
+    <= blength``. ``s2length`` may be up to ``max(16, digest_len)``: 3.5.0
+    allows the digest length, and a 3.2.7 generator sends 16 in the redo
+    pass even for 8-byte digests (protocol-b §7.4; compare only
+    ``min(s2_len, digest_len)`` bytes). Stricter than C: a head with
+    ``count == 0`` must have ``remainder == 0`` (else --append's prefix
+    length would be negative).
+
+    Args:
+        data: exactly 16 bytes.
+        digest_len: full digest length of the negotiated checksum.
+
+    Raises:
+        ProtocolError: wrong size or a field out of bounds (exit code 2).
+    """
+    if len(data) != _HEAD.size:
+        raise ProtocolError(f"sum head of {len(data)} bytes, want {_HEAD.size}")
+    count, block_len, s2_len, remainder = _HEAD.unpack(data)
+    if count < 0:
+        raise ProtocolError(f"invalid checksum count {count}")
+    if not 0 <= block_len <= MAX_BLOCK_SIZE:
+        raise ProtocolError(f"invalid block length {block_len} (max {MAX_BLOCK_SIZE})")
+    if count and not block_len:
+        raise ProtocolError(f"invalid zero block length for {count} blocks")
+    max_s2 = max(SUM_LENGTH, digest_len)
+    if not 0 <= s2_len <= max_s2:
+        raise ProtocolError(f"invalid checksum length {s2_len} (max {max_s2})")
+    if not 0 <= remainder <= block_len:
+        raise ProtocolError(f"invalid remainder length {remainder} for block length {block_len}")
+    if not count and remainder:
+        raise ProtocolError(f"remainder {remainder} without blocks")
+    return SumHead(count, block_len, s2_len, remainder)
+
+
+def _sqrt_block_len(file_len: int) -> int:
+    """Block length ~ sqrt(file_len), multiple of 8, 700 .. 131072 (sum_sizes_sqroot)."""
+    if file_len <= BLOCK_SIZE * BLOCK_SIZE:
+        return BLOCK_SIZE
+    c = 1 << ((file_len.bit_length() - 1) // 2)    # 2 ** floor(log4(file_len))
+    if c >= MAX_BLOCK_SIZE:
+        return MAX_BLOCK_SIZE
+    block_len = 0
+    while c >= 8:
+        if (block_len | c) ** 2 <= file_len:
+            block_len |= c
+        c >>= 1
+    return max(block_len, BLOCK_SIZE)
+
+
+def sum_sizes(
+    file_len: int, digest_len: int, *, block_size: int | None = None, redo: bool = False
+) -> SumHead:
+    """Choose the sum head for a basis of ``file_len`` bytes, as a 3.5.0 generator does.
+
+    ``s2_len`` is 2..min(16, digest_len) bytes from the file and block size
+    (2 below 32 MiB), or ``min(16, digest_len)`` in the redo pass. A zero
+    length basis gets the null head (generator.c recv_generator).
+    Source: rsync generator.c sum_sizes_sqroot(); protocol-b §4.2.
+
+    Args:
+        file_len: basis length in bytes.
+        digest_len: full digest length of the negotiated checksum.
+        block_size: the client's ``-B`` value, if any.
+        redo: phase 1 (csum_length == SUM_LENGTH): full-length strong sums.
+
+    Raises:
+        ValueError: negative length, ``block_size`` outside 1..131072, or
+            more than 2**31 - 1 blocks (C: "file is too large").
+    """
+    if file_len < 0:
+        raise ValueError(f"negative file length {file_len}")
+    if block_size is not None and not 0 < block_size <= MAX_BLOCK_SIZE:
+        raise ValueError(f"block size {block_size} outside 1..{MAX_BLOCK_SIZE}")
+    if file_len == 0:
+        return NULL_SUM_HEAD
+    block_len = block_size if block_size is not None else _sqrt_block_len(file_len)
+    cap = min(SUM_LENGTH, digest_len)
+    if redo:
+        s2_len = cap
+    else:
+        bits = BLOCKSUM_BIAS + 2 * (file_len.bit_length() - 1)
+        bits -= min(bits, block_len.bit_length() - 1)
+        s2_len = min(max((bits + 1 - 32 + 7) // 8, FIRST_PASS_S2_LEN), cap)
+    remainder = file_len % block_len
+    count = file_len // block_len + (remainder != 0)
+    if count > _MAX_COUNT:
+        raise ValueError(f"{file_len} bytes need {count} blocks of {block_len}: too many")
+    return SumHead(count, block_len, s2_len, remainder)
+
+
+def checksum1_ref(data: Buffer) -> int:
+    """checksum1 of ``data``, one byte at a time (the reference for the NumPy code).
+
+    Bytes are signed chars (0x80..0xff count as -128..-1), CHAR_OFFSET 0:
+    ``s1 = sum(b)``, ``s2 = sum((n - i) * b[i])``, result
+    ``(s1 & 0xffff) | (s2 & 0xffff) << 16``. Source: rsync checksum.c
+    get_checksum1(); protocol-b §4.3.
+    """
+    s1 = s2 = 0
+    for byte in bytes(data):
+        s1 += byte - 256 if byte > 127 else byte
+        s2 += s1
+    return (s1 & 0xFFFF) | (s2 & 0xFFFF) << 16
+
+
+def block_sums1(window: Buffer, block_len: int) -> np.ndarray:
+    """checksum1 of each block of ``window``: uint32, shape ``(ceil(len / block_len),)``.
+
+    ``window`` starts on a block boundary, a few MiB at a time
+    (temporaries: about 8 bytes per byte); the last block may be short.
+    Source: rsync checksum.c get_checksum1().
+    """
+    x = np.frombuffer(window, dtype=np.int8).astype(np.int64)
+    n_full = len(x) // block_len
+    full = x[: n_full * block_len].reshape(n_full, block_len)
+    weights = np.arange(block_len, 0, -1, dtype=np.int64)   # s2 = sum (n - i) * x[i]
+    s1, s2 = full.sum(axis=1), full @ weights
+    if tail := len(x) - n_full * block_len:
+        s1 = np.append(s1, x[-tail:].sum())
+        s2 = np.append(s2, x[-tail:] @ weights[-tail:])
+    return ((s1 & 0xFFFF) | (s2 & 0xFFFF) << 16).astype(np.uint32)
+
+
+def rolling_sums1(data: Buffer, k: int) -> np.ndarray:
+    """checksum1 of every window ``data[o:o + k]``: uint32, shape ``(max(0, len - k + 1),)``.
+
+    Prefix sums instead of a byte loop: with ``A`` the running sum of the
+    signed bytes and ``B`` the running sum of ``A`` (both starting at 0),
+    ``s1 = A[o+k] - A[o]`` and ``s2 = B[o+k+1] - B[o+1] - k * A[o]``. Only
+    the low 16 bits of s1 and s2 are kept, so everything is computed modulo
+    2**32 in uint32 (wrap-around is harmless): about 12 bytes of
+    temporaries per input byte. Source: protocol-b §12.2.
+
+    Raises:
+        ValueError: ``k < 1``.
+    """
+    if k < 1:
+        raise ValueError(f"window length {k} < 1")
+    x = np.frombuffer(data, dtype=np.int8)
+    n = len(x)
+    m = n - k + 1
+    if m <= 0:
+        return np.zeros(0, dtype=np.uint32)
+    a = np.zeros(n + 1, dtype=np.uint32)
+    np.cumsum(x, out=a[1:], dtype=np.uint32)
+    b = np.zeros(n + 2, dtype=np.uint32)
+    np.cumsum(a, out=b[1:], dtype=np.uint32)
+    s2 = b[k + 1 : k + 1 + m] - b[1 : 1 + m]
+    del b
+    s2 -= a[:m] * np.uint32(k)
+    s1 = a[k : k + m] - a[:m]
+    del a
+    s1 &= 0xFFFF
+    s2 <<= 16
+    s2 |= s1
+    return s2
+
+
+class Hasher(Protocol):
+    """Incremental digest: what ``Checksum.file_sum_hasher()`` returns."""
+
+    def update(self, data: Buffer, /) -> None:
+        """Add ``data`` to the digest."""
+
+    def digest(self) -> bytes:
+        """The digest of everything added so far, in wire byte order."""
+
+
+class _LittleEndianXxh:
+    """xxhash object whose digest is in rsync's wire order (little-endian words)."""
+
+    def __init__(self, inner: object) -> None:
+        self._inner = inner
+
+    def update(self, data: Buffer) -> None:
+        self._inner.update(data)
+
+    def digest(self) -> bytes:
+        return self._inner.digest()[::-1]    # canonical big-endian -> LE (xxh128: low64 first)
+
+
+def _md4_available() -> bool:
+    try:
+        hashlib.new("md4")
+    except ValueError:
+        return False
+    return True
+
+
+_DIGEST_LEN = {"xxh128": 16, "xxh3": 8, "xxh64": 8, "md5": 16, "md4": 16, "sha1": 20}
+_ALIASES = {"xxhash": "xxh64"}
+SUPPORTED_CHECKSUMS: tuple[str, ...] = ("xxh128", "xxh3", "xxh64", "md5", "sha1")
+HAVE_MD4 = _md4_available()
+
+
+class Checksum:
+    """The negotiated checksum: seeded per-block strong sums and the whole-file sum.
+
+    Per block (checksum.c get_checksum2): xxh128/xxh3/xxh64 use the seed
+    sign-extended to 64 bits; md5 and sha1 prepend the 4 seed bytes (LE;
+    md5 appends them without CF_CHKSUM_SEED_FIX); md4 appends them; seed 0
+    means no seed bytes. The whole-file sum is never seeded (sum_init for
+    protocol >= 30). Digests are in wire byte order. md4 only when hashlib
+    provides it. Source: protocol-b §4.4, §4.5, §13.2-3.
+    """
+
+    def __init__(self, name: str, seed: int, *, seed_fix: bool = True) -> None:
+        """Pick the algorithm.
+
+        Args:
+            name: negotiated name (``xxhash`` is an alias of ``xxh64``).
+            seed: the session's checksum_seed, a signed int32.
+            seed_fix: CF_CHKSUM_SEED_FIX was negotiated (every 3.2+ client).
+
+        Raises:
+            Unsupported: unknown name, ``none``, or md4 without a provider.
+            ValueError: seed outside int32.
+        """
+        canonical = _ALIASES.get(name, name)
+        if canonical not in _DIGEST_LEN or (canonical == "md4" and not HAVE_MD4):
+            raise Unsupported(f"checksum {name!r} is not supported")
+        if not -(1 << 31) <= seed < 1 << 31:
+            raise ValueError(f"checksum seed {seed} outside int32")
+        self.name = canonical
+        self.seed = seed
+        self.seed_fix = seed_fix
+        self.digest_len = _DIGEST_LEN[canonical]
+        self._seed64 = seed & 0xFFFFFFFFFFFFFFFF
+        self._seed_bytes = struct.pack("<i", seed) if seed else b""
+        self._block = getattr(self, "_block_" + canonical)
+
+    def __repr__(self) -> str:
+        return f"Checksum({self.name!r}, {self.seed})"
+
+    def block_sum(self, data: Buffer) -> bytes:
+        """Full seeded strong sum of one block, ``digest_len`` bytes, wire order."""
+        return self._block(data)
+
+    def _block_xxh128(self, data: Buffer) -> bytes:
+        return xxhash.xxh3_128_intdigest(data, seed=self._seed64).to_bytes(16, "little")
+
+    def _block_xxh3(self, data: Buffer) -> bytes:
+        return xxhash.xxh3_64_intdigest(data, seed=self._seed64).to_bytes(8, "little")
+
+    def _block_xxh64(self, data: Buffer) -> bytes:
+        return xxhash.xxh64_intdigest(data, seed=self._seed64).to_bytes(8, "little")
+
+    def _block_md5(self, data: Buffer) -> bytes:
+        if not self.seed_fix:
+            h = hashlib.md5(data)
+            h.update(self._seed_bytes)
+            return h.digest()
+        h = hashlib.md5(self._seed_bytes)
+        h.update(data)
+        return h.digest()
+
+    def _block_md4(self, data: Buffer) -> bytes:
+        h = hashlib.new("md4", data)
+        h.update(self._seed_bytes)
+        return h.digest()
+
+    def _block_sha1(self, data: Buffer) -> bytes:
+        h = hashlib.sha1(self._seed_bytes)
+        h.update(data)
+        return h.digest()
+
+    def file_sum_hasher(self) -> Hasher:
+        """A fresh, unseeded whole-file hasher; ``digest()`` is ``digest_len`` bytes, wire order."""
+        if self.name == "xxh128":
+            return _LittleEndianXxh(xxhash.xxh3_128())
+        if self.name == "xxh3":
+            return _LittleEndianXxh(xxhash.xxh3_64())
+        if self.name == "xxh64":
+            return _LittleEndianXxh(xxhash.xxh64())
+        return hashlib.new(self.name)
+
+
+def iter_sums_wire(
+    view: Buffer, head: SumHead, checksum: Checksum, *, window: int = SUMS_WINDOW
+) -> Iterator[bytes]:
+    """Yield the generator's block sums for ``view`` in pieces of about ``window`` bytes of basis.
+
+    Wire per block: ``sum1`` int32 LE, then the first ``s2_len`` bytes of
+    the seeded strong sum. sum1 comes from NumPy over block-aligned windows
+    (memory stays bounded for GB files); strong sums from the C hash, one
+    call per block. Source: rsync generator.c generate_and_send_sums().
+
+    Raises:
+        ValueError: ``view`` shorter than the head describes, or ``s2_len``
+            longer than the digest.
+    """
+    if len(view) < head.prefix_len:
+        raise ValueError(f"basis of {len(view)} bytes, sum head needs {head.prefix_len}")
+    if head.s2_len > checksum.digest_len:
+        raise ValueError(f"s2_len {head.s2_len} longer than the {checksum.name} digest")
+    if not head.count:
+        return
+    mv = memoryview(view).cast("B")[: head.prefix_len]
+    bl, s2_len = head.block_len, head.s2_len
+    per_window = max(1, window // bl) * bl
+    for start in range(0, len(mv), per_window):
+        chunk = mv[start : start + per_window]
+        sum1 = block_sums1(chunk, bl).astype("<u4").tobytes()
+        parts = []
+        for i, off in enumerate(range(0, len(chunk), bl)):
+            parts.append(sum1[4 * i : 4 * i + 4])
+            parts.append(checksum.block_sum(chunk[off : off + bl])[:s2_len])
+        yield b"".join(parts)
+
+
+def generate_sums(view: Buffer, head: SumHead, checksum: Checksum) -> bytes:
+    """All block sums of a basis as the generator sends them after the head.
+
+    Wire: ``count`` x (sum1 int32 LE + ``s2_len`` strong-sum bytes). See
+    ``iter_sums_wire`` to stream them instead.
+
+    Raises:
+        ValueError: as ``iter_sums_wire``.
+    """
+    return b"".join(iter_sums_wire(view, head, checksum))
+
+
+def decode_block_sums(data: bytes | memoryview, head: SumHead) -> tuple[np.ndarray, list[bytes]]:
+    """Split the block sums: sum1 uint32, shape ``(count,)``; sum2 ``s2_len`` bytes each.
+
+    Raises:
+        ProtocolError: ``data`` is not exactly ``count * (4 + s2_len)`` bytes.
+    """
+    width = 4 + head.s2_len
+    if len(data) != head.count * width:
+        raise ProtocolError(
+            f"block sums of {len(data)} bytes, want {head.count} x {width}"
+        )
+    raw = bytes(data)
+    rows = np.frombuffer(raw, dtype=np.uint8).reshape(head.count, width)
+    sum1 = rows[:, :4].copy().view("<u4").reshape(head.count).astype(np.uint32)
+    sum2 = [raw[i + 4 : i + width] for i in range(0, len(raw), width)]
+    return sum1, sum2
