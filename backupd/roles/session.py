@@ -299,9 +299,11 @@ class Session:
 
         if request.opts.sender:
             self.role = "sender"
-            from backupd.errors import Unsupported
+            if request.module.write_only:
+                raise RsyncError("ERROR: module is write only", ExitCode.SYNTAX)
+            from backupd.roles.sender import run_pull
 
-            raise Unsupported("pulling from backupd is not implemented yet")
+            return run_pull(self, request, negotiated)
         if request.read_only:
             raise RsyncError("ERROR: module is read only", ExitCode.SYNTAX)
         return run_push(self, request, negotiated)
