@@ -57,6 +57,9 @@ def _serve_tcp(cfg, port: int, address: str | None, creds) -> None:
     if creds is not None:
         from backupd.config.default import push_command_hint
 
+        if creds.created:
+            typer.echo(f"Created module 'backup' in {cfg.modules['backup'].path} with user '{creds.user}'.")
+        typer.echo("Push a folder to it with:")
         typer.echo(push_command_hint(cfg, creds, port=port, address=address))
     sys.stdout.flush()
     server.serve_forever()

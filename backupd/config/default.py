@@ -125,14 +125,17 @@ def _write_private(path: Path, text: str, replace: bool) -> bool:
         tmp.unlink(missing_ok=True)
 
 
-def push_command_hint(cfg: DaemonConfig, creds: DefaultCredentials) -> str:
+def push_command_hint(
+    cfg: DaemonConfig, creds: DefaultCredentials, *, port: int | None = None, address: str | None = None
+) -> str:
     """The rsync commands that push a folder to the default module, two forms.
 
     The first reads the password from ``creds.password_file`` (kept out of the
-    shell history); the second passes it in ``RSYNC_PASSWORD``.
+    shell history); the second passes it in ``RSYNC_PASSWORD``. ``port`` and
+    ``address`` override the config's (``serve --port/--address``).
     """
     module = DEFAULT_MODULE if DEFAULT_MODULE in cfg.modules else next(iter(cfg.modules))
-    url = rsync_url(cfg.address, cfg.port, creds.user, module)
+    url = rsync_url(address or cfg.address, port if port is not None else cfg.port, creds.user, module)
     password_file = shlex.quote(str(creds.password_file))
     return "\n".join(
         (

@@ -95,6 +95,7 @@ class TransferOptions:
     copy_unsafe_links: bool = False
     paths: list[bytes] = field(default_factory=list)
     given: list[str] = field(default_factory=list)
+    letters: str = ""
 
     @property
     def compression_on(self) -> bool:
@@ -250,6 +251,7 @@ def _parse_cluster(opts: TransferOptions, cluster: str) -> None:
             error = error or RsyncError(f"unknown option -{letter}", ExitCode.SYNTAX)
         else:
             handler(opts)
+            opts.letters += letter
         i += 1
     if error is not None:
         raise error
@@ -339,3 +341,37 @@ def has_protected_args(first_list: list[bytes]) -> bool:
         if arg.startswith(b"-") and not arg.startswith(b"--"):
             return arg[1:2] == b"s"
     return False
+
+
+LETTER_NAMES = {
+    "v": "verbose", "q": "quiet", "b": "backup", "u": "update", "n": "dry-run", "l": "links", "d": "dirs",
+    "K": "keep-dirlinks", "m": "prune-empty-dirs", "O": "omit-dir-times", "J": "omit-link-times",
+    "y": "fuzzy", "L": "copy-links", "k": "copy-dirlinks", "W": "whole-file", "H": "hard-links",
+    "o": "owner", "g": "group", "D": "devices", "t": "times", "p": "perms", "E": "executability",
+    "r": "recursive", "c": "checksum", "I": "ignore-times", "R": "relative", "x": "one-file-system",
+    "S": "sparse", "z": "compress", "P": "partial", "s": "secluded-args",
+}
+
+
+def refused_option(opts: TransferOptions, patterns: tuple[str, ...]) -> str | None:
+    """The first option the client used that a module's ``refuse options`` matches.
+
+    Patterns are rsyncd's: wildcards allowed; ``delete`` also refuses every
+    ``delete-*`` form; a ``!`` prefix exempts an option. Returns the option as
+    rsyncd names it (``--delete``), or None.
+    """
+    import fnmatch
+
+    used = [g[2:] for g in opts.given] + [LETTER_NAMES[c] for c in opts.letters if c in LETTER_NAMES]
+    if opts.compress_choice or opts.compress_level:
+        used.append("compress")
+    allowed = [p[1:] for p in patterns if p.startswith("!")]
+    for name in used:
+        if any(fnmatch.fnmatchcase(name, a) for a in allowed):
+            continue
+        for pattern in patterns:
+            if pattern.startswith("!"):
+                continue
+            if fnmatch.fnmatchcase(name, pattern) or (pattern == "delete" and name.startswith("delete")):
+                return f"--{name}"
+    return None

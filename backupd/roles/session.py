@@ -31,11 +31,17 @@ from backupd.errors import (
     ProtocolError,
     RsyncError,
     StreamClosed,
+    Unsupported,
 )
 from backupd.protocol import greeting as gr
 from backupd.protocol.constants import MsgCode
 from backupd.protocol.negotiate import Negotiated, finish_setup, plan_setup
-from backupd.protocol.server_args import TransferOptions, has_protected_args, parse_server_args_lenient
+from backupd.protocol.server_args import (
+    TransferOptions,
+    has_protected_args,
+    parse_server_args_lenient,
+    refused_option,
+)
 from backupd.protocol.sums import SUPPORTED_CHECKSUMS
 from backupd.protocol.wire import decode_vstring, encode_int32, encode_varint, encode_vstring
 from backupd.roles.channel import Inbox, Outbox
@@ -273,6 +279,10 @@ class Session:
             if request.args_error is not None:
                 self._setup_for_error(request)
                 raise request.args_error
+            refused = refused_option(request.opts, request.module.refuse_options)
+            if refused is not None:
+                self._setup_for_error(request)
+                raise Unsupported(f"The server is configured to refuse {refused}")
             negotiated = self.setup(request)
             return self._run_role(request, negotiated)
         except DaemonRefusal as exc:
