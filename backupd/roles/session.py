@@ -116,6 +116,7 @@ class Session:
         if module is None:
             raise DaemonRefusal(f"Unknown module '{name}'")
         self._check_host(module)
+        self._claim_slot(module)
         user, read_only = self._authenticate(module, peer)
         self.stream.sendall(b"@RSYNCD: OK\n")
         argv = self._read_args()
@@ -155,6 +156,20 @@ class Session:
         ]
         self.stream.sendall(gr.encode_listing(shown))
         self.log.info("module list sent ({} modules)", len(shown))
+
+    def _claim_slot(self, module: ModuleConfig) -> None:
+        from backupd.transport.slots import claim_slot, default_lock_path
+
+        if module.max_connections < 0:
+            raise DaemonRefusal(f"module {module.name} is disabled")
+        index = list(self.ctx.config.modules).index(module.name)
+        try:
+            self._slot_fd = claim_slot(module, index, default_lock_path(self.ctx.config.source))
+        except OSError as exc:
+            self.log.error("lock file for max connections: {}", exc)
+            raise DaemonRefusal("failed to open lock file") from None
+        if self._slot_fd is None:
+            raise DaemonRefusal(f"max connections ({module.max_connections}) reached -- try again later")
 
     def _check_host(self, module: ModuleConfig) -> None:
         if not allow_access(self.ctx.peer_addr, module.hosts_allow, module.hosts_deny, self.ctx.peer_host):

@@ -21,6 +21,8 @@ from backupd.config.model import DaemonConfig
 from backupd.protocol.greeting import encode_error
 from backupd.transport.worker import fork_session
 
+MAX_WORKERS = 256  # a hard cap on session processes; per-module limits are `max connections`
+
 
 class DaemonServer:
     """Listens on ``address:port`` and forks a worker per connection."""
@@ -93,9 +95,8 @@ class DaemonServer:
             logger.warning("accept failed: {}", exc)
             return
         conn.setblocking(True)
-        limit = self.config.max_connections
-        if limit and len(self.children) >= limit:
-            self._refuse(conn, f"max connections ({limit}) reached -- try again later")
+        if len(self.children) >= MAX_WORKERS:
+            self._refuse(conn, f"max connections ({MAX_WORKERS}) reached -- try again later")
             return
         try:
             pid = fork_session(conn, peer[0], self.config, self.listeners)
