@@ -187,7 +187,7 @@ class FlistDecoder:
         if not xflags & XmitFlags.SAME_MODE:
             prev.mode = decode_int32(read) & 0xFFFFFFFF
         entry.mode = prev.mode
-        if stat.S_IFMT(entry.mode) not in _VALID_TYPES:
+        if entry.mode != 0 and stat.S_IFMT(entry.mode) not in _VALID_TYPES:  # 0: a missing arg
             raise ProtocolError(f"{name!r}: invalid file mode {entry.mode:#o}")
         self._read_ids(read, xflags, entry)
         self._read_rdev_link_sum(read, xflags, entry)
