@@ -55,6 +55,8 @@ class Generator:
         self._dirs: list[tuple[int, bytes, bool]] = []
         self._children = _children_by_dir(state.flist)
         self._aborted = False
+        self._hlink_leader = _hlink_leaders(state.flist) if self.opts.hard_links else {}
+        self._hlink_followers: list[tuple[int, int]] = []
 
     # -- thread control ----------------------------------------------------------------
     def start(self) -> None:
@@ -117,6 +119,7 @@ class Generator:
             self._request_file(ndx, st.flist[ndx], redo=True)
         self.out.write(self.ndx.encode(NDX_DONE) + self.ndx.encode(NDX_DONE))
         self._wait("phase", 3)
+        self._link_followers()
         if deleting and opts.delete_mode in ("after", "delay"):
             self._delete_pass()
         self._touch_up_dirs()
@@ -149,6 +152,10 @@ class Generator:
             elif entry.is_dir:
                 self._process_dir(ndx, entry, path, delete_during)
             elif entry.is_reg:
+                leader = self._hlink_leader.get(ndx, ndx)
+                if leader != ndx:
+                    self._hlink_followers.append((ndx, leader))
+                    return
                 self._process_file(ndx, entry, path)
             elif entry.is_link:
                 self._process_symlink(ndx, entry, path)
@@ -339,6 +346,24 @@ class Generator:
                 return head.encode()
             return head.encode() + generate_sums(basis.view(0, basis.size), head, self.state.checksum)
 
+    def _link_followers(self) -> None:
+        """-H: make every other member of a group a hard link to its leader (hlink.c)."""
+        tree = self.state.tree
+        for ndx, leader in self._hlink_followers:
+            entry, path, target = self.state.flist[ndx], self.state.dest[ndx], self.state.dest[leader]
+            try:
+                lead_st = tree.lstat(target)
+                if lead_st is None or not stat.S_ISREG(lead_st.st_mode):
+                    self._file_error(f"cannot hard-link {os.fsdecode(entry.name)}: its first link was not written", entry)
+                    continue
+                st = tree.lstat(path)
+                if st is not None and (st.st_dev, st.st_ino) == (lead_st.st_dev, lead_st.st_ino):
+                    continue
+                if not self.opts.dry_run:
+                    tree.hardlink(target, path)
+            except StorageError as exc:
+                self._file_error(str(exc), entry)
+
     # -- deletion ----------------------------------------------------------------------
     def _delete_missing(self, ndx: int, entry: FileEntry, path: bytes) -> None:
         if not self.opts.delete_missing_args or path == self.state.dest_dir:
@@ -450,6 +475,17 @@ def _map_id(ident: int, name: bytes | None, numeric: bool, lookup, attr: str) ->
         return getattr(lookup(name.decode("utf-8", "replace")), attr)
     except KeyError:
         return ident
+
+
+def _hlink_leaders(flist: list[FileEntry]) -> dict[int, int]:
+    """ndx -> the ndx of the first (sorted) regular-file member of its hard-link group."""
+    first: dict[int, int] = {}
+    out: dict[int, int] = {}
+    for ndx, entry in enumerate(flist):
+        if entry.hlink_group is None or not entry.is_reg:
+            continue
+        out[ndx] = first.setdefault(entry.hlink_group, ndx)
+    return out
 
 
 def _parent_key(name: bytes) -> bytes:

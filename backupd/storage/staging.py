@@ -1,0 +1,242 @@
+"""Staged writes (temp file -> fsync -> rename) and mmap'd basis files.
+
+A ``StagedFile`` is rsync's temp file: ``.NAME.XXXXXX`` in the target's own
+directory, created ``O_EXCL`` with mode 0600 relative to the parent's fd.
+``commit()`` makes the data durable, sets the attributes on the temp file,
+puts the old version into history (hard link, so the target still holds
+it) and only then renames the temp file over the target: a SIGKILL at any
+moment leaves the target holding the old or the new complete file, and the
+old one is never lost.
+
+Source: rsync receiver.c get_tmpname()/open_tmpfile(), rsync.c
+finish_transfer(); rsync-protocol-b.md §7.2-7.3.
+"""
+
+from __future__ import annotations
+
+import errno
+import mmap
+import os
+import stat
+import time
+from typing import TYPE_CHECKING
+
+from backupd.errors import StorageError
+from backupd.storage.fsops import (
+    change_owner,
+    create_temp,
+    escape_error,
+    fs_errors,
+    open_dir,
+    show,
+)
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    from backupd.storage.tree import ModuleTree
+
+WRITE_BUFFER = 256 * 1024  # bytes buffered before a write(2)
+
+
+class StagedFile:
+    """New content for one file, invisible until :meth:`commit`.
+
+    Made by ``ModuleTree.create_staged()``; owns an fd of the target's parent
+    directory until finished. Every failure is a ``StorageError`` naming
+    module and path; a failed ``commit()`` aborts (removes the temp file).
+    Use as a context manager: leaving it unfinished, by exception or not,
+    aborts.
+
+    Attributes:
+        path: the target, relative to the module root.
+        temp_name: the temp file's name inside the target's directory.
+        mode: permission bits applied at commit unless commit passes its own.
+    """
+
+    def __init__(self, tree: ModuleTree, parent_fd: int, comps: tuple[bytes, ...],
+                 path: bytes, mode: int) -> None:
+        self.path = path
+        self.mode = mode
+        self._tree = tree
+        self._comps = comps
+        self._parent_fd = parent_fd
+        parent = os.fstat(parent_fd)
+        self._parent_id = (parent.st_dev, parent.st_ino)
+        self.temp_name, fd = create_temp(parent_fd, comps[-1])
+        self._file = open(fd, "wb", buffering=WRITE_BUFFER)  # noqa: SIM115 - closed in finish
+        self._done = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Append ``data`` (buffered; any size)."""
+        self._check_open()
+        with fs_errors(self._tree.module, self.path):
+            self._file.write(data)
+
+    def tell(self) -> int:
+        """Bytes written so far."""
+        self._check_open()
+        return self._file.tell()
+
+    def commit(self, *, mtime_ns: int | None, mode: int | None = None,
+               uid: int | None = None, gid: int | None = None) -> None:
+        """Make the new content the target's, keeping the old version in history.
+
+        Order: flush; owner (root only, else group if allowed), mode, mtime
+        on the temp file; fsync; re-check that the parent directory is still
+        the one the temp file is in; old entry to history (file/symlink:
+        ``link()``, else copy; directory: moved whole); ``rename()`` over the
+        target. ``None`` leaves that attribute as written (mode: the one
+        given to ``create_staged``).
+
+        Raises:
+            PathEscape: the parent directory was replaced meanwhile.
+            StorageError: any OS error; the temp file is removed.
+        """
+        self._finish(mode=self.mode if mode is None else mode, mtime_ns=mtime_ns,
+                     uid=uid, gid=gid)
+
+    def keep_partial(self) -> None:
+        """``--partial``: the data so far replaces the target, mtime 0.
+
+        Same history-safe replacement as :meth:`commit`; the mtime 0 keeps the
+        partial file from looking up to date. Source: rsync-protocol-b.md §7.2.
+        """
+        self._finish(mode=self.mode, mtime_ns=0, uid=None, gid=None)
+
+    def abort(self) -> None:
+        """Drop the temp file; the target is untouched. Idempotent, never raises."""
+        if self._done:
+            return
+        self._done = True
+        try:
+            self._file.close()
+        except OSError:
+            pass
+        try:
+            os.unlink(self.temp_name, dir_fd=self._parent_fd)
+        except OSError:
+            pass
+        os.close(self._parent_fd)
+
+    def __enter__(self) -> StagedFile:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.abort()
+
+    def _check_open(self) -> None:
+        if self._done:
+            raise StorageError(f"module {self._tree.module}: {show(self.path)}: "
+                               "staged file already committed or aborted")
+
+    def _finish(self, *, mode: int, mtime_ns: int | None, uid: int | None,
+                gid: int | None) -> None:
+        self._check_open()
+        try:
+            with fs_errors(self._tree.module, self.path):
+                self._seal(mode, mtime_ns, uid, gid)
+                self._check_parent()
+                self._tree.install(self._parent_fd, self.temp_name, self._comps, self.path)
+        except BaseException:
+            self.abort()
+            raise
+        self._done = True
+        os.close(self._parent_fd)
+
+    def _seal(self, mode: int, mtime_ns: int | None, uid: int | None, gid: int | None) -> None:
+        """Flush, set attributes on the temp file, fsync, close."""
+        self._file.flush()
+        fd = self._file.fileno()
+        change_owner(fd, uid, gid)  # before chmod: chown clears set-id bits
+        os.fchmod(fd, stat.S_IMODE(mode))
+        if mtime_ns is not None:
+            os.utime(fd, ns=(time.time_ns(), mtime_ns))
+        os.fsync(fd)
+        self._file.close()
+
+    def _check_parent(self) -> None:
+        """Refuse to finish when the parent directory is no longer at its path."""
+        module, path = self._tree.module, self.path
+        fd = open_dir(self._tree.root_fd, self._comps[:-1], module, path)
+        try:
+            now = os.fstat(fd)
+        finally:
+            os.close(fd)
+        if (now.st_dev, now.st_ino) != self._parent_id:
+            raise escape_error(module, path, "parent directory replaced during the transfer")
+
+
+class Basis:
+    """A read-only regular file, mmap'd, for block matching and sending.
+
+    ``view()`` hands out zero-copy slices; release them before ``close()``
+    or the mapping lives on until the last slice is gone. A file truncated
+    by someone else while mapped raises SIGBUS on access (rsync reads with
+    read(2) and has no such risk); backupd itself only replaces files by
+    rename, so only a local writer or ``--inplace`` could do that.
+
+    Attributes:
+        size: bytes, from fstat at open.
+        stat: the fstat of the opened file.
+    """
+
+    def __init__(self, fd: int, st: os.stat_result) -> None:
+        self.stat = st
+        self.size = st.st_size
+        self._map = mmap.mmap(fd, self.size, access=mmap.ACCESS_READ) if self.size else None
+        self._view = memoryview(self._map) if self._map is not None else memoryview(b"")
+
+    @classmethod
+    def open_at(cls, dir_fd: int, name: bytes) -> Basis | None:
+        """Open regular file ``name`` of ``dir_fd`` (O_NOFOLLOW); None otherwise.
+
+        Raises:
+            OSError: anything but "missing" or "not a regular file".
+        """
+        try:
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+        if not stat.S_ISREG(st.st_mode):
+            return None  # never open devices or FIFOs
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        try:
+            fd = os.open(name, flags, dir_fd=dir_fd)
+        except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.ELOOP):
+                return None  # replaced since the stat
+            raise
+        try:
+            st = os.fstat(fd)
+            return cls(fd, st) if stat.S_ISREG(st.st_mode) else None
+        finally:
+            os.close(fd)  # mmap keeps its own reference
+
+    def view(self, offset: int, length: int) -> memoryview:
+        """Bytes ``[offset, offset + length)``, zero-copy.
+
+        Raises:
+            ValueError: the range is not inside the file.
+        """
+        if offset < 0 or length < 0 or offset + length > self.size:
+            raise ValueError(f"range {offset}+{length} outside basis of {self.size} bytes")
+        return self._view[offset : offset + length]
+
+    def close(self) -> None:
+        """Unmap (deferred while slices from ``view()`` are alive)."""
+        self._view.release()
+        if self._map is not None:
+            try:
+                self._map.close()
+            except BufferError:
+                pass  # unmapped when the last view is released
+            self._map = None
+
+    def __enter__(self) -> Basis:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()

@@ -1,0 +1,424 @@
+"""ModuleTree: every filesystem effect on one module, confined to its root.
+
+Paths are wire paths: ``bytes`` relative to the module root, ``/``-separated
+(``b"dir/sub/file"``; ``b"."`` or ``b""`` is the root), untrusted. Each one is
+validated (``fsops.split_path``) and reached by walking from the root fd one
+directory at a time with ``O_NOFOLLOW | O_DIRECTORY``; final components are
+only used through ``*at`` calls that never follow symlinks. So nothing a
+client sends can create, change or delete anything outside the module, even
+if a directory is swapped for a symlink between two calls.
+
+Errors (one rule for the whole package): ``PathEscape`` when a path tries to
+leave the module or touch the history dir; ``StorageError`` for every other
+failure, message ``module M: PATH: REASON``, with ``errno``, ``module`` and
+``path`` attributes. Which of them concern "one client file" (and become a
+``FileError`` on the wire) is decided by the roles, not here.
+
+With a ``HistoryStore``, whatever a write replaces or a delete removes goes
+to history first; clients can never write, replace or delete inside the
+history dir (``allow_history=True`` is for the server's own use, and then
+history paths are replaced without keeping their old versions).
+
+Source: design.md §1 "Storage and history"; rsync-protocol-b.md §7-8.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from backupd.storage.fsops import (
+    DIR_READ_FLAGS,
+    TMP_TRIES,
+    DeleteCounts,
+    change_owner,
+    chmod_at,
+    count_tree,
+    escape_error,
+    fs_errors,
+    listdir_fd,
+    open_dir,
+    open_step,
+    remove_tree,
+    split_path,
+    temp_name,
+)
+from backupd.storage.staging import Basis, StagedFile
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    from backupd.storage.history import HistoryStore
+
+
+class ModuleTree:
+    """One module's directory, opened once; all access dir-fd confined.
+
+    Args:
+        root: the module's ``path`` (may itself be a symlink: config, trusted).
+        module: module name, for messages.
+        history: where replaced and deleted entries go; None deletes for real.
+
+    Raises:
+        StorageError: the root cannot be opened as a directory.
+    """
+
+    def __init__(self, root: Path | bytes | str, *, module: str = "",
+                 history: HistoryStore | None = None) -> None:
+        self.module = module
+        self.root = root if isinstance(root, bytes) else os.fsencode(os.fspath(root))
+        self._root_fd = -1
+        with fs_errors(module, self.root):
+            self._root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self.history = history
+        if history is not None:
+            history.bind(self._root_fd, module)
+
+    @property
+    def root_fd(self) -> int:
+        """The module root's directory fd (owned by the tree)."""
+        return self._root_fd
+
+    def close(self) -> None:
+        """Close the root fd; idempotent."""
+        if self._root_fd >= 0:
+            os.close(self._root_fd)
+            self._root_fd = -1
+
+    def __enter__(self) -> ModuleTree:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    # -- reading ---------------------------------------------------------
+
+    def lstat(self, path: bytes) -> os.stat_result | None:
+        """lstat of ``path``; None if it or a parent is missing or a parent is no dir.
+
+        Raises:
+            PathEscape: bad path or symlinked parent.
+        """
+        comps = split_path(path, self.module)
+        with fs_errors(self.module, path):
+            if not comps:
+                return os.fstat(self._root_fd)
+            try:
+                fd = open_dir(self._root_fd, comps[:-1], self.module, path)
+            except (FileNotFoundError, NotADirectoryError):
+                return None
+            try:
+                return os.stat(comps[-1], dir_fd=fd, follow_symlinks=False)
+            except (FileNotFoundError, NotADirectoryError):
+                return None
+            finally:
+                os.close(fd)
+
+    def listdir(self, path: bytes) -> list[bytes]:
+        """Names in directory ``path``, unsorted, without ``.`` and ``..``."""
+        comps = split_path(path, self.module)
+        with fs_errors(self.module, path):
+            fd = open_dir(self._root_fd, comps, self.module, path)
+            try:
+                read_fd = os.open(b".", DIR_READ_FLAGS, dir_fd=fd)
+            finally:
+                os.close(fd)
+            try:
+                return listdir_fd(read_fd)
+            finally:
+                os.close(read_fd)
+
+    def readlink(self, path: bytes) -> bytes:
+        """Target of symlink ``path`` (StorageError EINVAL if it is no symlink)."""
+        comps = self._entry(path)
+        with fs_errors(self.module, path), self._parent(comps, path) as (fd, name):
+            return os.readlink(name, dir_fd=fd)
+
+    def open_basis(self, path: bytes) -> Basis | None:
+        """Open regular file ``path`` read-only and mmap'd; None if missing or not one."""
+        comps = split_path(path, self.module)
+        if not comps:
+            return None
+        with fs_errors(self.module, path):
+            try:
+                fd = open_dir(self._root_fd, comps[:-1], self.module, path)
+            except (FileNotFoundError, NotADirectoryError):
+                return None
+            try:
+                return Basis.open_at(fd, comps[-1])
+            finally:
+                os.close(fd)
+
+    def is_history_path(self, path: bytes) -> bool:
+        """True when ``path`` is the history dir or inside it (False without history)."""
+        comps = split_path(path, self.module)
+        return self.history is not None and self.history.contains(comps)
+
+    # -- writing ---------------------------------------------------------
+
+    def mkdir(self, path: bytes, mode: int, *, exist_ok: bool = False,
+              allow_history: bool = False) -> None:
+        """Create directory ``path`` (parent must exist; ``mode`` minus umask)."""
+        comps = self._writable(path, allow_history)
+        with fs_errors(self.module, path), self._parent(comps, path) as (fd, name):
+            try:
+                os.mkdir(name, mode, dir_fd=fd)
+            except FileExistsError:
+                if not (exist_ok and stat.S_ISDIR(_lstat(fd, name).st_mode)):
+                    raise
+
+    def makedirs(self, path: bytes, mode: int, *, allow_history: bool = False) -> None:
+        """Create ``path`` and missing parents (implied dirs); existing dirs are kept."""
+        comps = split_path(path, self.module)
+        self._guard(comps, path, allow_history)
+        with fs_errors(self.module, path):
+            fd = os.dup(self._root_fd)
+            try:
+                for name in comps:
+                    try:
+                        os.mkdir(name, mode, dir_fd=fd)
+                    except FileExistsError:
+                        pass
+                    next_fd = open_step(fd, name, self.module, path)
+                    os.close(fd)
+                    fd = next_fd
+            finally:
+                os.close(fd)
+
+    def symlink(self, target: bytes, path: bytes, *, allow_history: bool = False) -> None:
+        """Create or atomically replace symlink ``path`` -> ``target``.
+
+        Made under a temp name in the same directory, then renamed over
+        ``path``; what was there goes to history first (a directory as a
+        whole). A symlink with the same target is left as it is.
+        """
+        comps = self._writable(path, allow_history, displaces=True)
+        target = bytes(target)
+        with fs_errors(self.module, path), self._parent(comps, path) as (fd, name):
+            try:
+                if os.readlink(name, dir_fd=fd) == target:
+                    return
+            except OSError:
+                pass  # missing, or not a symlink
+            tmp = self._temp_symlink(fd, name, target)
+            try:
+                self.install(fd, tmp, comps, path)
+            except BaseException:
+                _unlink_quietly(fd, tmp)
+                raise
+
+    def hardlink(self, existing: bytes, path: bytes, *, allow_history: bool = False) -> None:
+        """Make ``path`` a hard link to the file ``existing`` (both module paths), atomically.
+
+        Linked under a temp name beside ``path``, then renamed over it; what was
+        there goes to history first. Neither end follows a symlink.
+        """
+        comps = self._writable(path, allow_history, displaces=True)
+        src = split_path(existing, self.module)
+        with fs_errors(self.module, path), self._parent(comps, path) as (fd, name):
+            with self._parent(src, existing) as (src_fd, src_name):
+                tmp = self._temp_entry(fd, name, lambda t: os.link(
+                    src_name, t, src_dir_fd=src_fd, dst_dir_fd=fd, follow_symlinks=False))
+            try:
+                self.install(fd, tmp, comps, path)
+            except BaseException:
+                _unlink_quietly(fd, tmp)
+                raise
+
+    def mknod(self, path: bytes, mode: int, rdev: int = 0, *, allow_history: bool = False) -> None:
+        """Create a device, fifo or socket node at ``path`` (replacing what is there, history first)."""
+        comps = self._writable(path, allow_history, displaces=True)
+        with fs_errors(self.module, path), self._parent(comps, path) as (fd, name):
+            tmp = self._temp_entry(fd, name, lambda t: os.mknod(t, mode, rdev, dir_fd=fd))
+            try:
+                self.install(fd, tmp, comps, path)
+            except BaseException:
+                _unlink_quietly(fd, tmp)
+                raise
+
+    @staticmethod
+    def _temp_entry(fd: int, name: bytes, make) -> bytes:
+        for _ in range(TMP_TRIES):
+            tmp = temp_name(name)
+            try:
+                make(tmp)
+                return tmp
+            except FileExistsError:
+                continue
+        raise FileExistsError(f"no free temp name beside {name!r}")
+
+    def set_attrs(self, path: bytes, *, mode: int | None = None, mtime_ns: int | None = None,
+                  uid: int | None = None, gid: int | None = None,
+                  allow_history: bool = False) -> None:
+        """Set owner, mode and mtime of ``path``, never following a final symlink.
+
+        Owner: only as root (``lchown``); as non-root a group change is tried
+        and failures ignored, as rsync does. ``mode`` is skipped on symlinks.
+        ``None`` leaves that attribute alone. Source: rsync.c set_file_attrs().
+        """
+        comps = split_path(path, self.module)
+        self._guard(comps, path, allow_history)
+        with fs_errors(self.module, path):
+            if not comps:
+                _set_fd_attrs(self._root_fd, mode, mtime_ns, uid, gid)
+                return
+            with self._parent(comps, path) as (fd, name):
+                st = _lstat(fd, name)
+                owner_changed = change_owner(name, uid, gid, dir_fd=fd, current=st)
+                if mode is not None and not stat.S_ISLNK(st.st_mode) and (
+                        owner_changed or stat.S_IMODE(mode) != stat.S_IMODE(st.st_mode)):
+                    chmod_at(fd, name, mode)
+                if mtime_ns is not None:
+                    os.utime(name, ns=(st.st_atime_ns, mtime_ns), dir_fd=fd,
+                             follow_symlinks=False)
+
+    def create_staged(self, path: bytes, mode: int, *, allow_history: bool = False) -> StagedFile:
+        """Start new content for file ``path`` (parent must exist); see StagedFile.
+
+        ``mode`` is applied at commit unless commit passes its own.
+        """
+        comps = self._writable(path, allow_history, displaces=True)
+        with fs_errors(self.module, path):
+            fd = open_dir(self._root_fd, comps[:-1], self.module, path)
+            try:
+                return StagedFile(self, fd, comps, path, mode)
+            except BaseException:
+                os.close(fd)
+                raise
+
+    def delete(self, path: bytes, *, allow_history: bool = False) -> DeleteCounts:
+        """Remove the entry at ``path``: into history (one move) or for real.
+
+        A directory goes as a whole, whatever it holds (rsync's recursive
+        delete); a missing entry (or parent) counts nothing.
+
+        Returns:
+            What was removed per kind; a directory counts itself and all inside.
+        """
+        comps = self._writable(path, allow_history, displaces=True)
+        with fs_errors(self.module, path):
+            try:
+                fd = open_dir(self._root_fd, comps[:-1], self.module, path)
+            except (FileNotFoundError, NotADirectoryError):
+                return DeleteCounts()
+            try:
+                try:
+                    st = _lstat(fd, comps[-1])
+                except FileNotFoundError:
+                    return DeleteCounts()
+                if not self._keeps_history(comps):
+                    return remove_tree(fd, comps[-1], st)
+                kept = self.history.move_at(fd, comps, st)
+            finally:
+                os.close(fd)
+            if not stat.S_ISDIR(st.st_mode):
+                counts = DeleteCounts()
+                counts.add(st.st_mode)
+                return counts
+            kept_comps = split_path(kept, self.module)
+            with self._parent(kept_comps, kept) as (fd, name):
+                return count_tree(fd, name, _lstat(fd, name))
+
+    # -- shared with StagedFile -------------------------------------------
+
+    def install(self, parent_fd: int, temp: bytes, comps: tuple[bytes, ...],
+                path: bytes) -> None:
+        """Rename ``temp`` over entry ``comps[-1]`` of ``parent_fd``, history first.
+
+        For storage's own use (StagedFile, symlink); raises OSError.
+        """
+        name = comps[-1]
+        try:
+            st = _lstat(parent_fd, name)
+        except FileNotFoundError:
+            st = None
+        if st is not None:
+            self._displace(parent_fd, comps, st)
+        os.rename(temp, name, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
+
+    def _displace(self, parent_fd: int, comps: tuple[bytes, ...], st: os.stat_result) -> None:
+        """Make way for a rename over ``comps[-1]`` without losing the old entry.
+
+        File or symlink: linked (or copied) into history and left in place
+        for the atomic rename. Directory, device, special: moved to history.
+        Without history only a directory needs removing.
+        """
+        if not self._keeps_history(comps):
+            if stat.S_ISDIR(st.st_mode):
+                remove_tree(parent_fd, comps[-1], st)
+        elif stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode):
+            self.history.preserve_at(parent_fd, comps, st)
+        else:
+            self.history.move_at(parent_fd, comps, st)
+
+    def _keeps_history(self, comps: tuple[bytes, ...]) -> bool:
+        return self.history is not None and not self.history.contains(comps)
+
+    # -- helpers ---------------------------------------------------------
+
+    def _entry(self, path: bytes) -> tuple[bytes, ...]:
+        """Components of ``path``, which must not be the root."""
+        comps = split_path(path, self.module)
+        if not comps:
+            raise escape_error(self.module, path, "the module root itself")
+        return comps
+
+    def _guard(self, comps: tuple[bytes, ...], path: bytes, allow_history: bool) -> None:
+        if not allow_history and self.history is not None and self.history.contains(comps):
+            raise escape_error(self.module, path, "inside the history dir")
+
+    def _writable(self, path: bytes, allow_history: bool, *,
+                  displaces: bool = False) -> tuple[bytes, ...]:
+        """Components of a path a client may write; ``displaces``: may replace a dir."""
+        comps = self._entry(path)
+        self._guard(comps, path, allow_history)
+        if displaces and self.history is not None and self.history.is_ancestor(comps):
+            raise escape_error(self.module, path, "holds the history dir")
+        return comps
+
+    @contextmanager
+    def _parent(self, comps: tuple[bytes, ...], path: bytes) -> Iterator[tuple[int, bytes]]:
+        """Yield ``(fd of the parent dir, final name)``; raises OSError/PathEscape."""
+        fd = open_dir(self._root_fd, comps[:-1], self.module, path)
+        try:
+            yield fd, comps[-1]
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def _temp_symlink(fd: int, name: bytes, target: bytes) -> bytes:
+        for _ in range(TMP_TRIES):
+            tmp = temp_name(name)
+            try:
+                os.symlink(target, tmp, dir_fd=fd)
+                return tmp
+            except FileExistsError:
+                continue
+        raise FileExistsError(f"no free temp name after {TMP_TRIES} tries")
+
+
+def _lstat(dir_fd: int, name: bytes) -> os.stat_result:
+    return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+
+
+def _unlink_quietly(dir_fd: int, name: bytes) -> None:
+    try:
+        os.unlink(name, dir_fd=dir_fd)
+    except OSError:
+        pass
+
+
+def _set_fd_attrs(fd: int, mode: int | None, mtime_ns: int | None,
+                  uid: int | None, gid: int | None) -> None:
+    """set_attrs on an open directory (the module root)."""
+    st = os.fstat(fd)
+    change_owner(fd, uid, gid, current=st)
+    if mode is not None:
+        os.chmod(fd, stat.S_IMODE(mode))
+    if mtime_ns is not None:
+        os.utime(fd, ns=(st.st_atime_ns, mtime_ns))
