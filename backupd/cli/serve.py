@@ -44,7 +44,9 @@ def serve(
 
 def _serve_tcp(cfg, port: int, address: str | None, creds) -> None:
     from backupd.transport.tcp import DaemonServer
+    from backupd.transport.worker import preload_session_modules
 
+    preload_session_modules()
     server = DaemonServer(cfg, address=address, port=port)
     try:
         server.bind()

@@ -18,6 +18,17 @@ from backupd.errors import ExitCode
 from backupd.roles.session import SessionContext, run_session
 
 
+def preload_session_modules() -> None:
+    """Import the role modules once in the listener, so each forked session starts warm."""
+    import importlib
+
+    for name in ("backupd.roles.push", "backupd.roles.generator", "backupd.roles.receiver", "backupd.roles.sender"):
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:  # a role not built yet must not stop the daemon
+            logger.debug("preload of {} skipped: {}", name, exc)
+
+
 def fork_session(conn: socket.socket, peer_addr: str, config: DaemonConfig, listeners: list[socket.socket]) -> int:
     """Fork a child that runs one session on ``conn``; return its pid (parent side)."""
     session_id = uuid.uuid4().hex[:8]
