@@ -56,6 +56,7 @@ class ModuleConfig:
     uid: str | None = None
     gid: str | None = None
     fake_super: bool = False
+    fsync: bool = False
     history: bool = True
     history_dir: str = "history-backup"
     history_keep_days: int = 7

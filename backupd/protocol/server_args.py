@@ -96,6 +96,7 @@ class TransferOptions:
     paths: list[bytes] = field(default_factory=list)
     given: list[str] = field(default_factory=list)
     letters: str = ""
+    fsync: bool = False
 
     @property
     def compression_on(self) -> bool:
@@ -222,7 +223,7 @@ def _long_table() -> dict[str, Callable[[TransferOptions, str | None], None]]:
         "no-specials": flag("specials", False), "no-devices": flag("devices", False),
         "safe-links": flag("safe_links"), "copy-unsafe-links": flag("copy_unsafe_links"),
         "info": ignore, "debug": ignore, "msgs2stderr": ignore, "no-msgs2stderr": ignore,
-        "max-alloc": ignore, "fsync": ignore, "preallocate": ignore, "mkpath": ignore,
+        "max-alloc": ignore, "fsync": flag("fsync"), "preallocate": ignore, "mkpath": ignore,
         "skip-compress": ignore, "compress-threads": ignore, "stop-after": ignore, "stop-at": ignore,
         "no-i-r": ignore, "no-inc-recursive": ignore, "protect-args": flag("protect_args"),
         "secluded-args": flag("protect_args"), "dirs": flag("dirs"), "omit-dir-times": flag("omit_dir_times"),

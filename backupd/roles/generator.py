@@ -10,6 +10,7 @@ delete_in_dir(); rsync-protocol-b.md §1.4, §3, §4, §8.
 
 from __future__ import annotations
 
+import functools
 import grp
 import os
 import pwd
@@ -471,10 +472,17 @@ def owner_ids(state: PushState, entry: FileEntry) -> dict:
 def _map_id(ident: int, name: bytes | None, numeric: bool, lookup, attr: str) -> int:
     if numeric or not name:
         return ident
+    local = _lookup_name(lookup, attr, name)
+    return ident if local is None else local
+
+
+@functools.lru_cache(maxsize=4096)
+def _lookup_name(lookup, attr: str, name: bytes) -> int | None:
+    """Local id of a user or group name (cached: each lookup reads /etc/passwd)."""
     try:
         return getattr(lookup(name.decode("utf-8", "replace")), attr)
     except KeyError:
-        return ident
+        return None
 
 
 def _hlink_leaders(flist: list[FileEntry]) -> dict[int, int]:

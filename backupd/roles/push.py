@@ -208,7 +208,7 @@ def run_push(session, request, negotiated: Negotiated) -> ExitCode:
     client_rules = read_filter_list(read) if (opts.deleting or opts.prune_empty_dirs) else []
     flist, io_error = read_file_list(opts, negotiated, request.protocol, read)
     history = HistoryStore(module.history_dir.encode()) if module.history else None
-    tree = ModuleTree(module.path, module=module.name, history=history)
+    tree = ModuleTree(module.path, module=module.name, history=history, fsync=module.fsync or opts.fsync)
     try:
         dest_dir = strip_module(opts.paths[0], module.name)
         if tree.is_history_path(dest_dir):

@@ -83,7 +83,7 @@ class StagedFile:
         """Make the new content the target's, keeping the old version in history.
 
         Order: flush; owner (root only, else group if allowed), mode, mtime
-        on the temp file; fsync; re-check that the parent directory is still
+        on the temp file; fsync (when the tree asks for it); re-check that the parent directory is still
         the one the temp file is in; old entry to history (file/symlink:
         ``link()``, else copy; directory: moved whole); ``rename()`` over the
         target. ``None`` leaves that attribute as written (mode: the one
@@ -153,7 +153,8 @@ class StagedFile:
         os.fchmod(fd, stat.S_IMODE(mode))
         if mtime_ns is not None:
             os.utime(fd, ns=(time.time_ns(), mtime_ns))
-        os.fsync(fd)
+        if self._tree.fsync:
+            os.fsync(fd)
         self._file.close()
 
     def _check_parent(self) -> None:

@@ -68,8 +68,9 @@ class ModuleTree:
     """
 
     def __init__(self, root: Path | bytes | str, *, module: str = "",
-                 history: HistoryStore | None = None) -> None:
+                 history: HistoryStore | None = None, fsync: bool = True) -> None:
         self.module = module
+        self.fsync = fsync  # fsync staged files before the rename (rsync --fsync)
         self.root = root if isinstance(root, bytes) else os.fsencode(os.fspath(root))
         self._root_fd = -1
         with fs_errors(module, self.root):
