@@ -49,6 +49,7 @@ from backupd.transport.stream import Stream
 
 MAX_EARLY_INPUT = 5120
 AUTH_FAIL_DELAY_S = 1.0
+HANDSHAKE_TIMEOUT_S = 60.0  # a silent client cannot hold a worker before it has logged in
 
 
 @dataclass
@@ -89,7 +90,7 @@ class Session:
     def __init__(self, stream: Stream, ctx: SessionContext) -> None:
         self.stream = stream
         self.ctx = ctx
-        self.inbox = Inbox(stream, timeout_s=None)
+        self.inbox = Inbox(stream, timeout_s=HANDSHAKE_TIMEOUT_S)
         self.outbox: Outbox | None = None
         self.log = logger.bind(session=ctx.session_id, peer=ctx.peer_addr)
         self.role = "Receiver"
@@ -261,6 +262,8 @@ class Session:
         self.outbox = Outbox(self.stream)
         self.inbox.start_mux()
         timeout = _effective_timeout(request.module.timeout_s, opts.timeout_s)
+        self.inbox.timeout_s = timeout or None
+        self.stream.settimeout(timeout or None)
         if timeout:
             self.outbox.send_msg(MsgCode.IO_TIMEOUT, encode_int32(timeout))
             self.outbox.keepalive_s = max(1, (timeout + 1) // 2)
