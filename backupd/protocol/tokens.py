@@ -305,43 +305,34 @@ class _DeflateReader(_CompressedReader):
                 raise ProtocolError("decompressor lost sync", ExitCode.STREAMIO)
 
 
-class _ChunkSink:
-    """Collects zstd output in pieces and refuses a chunk that expands too far."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.total = 0
-        self.pieces: deque[bytes] = deque()
-
-    def write(self, data: Buffer) -> int:
-        self.total += len(data)
-        if self.total > self.limit:
-            raise ProtocolError(
-                f"zstd chunk expands beyond {self.limit} bytes", ExitCode.STREAMIO
-            )
-        self.pieces.append(bytes(data))
-        return len(data)
-
-
 class _ZstdReader(_CompressedReader):
-    """zstd: one decompression stream for the whole session (token.c recv_zstd_token())."""
+    """zstd: one decompression stream for the whole session (token.c recv_zstd_token()).
+
+    A decompression object drains the decoder completely after every chunk:
+    a stream writer would leave decoded bytes inside zstd whenever a chunk's
+    output does not fit its last output buffer (seen with 3.2.7 senders,
+    whose chunks of compressible data decode to more than 256 KiB). One chunk
+    may expand to at most ``chunk_limit`` bytes.
+    """
 
     def __init__(self, chunk_limit: int | None = None) -> None:
         super().__init__()
-        self._sink = _ChunkSink(ZSTD_CHUNK_LIMIT if chunk_limit is None else chunk_limit)
-        self._stream = zstandard.ZstdDecompressor().stream_writer(
-            self._sink, write_size=LITERAL_PIECE
-        )
+        self._limit = ZSTD_CHUNK_LIMIT if chunk_limit is None else chunk_limit
+        self._dobj = zstandard.ZstdDecompressor().decompressobj()
+        self._pieces: deque[bytes] = deque()
 
     def _feed(self, payload: bytes) -> None:
-        self._sink.total = 0
         try:
-            self._stream.write(payload)
+            out = self._dobj.decompress(payload)
         except zstandard.ZstdError as exc:
             raise _stream_error("zstd", exc) from exc
+        if len(out) > self._limit:
+            raise ProtocolError(f"zstd chunk expands beyond {self._limit} bytes", ExitCode.STREAMIO)
+        for start in range(0, len(out), LITERAL_PIECE):
+            self._pieces.append(out[start : start + LITERAL_PIECE])
 
     def _pending(self) -> bytes | None:
-        return self._sink.pieces.popleft() if self._sink.pieces else None
+        return self._pieces.popleft() if self._pieces else None
 
 
 class _Lz4Reader(_CompressedReader):

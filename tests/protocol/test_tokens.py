@@ -341,3 +341,29 @@ def test_factories_refuse_unknown_names_and_levels():
     with pytest.raises(ValueError):
         make_token_writer("zlib").send(b"x", 0)      # zlib needs the block to prime
     assert make_token_writer("none").send(b"", -1) == bytes(4)
+
+
+def test_zstd_chunk_that_decodes_past_256k_is_read_whole():
+    """Regression: 3.2.7 senders put 600 kB of compressible literal in one chunk.
+
+    A zstd stream writer left the tail of such a chunk inside the decoder and
+    the file failed verification; the reader must drain every chunk.
+    """
+    import zstandard
+
+    from backupd.protocol.tokens import Literal, TokenEnd, make_token_reader
+    from backupd.protocol.wire import ByteReader
+
+    data = b"abc" * 200_000
+    cobj = zstandard.ZstdCompressor(level=3).compressobj()
+    payload = cobj.compress(data) + cobj.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK)
+    assert len(payload) < 16383
+    wire = bytes([0x40 | len(payload) >> 8, len(payload) & 0xFF]) + payload + b"\x00"
+    reader = make_token_reader("zstd")
+    reader.start_file()
+    src = ByteReader(wire)
+    out = bytearray()
+    while not isinstance(token := reader.next_token(src.read), TokenEnd):
+        assert isinstance(token, Literal)
+        out += token.data
+    assert bytes(out) == data
