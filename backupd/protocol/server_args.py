@@ -332,6 +332,8 @@ def parse_server_args_lenient(argv: list[bytes]) -> tuple[TransferOptions, Rsync
         i += 1
     if dot == len(argv):
         error = error or RsyncError("argument list has no '.' separator", ExitCode.SYNTAX)
+    if opts.delete_excluded and opts.delete_mode is None:
+        opts.delete_mode = "during"  # --delete-excluded implies --delete (options.c)
     opts.paths = list(argv[dot + 1 :])
     return opts, error
 
