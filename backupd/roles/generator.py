@@ -401,23 +401,69 @@ class Generator:
             self._delete(rel, child_path, is_dir)
 
     def _delete(self, rel: bytes, path: bytes, is_dir: bool | None = None) -> None:
-        if self.deletions_left == 0:
-            self.deletions_skipped += 1
-            return
+        """Delete one extraneous entry into history, reporting it like rsync (delete_item).
+
+        A directory goes as a whole unless something inside is protected by a
+        filter rule: then its other entries go one by one and it stays, as
+        rsync's recursive delete leaves it ("cannot delete non-empty
+        directory"). Every entry counts against --max-delete; a directory
+        that does not fit in what is left is skipped whole.
+        """
+        tree = self.state.tree
         if is_dir is None:
-            st = self.state.tree.lstat(path)
+            st = tree.lstat(path)
             is_dir = st is not None and stat.S_ISDIR(st.st_mode)
+        items = self._dir_items(rel, path) if is_dir else []
+        if any(protected for _, _, protected in items):
+            self._delete_contents(rel, path)
+            return
+        needed = len(items) + 1
+        if 0 <= self.deletions_left < needed:
+            self.deletions_skipped += needed
+            return
         if not self.opts.dry_run:
             try:
-                self._count_deleted(self.state.tree.delete(path))
+                self._count_deleted(tree.delete(path))
             except StorageError as exc:
                 self.state.file_errors += 1
                 self.out.send_msg(MsgCode.ERROR_XFER, f"rsync: [generator] delete failed: {exc}\n".encode("utf-8", "replace"))
                 return
         if self.deletions_left > 0:
-            self.deletions_left -= 1
+            self.deletions_left -= needed
+        for item_rel, item_is_dir, _ in items:
+            self.out.send_msg(MsgCode.DELETED, item_rel + (b"\0" if item_is_dir else b""))
         self.out.send_msg(MsgCode.DELETED, rel + (b"\0" if is_dir else b""))
         self.log.debug("deleted {}", os.fsdecode(rel))
+
+    def _delete_contents(self, rel: bytes, path: bytes) -> None:
+        tree = self.state.tree
+        for name in sorted(tree.listdir(path)):
+            child_rel, child_path = join_path(rel, name), join_path(path, name)
+            child_st = tree.lstat(child_path)
+            child_is_dir = child_st is not None and stat.S_ISDIR(child_st.st_mode)
+            if not self._protected(child_rel, child_path, child_is_dir):
+                self._delete(child_rel, child_path, child_is_dir)
+        self.out.send_msg(MsgCode.INFO, f"cannot delete non-empty directory: {os.fsdecode(rel)}\n".encode("utf-8", "replace"))
+
+    def _protected(self, rel: bytes, path: bytes, is_dir: bool) -> bool:
+        state = self.state
+        if state.filters is not None and state.filters.protected_from_delete(rel, is_dir, perishable_ok=True):
+            return True
+        return state.daemon_excluded(path, is_dir)
+
+    def _dir_items(self, rel: bytes, path: bytes, depth: int = 0) -> list[tuple[bytes, bool, bool]]:
+        """Everything inside a directory, deepest first: (rel, is_dir, protected)."""
+        if depth > 512:
+            raise StorageError(f"directory {os.fsdecode(rel)!r} nests deeper than 512 levels")
+        tree, out = self.state.tree, []
+        for name in sorted(tree.listdir(path)):
+            child_rel, child_path = join_path(rel, name), join_path(path, name)
+            st = tree.lstat(child_path)
+            child_is_dir = st is not None and stat.S_ISDIR(st.st_mode)
+            if child_is_dir:
+                out += self._dir_items(child_rel, child_path, depth + 1)
+            out.append((child_rel, child_is_dir, self._protected(child_rel, child_path, child_is_dir)))
+        return out
 
     def _count_deleted(self, counts) -> None:
         for key in self.deleted:

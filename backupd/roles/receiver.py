@@ -103,7 +103,7 @@ class Receiver:
         basis = state.tree.open_basis(path) if head.count or head.remainder else None
         staged = self._open_staged(path, entry)
         try:
-            ok = self._rebuild(head, basis, staged, entry)
+            ok = self._rebuild(head, basis, staged, entry, append=self.opts.append if phase == 0 else 0)
         except BaseException:
             self._interrupted(staged)
             raise
@@ -125,12 +125,16 @@ class Receiver:
             self._file_error(f"cannot create {os.fsdecode(entry.name)}: {exc}")
             return None
 
-    def _rebuild(self, head, basis, staged, entry) -> bool:
-        """Copy literals and basis blocks into ``staged``; True if the file sum matches."""
+    def _rebuild(self, head, basis, staged, entry, append: int) -> bool:
+        """Copy literals and basis blocks into ``staged``; True if the file sum matches.
+
+        ``append`` (1 = --append, 2 = --append-verify) holds in phase 0 only:
+        the redo pass resends the whole file (receiver.c recv_files).
+        """
         read, tokens = self.inbox.read, self.tokens
         hasher = self.state.checksum.file_sum_hasher()
         good = True
-        if self.opts.append:
+        if append:
             prefix = head.prefix_len
             if basis is None or basis.size < prefix:
                 good = False
@@ -138,7 +142,7 @@ class Receiver:
                 data = basis.view(0, prefix)
                 if staged is not None:
                     staged.write(data)
-                if self.opts.append > 1:
+                if append > 1:
                     hasher.update(data)
         tokens.start_file()
         while True:

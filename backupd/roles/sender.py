@@ -1,0 +1,486 @@
+"""A pull (backupd sends, the client receives): filter list in, file list and data out.
+
+One thread: rsync's sender alternates between reading the client
+generator's requests and writing file data; the session's Outbox writer
+thread keeps the socket drained, so a long file never blocks the reading
+of requests (rsync-protocol-b.md §1.3). No incremental recursion: one
+sorted file list, ndx = position from 0, then the uid/gid lists.
+
+Per request: echo the header; for ITEM_TRANSFER read the sum head and the
+block sums, match the file against them (``match_tokens``: NumPy rolling
+sums, no per-byte loop), send the token stream in the negotiated
+compression and the whole-file checksum. End: DONE echoes per phase,
+MSG_IO_ERROR if errors happened, DONE, statistics, the final goodbye
+(echoing NDX_DEL_STATS from a ``--delete`` client).
+
+Source: rsync main.c do_server_sender(), read_final_goodbye(),
+handle_stats(); sender.c send_files(); rsync-protocol-b.md §1.4, §9, §14.2.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from backupd.errors import ExitCode, ProtocolError, RsyncError, StorageError, Unsupported
+from backupd.protocol.constants import (
+    MAX_PATH_LEN,
+    NDX_DEL_STATS,
+    NDX_DONE,
+    CompatFlags,
+    IoError,
+    ItemFlags,
+    MsgCode,
+)
+from backupd.protocol.filters import FilterList, decode_filter_list, rules_from_client
+from backupd.protocol.flist import FlistEncoder, FlistOptions
+from backupd.protocol.match import literal_calls, match_tokens
+from backupd.protocol.negotiate import Negotiated
+from backupd.protocol.server_args import TransferOptions
+from backupd.protocol.sums import Checksum, SumHead, decode_block_sums, decode_sum_head
+from backupd.protocol.tokens import make_token_writer
+from backupd.protocol.wire import (
+    NdxDecoder,
+    NdxEncoder,
+    decode_int32,
+    decode_shortint,
+    decode_varint,
+    decode_vstring,
+    encode_int32,
+    encode_shortint,
+    encode_varint,
+    encode_varlong,
+    encode_vstring,
+)
+from backupd.roles.flist_builder import BuiltList, FlistBuilder, expand_globs, sanitize_arg
+from backupd.storage import HistoryStore, ModuleTree
+
+MAX_FILES_FROM_NAMES = 10_000_000   # names in one --files-from list
+MAX_SUM_COUNT = 1 << 26             # blocks in one sum head (8 TiB at 128 KiB blocks)
+MAX_DEL_STAT = 1 << 28              # 3.5.0 read_varint_bounded() limit per count
+HASH_PIECE = 8 << 20                # bytes per whole-file checksum update
+FLIST_FLUSH = 256 << 10             # file-list bytes buffered before a write
+
+
+def strip_module_arg(arg: bytes, module: str) -> bytes:
+    """The argument relative to the module root (rsync glob_expand_module()).
+
+    ``mod``, ``mod/`` and ``mod/x`` lose the module name; an argument that
+    does not start with it is taken as module-relative already.
+    """
+    name = module.encode()
+    if arg == name:
+        return b""
+    if arg.startswith(name + b"/"):
+        return arg[len(name) + 1 :]
+    return arg
+
+
+def read_files_from(read: Callable[[int], bytes], from0: bool) -> list[bytes]:
+    """The ``--files-from=-`` names a pulling client streams after its filter list.
+
+    Wire: each name ends with NUL (CR/LF too without ``--from0``); an empty
+    name ends the list (io.c forward_filesfrom_data(), read_line()).
+    Source: rsync-protocol-a.md §7.5.
+
+    Raises:
+        ProtocolError: a name of 4096 bytes or more, or over 10 million names.
+    """
+    names: list[bytes] = []
+    ends = (b"\0",) if from0 else (b"\0", b"\n", b"\r")
+    current = bytearray()
+    while True:
+        ch = read(1)
+        if ch not in ends:
+            current += ch
+            if len(current) >= MAX_PATH_LEN:
+                raise ProtocolError(f"files-from name over {MAX_PATH_LEN - 1} bytes")
+            continue
+        if not current:
+            return names
+        names.append(bytes(current))
+        current.clear()
+        if len(names) > MAX_FILES_FROM_NAMES:
+            raise ProtocolError(f"files-from list over {MAX_FILES_FROM_NAMES} names")
+
+
+def _id_names(ids: set[int], lookup: Callable[[int], str]) -> dict[int, bytes]:
+    out = {}
+    for ident in ids:
+        try:
+            out[ident] = os.fsencode(lookup(ident))[:255]
+        except (KeyError, OverflowError):
+            continue
+    return out
+
+
+def _user(uid: int) -> str:
+    return pwd.getpwuid(uid).pw_name
+
+
+def _group(gid: int) -> str:
+    return grp.getgrgid(gid).gr_name
+
+
+@dataclass
+class PullState:
+    """What the pull's phases share."""
+
+    opts: TransferOptions
+    negotiated: Negotiated
+    protocol: int
+    tree: ModuleTree
+    built: BuiltList
+    module: str
+    writable: bool
+    module_numeric_ids: bool
+    build_ms: int = 1
+    xfer_ms: int = 0
+    sent: set[int] = field(default_factory=set)
+
+
+def run_pull(session, request, negotiated: Negotiated) -> ExitCode:
+    """Serve one pull from the request's module. Returns the session's exit code.
+
+    Raises:
+        RsyncError: fatal problems (reported by the session).
+    """
+    opts, module = request.opts, request.module
+    _check_options(opts, request.read_only)
+    read = session.inbox.read
+    texts = decode_filter_list(read)
+    names = read_files_from(read, opts.from0) if opts.files_from is not None else None
+    rules = rules_from_client(texts, sender=True, cvs_exclude="C" in opts.letters)
+    history = HistoryStore(module.history_dir.encode()) if module.history else None
+    try:
+        tree = ModuleTree(module.path, module=module.name, history=history)
+    except StorageError as exc:
+        raise RsyncError(f"cannot open module {module.name}: {exc}", ExitCode.FILESELECT) from None
+    try:
+        started = time.monotonic()
+        built = _build_list(session, tree, request, negotiated, rules, names)
+        state = PullState(
+            opts=opts, negotiated=negotiated, protocol=request.protocol, tree=tree, built=built,
+            module=module.name, writable=not request.read_only, module_numeric_ids=module.numeric_ids,
+            build_ms=max(1, int((time.monotonic() - started) * 1000)),
+        )
+        return Sender(session, state).run()
+    finally:
+        tree.close()
+
+
+def _check_options(opts: TransferOptions, read_only: bool) -> None:
+    if opts.files_from is not None and opts.files_from != b"-":
+        raise Unsupported("--files-from naming a file on the server is not supported; give a local list")
+    if opts.remove_source_files and read_only:
+        raise RsyncError("ERROR: --remove-source-files cannot be used with a read-only module", ExitCode.SYNTAX)
+
+
+def _build_list(session, tree: ModuleTree, request, negotiated: Negotiated, rules, names) -> BuiltList:
+    """Path arguments -> the sorted file list (messages go to the client as found)."""
+    from backupd.roles.push import build_module_filters
+
+    opts, module = request.opts, request.module
+    args: list[bytes] = []
+    for raw in opts.paths:
+        args += expand_globs(tree, sanitize_arg(strip_module_arg(raw, module.name)))
+
+    def make_filters(abs_root: bytes) -> FilterList | None:
+        if not rules:
+            return None
+        return FilterList(rules, abs_root=abs_root, delete_excluded=opts.delete_excluded,
+                          read_merge_file=builder.read_merge_file)
+
+    file_checksum = None
+    if opts.checksum:
+        summer = Checksum(negotiated.file_checksum, 0)
+        file_checksum = lambda view: _whole_sum(summer, view)  # noqa: E731
+    builder = FlistBuilder(
+        tree, opts, make_filters=make_filters, module_filters=build_module_filters(module),
+        report=lambda code, text: session.outbox.send_msg(code, text.encode("utf-8", "replace")),
+        module=module.name, munge_symlinks=module.munge_symlinks, file_checksum=file_checksum,
+    )
+    return builder.build(args, names)
+
+
+def _whole_sum(checksum: Checksum, view: memoryview, start: int = 0) -> bytes:
+    hasher = checksum.file_sum_hasher()
+    for off in range(start, len(view), HASH_PIECE):
+        hasher.update(view[off : off + HASH_PIECE])
+    return hasher.digest()
+
+
+class Sender:
+    """sender.c send_files() and what do_server_sender() does around it."""
+
+    def __init__(self, session, state: PullState) -> None:
+        self.session, self.state, self.opts = session, state, state.opts
+        self.read = session.inbox.read
+        self.out = session.outbox
+        self.log = session.log
+        self.items = state.built.items
+        self.ndx_out, self.ndx_in = NdxEncoder(), NdxDecoder()
+        neg = state.negotiated
+        self.checksum = Checksum(neg.checksum, neg.seed, seed_fix=bool(neg.compat_flags & CompatFlags.CHKSUM_SEED_FIX))
+        try:
+            self.writer = make_token_writer(neg.compression, neg.compress_level)
+        except ValueError as exc:
+            raise Unsupported(f"compression: {exc}") from None
+        self.io_error = state.built.io_error
+        self.errors = state.built.errors
+        self.written = 0
+
+    def _write(self, data: bytes) -> None:
+        self.written += len(data)
+        self.out.write(data)
+
+    # -- the whole pull ----------------------------------------------------------------
+    def run(self) -> ExitCode:
+        """File list, transfer loop, end phase. Returns the exit code for the log."""
+        started = time.monotonic()
+        self._send_file_list()
+        self.state.xfer_ms = int((time.monotonic() - started) * 1000)
+        if not self.items:
+            self.out.flush()
+            return self._exit_code()
+        if self.opts.remove_source_files:
+            self.session.inbox.on_message = self._on_message
+        saved = self.io_error
+        self._send_files()
+        if self.io_error != saved:
+            self.out.send_msg(MsgCode.IO_ERROR, encode_int32(self.io_error))
+        self._write(self.ndx_out.encode(NDX_DONE))
+        self._write(self._stats())
+        self._final_goodbye()
+        self.out.flush()
+        return self._exit_code()
+
+    def _exit_code(self) -> ExitCode:
+        if self.io_error & IoError.GENERAL or self.errors:
+            return ExitCode.PARTIAL
+        if self.io_error & IoError.VANISHED:
+            return ExitCode.VANISHED
+        return ExitCode.OK
+
+    # -- file list ---------------------------------------------------------------------
+    def _flist_options(self) -> FlistOptions:
+        opts, neg = self.opts, self.state.negotiated
+        csum_len = Checksum(neg.file_checksum, 0).digest_len if opts.checksum else 0
+        return FlistOptions(
+            protocol=self.state.protocol, preserve_uid=opts.owner, preserve_gid=opts.group,
+            preserve_links=opts.links, preserve_devices=opts.devices, preserve_specials=opts.specials,
+            preserve_hard_links=False, csum_len=csum_len, inc_recurse=False,
+            numeric_ids=opts.numeric_ids, id0_names=bool(neg.compat_flags & CompatFlags.ID0_NAMES),
+        )
+
+    def _send_file_list(self) -> None:
+        """Entries, the end marker with io_error, the id lists (flist.c send_file_list())."""
+        if self.opts.hard_links:
+            self.out.send_msg(MsgCode.WARNING, b"backupd: -H is not supported on pull yet; "
+                                               b"hard-linked files arrive as separate copies\n")
+        encoder = FlistEncoder(self._flist_options())
+        buf = bytearray()
+        for item in self.items:
+            buf += encoder.encode_entry(item.entry)
+            if len(buf) >= FLIST_FLUSH:
+                self._write(bytes(buf))
+                buf.clear()
+        neg, ignore = self.state.negotiated, self.opts.ignore_errors
+        safe = self.state.protocol >= 31 or bool(neg.compat_flags & CompatFlags.SAFE_FLIST)
+        buf += encoder.encode_end(self.io_error if safe and not ignore else 0)
+        if not self.opts.numeric_ids:
+            buf += encoder.encode_id_lists(*self._id_lists())
+        self._write(bytes(buf))
+        if not safe and self.io_error and not ignore:
+            self.out.send_msg(MsgCode.IO_ERROR, encode_int32(self.io_error))
+        self.out.flush()
+
+    def _id_lists(self) -> tuple[dict[int, bytes], dict[int, bytes]]:
+        """uid/gid names for the lists; only id 0's name when the module forces numeric ids."""
+        users: dict[int, bytes] = _id_names({0}, _user)
+        groups: dict[int, bytes] = _id_names({0}, _group)
+        if self.state.module_numeric_ids:
+            return users, groups
+        entries = [item.entry for item in self.items]
+        if self.opts.owner:
+            users.update(_id_names({e.uid for e in entries if e.uid}, _user))
+        if self.opts.group:
+            groups.update(_id_names({e.gid for e in entries if e.gid}, _group))
+        return users, groups
+
+    # -- requests ----------------------------------------------------------------------
+    def _read_ndx(self) -> int:
+        """Next ndx of the client generator; NDX_DEL_STATS is read and echoed here.
+
+        Raises:
+            ProtocolError: a negative ndx other than DONE/DEL_STATS, or one
+                past the file list ("Invalid file index").
+        """
+        while True:
+            ndx = self.ndx_in.decode(self.read)
+            if ndx == NDX_DEL_STATS:
+                counts = [decode_varint(self.read) for _ in range(5)]
+                if any(not 0 <= c <= MAX_DEL_STAT for c in counts):
+                    raise ProtocolError(f"delete statistics {counts} out of range")
+                self._write(self.ndx_out.encode(NDX_DEL_STATS) + b"".join(map(encode_varint, counts)))
+                continue
+            if ndx == NDX_DONE:
+                return ndx
+            if not 0 <= ndx < len(self.items):
+                raise ProtocolError(f"Invalid file index: {ndx} (-1 - {len(self.items) - 1}) [sender]")
+            return ndx
+
+    def _send_files(self) -> None:
+        """The request loop: phases 0 (normal), 1 (redo), 2 (delay), then leave."""
+        phase = 0
+        while True:
+            ndx = self._read_ndx()
+            if ndx == NDX_DONE:
+                phase += 1
+                if phase > 2:
+                    return
+                self._write(self.ndx_out.encode(NDX_DONE))
+                continue
+            iflags, attrs = self._read_attrs()
+            entry = self.items[ndx].entry
+            if iflags & ItemFlags.TRANSFER and not entry.is_reg:
+                raise ProtocolError(f"received request to transfer non-regular file: {ndx} [sender]")
+            if not iflags & ItemFlags.TRANSFER or self.opts.dry_run:
+                self._write(self.ndx_out.encode(ndx) + attrs)
+                continue
+            if phase == 2:
+                raise ProtocolError("got transfer request in phase 2 [sender]")
+            self._transfer(ndx, attrs)
+
+    def _read_attrs(self) -> tuple[int, bytes]:
+        """iflags, then the basis type and xname if flagged; returns them re-encoded for the echo."""
+        iflags = decode_shortint(self.read)
+        echo = encode_shortint(iflags)
+        if iflags & ItemFlags.BASIS_TYPE_FOLLOWS:
+            echo += self.read(1)
+        if iflags & ItemFlags.XNAME_FOLLOWS:
+            echo += encode_vstring(decode_vstring(self.read, MAX_PATH_LEN))
+        return iflags, echo
+
+    def _read_sums(self, append: bool) -> tuple[SumHead, object, list[bytes]]:
+        head = decode_sum_head(self.read(16), self.checksum.digest_len)
+        if append or not head.count:
+            return head, None, []
+        if head.count > MAX_SUM_COUNT:
+            raise ProtocolError(f"sum head of {head.count} blocks exceeds {MAX_SUM_COUNT}")
+        sum1, sum2 = decode_block_sums(self.read(head.count * (4 + head.s2_len)), head)
+        return head, sum1, sum2
+
+    # -- one file ----------------------------------------------------------------------
+    def _transfer(self, ndx: int, attrs: bytes) -> None:
+        """Sum head and sums in; header, sum head, tokens and file sum out (or MSG_NO_SEND)."""
+        redo = ndx in self.state.sent
+        append = 0 if redo else self.opts.append
+        head, sum1, sum2 = self._read_sums(bool(append))
+        item = self.items[ndx]
+        basis = self._open(item.source, ndx)
+        if basis is None:
+            return
+        with basis:
+            if append and basis.size < item.entry.size:
+                self.out.send_msg(MsgCode.WARNING, f"skipped diminished file: {self._shown(item.source)}\n".encode())
+                self.out.send_msg(MsgCode.NO_SEND, encode_int32(ndx))
+                return
+            self._write(self.ndx_out.encode(ndx) + attrs + head.encode())
+            view = basis.view(0, basis.size)
+            try:
+                self._send_data(view, head, sum1, sum2, append)
+            finally:
+                view.release()
+        self.state.sent.add(ndx)
+
+    def _open(self, source: bytes, ndx: int):
+        """The file mmap'd, or None after MSG_NO_SEND (vanished: 24, unreadable: 23)."""
+        try:
+            basis = self.state.tree.open_basis(source)
+        except StorageError as exc:
+            self.io_error |= IoError.GENERAL
+            self.errors += 1
+            text = f"rsync: [sender] send_files failed to open {self._shown(source)}: {exc}\n"
+            self.out.send_msg(MsgCode.ERROR_XFER, text.encode("utf-8", "replace"))
+            basis = None
+        else:
+            if basis is None:
+                self.io_error |= IoError.VANISHED
+                self.out.send_msg(MsgCode.WARNING, f"file has vanished: {self._shown(source)}\n".encode("utf-8", "replace"))
+        if basis is None:
+            self.out.send_msg(MsgCode.NO_SEND, encode_int32(ndx))
+        return basis
+
+    def _send_data(self, view: memoryview, head: SumHead, sum1, sum2: list[bytes], append: int) -> None:
+        """Tokens (match.c match_sums()) then the unseeded whole-file sum."""
+        writer = self.writer
+        writer.start_file()
+        start = 0
+        if append:
+            start = min(head.prefix_len, len(view))
+            calls = literal_calls(view[start:])
+        elif head.count and len(view):
+            calls = match_tokens(view, head, sum1, sum2, self.checksum)
+        else:
+            calls = literal_calls(view)
+        for call in calls:
+            data = writer.send(call.literal, call.token, call.block)
+            if data:
+                self._write(data)
+        self._write(_whole_sum(self.checksum, view, 0 if append != 1 else start))
+
+    # -- after the loop ----------------------------------------------------------------
+    def _stats(self) -> bytes:
+        """handle_stats(): read, written, total size, build and transfer time (5 x varlong(3))."""
+        total_size = sum(item.entry.size for item in self.items if item.entry.is_reg or item.entry.is_link)
+        written = max(self.out.bytes_written, self.written)
+        values = (self.session.inbox.bytes_read, written, total_size, self.state.build_ms, self.state.xfer_ms)
+        return b"".join(encode_varlong(v, 3) for v in values)
+
+    def _final_goodbye(self) -> None:
+        """main.c read_final_goodbye(): echo DONE #4, then expect DONE #5.
+
+        Raises:
+            ProtocolError: anything but DONE ("Invalid packet at end of run").
+        """
+        ndx = self._read_goodbye_ndx()
+        if ndx == NDX_DONE:
+            self._write(self.ndx_out.encode(NDX_DONE))
+            self.out.flush()
+            ndx = self._read_goodbye_ndx()
+        if ndx != NDX_DONE:
+            raise ProtocolError(f"Invalid packet at end of run ({ndx}) [sender]")
+
+    def _read_goodbye_ndx(self) -> int:
+        self.out.flush()
+        try:
+            return self._read_ndx()
+        except ProtocolError as exc:
+            raise ProtocolError(f"Invalid packet at end of run: {exc}") from None
+
+    # -- --remove-source-files ---------------------------------------------------------
+    def _on_message(self, code: MsgCode, payload: bytes) -> None:
+        """MSG_SUCCESS ndx: the client has the file; remove ours (into history)."""
+        if code != MsgCode.SUCCESS or len(payload) != 4:
+            return
+        ndx = decode_int32(lambda n: payload[:n])
+        if not 0 <= ndx < len(self.items) or not self.state.writable:
+            return
+        item = self.items[ndx]
+        try:
+            st = self.state.tree.lstat(item.source)
+            if st is None or st.st_size != item.entry.size or st.st_mtime_ns != item.entry.mtime_ns:
+                raise StorageError("changed since it was sent")
+            self.state.tree.delete(item.source)
+        except StorageError as exc:
+            self.errors += 1
+            text = f"rsync: [sender] not removing {self._shown(item.source)}: {exc}\n"
+            self.out.send_msg(MsgCode.ERROR_XFER, text.encode("utf-8", "replace"))
+
+    def _shown(self, path: bytes) -> str:
+        return f'"{os.fsdecode(b"/" + path)}" (in {self.state.module})'
