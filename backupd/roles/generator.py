@@ -204,8 +204,7 @@ class Generator:
         else:
             if not self.opts.dry_run:
                 tree.symlink(entry.link_target, path)
-                if self.opts.times:
-                    tree.set_attrs(path, mtime_ns=entry.mtime_ns, **self._owner(entry))
+                tree.set_attrs(path, mtime_ns=entry.mtime_ns if self.opts.times else None, **self._owner(entry))
             iflags = ItemFlags.LOCAL_CHANGE | (ItemFlags.REPORT_CHANGE if st is not None else ItemFlags.IS_NEW)
         self._itemize(ndx, iflags)
 
