@@ -26,7 +26,7 @@ MAX_FLIST_ENTRIES = 50_000_000
 _VALID_TYPES = (stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK, stat.S_IFCHR, stat.S_IFBLK, stat.S_IFIFO, stat.S_IFSOCK)
 
 
-@dataclass
+@dataclass(slots=True)
 class FileEntry:
     """One file-list entry. ``name`` is the wire path (``.`` for the transfer root).
 
