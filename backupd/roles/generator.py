@@ -27,6 +27,7 @@ from backupd.protocol.constants import (
     ItemFlags,
     MsgCode,
 )
+from backupd.ops import logging as ops_logging
 from backupd.protocol.flist import FileEntry
 from backupd.protocol.sums import SumHead, generate_sums, sum_sizes
 from backupd.protocol.wire import NdxEncoder, encode_shortint, encode_varint
@@ -368,8 +369,15 @@ class Generator:
     def _delete_missing(self, ndx: int, entry: FileEntry, path: bytes) -> None:
         if not self.opts.delete_missing_args or path == self.state.dest_dir:
             return
-        if self.state.tree.lstat(path) is not None:
-            self._delete(entry.name, path)
+        tree = self.state.tree
+        st = tree.lstat(path)
+        if st is None:
+            return
+        if stat.S_ISDIR(st.st_mode) and not self.opts.force and tree.listdir(path):
+            # delete_item() without DEL_RECURSE: only --force removes a non-empty directory
+            self.out.send_msg(MsgCode.INFO, f"cannot delete non-empty directory: {os.fsdecode(entry.name)}\n".encode("utf-8", "replace"))
+            return
+        self._delete(entry.name, path)
 
     def _delete_pass(self) -> None:
         for ndx, entry in enumerate(self.state.flist):
@@ -433,6 +441,7 @@ class Generator:
             self.out.send_msg(MsgCode.DELETED, item_rel + (b"\0" if item_is_dir else b""))
         self.out.send_msg(MsgCode.DELETED, rel + (b"\0" if is_dir else b""))
         self.log.debug("deleted {}", os.fsdecode(rel))
+        ops_logging.file_deleted(self, rel, is_dir, items)  # ops hook: transfer log "del.", counters
 
     def _delete_contents(self, rel: bytes, path: bytes) -> None:
         tree = self.state.tree
