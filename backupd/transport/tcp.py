@@ -18,7 +18,7 @@ from collections.abc import Callable
 from loguru import logger
 
 from backupd.config.model import DaemonConfig
-from backupd.protocol.greeting import encode_error
+from backupd.protocol.greeting import encode_error, encode_greeting
 from backupd.transport.worker import fork_session
 
 MAX_WORKERS = 256  # a hard cap on session processes; per-module limits are `max connections`
@@ -109,7 +109,7 @@ class DaemonServer:
 
     def _refuse(self, conn: socket.socket, message: str) -> None:
         try:
-            conn.sendall(b"@RSYNCD: 32.0\n" + encode_error(message))
+            conn.sendall(encode_greeting() + encode_error(message))
         except OSError:
             pass
         conn.close()
