@@ -13,6 +13,7 @@ import os
 import stat
 
 from backupd.errors import ExitCode, FileError, ProtocolError, RsyncError, StorageError, StreamClosed
+from backupd.ops import logging as ops_logging
 from backupd.protocol.constants import NDX_DONE, IoError, ItemFlags, MsgCode
 from backupd.protocol.sums import decode_sum_head
 from backupd.protocol.tokens import BlockMatch, Literal, make_token_reader
@@ -21,6 +22,29 @@ from backupd.roles.generator import owner_ids
 from backupd.roles.push import PushState
 
 MAX_PHASE = 2
+
+
+class _Sink:
+    """Where a file's rebuilt bytes go: the staged file until a write fails.
+
+    A failed write (a full disk, an I/O error) aborts the staged file, keeps
+    the error and drops the rest of the file's data, so that the stream stays
+    in step and the old version stays untouched.
+    """
+
+    def __init__(self, staged) -> None:
+        self.staged = staged
+        self.error: StorageError | None = None
+
+    def write(self, data) -> None:
+        if self.staged is None:
+            return
+        try:
+            self.staged.write(data)
+        except StorageError as exc:
+            self.error = exc
+            self.staged.abort()
+            self.staged = None
 
 
 class Receiver:
@@ -101,21 +125,24 @@ class Receiver:
         entry, path = state.flist[ndx], state.dest[ndx]
         head = decode_sum_head(self.inbox.read(16))
         basis = state.tree.open_basis(path) if head.count or head.remainder else None
-        staged = self._open_staged(path, entry)
+        sink = _Sink(self._open_staged(path, entry))
         try:
-            ok = self._rebuild(head, basis, staged, entry, append=self.opts.append if phase == 0 else 0)
+            ok = self._rebuild(head, basis, sink, entry, append=self.opts.append if phase == 0 else 0)
         except BaseException:
-            self._interrupted(staged)
+            self._interrupted(sink.staged)
             raise
         finally:
             if basis is not None:
                 basis.close()
-        if staged is None:
+        if sink.error is not None:
+            self._file_error(f"write failed on {os.fsdecode(entry.name)}: {sink.error}")
+            return
+        if sink.staged is None:
             return
         if ok:
-            self._commit(ndx, entry, path, staged)
+            self._commit(ndx, entry, path, sink.staged)
         else:
-            staged.abort()
+            sink.staged.abort()
             self._verification_failed(ndx, entry, phase)
 
     def _open_staged(self, path: bytes, entry):
@@ -140,8 +167,7 @@ class Receiver:
                 good = False
             else:
                 data = basis.view(0, prefix)
-                if staged is not None:
-                    staged.write(data)
+                staged.write(data)
                 if append > 1:
                     hasher.update(data)
         tokens.start_file()
@@ -150,8 +176,7 @@ class Receiver:
             if isinstance(token, Literal):
                 self.bytes_literal += len(token.data)
                 hasher.update(token.data)
-                if staged is not None:
-                    staged.write(token.data)
+                staged.write(token.data)
             elif isinstance(token, BlockMatch):
                 data = self._block(head, basis, token.index)
                 if data is None:
@@ -159,8 +184,7 @@ class Receiver:
                     continue
                 hasher.update(data)
                 tokens.see_block(data)
-                if staged is not None:
-                    staged.write(data)
+                staged.write(data)
             else:
                 break
         sent = read(self.state.checksum.digest_len)
@@ -193,6 +217,7 @@ class Receiver:
             self._file_error(f"cannot write {os.fsdecode(entry.name)}: {exc}")
             return
         self.files_received += 1
+        ops_logging.file_received(self, entry, path, st)  # ops hook: transfer log line, counters
         if opts.remove_source_files:
             self.out.send_msg(MsgCode.SUCCESS, encode_int32(ndx))
 
