@@ -20,8 +20,6 @@ from backupd.protocol.filters import (
     MAX_MERGE_FILE_SIZE,
     FilterList,
     FilterRule,
-    _compile_glob,
-    _glob_tokens,
     cvs_rules,
     decode_filter_list,
     encode_filter_list,
@@ -32,6 +30,8 @@ from backupd.protocol.filters import (
     rule_matches,
     rules_from_client,
 )
+from backupd.protocol.wildmatch import _glob_tokens
+from backupd.protocol.wildmatch import compile_glob as _compile_glob
 
 # ------------------------------------------------------------------ captured lists
 
