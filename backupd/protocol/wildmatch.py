@@ -200,6 +200,11 @@ class _GlobNFA:
 
 def compile_glob(pat: bytes, any_slash: bool, force_nfa: bool = False
                   ) -> Callable[[bytes], bool]:
+    """A matcher ``f(text) -> bool`` for wildcard pattern ``pat`` (rsync wildmatch()).
+
+    ``any_slash``: ``*`` may also cross ``/`` (rsync's ``**``-anywhere mode).
+    ``force_nfa`` picks the linear NFA even where a regex would do (tests).
+    """
     tokens = _glob_tokens(pat)
     if tokens is None:
         return lambda text: False
