@@ -21,7 +21,8 @@ def _root() -> None:
 
 
 def _register() -> None:
-    from backupd.cli import serve  # noqa: F401 - registers its commands
+    from backupd.cli import history, serve  # noqa: F401 - registers their commands
+    from backupd.cli import pusher  # noqa: F401 - watch, push, status
 
 
 def main() -> None:

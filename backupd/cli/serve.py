@@ -21,6 +21,7 @@ def serve(
     stdio: bool = typer.Option(False, "--stdio", help="run one session on stdin/stdout"),
     log_json: bool = typer.Option(False, "--log-json", help="log as JSON lines"),
     data_dir: Path = typer.Option(Path("backupd-data"), "--data-dir", help="where the embedded default keeps its module"),
+    metrics_address: str = typer.Option(None, "--metrics-address", help="serve Prometheus metrics on HOST:PORT"),
 ) -> None:
     """Serve rsync clients: every overwritten or deleted file is kept in history."""
     from backupd.config.load import load_config
@@ -39,10 +40,10 @@ def serve(
         from backupd.transport.stdio import serve_stdio
 
         sys.exit(int(serve_stdio(cfg)))
-    _serve_tcp(cfg, port if port is not None else cfg.port, address or cfg.address, creds)
+    _serve_tcp(cfg, port if port is not None else cfg.port, address or cfg.address, creds, metrics_address)
 
 
-def _serve_tcp(cfg, port: int, address: str | None, creds) -> None:
+def _serve_tcp(cfg, port: int, address: str | None, creds, metrics_address: str | None = None) -> None:
     from backupd.transport.tcp import DaemonServer
     from backupd.transport.worker import preload_session_modules
 
@@ -53,6 +54,7 @@ def _serve_tcp(cfg, port: int, address: str | None, creds) -> None:
     except OSError as exc:
         typer.echo(f"backupd: cannot listen on {address or '*'}:{port}: {exc.strerror}", err=True)
         raise typer.Exit(10) from None
+    exporter = _start_metrics(metrics_address, cfg, server)  # ops hook: backupd/ops/metrics.py
     if cfg.pid_file is not None:
         cfg.pid_file.write_text(f"{os.getpid()}\n")
     logger.info("backupd listening on {}:{} ({} modules)", address or "*", port, len(cfg.modules))
@@ -64,4 +66,22 @@ def _serve_tcp(cfg, port: int, address: str | None, creds) -> None:
         typer.echo("Push a folder to it with:")
         typer.echo(push_command_hint(cfg, creds, port=port, address=address))
     sys.stdout.flush()
-    server.serve_forever()
+    from backupd.ops.retention import PRUNE_CHECK_S, daily_prune_job  # history retention, once a day
+    server.add_periodic(PRUNE_CHECK_S, prune_job := daily_prune_job(cfg, server.listeners))
+    prune_job()
+    try:
+        server.serve_forever()
+    finally:
+        if exporter is not None:
+            exporter.close()
+
+
+def _start_metrics(metrics_address: str | None, cfg, server):
+    """Ops hook: the Prometheus exporter (multiprocess mode, before any fork); None if off."""
+    if not metrics_address:
+        return None
+    from backupd.ops.metrics import start_server_exporter
+
+    exporter = start_server_exporter(metrics_address, cfg, server)
+    logger.info("metrics on http://{}:{}/metrics", *exporter.httpd.server_address[:2])
+    return exporter

@@ -8,7 +8,6 @@ you write). Source of the framing: rsync io.c, rsync-protocol-a.md §6.
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections import deque
@@ -44,7 +43,7 @@ class Inbox:
     def _fill(self) -> None:
         try:
             chunk = self.stream.recv(READ_SIZE)
-        except (socket.timeout, TimeoutError):
+        except TimeoutError:
             raise RsyncError(f"io timeout after {self.timeout_s:g} seconds -- exiting", ExitCode.TIMEOUT) from None
         except OSError as exc:
             raise StreamClosed(f"connection read error: {exc.strerror or exc}") from None

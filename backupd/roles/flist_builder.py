@@ -213,14 +213,15 @@ class FlistBuilder:
         module_filters: the module's own rules (module-relative names), or None.
         report: ``report(code, text)`` sends a message to the client.
         munge_symlinks: the module's ``munge symlinks``: strip the prefix.
-        file_checksum: ``fn(view) -> digest`` for ``-c``, else None.
+        file_checksum: ``fn(module_path) -> (digest, size) | None`` for ``-c``
+            (None: the file is gone), else None.
     """
 
     def __init__(self, tree: ModuleTree, opts: TransferOptions, *,
                  make_filters: Callable[[bytes], FilterList | None],
                  module_filters: FilterList | None, report: Report,
                  module: str = "", munge_symlinks: bool = False,
-                 file_checksum: Callable[[memoryview], bytes] | None = None) -> None:
+                 file_checksum: Callable[[bytes], tuple[bytes, int] | None] | None = None) -> None:
         self.tree, self.opts, self.module = tree, opts, module
         self.resolver = Resolver(tree)
         self.make_filters = make_filters
@@ -243,7 +244,7 @@ class FlistBuilder:
         self.report(MsgCode.ERROR_XFER, f"rsync: [sender] {text}\n")
 
     def _shown(self, path: bytes) -> str:
-        return f'"{os.fsdecode(b"/" + path)}" (in {self.module})'
+        return f'"{os.fsdecode(path or b".")}" (in {self.module})'
 
     def _unreachable(self, what: str, path: bytes, exc: _Unreachable) -> None:
         if exc.err == 0:
@@ -460,16 +461,14 @@ class FlistBuilder:
 
     def _checksum(self, entry: FileEntry, real: bytes) -> bool:
         try:
-            basis = self.tree.open_basis(real)
+            found = self.file_checksum(real)
         except StorageError as exc:
             self._error(f"failed to open {self._shown(real)}: {exc}")
             return False
-        if basis is None:
+        if found is None:
             self._vanished(real)
             return False
-        with basis:
-            entry.checksum = self.file_checksum(basis.view(0, basis.size))
-            entry.size = basis.size
+        entry.checksum, entry.size = found
         return True
 
     # -- filters -----------------------------------------------------------------------

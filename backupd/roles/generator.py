@@ -10,28 +10,23 @@ delete_in_dir(); rsync-protocol-b.md §1.4, §3, §4, §8.
 
 from __future__ import annotations
 
-import functools
-import grp
 import os
-import pwd
-import queue
 import stat
 import threading
 
 from backupd.errors import ExitCode, RsyncError, StorageError
 from backupd.protocol.constants import (
-    NDX_DEL_STATS,
     NDX_DONE,
     SIGNIFICANT_ITEM_FLAGS,
-    IoError,
     ItemFlags,
     MsgCode,
 )
-from backupd.ops import logging as ops_logging
 from backupd.protocol.flist import FileEntry
 from backupd.protocol.sums import SumHead, generate_sums, sum_sizes
-from backupd.protocol.wire import NdxEncoder, encode_shortint, encode_varint
-from backupd.roles.push import PushState, join_path
+from backupd.protocol.wire import NdxEncoder, encode_shortint
+from backupd.roles.deletion import Deleter
+from backupd.roles.owners import owner_ids
+from backupd.roles.push import PushState
 
 _NULL_HEAD = SumHead(0, 0, 0, 0)
 
@@ -50,12 +45,9 @@ class Generator:
         self.log = session.log
         self.ndx = NdxEncoder()
         self.error: RsyncError | None = None
-        self.deleted = {"files": 0, "dirs": 0, "symlinks": 0, "devices": 0, "specials": 0}
-        self.deletions_left = self.opts.max_delete if self.opts.max_delete is not None else -1
-        self.deletions_skipped = 0
+        self.deleter = Deleter(state, self.out, self.log, self._file_error)
         self._thread = threading.Thread(target=self._run, name="generator", daemon=True)
         self._dirs: list[tuple[int, bytes, bool]] = []
-        self._children = _children_by_dir(state.flist)
         self._aborted = False
         self._hlink_leader = _hlink_leaders(state.flist) if self.opts.hard_links else {}
         self._hlink_followers: list[tuple[int, int]] = []
@@ -109,9 +101,9 @@ class Generator:
     # -- the phases --------------------------------------------------------------------
     def _generate(self) -> None:
         st, opts = self.state, self.opts
-        deleting = opts.deleting and self._deletion_allowed()
+        deleting = opts.deleting and self.deleter.allowed()
         if deleting and opts.delete_mode == "before":
-            self._delete_pass()
+            self.deleter.delete_pass()
         for ndx, entry in enumerate(st.flist):
             if ndx in st.skip:
                 continue
@@ -123,20 +115,14 @@ class Generator:
         self._wait("phase", 3)
         self._link_followers()
         if deleting and opts.delete_mode in ("after", "delay"):
-            self._delete_pass()
+            self.deleter.delete_pass()
         self._touch_up_dirs()
         if opts.deleting:
-            self._send_del_stats()
+            self.deleter.send_del_stats(self.ndx)
         self.out.write(self.ndx.encode(NDX_DONE))
         self._wait("goodbye")
         self.out.write(self.ndx.encode(NDX_DONE))
         self.out.flush()
-
-    def _deletion_allowed(self) -> bool:
-        if self.state.io_error & IoError.GENERAL and not self.opts.ignore_errors:
-            self.out.send_msg(MsgCode.INFO, b"IO error encountered -- skipping file deletion\n")
-            return False
-        return True
 
     # -- one entry ---------------------------------------------------------------------
     def _process(self, ndx: int, entry: FileEntry, delete_during: bool) -> None:
@@ -150,7 +136,7 @@ class Generator:
             return
         try:
             if entry.mode == 0:
-                self._delete_missing(ndx, entry, path)
+                self.deleter.delete_missing(ndx, entry, path)
             elif entry.is_dir:
                 self._process_dir(ndx, entry, path, delete_during)
             elif entry.is_reg:
@@ -184,12 +170,12 @@ class Generator:
             iflags = self._attr_changes(entry, st)
         else:
             if st is not None and not dry:
-                self._count_deleted(tree.delete(path))
+                self.deleter.count(tree.delete(path))
             if not dry:
                 tree.mkdir(path, 0o700 | (entry.mode & 0o7777))
             iflags = ItemFlags.IS_NEW | ItemFlags.LOCAL_CHANGE
         if delete_during and st is not None and entry.is_content_dir:
-            self._delete_in_dir(ndx, entry, path)
+            self.deleter.delete_in_dir(ndx, entry, path)
         self._dirs.append((ndx, path, st is None))
         self._itemize(ndx, iflags)
 
@@ -366,130 +352,6 @@ class Generator:
                 self._file_error(str(exc), entry)
 
     # -- deletion ----------------------------------------------------------------------
-    def _delete_missing(self, ndx: int, entry: FileEntry, path: bytes) -> None:
-        if not self.opts.delete_missing_args or path == self.state.dest_dir:
-            return
-        tree = self.state.tree
-        st = tree.lstat(path)
-        if st is None:
-            return
-        if stat.S_ISDIR(st.st_mode) and not self.opts.force and tree.listdir(path):
-            # delete_item() without DEL_RECURSE: only --force removes a non-empty directory
-            self.out.send_msg(MsgCode.INFO, f"cannot delete non-empty directory: {os.fsdecode(entry.name)}\n".encode("utf-8", "replace"))
-            return
-        self._delete(entry.name, path)
-
-    def _delete_pass(self) -> None:
-        for ndx, entry in enumerate(self.state.flist):
-            if entry.is_content_dir and ndx not in self.state.skip:
-                path = self.state.dest[ndx]
-                st = self.state.tree.lstat(path)
-                if st is not None and stat.S_ISDIR(st.st_mode):
-                    self._delete_in_dir(ndx, entry, path)
-
-    def _delete_in_dir(self, ndx: int, entry: FileEntry, path: bytes) -> None:
-        """Delete what the directory holds and the file list does not (delete_in_dir)."""
-        state = self.state
-        keep = self._children.get(_parent_key(entry.name), set())
-        names = sorted(state.tree.listdir(path))
-        for name in names:
-            if name in keep:
-                continue
-            child_path = join_path(path, name)
-            if state.tree.is_history_path(child_path):
-                continue
-            rel = join_path(b"" if entry.name == b"." else entry.name, name)
-            child_st = state.tree.lstat(child_path)
-            is_dir = child_st is not None and stat.S_ISDIR(child_st.st_mode)
-            if state.filters is not None and state.filters.protected_from_delete(rel, is_dir, perishable_ok=False):
-                continue
-            if state.daemon_excluded(child_path, is_dir):
-                continue
-            self._delete(rel, child_path, is_dir)
-
-    def _delete(self, rel: bytes, path: bytes, is_dir: bool | None = None) -> None:
-        """Delete one extraneous entry into history, reporting it like rsync (delete_item).
-
-        A directory goes as a whole unless something inside is protected by a
-        filter rule: then its other entries go one by one and it stays, as
-        rsync's recursive delete leaves it ("cannot delete non-empty
-        directory"). Every entry counts against --max-delete; a directory
-        that does not fit in what is left is skipped whole.
-        """
-        tree = self.state.tree
-        if is_dir is None:
-            st = tree.lstat(path)
-            is_dir = st is not None and stat.S_ISDIR(st.st_mode)
-        items = self._dir_items(rel, path) if is_dir else []
-        if any(protected for _, _, protected in items):
-            self._delete_contents(rel, path)
-            return
-        needed = len(items) + 1
-        if 0 <= self.deletions_left < needed:
-            self.deletions_skipped += needed
-            return
-        if not self.opts.dry_run:
-            try:
-                self._count_deleted(tree.delete(path))
-            except StorageError as exc:
-                self.state.file_errors += 1
-                self.out.send_msg(MsgCode.ERROR_XFER, f"rsync: [generator] delete failed: {exc}\n".encode("utf-8", "replace"))
-                return
-        if self.deletions_left > 0:
-            self.deletions_left -= needed
-        for item_rel, item_is_dir, _ in items:
-            self.out.send_msg(MsgCode.DELETED, item_rel + (b"\0" if item_is_dir else b""))
-        self.out.send_msg(MsgCode.DELETED, rel + (b"\0" if is_dir else b""))
-        self.log.debug("deleted {}", os.fsdecode(rel))
-        ops_logging.file_deleted(self, rel, is_dir, items)  # ops hook: transfer log "del.", counters
-
-    def _delete_contents(self, rel: bytes, path: bytes) -> None:
-        tree = self.state.tree
-        for name in sorted(tree.listdir(path)):
-            child_rel, child_path = join_path(rel, name), join_path(path, name)
-            child_st = tree.lstat(child_path)
-            child_is_dir = child_st is not None and stat.S_ISDIR(child_st.st_mode)
-            if not self._protected(child_rel, child_path, child_is_dir):
-                self._delete(child_rel, child_path, child_is_dir)
-        self.out.send_msg(MsgCode.INFO, f"cannot delete non-empty directory: {os.fsdecode(rel)}\n".encode("utf-8", "replace"))
-
-    def _protected(self, rel: bytes, path: bytes, is_dir: bool) -> bool:
-        state = self.state
-        if state.filters is not None and state.filters.protected_from_delete(rel, is_dir, perishable_ok=True):
-            return True
-        return state.daemon_excluded(path, is_dir)
-
-    def _dir_items(self, rel: bytes, path: bytes, depth: int = 0) -> list[tuple[bytes, bool, bool]]:
-        """Everything inside a directory, deepest first: (rel, is_dir, protected)."""
-        if depth > 512:
-            raise StorageError(f"directory {os.fsdecode(rel)!r} nests deeper than 512 levels")
-        tree, out = self.state.tree, []
-        for name in sorted(tree.listdir(path)):
-            child_rel, child_path = join_path(rel, name), join_path(path, name)
-            st = tree.lstat(child_path)
-            child_is_dir = st is not None and stat.S_ISDIR(st.st_mode)
-            if child_is_dir:
-                out += self._dir_items(child_rel, child_path, depth + 1)
-            out.append((child_rel, child_is_dir, self._protected(child_rel, child_path, child_is_dir)))
-        return out
-
-    def _count_deleted(self, counts) -> None:
-        for key in self.deleted:
-            self.deleted[key] += getattr(counts, key, 0)
-
-    def _send_del_stats(self) -> None:
-        if self.deletions_skipped:
-            self.out.send_msg(
-                MsgCode.WARNING,
-                f"Deletions stopped due to --max-delete limit ({self.deletions_skipped} skipped)\n".encode(),
-            )
-        d = self.deleted
-        total_files = d["files"]
-        out = self.ndx.encode(NDX_DEL_STATS)
-        for value in (total_files, d["dirs"], d["symlinks"], d["devices"], d["specials"]):
-            out += encode_varint(min(value, 0x7FFFFFFF))
-        self.out.write(out)
-
     # -- the end -----------------------------------------------------------------------
     def _touch_up_dirs(self) -> None:
         """Directory modes and mtimes, after everything inside them was written."""
@@ -510,35 +372,6 @@ class Generator:
                 self._file_error(str(exc), entry)
 
 
-def owner_ids(state: PushState, entry: FileEntry) -> dict:
-    """uid/gid to set for ``entry``: only as root, mapped by name unless numeric ids."""
-    out = {}
-    if not state.is_root:
-        return out
-    numeric = state.opts.numeric_ids
-    if state.opts.owner and entry.uid is not None:
-        out["uid"] = _map_id(entry.uid, entry.user_name, numeric, pwd.getpwnam, "pw_uid")
-    if state.opts.group and entry.gid is not None:
-        out["gid"] = _map_id(entry.gid, entry.group_name, numeric, grp.getgrnam, "gr_gid")
-    return out
-
-
-def _map_id(ident: int, name: bytes | None, numeric: bool, lookup, attr: str) -> int:
-    if numeric or not name:
-        return ident
-    local = _lookup_name(lookup, attr, name)
-    return ident if local is None else local
-
-
-@functools.lru_cache(maxsize=4096)
-def _lookup_name(lookup, attr: str, name: bytes) -> int | None:
-    """Local id of a user or group name (cached: each lookup reads /etc/passwd)."""
-    try:
-        return getattr(lookup(name.decode("utf-8", "replace")), attr)
-    except KeyError:
-        return None
-
-
 def _hlink_leaders(flist: list[FileEntry]) -> dict[int, int]:
     """ndx -> the ndx of the first (sorted) regular-file member of its hard-link group."""
     first: dict[int, int] = {}
@@ -547,19 +380,4 @@ def _hlink_leaders(flist: list[FileEntry]) -> dict[int, int]:
         if entry.hlink_group is None or not entry.is_reg:
             continue
         out[ndx] = first.setdefault(entry.hlink_group, ndx)
-    return out
-
-
-def _parent_key(name: bytes) -> bytes:
-    return b"" if name in (b".", b"") else name
-
-
-def _children_by_dir(flist: list[FileEntry]) -> dict[bytes, set[bytes]]:
-    """Directory name (b"" for the root) -> the set of its children's basenames."""
-    out: dict[bytes, set[bytes]] = {}
-    for entry in flist:
-        if entry.name == b".":
-            continue
-        parent, _, base = entry.name.rpartition(b"/")
-        out.setdefault(parent, set()).add(base)
     return out

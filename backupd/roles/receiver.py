@@ -18,7 +18,7 @@ from backupd.protocol.constants import NDX_DONE, IoError, ItemFlags, MsgCode
 from backupd.protocol.sums import decode_sum_head
 from backupd.protocol.tokens import BlockMatch, Literal, make_token_reader
 from backupd.protocol.wire import NdxDecoder, decode_int32, decode_shortint, decode_vstring, encode_int32
-from backupd.roles.generator import owner_ids
+from backupd.roles.owners import owner_ids
 from backupd.roles.push import PushState
 
 MAX_PHASE = 2

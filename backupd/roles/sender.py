@@ -38,7 +38,6 @@ from backupd.protocol.constants import (
 )
 from backupd.protocol.filters import FilterList, decode_filter_list, rules_from_client
 from backupd.protocol.flist import FlistEncoder, FlistOptions
-from backupd.protocol.match import literal_calls, match_tokens
 from backupd.protocol.negotiate import Negotiated
 from backupd.protocol.server_args import TransferOptions
 from backupd.protocol.sums import Checksum, SumHead, decode_block_sums, decode_sum_head
@@ -57,12 +56,12 @@ from backupd.protocol.wire import (
     encode_vstring,
 )
 from backupd.roles.flist_builder import BuiltList, FlistBuilder, expand_globs, sanitize_arg
+from backupd.roles.sender_data import SourceFile, file_digest, open_source, send_literal, send_matched
 from backupd.storage import HistoryStore, ModuleTree
 
 MAX_FILES_FROM_NAMES = 10_000_000   # names in one --files-from list
 MAX_SUM_COUNT = 1 << 26             # blocks in one sum head (8 TiB at 128 KiB blocks)
 MAX_DEL_STAT = 1 << 28              # 3.5.0 read_varint_bounded() limit per count
-HASH_PIECE = 8 << 20                # bytes per whole-file checksum update
 FLIST_FLUSH = 256 << 10             # file-list bytes buffered before a write
 
 
@@ -198,20 +197,13 @@ def _build_list(session, tree: ModuleTree, request, negotiated: Negotiated, rule
     file_checksum = None
     if opts.checksum:
         summer = Checksum(negotiated.file_checksum, 0)
-        file_checksum = lambda view: _whole_sum(summer, view)  # noqa: E731
+        file_checksum = lambda path: file_digest(tree, path, summer)  # noqa: E731
     builder = FlistBuilder(
         tree, opts, make_filters=make_filters, module_filters=build_module_filters(module),
         report=lambda code, text: session.outbox.send_msg(code, text.encode("utf-8", "replace")),
         module=module.name, munge_symlinks=module.munge_symlinks, file_checksum=file_checksum,
     )
     return builder.build(args, names)
-
-
-def _whole_sum(checksum: Checksum, view: memoryview, start: int = 0) -> bytes:
-    hasher = checksum.file_sum_hasher()
-    for off in range(start, len(view), HASH_PIECE):
-        hasher.update(view[off : off + HASH_PIECE])
-    return hasher.digest()
 
 
 class Sender:
@@ -320,6 +312,7 @@ class Sender:
             ProtocolError: a negative ndx other than DONE/DEL_STATS, or one
                 past the file list ("Invalid file index").
         """
+        self.out.flush()    # the client may be waiting for what we wrote before it asks again
         while True:
             ndx = self.ndx_in.decode(self.read)
             if ndx == NDX_DEL_STATS:
@@ -382,57 +375,55 @@ class Sender:
         append = 0 if redo else self.opts.append
         head, sum1, sum2 = self._read_sums(bool(append))
         item = self.items[ndx]
-        basis = self._open(item.source, ndx)
-        if basis is None:
+        src = self._open(item.source, ndx)
+        if src is None:
             return
-        with basis:
-            if append and basis.size < item.entry.size:
-                self.out.send_msg(MsgCode.WARNING, f"skipped diminished file: {self._shown(item.source)}\n".encode())
+        with src:
+            if append and src.size < item.entry.size:
+                text = f"skipped diminished file: {self._shown(item.source)}\n"
+                self.out.send_msg(MsgCode.WARNING, text.encode("utf-8", "replace"))
                 self.out.send_msg(MsgCode.NO_SEND, encode_int32(ndx))
                 return
             self._write(self.ndx_out.encode(ndx) + attrs + head.encode())
-            view = basis.view(0, basis.size)
-            try:
-                self._send_data(view, head, sum1, sum2, append)
-            finally:
-                view.release()
+            self.writer.start_file()
+            if append:
+                start = min(head.prefix_len, src.size)
+                ok = send_literal(src, self.writer, self.checksum, self._write, start=start,
+                                  hash_from=0 if append > 1 else start)
+            elif head.count:
+                ok = self._send_matched(src, head, sum1, sum2, item.source)
+            else:
+                ok = send_literal(src, self.writer, self.checksum, self._write)
+        if not ok:
+            self._file_error(f"read errors mapping {self._shown(item.source)}: the file shrank while it was sent")
         self.state.sent.add(ndx)
 
-    def _open(self, source: bytes, ndx: int):
-        """The file mmap'd, or None after MSG_NO_SEND (vanished: 24, unreadable: 23)."""
+    def _send_matched(self, src: SourceFile, head: SumHead, sum1, sum2: list[bytes], source: bytes) -> bool:
         try:
-            basis = self.state.tree.open_basis(source)
+            return send_matched(src, head, sum1, sum2, self.checksum, self.writer, self._write)
         except StorageError as exc:
-            self.io_error |= IoError.GENERAL
-            self.errors += 1
-            text = f"rsync: [sender] send_files failed to open {self._shown(source)}: {exc}\n"
-            self.out.send_msg(MsgCode.ERROR_XFER, text.encode("utf-8", "replace"))
-            basis = None
-        else:
-            if basis is None:
-                self.io_error |= IoError.VANISHED
-                self.out.send_msg(MsgCode.WARNING, f"file has vanished: {self._shown(source)}\n".encode("utf-8", "replace"))
-        if basis is None:
-            self.out.send_msg(MsgCode.NO_SEND, encode_int32(ndx))
-        return basis
+            raise RsyncError(f"send_files: {self._shown(source)}: {exc}", ExitCode.FILEIO) from None
 
-    def _send_data(self, view: memoryview, head: SumHead, sum1, sum2: list[bytes], append: int) -> None:
-        """Tokens (match.c match_sums()) then the unseeded whole-file sum."""
-        writer = self.writer
-        writer.start_file()
-        start = 0
-        if append:
-            start = min(head.prefix_len, len(view))
-            calls = literal_calls(view[start:])
-        elif head.count and len(view):
-            calls = match_tokens(view, head, sum1, sum2, self.checksum)
+    def _open(self, source: bytes, ndx: int) -> SourceFile | None:
+        """The file opened, or None after MSG_NO_SEND (vanished: 24, unreadable: 23)."""
+        try:
+            src = open_source(self.state.tree, source)
+        except StorageError as exc:
+            self._file_error(f"send_files failed to open {self._shown(source)}: {exc}")
+            src = None
         else:
-            calls = literal_calls(view)
-        for call in calls:
-            data = writer.send(call.literal, call.token, call.block)
-            if data:
-                self._write(data)
-        self._write(_whole_sum(self.checksum, view, 0 if append != 1 else start))
+            if src is None:
+                self.io_error |= IoError.VANISHED
+                text = f"file has vanished: {self._shown(source)}\n"
+                self.out.send_msg(MsgCode.WARNING, text.encode("utf-8", "replace"))
+        if src is None:
+            self.out.send_msg(MsgCode.NO_SEND, encode_int32(ndx))
+        return src
+
+    def _file_error(self, text: str) -> None:
+        self.io_error |= IoError.GENERAL
+        self.errors += 1
+        self.out.send_msg(MsgCode.ERROR_XFER, f"rsync: [sender] {text}\n".encode("utf-8", "replace"))
 
     # -- after the loop ----------------------------------------------------------------
     def _stats(self) -> bytes:
@@ -451,13 +442,11 @@ class Sender:
         ndx = self._read_goodbye_ndx()
         if ndx == NDX_DONE:
             self._write(self.ndx_out.encode(NDX_DONE))
-            self.out.flush()
             ndx = self._read_goodbye_ndx()
         if ndx != NDX_DONE:
             raise ProtocolError(f"Invalid packet at end of run ({ndx}) [sender]")
 
     def _read_goodbye_ndx(self) -> int:
-        self.out.flush()
         try:
             return self._read_ndx()
         except ProtocolError as exc:
@@ -483,4 +472,4 @@ class Sender:
             self.out.send_msg(MsgCode.ERROR_XFER, text.encode("utf-8", "replace"))
 
     def _shown(self, path: bytes) -> str:
-        return f'"{os.fsdecode(b"/" + path)}" (in {self.state.module})'
+        return f'"{os.fsdecode(path or b".")}" (in {self.state.module})'

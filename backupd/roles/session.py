@@ -33,6 +33,7 @@ from backupd.errors import (
     StreamClosed,
     Unsupported,
 )
+from backupd.ops import metrics as ops_metrics
 from backupd.protocol import greeting as gr
 from backupd.protocol.constants import MsgCode
 from backupd.protocol.negotiate import Negotiated, finish_setup, plan_setup
@@ -116,6 +117,7 @@ class Session:
         module = self.ctx.config.modules.get(name)
         if module is None:
             raise DaemonRefusal(f"Unknown module '{name}'")
+        ops_metrics.session_module(self, module)  # ops hook: metrics labels, transfer log
         self._check_host(module)
         self._claim_slot(module)
         user, read_only = self._authenticate(module, peer)
@@ -187,6 +189,7 @@ class Session:
         access = self._check_user(module, user, digest, challenge, response)
         if access is None:
             self.log.warning("auth failed on module {} for user {!r}", module.name, user)
+            ops_metrics.auth_failed(module.name)  # ops hook
             time.sleep(AUTH_FAIL_DELAY_S)
             raise DaemonRefusal(f"auth failed on module {module.name}")
         return user, {"ro": True, "rw": False}.get(access, module.read_only)
@@ -399,7 +402,11 @@ def _has_group(gid: int) -> bool:
 
 def run_session(stream: Stream, ctx: SessionContext) -> ExitCode:
     """Run one client session to its end. Never raises."""
-    return Session(stream, ctx).run()
+    session = Session(stream, ctx)
+    ops_metrics.session_started(session)  # ops hook: backupd/ops/metrics.py
+    code = session.run()
+    ops_metrics.session_ended(session, code)  # ops hook: sessions, bytes in/out
+    return code
 
 
 __all__ = ["BackupdError", "ModuleRequest", "Session", "SessionContext", "run_session"]

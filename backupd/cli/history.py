@@ -1,0 +1,206 @@
+"""``backupd history ls``, ``backupd restore`` and ``backupd prune``: history from the shell.
+
+Each reads the same configuration as ``serve`` (``--config``, else the
+embedded default under ``--data-dir``) and works on the module folders
+directly; nothing here talks to a running daemon.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from datetime import date, datetime
+from pathlib import Path
+
+import typer
+
+from backupd.cli import app
+from backupd.config.model import DaemonConfig, ModuleConfig
+from backupd.errors import ConfigError, StorageError
+
+history_app = typer.Typer(no_args_is_help=True, help="Look into a module's history.")
+app.add_typer(history_app, name="history")
+
+CONFIG_HELP = "rsyncd.conf or backupd.yaml; default: the embedded default"
+DATA_DIR_HELP = "where the embedded default keeps its module"
+
+
+def _config(config: Path | None, data_dir: Path) -> DaemonConfig:
+    if config is not None:
+        from backupd.config.load import load_config
+
+        return load_config(config)
+    from backupd.config.default import embedded_default
+
+    return embedded_default(data_dir)[0]
+
+
+def _module(cfg: DaemonConfig, name: str) -> ModuleConfig:
+    module = cfg.modules.get(name)
+    if module is None:
+        known = ", ".join(cfg.modules) or "none"
+        raise ConfigError(f"no module {name!r} in the configuration (modules: {known})")
+    return module
+
+
+def _wire_path(path: str) -> bytes:
+    return os.fsencode(path).strip(b"/") or b"."
+
+
+def _size(n: int) -> str:
+    return f"{n:,}"
+
+
+def _fail(message: str, code: int = 1) -> SystemExit:
+    """Print ``message`` and give the exception that exits with ``code``.
+
+    SystemExit, not typer.Exit: ``main()`` runs click with
+    ``standalone_mode=False``, which turns typer.Exit into a return value
+    that is then dropped (exit status 0).
+    """
+    typer.echo(f"backupd: {message}", err=True)
+    return SystemExit(code)
+
+
+# ---------------------------------------------------------------- history ls
+
+
+@history_app.command("ls")
+def history_ls(
+    module: str = typer.Argument(..., help="module name"),
+    path: str = typer.Argument(..., help="path inside the module"),
+    config: Path = typer.Option(None, "--config", help=CONFIG_HELP),
+    data_dir: Path = typer.Option(Path("backupd-data"), "--data-dir", help=DATA_DIR_HELP),
+) -> None:
+    """Every version of PATH: the current one, then history newest first."""
+    from backupd.storage import ModuleTree
+    from backupd.storage.versions import find_versions
+
+    mod = _module(_config(config, data_dir), module)
+    try:
+        with ModuleTree(mod.path, module=mod.name) as tree:
+            versions = find_versions(tree, _wire_path(path), mod.history_dir)
+    except StorageError as exc:
+        raise _fail(str(exc)) from None
+    if not versions:
+        raise _fail(f"{path}: no current version and nothing in {mod.history_dir}/ of module {module}")
+    typer.echo(f"{'DATE':10} {'TIME':8}  {'SIZE':>14}  {'MODIFIED':19}  VERSION")
+    for v in versions:
+        typer.echo(_version_line(v))
+
+
+def _version_line(v) -> str:
+    if v.current:
+        when, clock = "current", ""
+    else:
+        when = v.day.isoformat()
+        clock = v.archived.strftime("%H:%M:%S") if v.archived is not None else "--:--:--"
+    modified = datetime.fromtimestamp(v.mtime_ns / 1e9).strftime("%Y-%m-%d %H:%M:%S")
+    size = _size(v.size) if v.kind == "file" else v.kind
+    return f"{when:10} {clock:8}  {size:>14}  {modified:19}  {os.fsdecode(v.path)}"
+
+
+# ---------------------------------------------------------------- restore
+
+
+def parse_at(text: str) -> date | datetime:
+    """``YYYY-MM-DD`` -> a date; ``YYYY-MM-DD HH:MM[:SS]`` or with ``T`` -> a local datetime.
+
+    Raises:
+        typer.BadParameter: anything else.
+    """
+    text = text.strip()
+    try:
+        if len(text) == 10:
+            return date.fromisoformat(text)
+        return datetime.fromisoformat(text.replace(" ", "T", 1))
+    except ValueError:
+        raise typer.BadParameter(f"{text!r}: want YYYY-MM-DD or 'YYYY-MM-DD HH:MM[:SS]'") from None
+
+
+@app.command()
+def restore(
+    module: str = typer.Argument(..., help="module name"),
+    path: str = typer.Argument(..., help="path inside the module"),
+    at: str = typer.Option(..., "--at", help="YYYY-MM-DD (that day's newest version) or 'YYYY-MM-DD HH:MM[:SS]' (newest before it)"),
+    to: Path = typer.Option(..., "--to", help="directory to copy the version into (created if missing)"),
+    force: bool = typer.Option(False, "--force", help="replace what is already there"),
+    config: Path = typer.Option(None, "--config", help=CONFIG_HELP),
+    data_dir: Path = typer.Option(Path("backupd-data"), "--data-dir", help=DATA_DIR_HELP),
+) -> None:
+    """Copy a version of PATH out of the module's history into --to DIR."""
+    from backupd.storage import ModuleTree
+    from backupd.storage.versions import find_versions, pick_version, restore_version
+
+    when = parse_at(at)
+    mod = _module(_config(config, data_dir), module)
+    try:
+        with ModuleTree(mod.path, module=mod.name) as tree:
+            versions = find_versions(tree, _wire_path(path), mod.history_dir)
+            chosen = pick_version(versions, when)
+            if chosen is None:
+                days = sorted({v.day.isoformat() for v in versions if v.day is not None})
+                raise _fail(f"{path}: no version in history for {at} (days with versions: {', '.join(days) or 'none'})")
+            target = restore_version(tree, chosen, to, force=force)
+    except FileExistsError as exc:
+        raise _fail(f"{exc.strerror}") from None
+    except (StorageError, OSError) as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(f"restored {os.fsdecode(chosen.path)} -> {target}")
+
+
+# ---------------------------------------------------------------- prune
+
+
+@app.command()
+def prune(
+    module: str = typer.Option(None, "--module", help="only this module (default: every module with history)"),
+    days: int = typer.Option(None, "--days", min=0, help="keep this many days (default: each module's 'history keep days'; 0 = keep all)"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="show what would be removed, remove nothing"),
+    config: Path = typer.Option(None, "--config", help=CONFIG_HELP),
+    data_dir: Path = typer.Option(Path("backupd-data"), "--data-dir", help=DATA_DIR_HELP),
+) -> None:
+    """Remove history day folders older than the retention; nothing outside history is touched."""
+    cfg = _config(config, data_dir)
+    modules = [_module(cfg, module)] if module else [m for m in cfg.modules.values() if m.history]
+    now = datetime.now()
+    failed = False
+    for mod in modules:
+        failed |= not _prune_one(mod, now, days, dry_run)
+    if failed:
+        raise SystemExit(1)
+
+
+def _prune_one(mod: ModuleConfig, now: datetime, days: int | None, dry_run: bool) -> bool:
+    from backupd.storage.prune import apply_prune, plan_prune
+
+    keep = mod.history_keep_days if days is None else days
+    try:
+        plan = plan_prune(mod.path, now, keep, history_dir=mod.history_dir, module=mod.name)
+    except (StorageError, OSError) as exc:
+        typer.echo(f"backupd: module {mod.name}: {exc}", err=True)
+        return False
+    if plan.cutoff is None:
+        typer.echo(f"module {mod.name}: history is kept forever (keep days 0), nothing to prune")
+        return True
+    verb = "would remove" if dry_run else "removing"
+    for folder in plan.remove:
+        typer.echo(f"module {mod.name}: {verb} {mod.history_dir}/{os.fsdecode(folder.name)} "
+                   f"({folder.files:,} files, {_size(folder.size)} bytes): {folder.reason}")
+    if dry_run:
+        typer.echo(f"module {mod.name}: would remove {len(plan.remove)} day folders, {plan.files:,} files, "
+                   f"{_size(plan.size)} bytes (keep {keep} days, oldest kept {plan.cutoff}); dry run, nothing removed")
+        return True
+    result = _apply_with_progress(plan, apply_prune)
+    for error in result.errors:
+        typer.echo(f"backupd: module {mod.name}: {error}", err=True)
+    typer.echo(f"module {mod.name}: removed {len(result.removed)} day folders, {result.files:,} files, "
+               f"{_size(result.size)} bytes (keep {keep} days, oldest kept {plan.cutoff})")
+    return not result.errors
+
+
+def _apply_with_progress(plan, apply_prune):
+    if not plan.remove or not sys.stderr.isatty():
+        return apply_prune(plan)
+    with typer.progressbar(length=plan.entries, label=f"pruning {plan.module}", file=sys.stderr) as bar:
+        return apply_prune(plan, progress=bar.update)

@@ -1,0 +1,98 @@
+"""``backupd status``: per source its state, per target its queue depth, lag and last success.
+
+Read from the state files the daemon writes (read-only SQLite connections),
+so it works while ``backupd watch`` runs, and after it stopped.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
+
+from backupd.config.pusher_model import PusherConfig
+from backupd.pusher.state_store import queue_path
+
+
+@dataclass(frozen=True)
+class TargetStatus:
+    """One line of ``backupd status``."""
+
+    source: str
+    target: str
+    state: str
+    depth: int
+    lag_s: float
+    last_success: str | None
+    full_sync_owed: bool
+    failures: int
+    last_error: str | None
+
+
+def _ro(path: Path) -> sqlite3.Connection | None:
+    if not path.exists():
+        return None
+    return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+
+
+def _when(ns: int | None) -> str | None:
+    return datetime.fromtimestamp(ns / 1e9).isoformat(timespec="seconds") if ns else None
+
+
+def collect_status(config: PusherConfig, now_ns: int | None = None) -> list[TargetStatus]:
+    """Status of every (source, target) pair; unknown state is shown as ``-``."""
+    now_ns = time.time_ns() if now_ns is None else now_ns
+    states: dict[str, str] = {}
+    db = _ro(config.state_dir / "sources.sqlite")
+    if db is not None:
+        with db:
+            states = dict(db.execute("SELECT path, state FROM sources").fetchall())
+        db.close()
+    out = []
+    for source in config.sources:
+        for target in source.targets:
+            out.append(_target_status(config, source, target, states.get(os.fspath(source.path), "-"), now_ns))
+    return out
+
+
+def _target_status(config, source, target, state: str, now_ns: int) -> TargetStatus:
+    db = _ro(queue_path(config.state_dir, source, target))
+    meta: dict = {}
+    depth, oldest = 0, None
+    if db is not None:
+        meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+        depth, oldest = db.execute("SELECT count(*), min(first_ns) FROM pending").fetchone()
+        db.close()
+    return TargetStatus(
+        source=os.fspath(source.path),
+        target=target.url,
+        state=state,
+        depth=depth,
+        lag_s=round((now_ns - oldest) / 1e9, 3) if oldest else 0.0,
+        last_success=_when(meta.get("last_success_ns")),
+        full_sync_owed=int(meta.get("full_requested", 0)) > int(meta.get("full_done", 0)),
+        failures=int(meta.get("failures", 0)),
+        last_error=meta.get("last_error"),
+    )
+
+
+def format_status(rows: list[TargetStatus]) -> str:
+    """A plain table, one target per line, with its last error under it."""
+    head = ("SOURCE", "STATE", "TARGET", "PENDING", "LAG_S", "LAST_SUCCESS", "FULL_OWED", "FAILURES")
+    lines = [head]
+    for r in rows:
+        lines.append((r.source, r.state, r.target, str(r.depth), f"{r.lag_s:.1f}", r.last_success or "never",
+                      "yes" if r.full_sync_owed else "no", str(r.failures)))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
+    text = ["  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines]
+    for r in rows:
+        if r.last_error:
+            text.append(f"  {r.target}: last error: {r.last_error}")
+    return "\n".join(text)
+
+
+def as_dicts(rows: list[TargetStatus]) -> list[dict]:
+    return [asdict(r) for r in rows]

@@ -1,0 +1,203 @@
+"""The stock ``rsync`` client as the pusher's transport: argv, exit classes, one run.
+
+A batch is one run per target per window::
+
+    rsync -a -R --files-from=LIST --from0 --delete-missing-args
+          [-r --delete] [--force] [--exclude-from=EXCL]
+          [--timeout=N] [--bwlimit=X] [--password-file=F] --stats EXTRA... SRC/ DEST/
+
+(``-r --delete``: the batch holds a directory to send with its content;
+``--force``: it deletes or replaces a directory, see ``coalesce.py``). A full
+sync is ``rsync -a --delete --force [--exclude-from=EXCL] ... SRC/ DEST/``.
+``--from0`` also makes the exclude file NUL-separated. Exit 24 (files
+vanished before they could be sent) is a success: the next event settles them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+
+from backupd.config.pusher_model import PusherConfig, SourceConfig, Target
+from backupd.errors import EXIT_TEXT, ExitCode
+from backupd.pusher.coalesce import Batch
+
+
+class ExitClass(Enum):
+    """What an rsync exit code means for the queue."""
+
+    OK = "ok"  # 0, 24: settled
+    PARTIAL = "partial"  # 23, 25: some paths failed; retry, then a full sync
+    UNREACHABLE = "unreachable"  # the target or the network: retry with backoff
+    FATAL = "fatal"  # our argv or config: retry slowly, the log says why
+
+
+_UNREACHABLE = {
+    ExitCode.STARTCLIENT, ExitCode.SOCKETIO, ExitCode.STREAMIO, ExitCode.MESSAGEIO,
+    ExitCode.IPC, ExitCode.CRASHED, ExitCode.TERMINATED, ExitCode.SIGNAL, ExitCode.WAITCHILD,
+    ExitCode.TIMEOUT, ExitCode.CONTIMEOUT, ExitCode.FILEIO, ExitCode.MALLOC,
+}
+KILLED = -9  # our own timeout killed the run
+
+
+def classify_exit(code: int) -> ExitClass:
+    """The class of an rsync exit code (errcode.h); negative: killed by a signal."""
+    if code in (ExitCode.OK, ExitCode.VANISHED):
+        return ExitClass.OK
+    if code in (ExitCode.PARTIAL, ExitCode.DEL_LIMIT):
+        return ExitClass.PARTIAL
+    if code < 0 or code in _UNREACHABLE:
+        return ExitClass.UNREACHABLE
+    return ExitClass.FATAL
+
+
+def exit_text(code: int) -> str:
+    """``"23 (some files/attrs were not transferred ...)"``."""
+    if code < 0:
+        return f"killed by signal {-code}"
+    if code == 0:
+        return "0"
+    try:
+        return f"{code} ({EXIT_TEXT.get(ExitCode(code), 'unknown')})"
+    except ValueError:
+        return f"{code} (unknown)"
+
+
+def _common(config: PusherConfig, target: Target, exclude_file: Path | None) -> list[str]:
+    args: list[str] = []
+    if exclude_file is not None:
+        args.append(f"--exclude-from={exclude_file}")
+    if config.rsync_timeout_s:
+        args.append(f"--timeout={config.rsync_timeout_s}")
+    if config.bwlimit:
+        args.append(f"--bwlimit={config.bwlimit}")
+    if target.password_file is not None:
+        args.append(f"--password-file={target.password_file}")
+    return [*args, "--stats", *config.extra_args]
+
+
+def source_arg(source: SourceConfig) -> str:
+    """The source directory with a trailing ``/`` (its content, not itself)."""
+    return os.fspath(source.path).rstrip("/") + "/"
+
+
+def batch_argv(
+    config: PusherConfig, source: SourceConfig, target: Target, batch: Batch,
+    files_from: Path, exclude_file: Path | None = None,
+) -> list[str]:
+    """The argv of one batch run (see the module docstring)."""
+    argv = [config.rsync_binary, "-a", "-R", f"--files-from={files_from}", "--from0", "--delete-missing-args"]
+    if batch.recursive:
+        argv += ["-r", "--delete"]
+    if batch.force:
+        argv.append("--force")
+    argv += _common(config, target, exclude_file if batch.recursive else None)
+    return [*argv, source_arg(source), target.dest(source.remote_subdir)]
+
+
+def full_sync_argv(
+    config: PusherConfig, source: SourceConfig, target: Target, exclude_file: Path | None = None
+) -> list[str]:
+    """The argv of one full sync: the whole source, deletions included."""
+    argv = [config.rsync_binary, "-a", "--delete", "--force"]
+    if exclude_file is not None:
+        argv.append("--from0")
+    argv += _common(config, target, exclude_file)
+    return [*argv, source_arg(source), target.dest(source.remote_subdir)]
+
+
+def write_list(path: Path, items: Sequence[bytes]) -> Path:
+    """Write NUL-terminated entries (``--files-from``/``--exclude-from`` with ``--from0``)."""
+    with open(path, "wb") as f:
+        f.write(b"".join(item + b"\0" for item in items))
+    return path
+
+
+@dataclass(frozen=True)
+class RsyncResult:
+    """One finished rsync run."""
+
+    code: int
+    seconds: float
+    bytes_sent: int
+    files_sent: int
+    log_tail: str
+
+    @property
+    def exit_class(self) -> ExitClass:
+        return classify_exit(self.code)
+
+
+_STAT = re.compile(rb"^(Total bytes sent|Number of regular files transferred):\s+([\d,]+)", re.M)
+
+
+async def run_rsync(argv: Sequence[str], log_path: Path, timeout_s: float | None = None) -> RsyncResult:
+    """Run rsync to its end (stdout+stderr to ``log_path``); kill its group after ``timeout_s``.
+
+    Cancelling the awaiting task kills the run too (a leader that lost its lease).
+    """
+    start = time.monotonic()
+    env = {k: v for k, v in os.environ.items() if k != "RSYNC_PASSWORD"}
+    env["LC_ALL"] = "C"
+    with open(log_path, "wb") as log:
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=asyncio.subprocess.STDOUT,
+            env=env, start_new_session=True,
+        )
+    try:
+        code = await asyncio.wait_for(proc.wait(), timeout_s)
+    except (asyncio.TimeoutError, asyncio.CancelledError):
+        _kill_group(proc.pid)
+        await proc.wait()
+        if asyncio.current_task() is not None and asyncio.current_task().cancelling():
+            raise
+        code = KILLED
+    tail = _tail(log_path)
+    stats = {k: int(v.replace(b",", b"")) for k, v in _STAT.findall(tail)}
+    return RsyncResult(
+        code=code,
+        seconds=time.monotonic() - start,
+        bytes_sent=stats.get(b"Total bytes sent", 0),
+        files_sent=stats.get(b"Number of regular files transferred", 0),
+        log_tail=tail[-2000:].decode(errors="replace"),
+    )
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _tail(path: Path, size: int = 8192) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - size))
+            return f.read()
+    except OSError:
+        return b""
+
+
+async def run_command(command: str, log_path: Path, timeout_s: float | None) -> int:
+    """Run a pre-sync command with ``/bin/sh -c``; its exit status (KILLED on timeout)."""
+    with open(log_path, "wb") as log:
+        proc = await asyncio.create_subprocess_exec(
+            "/bin/sh", "-c", command, stdin=asyncio.subprocess.DEVNULL, stdout=log,
+            stderr=asyncio.subprocess.STDOUT, start_new_session=True,
+        )
+    try:
+        return await asyncio.wait_for(proc.wait(), timeout_s)
+    except (asyncio.TimeoutError, asyncio.CancelledError):
+        _kill_group(proc.pid)
+        await proc.wait()
+        if asyncio.current_task() is not None and asyncio.current_task().cancelling():
+            raise
+        return KILLED
