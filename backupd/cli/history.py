@@ -11,6 +11,7 @@ import os
 import sys
 from datetime import date, datetime
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -22,7 +23,13 @@ history_app = typer.Typer(no_args_is_help=True, help="Look into a module's histo
 app.add_typer(history_app, name="history")
 
 CONFIG_HELP = "rsyncd.conf or backupd.yaml; default: the embedded default"
-DATA_DIR_HELP = "where the embedded default keeps its module"
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help=CONFIG_HELP)]
+DataDirOpt = Annotated[Path, typer.Option("--data-dir", help="where the embedded default keeps its module")]
+ModuleArg = Annotated[str, typer.Argument(help="module name")]
+PathArg = Annotated[str, typer.Argument(help="path inside the module")]
+AT_HELP = "YYYY-MM-DD (that day's newest version) or 'YYYY-MM-DD HH:MM[:SS]' (the newest before it)"
+DAYS_HELP = "keep this many days (default: each module's 'history keep days'; 0 = keep all)"
+DEFAULT_DATA_DIR = Path("backupd-data")
 
 
 def _config(config: Path | None, data_dir: Path) -> DaemonConfig:
@@ -66,12 +73,8 @@ def _fail(message: str, code: int = 1) -> SystemExit:
 
 
 @history_app.command("ls")
-def history_ls(
-    module: str = typer.Argument(..., help="module name"),
-    path: str = typer.Argument(..., help="path inside the module"),
-    config: Path = typer.Option(None, "--config", help=CONFIG_HELP),
-    data_dir: Path = typer.Option(Path("backupd-data"), "--data-dir", help=DATA_DIR_HELP),
-) -> None:
+def history_ls(module: ModuleArg, path: PathArg, config: ConfigOpt = None,
+               data_dir: DataDirOpt = DEFAULT_DATA_DIR) -> None:
     """Every version of PATH: the current one, then history newest first."""
     from backupd.storage import ModuleTree
     from backupd.storage.versions import find_versions
@@ -120,13 +123,13 @@ def parse_at(text: str) -> date | datetime:
 
 @app.command()
 def restore(
-    module: str = typer.Argument(..., help="module name"),
-    path: str = typer.Argument(..., help="path inside the module"),
-    at: str = typer.Option(..., "--at", help="YYYY-MM-DD (that day's newest version) or 'YYYY-MM-DD HH:MM[:SS]' (newest before it)"),
-    to: Path = typer.Option(..., "--to", help="directory to copy the version into (created if missing)"),
-    force: bool = typer.Option(False, "--force", help="replace what is already there"),
-    config: Path = typer.Option(None, "--config", help=CONFIG_HELP),
-    data_dir: Path = typer.Option(Path("backupd-data"), "--data-dir", help=DATA_DIR_HELP),
+    module: ModuleArg,
+    path: PathArg,
+    at: Annotated[str, typer.Option("--at", help=AT_HELP)],
+    to: Annotated[Path, typer.Option("--to", help="directory to copy the version into (created if missing)")],
+    force: Annotated[bool, typer.Option("--force", help="replace what is already there")] = False,
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = DEFAULT_DATA_DIR,
 ) -> None:
     """Copy a version of PATH out of the module's history into --to DIR."""
     from backupd.storage import ModuleTree
@@ -140,7 +143,8 @@ def restore(
             chosen = pick_version(versions, when)
             if chosen is None:
                 days = sorted({v.day.isoformat() for v in versions if v.day is not None})
-                raise _fail(f"{path}: no version in history for {at} (days with versions: {', '.join(days) or 'none'})")
+                shown = ", ".join(days) or "none"
+                raise _fail(f"{path}: no version in history for {at} (days with versions: {shown})")
             target = restore_version(tree, chosen, to, force=force)
     except FileExistsError as exc:
         raise _fail(f"{exc.strerror}") from None
@@ -154,11 +158,11 @@ def restore(
 
 @app.command()
 def prune(
-    module: str = typer.Option(None, "--module", help="only this module (default: every module with history)"),
-    days: int = typer.Option(None, "--days", min=0, help="keep this many days (default: each module's 'history keep days'; 0 = keep all)"),
-    dry_run: bool = typer.Option(False, "--dry-run", help="show what would be removed, remove nothing"),
-    config: Path = typer.Option(None, "--config", help=CONFIG_HELP),
-    data_dir: Path = typer.Option(Path("backupd-data"), "--data-dir", help=DATA_DIR_HELP),
+    module: Annotated[str | None, typer.Option("--module", help="only this module (default: all with history)")] = None,
+    days: Annotated[int | None, typer.Option("--days", min=0, help=DAYS_HELP)] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="show what would be removed, remove nothing")] = False,
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = DEFAULT_DATA_DIR,
 ) -> None:
     """Remove history day folders older than the retention; nothing outside history is touched."""
     cfg = _config(config, data_dir)

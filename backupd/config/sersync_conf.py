@@ -153,6 +153,7 @@ class ShellAssignments:
             self.warnings.append(f"{self.label}:{self.line}: ignored after assignment: {self._rest_of_line()!r}")
 
     def error(self, message: str) -> ConfigError:
+        """A ConfigError at the current line."""
         return ConfigError(f"{self.label}:{self.line}: {message}")
 
     # ------------------------------------------------------------ values

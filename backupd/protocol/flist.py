@@ -23,6 +23,22 @@ from backupd.protocol.wire import (
 )
 
 MAX_FLIST_ENTRIES = 50_000_000
+# plain ints: IntFlag arithmetic costs a microsecond per operation on this hot path
+_EXTENDED_FLAGS = int(XmitFlags.EXTENDED_FLAGS)
+_GROUP_NAME_FOLLOWS = int(XmitFlags.GROUP_NAME_FOLLOWS)
+_HLINKED = int(XmitFlags.HLINKED)
+_HLINK_FIRST = int(XmitFlags.HLINK_FIRST)
+_LONG_NAME = int(XmitFlags.LONG_NAME)
+_MOD_NSEC = int(XmitFlags.MOD_NSEC)
+_NO_CONTENT_DIR = int(XmitFlags.NO_CONTENT_DIR)
+_SAME_GID = int(XmitFlags.SAME_GID)
+_SAME_MODE = int(XmitFlags.SAME_MODE)
+_SAME_NAME = int(XmitFlags.SAME_NAME)
+_SAME_RDEV_MAJOR = int(XmitFlags.SAME_RDEV_MAJOR)
+_SAME_TIME = int(XmitFlags.SAME_TIME)
+_SAME_UID = int(XmitFlags.SAME_UID)
+_TOP_DIR = int(XmitFlags.TOP_DIR)
+_USER_NAME_FOLLOWS = int(XmitFlags.USER_NAME_FOLLOWS)
 _VALID_TYPES = (stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK, stat.S_IFCHR, stat.S_IFBLK, stat.S_IFIFO, stat.S_IFSOCK)
 
 
@@ -81,7 +97,7 @@ class FileEntry:
     @property
     def is_content_dir(self) -> bool:
         """A directory whose contents are part of the transfer (swept by --delete)."""
-        return self.is_dir and not self.xflags & XmitFlags.NO_CONTENT_DIR
+        return self.is_dir and not self.xflags & _NO_CONTENT_DIR
 
     @property
     def mtime_ns(self) -> int:
@@ -159,8 +175,8 @@ class FlistDecoder:
 
     def _read_name(self, read: Read, xflags: int) -> bytes:
         prev = self._prev
-        l1 = read(1)[0] if xflags & XmitFlags.SAME_NAME else 0
-        l2 = decode_varint(read) if xflags & XmitFlags.LONG_NAME else read(1)[0]
+        l1 = read(1)[0] if xflags & _SAME_NAME else 0
+        l2 = decode_varint(read) if xflags & _LONG_NAME else read(1)[0]
         if l1 > len(prev.name) or l2 < 0 or l1 + l2 >= MAX_PATH_LEN:
             raise ProtocolError(f"file-list name of {l1}+{l2} bytes (previous name {len(prev.name)} bytes)")
         name = prev.name[:l1] + read(l2)
@@ -170,21 +186,21 @@ class FlistDecoder:
     def _read_fields(self, read: Read, xflags: int) -> FileEntry:
         o, prev = self.opts, self._prev
         name = self._read_name(read, xflags)
-        entry = FileEntry(name=name, mode=0, xflags=xflags & (XmitFlags.TOP_DIR | XmitFlags.NO_CONTENT_DIR))
-        if o.preserve_hard_links and xflags & XmitFlags.HLINKED:
+        entry = FileEntry(name=name, mode=0, xflags=xflags & (_TOP_DIR | _NO_CONTENT_DIR))
+        if o.preserve_hard_links and xflags & _HLINKED:
             if self._read_hlink(read, xflags, entry):
                 return entry
         entry.size = decode_varlong(read, 3)
         if entry.size < 0:
             raise ProtocolError(f"{name!r}: negative file length {entry.size}")
-        if not xflags & XmitFlags.SAME_TIME:
+        if not xflags & _SAME_TIME:
             prev.mtime = decode_varlong(read, 4)
         entry.mtime = prev.mtime
-        if xflags & XmitFlags.MOD_NSEC:
+        if xflags & _MOD_NSEC:
             entry.mtime_nsec = decode_varint(read)
             if not 0 <= entry.mtime_nsec <= 999_999_999:
                 raise ProtocolError(f"{name!r}: mtime nanoseconds {entry.mtime_nsec} out of range")
-        if not xflags & XmitFlags.SAME_MODE:
+        if not xflags & _SAME_MODE:
             prev.mode = decode_int32(read) & 0xFFFFFFFF
         entry.mode = prev.mode
         if entry.mode != 0 and stat.S_IFMT(entry.mode) not in _VALID_TYPES:  # 0: a missing arg
@@ -195,7 +211,7 @@ class FlistDecoder:
 
     def _read_hlink(self, read: Read, xflags: int, entry: FileEntry) -> bool:
         """Hard-link fields; True when the entry is abbreviated (copied from its first)."""
-        if xflags & XmitFlags.HLINK_FIRST:
+        if xflags & _HLINK_FIRST:
             entry.hlink_group, entry.hlink_first = self.ndx_start + self._list_count, True
             return False
         first = decode_varint(read)
@@ -214,16 +230,16 @@ class FlistDecoder:
     def _read_ids(self, read: Read, xflags: int, entry: FileEntry) -> None:
         o, prev = self.opts, self._prev
         if o.preserve_uid:
-            if not xflags & XmitFlags.SAME_UID:
+            if not xflags & _SAME_UID:
                 prev.uid = decode_varint(read)
-                if xflags & XmitFlags.USER_NAME_FOLLOWS:
+                if xflags & _USER_NAME_FOLLOWS:
                     prev.user_names[prev.uid] = read(read(1)[0])
             entry.uid = prev.uid
             entry.user_name = prev.user_names.get(prev.uid)
         if o.preserve_gid:
-            if not xflags & XmitFlags.SAME_GID:
+            if not xflags & _SAME_GID:
                 prev.gid = decode_varint(read)
-                if xflags & XmitFlags.GROUP_NAME_FOLLOWS:
+                if xflags & _GROUP_NAME_FOLLOWS:
                     prev.group_names[prev.gid] = read(read(1)[0])
             entry.gid = prev.gid
             entry.group_name = prev.group_names.get(prev.gid)
@@ -231,7 +247,7 @@ class FlistDecoder:
     def _read_rdev_link_sum(self, read: Read, xflags: int, entry: FileEntry) -> None:
         o, prev = self.opts, self._prev
         if (o.preserve_devices and entry.is_device) or (o.preserve_specials and entry.is_special and o.protocol < 31):
-            if not xflags & XmitFlags.SAME_RDEV_MAJOR:
+            if not xflags & _SAME_RDEV_MAJOR:
                 prev.rdev_major = decode_varint(read)
             entry.rdev_major, entry.rdev_minor = prev.rdev_major, decode_varint(read)
         if o.preserve_links and entry.is_link:
@@ -287,29 +303,29 @@ class FlistEncoder:
             l1 += 1
         suffix = name[l1:]
         if l1:
-            xflags |= XmitFlags.SAME_NAME
+            xflags |= _SAME_NAME
         if len(suffix) > 255:
-            xflags |= XmitFlags.LONG_NAME
-        user = self._name_follows(entry.uid, entry.user_name, self._sent_users, o.preserve_uid, xflags & XmitFlags.SAME_UID)
-        group = self._name_follows(entry.gid, entry.group_name, self._sent_groups, o.preserve_gid, xflags & XmitFlags.SAME_GID)
-        xflags |= (XmitFlags.USER_NAME_FOLLOWS if user else 0) | (XmitFlags.GROUP_NAME_FOLLOWS if group else 0)
-        out = [encode_varint(xflags or XmitFlags.EXTENDED_FLAGS)]
+            xflags |= _LONG_NAME
+        user = self._name_follows(entry.uid, entry.user_name, self._sent_users, o.preserve_uid, xflags & _SAME_UID)
+        group = self._name_follows(entry.gid, entry.group_name, self._sent_groups, o.preserve_gid, xflags & _SAME_GID)
+        xflags |= (_USER_NAME_FOLLOWS if user else 0) | (_GROUP_NAME_FOLLOWS if group else 0)
+        out = [encode_varint(xflags or _EXTENDED_FLAGS)]
         if l1:
             out.append(bytes([l1]))
         out.append(encode_varint(len(suffix)) if len(suffix) > 255 else bytes([len(suffix)]))
         out.append(suffix)
         out.append(encode_varlong(entry.size, 3))
-        if not xflags & XmitFlags.SAME_TIME:
+        if not xflags & _SAME_TIME:
             out.append(encode_varlong(entry.mtime, 4))
-        if xflags & XmitFlags.MOD_NSEC:
+        if xflags & _MOD_NSEC:
             out.append(encode_varint(entry.mtime_nsec))
-        if not xflags & XmitFlags.SAME_MODE:
+        if not xflags & _SAME_MODE:
             out.append(encode_int32(_signed32(entry.mode)))
-        if o.preserve_uid and not xflags & XmitFlags.SAME_UID:
+        if o.preserve_uid and not xflags & _SAME_UID:
             out.append(encode_varint(entry.uid or 0))
             if user:
                 out.append(bytes([len(user)]) + user)
-        if o.preserve_gid and not xflags & XmitFlags.SAME_GID:
+        if o.preserve_gid and not xflags & _SAME_GID:
             out.append(encode_varint(entry.gid or 0))
             if group:
                 out.append(bytes([len(group)]) + group)
@@ -321,19 +337,19 @@ class FlistEncoder:
         o, prev = self.opts, self._prev
         xflags = 0
         if entry.is_dir:
-            xflags |= entry.xflags & (XmitFlags.TOP_DIR | XmitFlags.NO_CONTENT_DIR)
+            xflags |= entry.xflags & (_TOP_DIR | _NO_CONTENT_DIR)
         if entry.mode == prev.mode:
-            xflags |= XmitFlags.SAME_MODE
+            xflags |= _SAME_MODE
         if o.preserve_devices and entry.is_device and entry.rdev_major == prev.rdev_major:
-            xflags |= XmitFlags.SAME_RDEV_MAJOR
+            xflags |= _SAME_RDEV_MAJOR
         if not o.preserve_uid or (entry.uid == prev.uid and prev.name):
-            xflags |= XmitFlags.SAME_UID
+            xflags |= _SAME_UID
         if not o.preserve_gid or (entry.gid == prev.gid and prev.name):
-            xflags |= XmitFlags.SAME_GID
+            xflags |= _SAME_GID
         if entry.mtime == prev.mtime:
-            xflags |= XmitFlags.SAME_TIME
+            xflags |= _SAME_TIME
         if entry.mtime_nsec and o.protocol >= 31:
-            xflags |= XmitFlags.MOD_NSEC
+            xflags |= _MOD_NSEC
         return xflags
 
     def _name_follows(self, ident, name, sent: set[int], preserve: bool, same: int) -> bytes | None:
@@ -347,7 +363,7 @@ class FlistEncoder:
         o = self.opts
         out = []
         if (o.preserve_devices and entry.is_device) or (o.preserve_specials and entry.is_special and o.protocol < 31):
-            if not xflags & XmitFlags.SAME_RDEV_MAJOR:
+            if not xflags & _SAME_RDEV_MAJOR:
                 out.append(encode_varint(entry.rdev_major))
             out.append(encode_varint(entry.rdev_minor))
         if o.preserve_links and entry.is_link:

@@ -66,10 +66,12 @@ class SourceRuntime:
         self.persist()
 
     def persist(self) -> None:
+        """Persist the state machine and show it in the metrics."""
         self.pusher.store.save(self.config.path, self.machine.state, self.machine.reason, time.time_ns())
         self.pusher.metrics.show_state(self.label, self.machine.state)
 
     def on_event(self, event: PathEvent) -> None:
+        """Watcher callback: buffer one event (flushed every FLUSH_S)."""
         self.buffer.append(event)
 
     def on_loss(self, loss: Loss) -> None:
@@ -122,6 +124,7 @@ class SourceRuntime:
         return changes
 
     def enqueue(self, changes: dict[bytes, Change]) -> None:
+        """Write coalesced changes into every target queue and wake the workers."""
         now = time.time_ns()
         for worker in self.workers:
             worker.queue.add(changes, now)
@@ -152,6 +155,7 @@ class Pusher:
 
     @property
     def is_leader(self) -> bool:
+        """True without HA, or while this node holds the lease."""
         return self.lease is None or self.epoch is not None
 
     def may_push(self) -> bool:
@@ -162,6 +166,7 @@ class Pusher:
         return self.epoch is not None and time.monotonic() < self.valid_until - margin
 
     def spawn(self, coro) -> asyncio.Task:
+        """Run ``coro`` as a daemon task; its failure is logged."""
         task = asyncio.ensure_future(coro)
         self.tasks.add(task)
         task.add_done_callback(self._task_done)
@@ -285,6 +290,7 @@ class Pusher:
         return len(rows)
 
     async def journal_rescan(self, source: SourceRuntime) -> None:
+        """Follower lost events: ask the leader for a full sync via the journal."""
         try:
             await self.lease.append_rescan(source.label)
         except psycopg.Error as exc:

@@ -103,7 +103,7 @@ class ExcludeRules:
 
 
 def rsync_anchored(path: bytes) -> bytes:
-    """``a/b*c`` -> ``/a/b\\*c``: an rsync pattern matching exactly this path."""
+    r"""``a/b*c`` -> ``/a/b\*c``: an rsync pattern matching exactly this path."""
     if _WILD.search(path):
         path = _ESCAPE.sub(rb"\\\1", path)
     return b"/" + path

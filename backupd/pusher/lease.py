@@ -97,6 +97,7 @@ class Lease:
                 pass  # another node created it at the same moment
 
     async def close(self) -> None:
+        """Close the connection (idempotent)."""
         if self.conn is not None:
             await self.conn.close()
             self.conn = None

@@ -59,6 +59,7 @@ class PusherMetrics:
         self.failures.labels(source, target).set(status.failures)
 
     def show_state(self, source: str, state: SourceState) -> None:
+        """Set the one-hot state gauge of a source."""
         for each in SourceState:
             self.source_state.labels(source, each.value).set(1 if each is state else 0)
 

@@ -63,15 +63,18 @@ class TargetQueue:
         self.db.executescript(_SCHEMA)
 
     def close(self) -> None:
+        """Close the SQLite connection."""
         self.db.close()
 
     # ------------------------------------------------------------ meta
 
     def get(self, key: str, default=None):
+        """One meta value, ``default`` if unset."""
         row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return default if row is None else row[0]
 
     def set(self, **values) -> None:
+        """Set meta values in one transaction (None stores NULL)."""
         with self._tx():
             self.db.executemany("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", values.items())
 
@@ -134,9 +137,11 @@ class TargetQueue:
             self.db.execute("DELETE FROM pending WHERE seq <= ?", (seq,))
 
     def depth(self) -> int:
+        """Number of pending paths."""
         return self.db.execute("SELECT count(*) FROM pending").fetchone()[0]
 
     def oldest_ns(self) -> int | None:
+        """When the oldest pending change was queued (ns since the epoch), None if none."""
         return self.db.execute("SELECT min(first_ns) FROM pending").fetchone()[0]
 
     # ------------------------------------------------------------ full syncs and status
@@ -154,6 +159,7 @@ class TargetQueue:
         return requested if requested > int(self.get("full_done", 0)) else 0
 
     def status(self) -> QueueStatus:
+        """Depth, lag source, last success and errors, for status and metrics."""
         meta = dict(self.db.execute("SELECT key, value FROM meta").fetchall())
         return QueueStatus(
             depth=self.depth(),

@@ -15,10 +15,10 @@ a full sync that *started* before the latest loss does not end a RESCAN.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from enum import Enum
+from enum import StrEnum
 
 
-class SourceState(str, Enum):
+class SourceState(StrEnum):
     """Where a source stands; the value is what is persisted and shown."""
 
     INITIAL_SYNC = "INITIAL_SYNC"
@@ -26,7 +26,7 @@ class SourceState(str, Enum):
     RESCAN = "RESCAN"
 
 
-class Loss(str, Enum):
+class Loss(StrEnum):
     """Why events were lost (the reason logged and shown in status)."""
 
     OVERFLOW = "inotify queue overflow"

@@ -48,9 +48,11 @@ class StateStore:
         self.db.executescript(_SCHEMA)
 
     def close(self) -> None:
+        """Close the SQLite connection."""
         self.db.close()
 
     def load(self, path: Path) -> SourceRow | None:
+        """The persisted row of a source, None if never seen."""
         row = self.db.execute(
             "SELECT path, state, reason, updated_ns, last_full_request_ns FROM sources WHERE path = ?",
             (os.fspath(path),),
@@ -58,6 +60,7 @@ class StateStore:
         return None if row is None else SourceRow(row[0], SourceState(row[1]), row[2], row[3], row[4])
 
     def save(self, path: Path, state: SourceState, reason: str, now_ns: int) -> None:
+        """Persist a source's state and why."""
         self.db.execute(
             "INSERT INTO sources(path, state, reason, updated_ns) VALUES (?, ?, ?, ?) "
             "ON CONFLICT(path) DO UPDATE SET state = excluded.state, reason = excluded.reason, "
@@ -66,11 +69,13 @@ class StateStore:
         )
 
     def full_requested(self, path: Path, now_ns: int) -> None:
+        """Record when a full sync of the source was last requested."""
         self.db.execute(
             "UPDATE sources SET last_full_request_ns = ? WHERE path = ?", (now_ns, os.fspath(path))
         )
 
     def all(self) -> list[SourceRow]:
+        """Every persisted source, by path."""
         rows = self.db.execute(
             "SELECT path, state, reason, updated_ns, last_full_request_ns FROM sources ORDER BY path"
         ).fetchall()

@@ -87,7 +87,7 @@ def format_status(rows: list[TargetStatus]) -> str:
         lines.append((r.source, r.state, r.target, str(r.depth), f"{r.lag_s:.1f}", r.last_success or "never",
                       "yes" if r.full_sync_owed else "no", str(r.failures)))
     widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
-    text = ["  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines]
+    text = ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in lines]
     for r in rows:
         if r.last_error:
             text.append(f"  {r.target}: last error: {r.last_error}")
@@ -95,4 +95,5 @@ def format_status(rows: list[TargetStatus]) -> str:
 
 
 def as_dicts(rows: list[TargetStatus]) -> list[dict]:
+    """The rows as plain dicts (``--json``)."""
     return [asdict(r) for r in rows]

@@ -132,6 +132,7 @@ class RsyncResult:
 
     @property
     def exit_class(self) -> ExitClass:
+        """The class of this run's exit code."""
         return classify_exit(self.code)
 
 
@@ -153,7 +154,7 @@ async def run_rsync(argv: Sequence[str], log_path: Path, timeout_s: float | None
         )
     try:
         code = await asyncio.wait_for(proc.wait(), timeout_s)
-    except (asyncio.TimeoutError, asyncio.CancelledError):
+    except (TimeoutError, asyncio.CancelledError):
         _kill_group(proc.pid)
         await proc.wait()
         if asyncio.current_task() is not None and asyncio.current_task().cancelling():
@@ -195,7 +196,7 @@ async def run_command(command: str, log_path: Path, timeout_s: float | None) -> 
         )
     try:
         return await asyncio.wait_for(proc.wait(), timeout_s)
-    except (asyncio.TimeoutError, asyncio.CancelledError):
+    except (TimeoutError, asyncio.CancelledError):
         _kill_group(proc.pid)
         await proc.wait()
         if asyncio.current_task() is not None and asyncio.current_task().cancelling():

@@ -82,6 +82,7 @@ class SourceWatcher:
         self.add_tree(b"")
 
     def close(self) -> None:
+        """Close the inotify instance (and every watch)."""
         if self.inotify is not None:
             self.inotify.close()
 

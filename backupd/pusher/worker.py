@@ -90,7 +90,7 @@ class TargetWorker:
         self.wake.clear()
         try:
             await asyncio.wait_for(self.wake.wait(), timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
     def _window_wait(self) -> float:
@@ -203,4 +203,5 @@ class TargetWorker:
                        self.failures, delay, error)
 
     def status_label(self) -> str:
+        """``source -> target`` for messages."""
         return f"{os.fspath(self.source.config.path)} -> {self.label}"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import stat
 import threading
+from collections import OrderedDict
 
 from backupd.errors import ExitCode, RsyncError, StorageError
 from backupd.protocol.constants import (
@@ -29,6 +30,7 @@ from backupd.roles.owners import owner_ids
 from backupd.roles.push import PushState
 
 _NULL_HEAD = SumHead(0, 0, 0, 0)
+SCAN_CACHE_DIRS = 32
 
 
 class _Aborted(Exception):
@@ -46,6 +48,7 @@ class Generator:
         self.ndx = NdxEncoder()
         self.error: RsyncError | None = None
         self.deleter = Deleter(state, self.out, self.log, self._file_error)
+        self._scans: OrderedDict[bytes, dict | None] = OrderedDict()
         self._thread = threading.Thread(target=self._run, name="generator", daemon=True)
         self._dirs: list[tuple[int, bytes, bool]] = []
         self._aborted = False
@@ -165,7 +168,7 @@ class Generator:
 
     def _process_dir(self, ndx: int, entry: FileEntry, path: bytes, delete_during: bool) -> None:
         tree, dry = self.state.tree, self.opts.dry_run
-        st = tree.lstat(path)
+        st = self._lstat(path)
         if st is not None and stat.S_ISDIR(st.st_mode):
             iflags = self._attr_changes(entry, st)
         else:
@@ -173,17 +176,43 @@ class Generator:
                 self.deleter.count(tree.delete(path))
             if not dry:
                 tree.mkdir(path, 0o700 | (entry.mode & 0o7777))
+                self._changed(path)
             iflags = ItemFlags.IS_NEW | ItemFlags.LOCAL_CHANGE
         if delete_during and st is not None and entry.is_content_dir:
             self.deleter.delete_in_dir(ndx, entry, path)
+            self._changed(path)
         self._dirs.append((ndx, path, st is None))
         self._itemize(ndx, iflags)
+
+    def _lstat(self, path: bytes) -> os.stat_result | None:
+        """lstat through per-directory scans (one scandir per directory, not one walk per entry).
+
+        The main pass looks at each entry once, right after its directory was
+        scanned; the generator's own changes drop the scan (``_changed``).
+        """
+        parent, _, name = path.rpartition(b"/")
+        if not name or name == b".":
+            return self.state.tree.lstat(path)
+        key = parent or b"."
+        if key in self._scans:
+            self._scans.move_to_end(key)
+        else:
+            self._scans[key] = self.state.tree.scan_dir(key)
+            if len(self._scans) > SCAN_CACHE_DIRS:
+                self._scans.popitem(last=False)
+        scan = self._scans[key]
+        return None if scan is None else scan.get(name)
+
+    def _changed(self, path: bytes) -> None:
+        """Forget the scans of ``path``'s directory and of ``path`` itself."""
+        self._scans.pop(path.rpartition(b"/")[0] or b".", None)
+        self._scans.pop(path, None)
 
     def _process_symlink(self, ndx: int, entry: FileEntry, path: bytes) -> None:
         if not self.opts.links or entry.link_target is None:
             return
         tree = self.state.tree
-        st = tree.lstat(path)
+        st = self._lstat(path)
         if st is not None and stat.S_ISLNK(st.st_mode) and tree.readlink(path) == entry.link_target:
             iflags = self._attr_changes(entry, st) & ~ItemFlags.REPORT_PERMS
             if iflags & ItemFlags.REPORT_TIME and not self.opts.dry_run:
@@ -191,6 +220,7 @@ class Generator:
         else:
             if not self.opts.dry_run:
                 tree.symlink(entry.link_target, path)
+                self._changed(path)
                 tree.set_attrs(path, mtime_ns=entry.mtime_ns if self.opts.times else None, **self._owner(entry))
             iflags = ItemFlags.LOCAL_CHANGE | (ItemFlags.REPORT_CHANGE if st is not None else ItemFlags.IS_NEW)
         self._itemize(ndx, iflags)
@@ -203,13 +233,14 @@ class Generator:
             self._file_error(f"mknod {path!r} failed: Operation not permitted", entry)
             return
         tree = self.state.tree
-        st = tree.lstat(path)
+        st = self._lstat(path)
         rdev = os.makedev(entry.rdev_major, entry.rdev_minor) if entry.is_device else 0
         if st is not None and stat.S_IFMT(st.st_mode) == stat.S_IFMT(entry.mode) and (not entry.is_device or st.st_rdev == rdev):
             self._itemize(ndx, self._attr_changes(entry, st))
             return
         if not self.opts.dry_run:
             tree.mknod(path, entry.mode, rdev)
+            self._changed(path)
             tree.set_attrs(path, mode=entry.mode & 0o7777, mtime_ns=entry.mtime_ns if self.opts.times else None, **self._owner(entry))
         self._itemize(ndx, ItemFlags.LOCAL_CHANGE | (ItemFlags.REPORT_CHANGE if st is not None else ItemFlags.IS_NEW))
 
@@ -218,7 +249,7 @@ class Generator:
         opts, tree = self.opts, self.state.tree
         if (opts.min_size is not None and entry.size < opts.min_size) or (opts.max_size is not None and entry.size > opts.max_size):
             return
-        st = tree.lstat(path)
+        st = self._lstat(path)
         if st is None and opts.existing:
             return
         if st is not None and opts.ignore_existing:

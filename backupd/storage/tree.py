@@ -134,6 +134,28 @@ class ModuleTree:
             finally:
                 os.close(read_fd)
 
+    def scan_dir(self, path: bytes) -> dict[bytes, os.stat_result] | None:
+        """lstat of every entry of directory ``path`` in one pass: name -> stat.
+
+        None when ``path`` is missing or not a directory. A snapshot: entries
+        changed afterwards are not reflected (callers drop it when they write).
+        """
+        comps = split_path(path, self.module)
+        with fs_errors(self.module, path):
+            try:
+                fd = open_dir(self._root_fd, comps, self.module, path)
+            except (FileNotFoundError, NotADirectoryError):
+                return None
+            try:
+                read_fd = os.open(b".", DIR_READ_FLAGS, dir_fd=fd)
+            finally:
+                os.close(fd)
+            try:
+                with os.scandir(read_fd) as it:
+                    return {os.fsencode(e.name): e.stat(follow_symlinks=False) for e in it}
+            finally:
+                os.close(read_fd)
+
     def readlink(self, path: bytes) -> bytes:
         """Target of symlink ``path`` (StorageError EINVAL if it is no symlink)."""
         comps = self._entry(path)

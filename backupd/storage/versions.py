@@ -133,7 +133,8 @@ def _candidates(day_fd: int, comps: tuple[bytes, ...]) -> list[tuple[tuple[bytes
     return out
 
 
-def _archived(day: date, marks: tuple[tuple[int, int], ...], st: os.stat_result) -> tuple[datetime | None, tuple[int, int]]:
+def _archived(day: date, marks: tuple[tuple[int, int], ...],
+              st: os.stat_result) -> tuple[datetime | None, tuple[int, int]]:
     stamped = [m for m in marks if m[0] >= 0]
     if stamped:
         hhmmss, counter = max(stamped)
