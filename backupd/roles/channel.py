@@ -32,7 +32,7 @@ class Inbox:
     def __init__(self, stream: Stream, timeout_s: float | None = None) -> None:
         self.stream = stream
         self._raw = bytearray()
-        self._data = bytearray()
+        self._data = b""
         self._dpos = 0
         self.muxed = False
         self.bytes_read = 0
@@ -92,33 +92,39 @@ class Inbox:
         """From now on the peer's bytes are multiplexed frames."""
         self.muxed = True
 
-    def _next_frame(self) -> None:
-        while len(self._raw) < 4:
-            self._fill()
-        code, length = decode_header(bytes(self._raw[:4]))
-        while len(self._raw) < 4 + length:
-            self._fill()
-        payload = self._raw[4 : 4 + length]
-        if code == MsgCode.DATA:
-            if self._dpos > 1 << 20 and self._dpos * 2 > len(self._data):
-                del self._data[: self._dpos]
-                self._dpos = 0
-            self._data += payload
+    def _next_data(self) -> bytes:
+        """The payload of the next MSG_DATA frame; other frames go to ``on_message``."""
+        while True:
+            while len(self._raw) < 4:
+                self._fill()
+            code, length = decode_header(bytes(self._raw[:4]))
+            while len(self._raw) < 4 + length:
+                self._fill()
+            payload = bytes(self._raw[4 : 4 + length])
             del self._raw[: 4 + length]
-        else:
-            data = bytes(payload)
-            del self._raw[: 4 + length]
-            self.on_message(code, data)
+            if code != MsgCode.DATA:
+                self.on_message(code, payload)
+            elif payload:
+                return payload
 
     def read(self, n: int) -> bytes:
         """Exactly ``n`` bytes of the MSG_DATA stream, dispatching other frames."""
+        pos = self._dpos
+        end = pos + n
+        if end <= len(self._data):
+            self._dpos = end
+            return self._data[pos:end]
         if not self.muxed:
             return self.read_raw(n)
-        while len(self._data) - self._dpos < n:
-            self._next_frame()
-        out = bytes(self._data[self._dpos : self._dpos + n])
-        self._dpos += n
-        return out
+        parts = [self._data[pos:]]
+        have = len(parts[0])
+        while have < n:
+            payload = self._next_data()
+            parts.append(payload)
+            have += len(payload)
+        self._data = b"".join(parts)
+        self._dpos = n
+        return self._data[:n]
 
     def drain(self, limit_s: float = 5.0) -> None:
         """Read and drop input until EOF or ``limit_s`` seconds (polite close)."""

@@ -23,7 +23,7 @@ from backupd.protocol.constants import (
     MsgCode,
 )
 from backupd.protocol.flist import FileEntry
-from backupd.protocol.sums import SumHead, generate_sums, sum_sizes
+from backupd.protocol.sums import SumHead, iter_sums_wire, sum_sizes
 from backupd.protocol.wire import NdxEncoder, encode_shortint
 from backupd.roles.deletion import Deleter
 from backupd.roles.owners import owner_ids
@@ -362,7 +362,11 @@ class Generator:
             head = sum_sizes(basis.size, digest_len, block_size=opts.block_size, redo=redo)
             if opts.append and not redo:
                 return head.encode()
-            return head.encode() + generate_sums(basis.view(0, basis.size), head, self.state.checksum)
+            parts = [head.encode()]
+            for piece in iter_sums_wire(basis.view(0, basis.size), head, self.state.checksum):
+                parts.append(piece)
+                basis.release()  # the sums of a GB file must not leave it all in our RSS
+            return b"".join(parts)
 
     def _link_followers(self) -> None:
         """-H: make every other member of a group a hard link to its leader (hlink.c)."""
