@@ -29,7 +29,7 @@ def main() -> None:
     """Console entry point."""
     _register()
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # returns typer.Exit's code instead of raising it
     except ConfigError as exc:
         typer.echo(f"backupd: config error: {exc}", err=True)
         sys.exit(1)
@@ -47,3 +47,5 @@ def main() -> None:
             exc.show()
             sys.exit(exc.exit_code)
         raise
+    if isinstance(code, int) and code:
+        sys.exit(code)
