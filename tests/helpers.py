@@ -599,3 +599,29 @@ def assert_trees_equal(
         raise AssertionError(
             f"trees differ: {os.fsdecode(a)} vs {os.fsdecode(b)}\n" + "\n".join(diffs[:30]) + more
         )
+
+
+def scrape_metrics(port: int) -> dict[tuple, float]:
+    """Scrape ``http://127.0.0.1:PORT/metrics``: ``{(sample name, sorted labels): value}``."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+        text = reply.read().decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def client_350_or_skip() -> RsyncClient:
+    """The stock 3.5.0 client, or a skip with the reason it is missing."""
+    import pytest
+
+    found = discover_rsync_clients()[RSYNC_350]
+    if isinstance(found, str):
+        pytest.skip(found)
+    return found
+

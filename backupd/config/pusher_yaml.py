@@ -44,6 +44,7 @@ from backupd.config.pusher_model import (
     validate_pusher,
 )
 from backupd.config.rsyncd_conf import read_config_text
+from backupd.config.yaml_conf import load_yaml_node
 from backupd.errors import ConfigError
 
 KeyPath = tuple[str, ...]
@@ -120,16 +121,7 @@ class _Reader:
                 self.warnings.append(f"{self.where((*path, key))}: unknown key ignored")
 
     def _compose(self, text: str) -> object:
-        loader = yaml.SafeLoader(text)
-        try:
-            node = loader.get_single_node()
-            data = loader.construct_document(node) if node is not None else None
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            line = mark.line + 1 if mark is not None else 1
-            raise ConfigError(f"{self.label}:{line}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
-        finally:
-            loader.dispose()
+        data, node = load_yaml_node(text, self.label)
         self._note(node, ())
         return data
 

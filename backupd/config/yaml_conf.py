@@ -102,11 +102,11 @@ def _mapping(value: object, path: KeyPath, locate: _Locator) -> dict:
     return value
 
 
-def _compose(text: str, label: str) -> tuple[object, dict[KeyPath, int]]:
-    """Load YAML (safe types only) and note each key's line, three levels deep.
+def load_yaml_node(text: str, label: str) -> tuple[object, yaml.Node | None]:
+    """Load YAML (safe types only); return the data and its node tree (for line numbers).
 
     Raises:
-        ConfigError: not valid YAML, with the line of the problem.
+        ConfigError: not valid YAML, with ``label:line`` of the problem.
     """
     loader = yaml.SafeLoader(text)
     try:
@@ -119,6 +119,12 @@ def _compose(text: str, label: str) -> tuple[object, dict[KeyPath, int]]:
         raise ConfigError(f"{label}:{line}: invalid YAML: {problem}") from None
     finally:
         loader.dispose()
+    return data, node
+
+
+def _compose(text: str, label: str) -> tuple[object, dict[KeyPath, int]]:
+    """Load YAML and note each key's line, three levels deep."""
+    data, node = load_yaml_node(text, label)
     lines: dict[KeyPath, int] = {}
     _note_lines(node, (), lines)
     return data, lines

@@ -12,20 +12,18 @@ import re
 import stat
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from backupd.ops.entrypoint import healthcheck
 from tests.helpers import (
-    RSYNC_350,
     ServerProcess,
     assert_trees_equal,
-    discover_rsync_clients,
+    client_350_or_skip,
     free_port,
     make_tree,
+    scrape_metrics,
 )
 
 pytestmark = pytest.mark.interop
@@ -36,20 +34,10 @@ MODULE = "backup"
 
 @pytest.fixture(scope="module")
 def client():
-    found = discover_rsync_clients()[RSYNC_350]
-    if isinstance(found, str):
-        pytest.skip(found)
-    return found
+    return client_350_or_skip()
 
 
-def scrape(port: int) -> dict[tuple, float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
-        text = reply.read().decode()
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
+scrape = scrape_metrics
 
 
 def scrape_when(port: int, ready, timeout_s: float = 10.0) -> dict[tuple, float]:

@@ -11,20 +11,18 @@ import os
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from backupd.ops.entrypoint import healthcheck
 from tests.helpers import (
-    RSYNC_350,
     ServerProcess,
-    discover_rsync_clients,
+    client_350_or_skip,
     free_port,
     kill_group,
     make_tree,
+    scrape_metrics,
 )
 
 pytestmark = pytest.mark.interop
@@ -34,10 +32,7 @@ WRAPPER = REPO / "container" / "entrypoint.sh"
 
 @pytest.fixture(scope="module")
 def client():
-    found = discover_rsync_clients()[RSYNC_350]
-    if isinstance(found, str):
-        pytest.skip(found)
-    return found
+    return client_350_or_skip()
 
 
 def base_env(**more) -> dict:
@@ -57,14 +52,7 @@ def wait_until(check, what: str, timeout_s: float = 20.0) -> None:
         time.sleep(0.1)
 
 
-def scrape(port: int) -> dict[tuple, float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
-        text = reply.read().decode()
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
+scrape = scrape_metrics
 
 
 def pushed(samples: dict[tuple, float]) -> bool:

@@ -8,32 +8,26 @@ from __future__ import annotations
 
 import os
 import time
-import urllib.request
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.helpers import RSYNC_350, discover_rsync_clients, free_port, make_tree, write_secrets
+from tests.helpers import (
+    client_350_or_skip,
+    free_port,
+    make_tree,
+    scrape_metrics,
+    write_secrets,
+)
 
 pytestmark = pytest.mark.interop
 
 
 @pytest.fixture(scope="module")
 def client():
-    found = discover_rsync_clients()[RSYNC_350]
-    if isinstance(found, str):
-        pytest.skip(found)
-    return found
+    return client_350_or_skip()
 
 
-def scrape(port: int) -> dict[tuple, float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
-        text = reply.read().decode()
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
+scrape = scrape_metrics
 
 
 def wait_for_exporter(port: int, timeout_s: float = 10.0) -> None:
