@@ -209,10 +209,25 @@ def _scan_full_windows(search: _Search, window: int) -> Iterator[SendCall]:
     last_full = search.size - b
     if not len(table) or last_full < 0:
         return
+    table_set = set(table.tolist())
     bitmap = np.zeros(1 << (32 - _PREFILTER_SHIFT), dtype=bool)
     bitmap[table >> _PREFILTER_SHIFT] = True
     start = 0
     while (start := max(start, search.pos)) <= last_full:
+        if search.pos == start == search.last_match and start > 0:
+            # right after a match C looks at the block-aligned window first: take runs of
+            # matching blocks without rolling over every offset in between
+            while search.pos <= last_full:
+                offset = search.pos
+                weak = int(block_sums1(search.view[offset : offset + b], b)[0])
+                if not len(table) or weak not in table_set:
+                    break
+                if (i := search.find(offset, weak)) is None:
+                    break
+                yield search.emit_match(offset, i)
+            start = search.pos
+            if start > last_full:
+                break
         stop = min(start + window, last_full + 1)
         sums = rolling_sums1(search.view[start : stop + b - 1], b)
         hits = np.flatnonzero(bitmap[sums >> _PREFILTER_SHIFT])

@@ -97,6 +97,7 @@ class TransferOptions:
     given: list[str] = field(default_factory=list)
     letters: str = ""
     fsync: bool = False
+    cvs_exclude: bool = False
 
     @property
     def compression_on(self) -> bool:
@@ -142,6 +143,7 @@ def _letter_table() -> dict[str, Callable[[TransferOptions], None]]:
         "r": setter("recursive"), "c": setter("checksum"), "I": setter("ignore_times"),
         "R": setter("relative"), "x": counter("one_file_system"), "S": setter("sparse"),
         "z": setter("compress"), "s": setter("protect_args"), "P": setter("partial"),
+        "C": setter("cvs_exclude"),
     }
     return table
 
@@ -352,7 +354,7 @@ LETTER_NAMES = {
     "y": "fuzzy", "L": "copy-links", "k": "copy-dirlinks", "W": "whole-file", "H": "hard-links",
     "o": "owner", "g": "group", "D": "devices", "t": "times", "p": "perms", "E": "executability",
     "r": "recursive", "c": "checksum", "I": "ignore-times", "R": "relative", "x": "one-file-system",
-    "S": "sparse", "z": "compress", "P": "partial", "s": "secluded-args",
+    "S": "sparse", "z": "compress", "P": "partial", "s": "secluded-args", "C": "cvs-exclude",
 }
 
 

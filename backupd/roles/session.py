@@ -297,6 +297,8 @@ class Session:
             request = self.handshake()
             if request is None:
                 return ExitCode.OK
+            if request.opts.sender:
+                self.role = "sender"
             if request.args_error is not None:
                 self._setup_for_error(request)
                 raise request.args_error
