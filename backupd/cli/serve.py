@@ -67,8 +67,7 @@ def _serve_tcp(cfg, port: int, address: str | None, creds, metrics_address: str 
         typer.echo(push_command_hint(cfg, creds, port=port, address=address))
     sys.stdout.flush()
     from backupd.ops.retention import PRUNE_CHECK_S, daily_prune_job  # history retention, once a day
-    server.add_periodic(PRUNE_CHECK_S, prune_job := daily_prune_job(cfg, server.listeners))
-    prune_job()
+    server.add_periodic(PRUNE_CHECK_S, daily_prune_job(cfg, server.listeners))
     try:
         server.serve_forever()
     finally:

@@ -4,7 +4,10 @@
 each). ``daily_prune_job`` wraps it for ``DaemonServer.add_periodic``: the
 job is cheap to call often; once per local calendar day it starts the pass
 in a detached process (double fork), so the listener never waits on a
-large delete and no zombie is left behind.
+large delete and no zombie is left behind. The listener calls it every
+``PRUNE_CHECK_S`` seconds (``BACKUPD_PRUNE_CHECK_S`` in the environment
+overrides it), so the first pass runs that long after the start and the
+next one soon after local midnight.
 
 Source: design.md §1 "Purge"; storage/prune.py for what is removed.
 """
@@ -22,7 +25,7 @@ from backupd.config.model import DaemonConfig, ModuleConfig
 from backupd.errors import StorageError
 from backupd.storage.prune import PruneResult, apply_prune, plan_prune
 
-PRUNE_CHECK_S = 600.0   # how often the listener asks "has the day changed?"
+PRUNE_CHECK_S = float(os.environ.get("BACKUPD_PRUNE_CHECK_S") or 60.0)   # "has the day changed?"
 
 
 def prune_module(module: ModuleConfig, now: datetime, keep_days: int | None = None) -> PruneResult | None:
@@ -98,6 +101,9 @@ def _detached(work: Callable[[], None], listeners: Sequence[socket.socket]) -> N
         if os.fork() == 0:
             for sock in listeners:
                 sock.close()
+            from backupd.ops import metrics
+
+            metrics.after_fork()  # the metrics port must not outlive the listener in us
             work()
             code = 0
         else:

@@ -281,11 +281,11 @@ class FlistBuilder:
         try:
             real, st = self._stat_arg(path, arg)
         except _Unreachable as exc:
-            self._missing_arg(arg, path, exc)
+            self._missing_arg(arg, path, exc, relative, implied_sent)
             return
         is_dir = stat.S_ISDIR(st.st_mode)
         if not arg.dot_dir and self._daemon_excluded(real, is_dir):
-            self._missing_arg(arg, path, _Unreachable(errno.ENOENT, os.strerror(errno.ENOENT)))
+            self._missing_arg(arg, path, _Unreachable(errno.ENOENT, os.strerror(errno.ENOENT)), relative, implied_sent)
             return
         if not arg.dot_dir and filters is not None and filters.excluded(arg.name, is_dir, "sender"):
             return
@@ -313,11 +313,19 @@ class FlistBuilder:
                 return target_real, target_st
         return real, st
 
-    def _missing_arg(self, arg: _Arg, path: bytes, exc: _Unreachable) -> None:
+    def _missing_arg(self, arg: _Arg, path: bytes, exc: _Unreachable, relative: bool,
+                     implied_sent: set[bytes]) -> None:
+        """A missing argument: an error, or nothing (--ignore-missing-args).
+
+        With --delete-missing-args: its implied dirs, then a mode-0 entry that
+        tells the client to delete it.
+        """
         opts = self.opts
         if exc.err == errno.ENOENT and opts.ignore_missing_args:
             return
         if exc.err == errno.ENOENT and opts.delete_missing_args:
+            if relative and b"/" in arg.name:
+                self._implied_parents(arg.root, arg.name, implied_sent)
             self.items.append(Listed(FileEntry(name=arg.name, mode=0), path))
             return
         self._unreachable("link_stat", path, exc)
@@ -336,7 +344,10 @@ class FlistBuilder:
         try:
             real, st = self.resolver.resolve(path, follow_last=True)
         except _Unreachable as exc:
-            self._unreachable("link_stat", path, exc)
+            if exc.err == errno.ENOENT:
+                self._vanished(path)
+            else:
+                self._unreachable("link_stat", path, exc)
             return
         if self._daemon_excluded(real, stat.S_ISDIR(st.st_mode)):
             return
@@ -494,7 +505,12 @@ class FlistBuilder:
 
     # -- order -------------------------------------------------------------------------
     def _sorted(self) -> list[Listed]:
-        """rsync order; a later duplicate name goes, a directory wins over a file."""
+        """rsync order without duplicate names (flist.c flist_sort_and_clean()).
+
+        The first of two equal names stays, except that a directory wins over
+        a non-directory and a content directory over one sent without its
+        contents (an implied dir), as the receiver merges them.
+        """
         ordered = sorted(self.items, key=lambda it: sort_key(it.entry.name, it.entry.is_dir))
         out: list[Listed] = []
         seen: dict[bytes, int] = {}
@@ -504,7 +520,8 @@ class FlistBuilder:
             if at is None:
                 seen[name] = len(out)
                 out.append(item)
-            elif item.entry.is_dir and not out[at].entry.is_dir:
+            elif item.entry.is_dir and (not out[at].entry.is_dir or
+                                        (item.entry.is_content_dir and not out[at].entry.is_content_dir)):
                 out[at] = item
         if len(out) != len(ordered):
             out.sort(key=lambda it: sort_key(it.entry.name, it.entry.is_dir))

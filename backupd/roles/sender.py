@@ -249,6 +249,8 @@ class Sender:
         self._write(self._stats())
         self._final_goodbye()
         self.out.flush()
+        self.log.info("pull of module {}: {} entries listed, {} files sent, {} bytes written",
+                      self.state.module, len(self.items), len(self.state.sent), self.written)
         return self._exit_code()
 
     def _exit_code(self) -> ExitCode:
@@ -434,13 +436,13 @@ class Sender:
         return b"".join(encode_varlong(v, 3) for v in values)
 
     def _final_goodbye(self) -> None:
-        """main.c read_final_goodbye(): echo DONE #4, then expect DONE #5.
+        """main.c read_final_goodbye(): echo DONE #4, then expect DONE #5 (protocol 30: one DONE).
 
         Raises:
             ProtocolError: anything but DONE ("Invalid packet at end of run").
         """
         ndx = self._read_goodbye_ndx()
-        if ndx == NDX_DONE:
+        if ndx == NDX_DONE and self.state.protocol >= 31:     # protocol 30 has no DONE #4 exchange
             self._write(self.ndx_out.encode(NDX_DONE))
             ndx = self._read_goodbye_ndx()
         if ndx != NDX_DONE:
