@@ -458,3 +458,34 @@ def copy_entry_at(
     change_owner(dst_name, st.st_uid, st.st_gid, dir_fd=dst_dir_fd)
     os.utime(dst_name, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=dst_dir_fd,
              follow_symlinks=False)
+
+
+def copy_tree_into(
+    parent_fd: int, name: bytes, st: os.stat_result, hfd: int, cand: bytes
+) -> None:
+    """Copy directory ``name`` of ``parent_fd`` into the existing empty directory ``cand`` of ``hfd``.
+
+    Contents, modes and mtimes; symlinks copied as links, never followed.
+    Used when a rename into history crosses file systems (EXDEV) and by restore.
+    """
+    events = iter_tree(parent_fd, name, st)
+    next(events)  # ENTER of ``name`` itself: ``cand`` stands for it
+    dst = [os.open(cand, DIR_READ_FLAGS, dir_fd=hfd)]
+    try:
+        for event, dir_fd, entry, est in events:
+            if event == ENTER:
+                os.mkdir(entry, 0o700, dir_fd=dst[-1])
+                dst.append(os.open(entry, DIR_READ_FLAGS, dir_fd=dst[-1]))
+            elif event == LEAF:
+                copy_entry_at(dir_fd, entry, est, dst[-1], entry)
+            elif event == LEAVE:
+                done = dst.pop()
+                try:
+                    os.fchmod(done, stat.S_IMODE(est.st_mode))
+                    os.utime(done, ns=(est.st_atime_ns, est.st_mtime_ns))
+                finally:
+                    os.close(done)
+    finally:
+        events.close()
+        for fd in dst:
+            os.close(fd)

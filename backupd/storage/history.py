@@ -26,14 +26,11 @@ from datetime import datetime
 from backupd.errors import PathEscape, StorageError
 from backupd.storage.fsops import (
     DIR_READ_FLAGS,
-    ENTER,
-    LEAF,
-    LEAVE,
     NAME_MAX,
     copy_entry_at,
+    copy_tree_into,
     escape_error,
     fs_errors,
-    iter_tree,
     join_path,
     open_dir,
     remove_tree,
@@ -224,7 +221,7 @@ class HistoryStore:
                 if exc.errno != errno.EXDEV:
                     raise
             os.mkdir(cand, 0o700, dir_fd=hfd)
-            _copy_tree_into(parent_fd, name, st, hfd, cand)
+            copy_tree_into(parent_fd, name, st, hfd, cand)
             remove_tree(parent_fd, name, st)
 
         return put
@@ -348,33 +345,3 @@ def _rename_if_free(parent_fd: int, name: bytes, hfd: int, cand: bytes) -> None:
         if exc.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR):
             raise FileExistsError(errno.EEXIST, "File exists") from exc
         raise
-
-
-def _copy_tree_into(
-    parent_fd: int, name: bytes, st: os.stat_result, hfd: int, cand: bytes
-) -> None:
-    """Copy directory ``name`` into the existing empty directory ``cand`` of ``hfd``.
-
-    Used only when a rename into history crosses file systems (EXDEV).
-    """
-    events = iter_tree(parent_fd, name, st)
-    next(events)  # ENTER of ``name`` itself: ``cand`` stands for it
-    dst = [os.open(cand, DIR_READ_FLAGS, dir_fd=hfd)]
-    try:
-        for event, dir_fd, entry, est in events:
-            if event == ENTER:
-                os.mkdir(entry, 0o700, dir_fd=dst[-1])
-                dst.append(os.open(entry, DIR_READ_FLAGS, dir_fd=dst[-1]))
-            elif event == LEAF:
-                copy_entry_at(dir_fd, entry, est, dst[-1], entry)
-            elif event == LEAVE:
-                done = dst.pop()
-                try:
-                    os.fchmod(done, stat.S_IMODE(est.st_mode))
-                    os.utime(done, ns=(est.st_atime_ns, est.st_mtime_ns))
-                finally:
-                    os.close(done)
-    finally:
-        events.close()
-        for fd in dst:
-            os.close(fd)

@@ -33,14 +33,11 @@ from pathlib import Path
 from backupd.errors import StorageError
 from backupd.storage.fsops import (
     DIR_READ_FLAGS,
-    ENTER,
-    LEAF,
-    LEAVE,
     NAME_MAX,
     copy_entry_at,
+    copy_tree_into,
     escape_error,
     fs_errors,
-    iter_tree,
     listdir_fd,
     open_dir,
     split_path,
@@ -265,28 +262,8 @@ def _copy_out(src_fd: int, name: bytes, st: os.stat_result, dst_fd: int, dst_nam
     if not stat.S_ISDIR(st.st_mode):
         copy_entry_at(src_fd, name, st, dst_fd, dst_name)
         return
-    events = iter_tree(src_fd, name, st)
-    next(events)
     os.mkdir(dst_name, 0o700, dir_fd=dst_fd)
-    stack = [(os.open(dst_name, DIR_READ_FLAGS, dir_fd=dst_fd))]
-    try:
-        for event, dir_fd, entry, est in events:
-            if event == ENTER:
-                os.mkdir(entry, 0o700, dir_fd=stack[-1])
-                stack.append(os.open(entry, DIR_READ_FLAGS, dir_fd=stack[-1]))
-            elif event == LEAF:
-                copy_entry_at(dir_fd, entry, est, stack[-1], entry)
-            elif event == LEAVE:
-                done = stack.pop()
-                try:
-                    os.fchmod(done, stat.S_IMODE(est.st_mode))
-                    os.utime(done, ns=(est.st_atime_ns, est.st_mtime_ns))
-                finally:
-                    os.close(done)
-    finally:
-        events.close()
-        for fd in stack:
-            os.close(fd)
+    copy_tree_into(src_fd, name, st, dst_fd, dst_name)
 
 
 def _replace(dst_fd: int, temp: bytes, name: bytes, target: Path) -> None:
