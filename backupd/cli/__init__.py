@@ -21,8 +21,11 @@ def _root() -> None:
 
 
 def _register() -> None:
-    from backupd.cli import history, serve  # noqa: F401 - registers their commands
-    from backupd.cli import pusher  # noqa: F401 - watch, push, status
+    from backupd.cli import (  # noqa: F401 - registers their commands
+        history,
+        pusher,  # noqa: F401 - watch, push, status
+        serve,
+    )
 
 
 def main() -> None:

@@ -20,7 +20,9 @@ def serve(
     address: str = typer.Option(None, "--address", help="address to listen on (overrides the config)"),
     stdio: bool = typer.Option(False, "--stdio", help="run one session on stdin/stdout"),
     log_json: bool = typer.Option(False, "--log-json", help="log as JSON lines"),
-    data_dir: Path = typer.Option(Path("backupd-data"), "--data-dir", help="where the embedded default keeps its module"),
+    data_dir: Path = typer.Option(
+        Path("backupd-data"), "--data-dir", help="where the embedded default keeps its module"
+    ),
     metrics_address: str = typer.Option(None, "--metrics-address", help="serve Prometheus metrics on HOST:PORT"),
 ) -> None:
     """Serve rsync clients: every overwritten or deleted file is kept in history."""
@@ -67,6 +69,7 @@ def _serve_tcp(cfg, port: int, address: str | None, creds, metrics_address: str 
         typer.echo(push_command_hint(cfg, creds, port=port, address=address))
     sys.stdout.flush()
     from backupd.ops.retention import PRUNE_CHECK_S, daily_prune_job  # history retention, once a day
+
     server.add_periodic(PRUNE_CHECK_S, daily_prune_job(cfg, server.listeners))
     try:
         server.serve_forever()

@@ -47,8 +47,11 @@ def access_match(patterns: Sequence[str], addr: str, host: Callable[[], str | No
 def allow_access(
     addr: str, allow: Sequence[str], deny: Sequence[str], host: Callable[[], str | None] = lambda: None
 ) -> bool:
-    """rsyncd's rule (access.c allow_access): an allow match wins; an allow list
-    without a deny list refuses the rest; a deny match refuses; all else is allowed."""
+    """rsyncd's rule for a peer (access.c allow_access).
+
+    An allow match wins; an allow list without a deny list refuses the rest;
+    a deny match refuses; all else is allowed.
+    """
     if allow:
         if access_match(allow, addr, host):
             return True

@@ -32,12 +32,12 @@ class Greeting:
 
 
 def encode_greeting(protocol: int = MAX_PROTOCOL, digests: tuple[str, ...] = AUTH_DIGESTS) -> bytes:
-    """Our greeting line, e.g. ``@RSYNCD: 32.0 sha512 sha256 sha1 md5\\n``."""
+    r"""Our greeting line, e.g. ``@RSYNCD: 32.0 sha512 sha256 sha1 md5\n``."""
     return f"@RSYNCD: {protocol}.0 {' '.join(digests)}\n".encode()
 
 
 def decode_greeting(line: bytes) -> Greeting:
-    """Parse a greeting line (without the newline; a trailing ``\\r`` is dropped).
+    r"""Parse a greeting line (without the newline; a trailing ``\r`` is dropped).
 
     Raises:
         DaemonRefusal: not a greeting ("protocol startup error").
@@ -119,11 +119,11 @@ def _b64(raw: bytes) -> str:
 
 
 def encode_listing(modules: list[tuple[str, str]]) -> bytes:
-    """Module listing lines (``%-15s\\t%s``) then ``@RSYNCD: EXIT``."""
+    r"""Module listing lines (``%-15s\t%s``) then ``@RSYNCD: EXIT``."""
     lines = [f"{name:<15}\t{comment}\n".encode() for name, comment in modules]
     return b"".join(lines) + b"@RSYNCD: EXIT\n"
 
 
 def encode_error(message: str) -> bytes:
-    """``@ERROR: message\\n``; the client prints it and exits 5."""
+    r"""``@ERROR: message\n``; the client prints it and exits 5."""
     return f"@ERROR: {message}\n".encode()

@@ -1,6 +1,6 @@
 """Compat flags, checksum and compression negotiation, checksum seed.
 
-Source: rsync compat.c setup_protocol(), negotiate_the_strings(); 
+Source: rsync compat.c setup_protocol(), negotiate_the_strings();
 rsync-protocol-a.md §5. The rule for both lists: take the first name in the
 CLIENT's list that we implement (3.2.7's rule; it agrees with every client).
 """

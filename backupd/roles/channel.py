@@ -53,7 +53,7 @@ class Inbox:
         self._raw += chunk
 
     def read_line(self, max_len: int = 4096) -> bytes:
-        """One ``\\n``-terminated line without the newline (pre-multiplex phase).
+        r"""One ``\n``-terminated line without the newline (pre-multiplex phase).
 
         Raises:
             ProtocolError: no newline within ``max_len`` bytes.

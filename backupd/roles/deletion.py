@@ -36,12 +36,14 @@ class Deleter:
         self._children = _children_by_dir(state.flist)
 
     def allowed(self) -> bool:
+        """False (and the client told why) when an I/O error on the sender side forbids deleting."""
         if self.state.io_error & IoError.GENERAL and not self.opts.ignore_errors:
             self.out.send_msg(MsgCode.INFO, b"IO error encountered -- skipping file deletion\n")
             return False
         return True
 
     def delete_missing(self, ndx: int, entry: FileEntry, path: bytes) -> None:
+        """--delete-missing-args: remove what a mode-0 entry (a missing source arg) names."""
         if not self.opts.delete_missing_args or path == self.state.dest_dir:
             return
         tree = self.state.tree
@@ -50,11 +52,15 @@ class Deleter:
             return
         if stat.S_ISDIR(st.st_mode) and not self.opts.force and tree.listdir(path):
             # delete_item() without DEL_RECURSE: only --force removes a non-empty directory
-            self.out.send_msg(MsgCode.INFO, f"cannot delete non-empty directory: {os.fsdecode(entry.name)}\n".encode("utf-8", "replace"))
+            self.out.send_msg(
+                MsgCode.INFO,
+                f"cannot delete non-empty directory: {os.fsdecode(entry.name)}\n".encode("utf-8", "replace"),
+            )
             return
         self.delete(entry.name, path)
 
     def delete_pass(self) -> None:
+        """Sweep every content directory of the list (--delete-before/-after/-delay)."""
         for ndx, entry in enumerate(self.state.flist):
             if entry.is_content_dir and ndx not in self.state.skip:
                 path = self.state.dest[ndx]
@@ -108,7 +114,9 @@ class Deleter:
                 self.count(tree.delete(path))
             except StorageError as exc:
                 self.state.file_errors += 1
-                self.out.send_msg(MsgCode.ERROR_XFER, f"rsync: [generator] delete failed: {exc}\n".encode("utf-8", "replace"))
+                self.out.send_msg(
+                    MsgCode.ERROR_XFER, f"rsync: [generator] delete failed: {exc}\n".encode("utf-8", "replace")
+                )
                 return
         if self.deletions_left > 0:
             self.deletions_left -= needed
@@ -126,7 +134,9 @@ class Deleter:
             child_is_dir = child_st is not None and stat.S_ISDIR(child_st.st_mode)
             if not self._protected(child_rel, child_path, child_is_dir):
                 self.delete(child_rel, child_path, child_is_dir)
-        self.out.send_msg(MsgCode.INFO, f"cannot delete non-empty directory: {os.fsdecode(rel)}\n".encode("utf-8", "replace"))
+        self.out.send_msg(
+            MsgCode.INFO, f"cannot delete non-empty directory: {os.fsdecode(rel)}\n".encode("utf-8", "replace")
+        )
 
     def _protected(self, rel: bytes, path: bytes, is_dir: bool) -> bool:
         state = self.state
@@ -149,6 +159,7 @@ class Deleter:
         return out
 
     def count(self, counts) -> None:
+        """Add a storage DeleteCounts to the totals sent as NDX_DEL_STATS."""
         for key in self.deleted:
             self.deleted[key] += getattr(counts, key, 0)
 

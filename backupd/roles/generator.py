@@ -145,7 +145,9 @@ class Generator:
             self._file_error(f"refusing to write {os.fsdecode(path)!r} inside the history folder", entry)
             return
         if self.state.daemon_excluded(path, entry.is_dir):
-            self._file_error(f'skipping daemon-excluded {"directory" if entry.is_dir else "file"} "{os.fsdecode(entry.name)}"', entry)
+            self._file_error(
+                f'skipping daemon-excluded {"directory" if entry.is_dir else "file"} "{os.fsdecode(entry.name)}"', entry
+            )
             self.state.skip.add(ndx)
             return
         try:
@@ -246,19 +248,30 @@ class Generator:
         tree = self.state.tree
         st = self._lstat(path)
         rdev = os.makedev(entry.rdev_major, entry.rdev_minor) if entry.is_device else 0
-        if st is not None and stat.S_IFMT(st.st_mode) == stat.S_IFMT(entry.mode) and (not entry.is_device or st.st_rdev == rdev):
+        if (
+            st is not None
+            and stat.S_IFMT(st.st_mode) == stat.S_IFMT(entry.mode)
+            and (not entry.is_device or st.st_rdev == rdev)
+        ):
             self._itemize(ndx, self._attr_changes(entry, st))
             return
         if not self.opts.dry_run:
             tree.mknod(path, entry.mode, rdev)
             self._changed(path)
-            tree.set_attrs(path, mode=entry.mode & 0o7777, mtime_ns=entry.mtime_ns if self.opts.times else None, **self._owner(entry))
+            tree.set_attrs(
+                path,
+                mode=entry.mode & 0o7777,
+                mtime_ns=entry.mtime_ns if self.opts.times else None,
+                **self._owner(entry),
+            )
         self._itemize(ndx, _LOCAL_CHANGE | (_REPORT_CHANGE if st is not None else _IS_NEW))
 
     # -- regular files -----------------------------------------------------------------
     def _process_file(self, ndx: int, entry: FileEntry, path: bytes) -> None:
-        opts, tree = self.opts, self.state.tree
-        if (opts.min_size is not None and entry.size < opts.min_size) or (opts.max_size is not None and entry.size > opts.max_size):
+        opts = self.opts
+        if (opts.min_size is not None and entry.size < opts.min_size) or (
+            opts.max_size is not None and entry.size > opts.max_size
+        ):
             return
         st = self._lstat(path)
         if st is None and opts.existing:
@@ -387,7 +400,9 @@ class Generator:
             try:
                 lead_st = tree.lstat(target)
                 if lead_st is None or not stat.S_ISREG(lead_st.st_mode):
-                    self._file_error(f"cannot hard-link {os.fsdecode(entry.name)}: its first link was not written", entry)
+                    self._file_error(
+                        f"cannot hard-link {os.fsdecode(entry.name)}: its first link was not written", entry
+                    )
                     continue
                 st = tree.lstat(path)
                 if st is not None and (st.st_dev, st.st_ino) == (lead_st.st_dev, lead_st.st_ino):

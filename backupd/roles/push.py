@@ -77,7 +77,9 @@ def join_path(base: bytes, name: bytes) -> bytes:
     return name if base in (b".", b"") else base + b"/" + name
 
 
-def read_file_list(state_opts: TransferOptions, negotiated: Negotiated, protocol: int, read) -> tuple[list[FileEntry], int]:
+def read_file_list(
+    state_opts: TransferOptions, negotiated: Negotiated, protocol: int, read
+) -> tuple[list[FileEntry], int]:
     """Read the client's single file list and its id lists; return (sorted entries, io_error).
 
     Raises:
@@ -85,12 +87,21 @@ def read_file_list(state_opts: TransferOptions, negotiated: Negotiated, protocol
     """
     opts = state_opts
     csum_len = Checksum(negotiated.file_checksum, 0).digest_len if opts.checksum else 0
-    decoder = FlistDecoder(FlistOptions(
-        protocol=protocol, preserve_uid=opts.owner, preserve_gid=opts.group, preserve_links=opts.links,
-        preserve_devices=opts.devices, preserve_specials=opts.specials, preserve_hard_links=bool(opts.hard_links),
-        csum_len=csum_len, inc_recurse=bool(negotiated.compat_flags & CompatFlags.INC_RECURSE),
-        numeric_ids=opts.numeric_ids, id0_names=bool(negotiated.compat_flags & CompatFlags.ID0_NAMES),
-    ))
+    decoder = FlistDecoder(
+        FlistOptions(
+            protocol=protocol,
+            preserve_uid=opts.owner,
+            preserve_gid=opts.group,
+            preserve_links=opts.links,
+            preserve_devices=opts.devices,
+            preserve_specials=opts.specials,
+            preserve_hard_links=bool(opts.hard_links),
+            csum_len=csum_len,
+            inc_recurse=bool(negotiated.compat_flags & CompatFlags.INC_RECURSE),
+            numeric_ids=opts.numeric_ids,
+            id0_names=bool(negotiated.compat_flags & CompatFlags.ID0_NAMES),
+        )
+    )
     entries = []
     while (entry := decoder.read_entry(read)) is not None:
         if entry.name != b".":
@@ -212,13 +223,27 @@ def run_push(session, request, negotiated: Negotiated) -> ExitCode:
     try:
         dest_dir = strip_module(opts.paths[0], module.name)
         if tree.is_history_path(dest_dir):
-            raise RsyncError(f"refusing to write into the history folder {module.history_dir}/ of module {module.name}", ExitCode.FILESELECT)
+            raise RsyncError(
+                f"refusing to write into the history folder {module.history_dir}/ of module {module.name}",
+                ExitCode.FILESELECT,
+            )
         state = PushState(
-            opts=opts, negotiated=negotiated, tree=tree, flist=flist, dest=[], dest_dir=dest_dir,
-            checksum=Checksum(negotiated.checksum, negotiated.seed, seed_fix=bool(negotiated.compat_flags & CompatFlags.CHKSUM_SEED_FIX)),
-            filters=build_filters(client_rules), module_filters=build_module_filters(module),
+            opts=opts,
+            negotiated=negotiated,
+            tree=tree,
+            flist=flist,
+            dest=[],
+            dest_dir=dest_dir,
+            checksum=Checksum(
+                negotiated.checksum,
+                negotiated.seed,
+                seed_fix=bool(negotiated.compat_flags & CompatFlags.CHKSUM_SEED_FIX),
+            ),
+            filters=build_filters(client_rules),
+            module_filters=build_module_filters(module),
             protocol=request.protocol,
-            io_error=io_error, is_root=os.geteuid() == 0,
+            io_error=io_error,
+            is_root=os.geteuid() == 0,
         )
         state.umask = _current_umask()
         plan_destination(state, opts.paths[0])

@@ -66,7 +66,10 @@ class Receiver:
         """Messages from the client sender (rsync io.c read_a_msg)."""
         if code == MsgCode.ERROR_EXIT:
             exit_code = int.from_bytes(payload[:4], "little") if len(payload) >= 4 else ExitCode.PARTIAL
-            raise StreamClosed(f"client aborted with exit code {exit_code}", ExitCode(exit_code) if exit_code in ExitCode._value2member_map_ else ExitCode.PROTOCOL)
+            raise StreamClosed(
+                f"client aborted with exit code {exit_code}",
+                ExitCode(exit_code) if exit_code in ExitCode._value2member_map_ else ExitCode.PROTOCOL,
+            )
         if code == MsgCode.IO_ERROR and len(payload) == 4:
             self.state.io_error |= int.from_bytes(payload, "little") & 7
         elif code == MsgCode.NO_SEND and len(payload) == 4:
@@ -225,7 +228,10 @@ class Receiver:
         name = os.fsdecode(entry.name)
         if phase == 0:
             if self.opts.verbose:
-                self.out.send_msg(MsgCode.WARNING, f"WARNING: {name} failed verification -- update discarded (will try again).\n".encode())
+                self.out.send_msg(
+                    MsgCode.WARNING,
+                    f"WARNING: {name} failed verification -- update discarded (will try again).\n".encode(),
+                )
             self.state.events.put(("redo", ndx))
         else:
             self._file_error(f"ERROR: {name} failed verification -- update discarded.")

@@ -273,8 +273,12 @@ class Session:
             self.inbox.timeout_s = timeout
             self.stream.settimeout(timeout)
         return finish_setup(
-            plan, opts, client_checksums=client_sums, client_compressions=client_zips,
-            our_checksums=SUPPORTED_CHECKSUMS, seed=_signed(seed),
+            plan,
+            opts,
+            client_checksums=client_sums,
+            client_compressions=client_zips,
+            our_checksums=SUPPORTED_CHECKSUMS,
+            seed=_signed(seed),
         )
 
     def _make_seed(self) -> int:
@@ -357,7 +361,8 @@ class Session:
         if not text.startswith(("ERROR", "rsync")):
             text = f"rsync: [{self.role}] {text}"
         self.outbox.send_msg(MsgCode.ERROR, (text.rstrip("\n") + "\n").encode("utf-8", "replace"))
-        trailer = f"rsync error: {EXIT_TEXT.get(code, 'error')} (code {int(code)}) at backupd [{self.role}=backupd-{__version__}]\n"
+        what = EXIT_TEXT.get(code, "error")
+        trailer = f"rsync error: {what} (code {int(code)}) at backupd [{self.role}=backupd-{__version__}]\n"
         self.outbox.send_msg(MsgCode.ERROR, trailer.encode())
         self.outbox.send_msg(MsgCode.ERROR_EXIT, encode_int32(int(code)))
         return code

@@ -1,5 +1,7 @@
-"""The daemon protocol on stdin/stdout: ``backupd serve --stdio`` (tests,
-RSYNC_CONNECT_PROG, and ``rsync --server --daemon .`` over SSH)."""
+"""The daemon protocol on stdin/stdout: ``backupd serve --stdio``.
+
+For tests, RSYNC_CONNECT_PROG, and ``rsync --server --daemon .`` over a remote shell.
+"""
 
 from __future__ import annotations
 
