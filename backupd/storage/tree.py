@@ -151,8 +151,7 @@ class ModuleTree:
             finally:
                 os.close(fd)
             try:
-                with os.scandir(read_fd) as it:
-                    return {os.fsencode(e.name): e.stat(follow_symlinks=False) for e in it}
+                return _scan_fd(read_fd)
             finally:
                 os.close(read_fd)
 
@@ -427,6 +426,22 @@ class ModuleTree:
 
 def _lstat(dir_fd: int, name: bytes) -> os.stat_result:
     return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+
+
+def _scan_fd(dir_fd: int) -> dict[bytes, os.stat_result]:
+    """name -> lstat of a readable directory fd; entries gone before their stat are left out.
+
+    Other writers (the receiver's temp files) come and go while we read the
+    directory: an entry listed but already renamed away is simply not there.
+    """
+    out = {}
+    with os.scandir(dir_fd) as it:
+        for entry in it:
+            try:
+                out[os.fsencode(entry.name)] = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+    return out
 
 
 def _unlink_quietly(dir_fd: int, name: bytes) -> None:

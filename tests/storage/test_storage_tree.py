@@ -191,3 +191,37 @@ def test_temp_names_fit_and_are_distinct(basename):
     names = {temp_name(basename) for _ in range(3)}
     assert all(len(n) <= 255 and n.startswith(b".") and b"/" not in n for n in names)
     assert len(names) >= 2  # 62**6 suffixes: equal draws are a bug
+
+
+def test_scan_dir_skips_entries_that_vanish_while_it_reads(tmp_path, monkeypatch):
+    """Regression: a temp file renamed away between readdir and stat made the scan fail (ENOENT)."""
+    import os
+
+    from backupd.storage import ModuleTree
+    from backupd.storage import tree as tree_mod
+
+    (tmp_path / "keep").write_bytes(b"k")
+    (tmp_path / ".gone.ABCDEF").write_bytes(b"g")
+    real_scandir = os.scandir
+
+    class ListedThenRemoved:
+        """Every entry read from the directory first; then one is renamed away before its stat."""
+
+        def __init__(self, fd):
+            with real_scandir(fd) as it:
+                self.entries = list(it)
+            os.unlink(tmp_path / ".gone.ABCDEF")
+
+        def __enter__(self):
+            return iter(self.entries)
+
+        def __exit__(self, *exc):
+            return False
+
+    def scandir_then_remove(fd):
+        return ListedThenRemoved(fd)
+
+    monkeypatch.setattr(tree_mod.os, "scandir", scandir_then_remove)
+    with ModuleTree(tmp_path) as tree:
+        scan = tree.scan_dir(b".")
+    assert set(scan) == {b"keep"}
