@@ -512,11 +512,18 @@ def scan_tree(
     stack = [b""]
     while stack:
         rel_dir = stack.pop()
-        for name in sorted(os.listdir(os.path.join(broot, rel_dir) if rel_dir else broot)):
+        try:  # a tree still being written (polling for convergence): entries may vanish
+            names = sorted(os.listdir(os.path.join(broot, rel_dir) if rel_dir else broot))
+        except FileNotFoundError:
+            continue
+        for name in names:
             rel = os.path.join(rel_dir, name) if rel_dir else name
             if rel in skip:
                 continue
-            out[rel] = entry = _entry(os.path.join(broot, rel))
+            try:
+                out[rel] = entry = _entry(os.path.join(broot, rel))
+            except FileNotFoundError:
+                continue
             if entry.kind == "dir":
                 stack.append(rel)
     return out
