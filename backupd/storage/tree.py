@@ -26,10 +26,10 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from backupd.storage.fsops import (
     DIR_READ_FLAGS,
@@ -54,6 +54,8 @@ if TYPE_CHECKING:
 
     from backupd.storage.history import HistoryStore
 
+
+T = TypeVar("T")
 
 class ModuleTree:
     """One module's directory, opened once; all access dir-fd confined.
@@ -122,17 +124,8 @@ class ModuleTree:
 
     def listdir(self, path: bytes) -> list[bytes]:
         """Names in directory ``path``, unsorted, without ``.`` and ``..``."""
-        comps = split_path(path, self.module)
         with fs_errors(self.module, path):
-            fd = open_dir(self._root_fd, comps, self.module, path)
-            try:
-                read_fd = os.open(b".", DIR_READ_FLAGS, dir_fd=fd)
-            finally:
-                os.close(fd)
-            try:
-                return listdir_fd(read_fd)
-            finally:
-                os.close(read_fd)
+            return self._read_dir(path, listdir_fd)
 
     def scan_dir(self, path: bytes) -> dict[bytes, os.stat_result] | None:
         """lstat of every entry of directory ``path`` in one pass: name -> stat.
@@ -140,20 +133,23 @@ class ModuleTree:
         None when ``path`` is missing or not a directory. A snapshot: entries
         changed afterwards are not reflected (callers drop it when they write).
         """
-        comps = split_path(path, self.module)
         with fs_errors(self.module, path):
             try:
-                fd = open_dir(self._root_fd, comps, self.module, path)
+                return self._read_dir(path, _scan_fd)
             except (FileNotFoundError, NotADirectoryError):
                 return None
-            try:
-                read_fd = os.open(b".", DIR_READ_FLAGS, dir_fd=fd)
-            finally:
-                os.close(fd)
-            try:
-                return _scan_fd(read_fd)
-            finally:
-                os.close(read_fd)
+
+    def _read_dir(self, path: bytes, read: Callable[[int], T]) -> T:
+        """``read(fd)`` on directory ``path`` opened readable (confined walk); raises OSError."""
+        fd = open_dir(self._root_fd, split_path(path, self.module), self.module, path)
+        try:
+            read_fd = os.open(b".", DIR_READ_FLAGS, dir_fd=fd)
+        finally:
+            os.close(fd)
+        try:
+            return read(read_fd)
+        finally:
+            os.close(read_fd)
 
     def readlink(self, path: bytes) -> bytes:
         """Target of symlink ``path`` (StorageError EINVAL if it is no symlink)."""
