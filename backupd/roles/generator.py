@@ -23,13 +23,12 @@ from backupd.protocol.constants import (
     MsgCode,
 )
 from backupd.protocol.flist import FileEntry
-from backupd.protocol.sums import SumHead, iter_sums_wire, sum_sizes
+from backupd.protocol.sums import NULL_SUM_HEAD, Checksum, iter_sums_wire, sum_sizes
 from backupd.protocol.wire import NdxEncoder, encode_shortint
 from backupd.roles.deletion import Deleter
 from backupd.roles.owners import owner_ids
 from backupd.roles.push import PushState
 
-_NULL_HEAD = SumHead(0, 0, 0, 0)
 SCAN_CACHE_DIRS = 32
 # plain ints: IntFlag arithmetic costs a microsecond per operation, per file
 _IS_NEW = int(ItemFlags.IS_NEW)
@@ -311,8 +310,7 @@ class Generator:
         return self.state.protocol < 31 or st.st_mtime_ns % 1_000_000_000 == entry.mtime_nsec
 
     def _file_checksum(self, path: bytes) -> bytes | None:
-        from backupd.protocol.sums import Checksum
-
+        """The whole-file checksum of the module's copy (for -c), or None if it is no regular file."""
         basis = self.state.tree.open_basis(path)
         if basis is None:
             return None
@@ -375,12 +373,12 @@ class Generator:
     def _sums_for(self, path: bytes, entry: FileEntry, exists: bool, redo: bool) -> bytes:
         opts = self.opts
         if not exists or opts.whole_file or self.state.negotiated.checksum == "none":
-            return _NULL_HEAD.encode()
+            return NULL_SUM_HEAD.encode()
         basis = self.state.tree.open_basis(path)
         if basis is None or basis.size == 0:
             if basis is not None:
                 basis.close()
-            return _NULL_HEAD.encode()
+            return NULL_SUM_HEAD.encode()
         with basis:
             digest_len = self.state.checksum.digest_len
             head = sum_sizes(basis.size, digest_len, block_size=opts.block_size, redo=redo)

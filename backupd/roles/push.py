@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from backupd.errors import ExitCode, PathEscape, ProtocolError, RsyncError, StorageError
 from backupd.protocol.constants import CompatFlags, IoError
+from backupd.protocol.filters import decode_filter_list
 from backupd.protocol.flist import FileEntry, FlistDecoder, FlistOptions, check_wire_name, sort_key
 from backupd.protocol.negotiate import Negotiated
 from backupd.protocol.server_args import TransferOptions
@@ -119,25 +120,6 @@ def read_file_list(
     return entries, decoder.io_error
 
 
-def read_filter_list(read) -> list[bytes]:
-    """The client's filter rules: int32 length + text, until a zero length (exclude.c recv_filter_list).
-
-    Raises:
-        ProtocolError: a rule of 5120 bytes or more, or over 100000 rules.
-    """
-    from backupd.protocol.wire import decode_int32
-
-    rules = []
-    for _ in range(100_000):
-        n = decode_int32(read)
-        if n == 0:
-            return rules
-        if not 0 < n < 5120:
-            raise ProtocolError(f"filter rule of {n} bytes (limit 5120)")
-        rules.append(read(n))
-    raise ProtocolError("filter list over 100000 rules")
-
-
 def build_filters(client_rules: list[bytes]):
     """The client's rules (relative to the transfer root); None when there are none."""
     if not client_rules:
@@ -167,11 +149,6 @@ def build_module_filters(module):
     except ProtocolError as exc:
         raise ConfigError(f"module {module.name}: bad filter rule: {exc}") from None
     return FilterList(rules) if rules else None
-
-
-def session_module(session):
-    """The module of the session's request (set by run_push)."""
-    return session.request.module
 
 
 def plan_destination(state: PushState, dest_arg: bytes) -> None:
@@ -209,14 +186,13 @@ def run_push(session, request, negotiated: Negotiated) -> ExitCode:
     from backupd.roles.generator import Generator
     from backupd.roles.receiver import Receiver
 
-    session.request = request
     opts, module = request.opts, request.module
     if len(opts.paths) != 1:
         raise RsyncError("a push names exactly one destination", ExitCode.SYNTAX)
     if (opts.backup or opts.backup_dir) and not module.history:
         raise RsyncError("--backup is refused: module history is off on this server", ExitCode.UNSUPPORTED)
     read = session.inbox.read
-    client_rules = read_filter_list(read) if (opts.deleting or opts.prune_empty_dirs) else []
+    client_rules = decode_filter_list(read) if (opts.deleting or opts.prune_empty_dirs) else []
     flist, io_error = read_file_list(opts, negotiated, request.protocol, read)
     history = HistoryStore(module.history_dir.encode()) if module.history else None
     tree = ModuleTree(module.path, module=module.name, history=history, fsync=module.fsync or opts.fsync)
