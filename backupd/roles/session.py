@@ -95,6 +95,7 @@ class Session:
         self.outbox: Outbox | None = None
         self.log = logger.bind(session=ctx.session_id, peer=ctx.peer_addr)
         self.role = "Receiver"
+        self.request: ModuleRequest | None = None  # set by run(); the transfer log reads its user
 
     # -- the pre-binary handshake ---------------------------------------------------------
     def handshake(self) -> ModuleRequest | None:
@@ -301,6 +302,7 @@ class Session:
             request = self.handshake()
             if request is None:
                 return ExitCode.OK
+            self.request = request
             if request.opts.sender:
                 self.role = "sender"
             if request.args_error is not None:
