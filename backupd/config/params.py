@@ -51,6 +51,16 @@ def to_opt_str(value: object) -> str | None:
     return text or None
 
 
+def to_chmod(value: object) -> str | None:
+    """An ``incoming/outgoing chmod`` spec, checked now so a typo fails at load; empty = not set."""
+    from backupd.protocol.chmod import parse_chmod
+
+    text = to_opt_str(value)
+    if text is not None:
+        parse_chmod(text, umask=0)
+    return text
+
+
 def to_path(value: object) -> Path | None:
     """A file or directory path; empty means "not set". Made absolute later."""
     text = to_str(value)
@@ -264,8 +274,8 @@ PARAMS: tuple[Param, ...] = (
     _m("filter", to_filter),
     _m("exclude", to_words),
     _m("include", to_words),
-    _m("incoming chmod", to_opt_str),
-    _m("outgoing chmod", to_opt_str),
+    _m("incoming chmod", to_chmod),
+    _m("outgoing chmod", to_chmod),
     _m("dont compress", to_words),
     _m("transfer logging", to_bool),
     _m("log format", to_str),

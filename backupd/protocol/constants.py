@@ -125,3 +125,6 @@ FNAMECMP_FNAME = 0x80
 FNAMECMP_PARTIAL_DIR = 0x81
 FNAMECMP_BACKUP = 0x82
 FNAMECMP_FUZZY = 0x83
+
+# rsync clientserver.c SYMLINK_PREFIX: what "munge symlinks" puts before every stored link target.
+MUNGE_PREFIX = b"/rsyncd-munged/"

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from backupd.errors import PathEscape, StorageError
-from backupd.protocol.constants import IoError, MsgCode, XmitFlags
+from backupd.protocol.constants import MUNGE_PREFIX, IoError, MsgCode, XmitFlags
 from backupd.protocol.filters import MAX_MERGE_FILE_SIZE, FilterList
 from backupd.protocol.flist import FileEntry, sort_key
 from backupd.protocol.server_args import TransferOptions
@@ -39,7 +39,6 @@ from backupd.storage.fsops import DIR_READ_FLAGS, open_dir, split_path
 
 MAX_SYMLINK_HOPS = 40              # Linux MAXSYMLINKS
 MAX_NAME_LEN = 4095                # MAXPATHLEN - 1
-MUNGE_PREFIX = b"/rsyncd-munged/"  # rsync clientserver.c SYMLINK_PREFIX
 _GLOB_CHARS = frozenset(b"*?[")
 
 Report = Callable[[MsgCode, str], None]

@@ -14,7 +14,8 @@ import stat
 from dataclasses import dataclass, field
 
 from backupd.errors import ExitCode, PathEscape, ProtocolError, RsyncError, StorageError
-from backupd.protocol.constants import CompatFlags, IoError
+from backupd.protocol.chmod import current_umask, parse_chmod
+from backupd.protocol.constants import MUNGE_PREFIX, CompatFlags, IoError
 from backupd.protocol.filters import decode_filter_list
 from backupd.protocol.flist import FileEntry, FlistDecoder, FlistOptions, check_wire_name, sort_key
 from backupd.protocol.negotiate import Negotiated
@@ -120,6 +121,22 @@ def read_file_list(
     return entries, decoder.io_error
 
 
+def adjust_incoming(entries: list[FileEntry], module) -> None:
+    """Apply the module's ``incoming chmod`` and ``munge symlinks`` to a received file list.
+
+    Modes of everything but symlinks go through the chmod spec (rsync flist.c
+    recv_file_entry with daemon_chmod_modes); with ``munge symlinks`` every
+    link target gets the ``/rsyncd-munged/`` prefix, so the stored link can
+    point nowhere outside (rsync syscall.c do_symlink). Entries are changed in place.
+    """
+    spec = parse_chmod(module.incoming_chmod) if module.incoming_chmod else None
+    for entry in entries:
+        if spec is not None:
+            entry.mode = spec.apply(entry.mode)
+        if module.munge_symlinks and entry.link_target is not None:
+            entry.link_target = MUNGE_PREFIX + entry.link_target
+
+
 def build_filters(client_rules: list[bytes]):
     """The client's rules (relative to the transfer root); None when there are none."""
     if not client_rules:
@@ -194,6 +211,7 @@ def run_push(session, request, negotiated: Negotiated) -> ExitCode:
     read = session.inbox.read
     client_rules = decode_filter_list(read) if (opts.deleting or opts.prune_empty_dirs) else []
     flist, io_error = read_file_list(opts, negotiated, request.protocol, read)
+    adjust_incoming(flist, module)
     history = HistoryStore(module.history_dir.encode()) if module.history else None
     tree = ModuleTree(module.path, module=module.name, history=history, fsync=module.fsync or opts.fsync)
     try:
@@ -221,7 +239,7 @@ def run_push(session, request, negotiated: Negotiated) -> ExitCode:
             io_error=io_error,
             is_root=os.geteuid() == 0,
         )
-        state.umask = _current_umask()
+        state.umask = current_umask()
         plan_destination(state, opts.paths[0])
         generator = Generator(state, session)
         receiver = Receiver(state, session)
@@ -246,9 +264,3 @@ def _run_both(generator, receiver, session) -> ExitCode:
         raise generator.error
     state = receiver.state
     return ExitCode.PARTIAL if state.file_errors or state.io_error & IoError.GENERAL else ExitCode.OK
-
-
-def _current_umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask

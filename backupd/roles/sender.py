@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from backupd.errors import ExitCode, ProtocolError, RsyncError, StorageError, Unsupported
+from backupd.protocol.chmod import parse_chmod
 from backupd.protocol.constants import (
     MAX_PATH_LEN,
     NDX_DEL_STATS,
@@ -203,7 +204,12 @@ def _build_list(session, tree: ModuleTree, request, negotiated: Negotiated, rule
         report=lambda code, text: session.outbox.send_msg(code, text.encode("utf-8", "replace")),
         module=module.name, munge_symlinks=module.munge_symlinks, file_checksum=file_checksum,
     )
-    return builder.build(args, names)
+    built = builder.build(args, names)
+    if module.outgoing_chmod:
+        spec = parse_chmod(module.outgoing_chmod)
+        for item in built.items:  # rsync flist.c make_file(): daemon_chmod_modes on the sender
+            item.entry.mode = spec.apply(item.entry.mode)
+    return built
 
 
 class Sender:

@@ -23,9 +23,15 @@ PUSHES = [
 
 def flist_options(opts, protocol=32) -> FlistOptions:
     return FlistOptions(
-        protocol=protocol, preserve_uid=opts.owner, preserve_gid=opts.group, preserve_links=opts.links,
-        preserve_devices=opts.devices, preserve_specials=opts.specials, preserve_hard_links=bool(opts.hard_links),
-        inc_recurse="i" in opts.capabilities and opts.recursive and opts.delete_mode not in ("before", "after"), id0_names=True,
+        protocol=protocol,
+        preserve_uid=opts.owner,
+        preserve_gid=opts.group,
+        preserve_links=opts.links,
+        preserve_devices=opts.devices,
+        preserve_specials=opts.specials,
+        preserve_hard_links=bool(opts.hard_links),
+        inc_recurse="i" in opts.capabilities and opts.recursive and opts.delete_mode not in ("before", "after"),
+        id0_names=True,
     )
 
 
