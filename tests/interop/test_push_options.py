@@ -474,6 +474,37 @@ def test_interrupted_partial_push_keeps_old_version_and_resumes(make_targets, cl
             assert target.versions("big.bin") == [old, partial]
 
 
+def test_killed_client_without_partial_leaves_old_file_and_no_temp(make_targets, client, tmp_path):
+    size = 16 * MiB
+    old = write_random(tmp_path / "old.bin", size, seed=9).read_bytes()
+    new = write_random(tmp_path / "new.bin", size, seed=10).read_bytes()
+    src = make_source(tmp_path / "src", {"big.bin": File(new, mode=0o644, mtime=T0 + 60)})
+    for kind, target in make_targets(seed={"big.bin": File(old, mode=0o644, mtime=T0)}).items():
+        module = target.module
+        argv = [*client.argv_prefix, "-a", "--bwlimit=4m", f"{src}/", target.url()]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RSYNC_")}
+        proc = subprocess.Popen(
+            argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
+        )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not list(module.glob(".big.bin.*")):
+            time.sleep(0.02)
+        time.sleep(0.5)
+        kill_group(proc, grace_s=0)
+        assert proc.returncode == -signal.SIGKILL, "the push ended before it was interrupted"
+        # the server drops the unfinished temp file; the old version stays in place
+        assert _wait_settled(module).read_bytes() == old, kind
+        assert not list(module.glob(".big.bin.*")), kind
+        if kind == "backupd":
+            assert target.versions("big.bin") == []  # nothing was replaced, so nothing moved
+            log = target.server.log()
+            assert re.search(r"WARNING .*session ended: connection unexpectedly closed", log), log
+        assert_ok(target.push(client, "-a", f"{src}/"))
+        assert_trees_equal(src, module)
+        if kind == "backupd":
+            assert target.versions("big.bin") == [old]
+
+
 def _wait_settled(module: Path, timeout: float = 10) -> Path:
     """Wait until no temp file is left next to big.bin (the server ended its session)."""
     deadline = time.monotonic() + timeout
