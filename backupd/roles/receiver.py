@@ -150,7 +150,7 @@ class Receiver:
 
     def _open_staged(self, path: bytes, entry):
         try:
-            return self.state.tree.create_staged(path, 0o600)
+            return self.state.tree.create_staged(path, 0o600, sparse=self.opts.sparse)
         except (StorageError, FileError) as exc:
             self._file_error(f"cannot create {os.fsdecode(entry.name)}: {exc}")
             return None

@@ -21,6 +21,8 @@ import stat
 import time
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from backupd.errors import StorageError
 from backupd.storage.fsops import (
     change_owner,
@@ -37,6 +39,7 @@ if TYPE_CHECKING:
     from backupd.storage.tree import ModuleTree
 
 WRITE_BUFFER = 256 * 1024  # bytes buffered before a write(2)
+SPARSE_BLOCK = 4096  # -S: an aligned block of this many zero bytes becomes a hole
 
 
 class StagedFile:
@@ -52,12 +55,24 @@ class StagedFile:
         path: the target, relative to the module root.
         temp_name: the temp file's name inside the target's directory.
         mode: permission bits applied at commit unless commit passes its own.
+        sparse: ``-S``: runs of zeros are skipped with a seek instead of
+            written, so whole blocks of them stay holes (rsync fileio.c
+            write_sparse).
     """
 
-    def __init__(self, tree: ModuleTree, parent_fd: int, comps: tuple[bytes, ...],
-                 path: bytes, mode: int) -> None:
+    def __init__(
+        self,
+        tree: ModuleTree,
+        parent_fd: int,
+        comps: tuple[bytes, ...],
+        path: bytes,
+        mode: int,
+        *,
+        sparse: bool = False,
+    ) -> None:
         self.path = path
         self.mode = mode
+        self.sparse = sparse
         self._tree = tree
         self._comps = comps
         self._parent_fd = parent_fd
@@ -71,15 +86,65 @@ class StagedFile:
         """Append ``data`` (buffered; any size)."""
         self._check_open()
         with fs_errors(self._tree.module, self.path):
-            self._file.write(data)
+            if self.sparse:
+                self._write_sparse(data)
+            else:
+                self._file.write(data)
+
+    def _write_sparse(self, data: bytes | bytearray | memoryview) -> None:
+        """Write ``data``, seeking over zeros (the file's length is fixed at seal).
+
+        Whole file-offset-aligned blocks of zeros are found with NumPy; the
+        unaligned head and tail of a write (and writes under a block, such as
+        the basis blocks of a delta) have their leading and trailing zeros
+        seeked over, as rsync's write_sparse does.
+        """
+        view = memoryview(data).cast("B")
+        if len(view) < SPARSE_BLOCK:
+            self._write_trimmed(view)
+            return
+        head = -self._file.tell() % SPARSE_BLOCK
+        if head:
+            self._write_trimmed(view[:head])
+            view = view[head:]
+        count = len(view) // SPARSE_BLOCK
+        if count:
+            words = np.frombuffer(view[: count * SPARSE_BLOCK], dtype=np.uint64).reshape(count, -1)
+            zero = ~words.any(axis=1)
+            cuts = np.flatnonzero(zero[1:] != zero[:-1]) + 1
+            start = 0
+            for end in [*cuts.tolist(), count]:
+                piece = view[start * SPARSE_BLOCK : end * SPARSE_BLOCK]
+                if zero[start]:
+                    self._file.seek(len(piece), os.SEEK_CUR)
+                else:
+                    self._file.write(piece)
+                start = end
+        self._write_trimmed(view[count * SPARSE_BLOCK :])
+
+    def _write_trimmed(self, view: memoryview) -> None:
+        """Seek over the leading and trailing zeros of ``view``, write what is between."""
+        if not view:
+            return
+        nonzero = np.flatnonzero(np.frombuffer(view, dtype=np.uint8))
+        if not len(nonzero):
+            self._file.seek(len(view), os.SEEK_CUR)
+            return
+        first, last = int(nonzero[0]), int(nonzero[-1]) + 1
+        if first:
+            self._file.seek(first, os.SEEK_CUR)
+        self._file.write(view[first:last])
+        if last < len(view):
+            self._file.seek(len(view) - last, os.SEEK_CUR)
 
     def tell(self) -> int:
         """Bytes written so far."""
         self._check_open()
         return self._file.tell()
 
-    def commit(self, *, mtime_ns: int | None, mode: int | None = None,
-               uid: int | None = None, gid: int | None = None) -> None:
+    def commit(
+        self, *, mtime_ns: int | None, mode: int | None = None, uid: int | None = None, gid: int | None = None
+    ) -> None:
         """Make the new content the target's, keeping the old version in history.
 
         Order: flush; owner (root only, else group if allowed), mode, mtime
@@ -93,8 +158,7 @@ class StagedFile:
             PathEscape: the parent directory was replaced meanwhile.
             StorageError: any OS error; the temp file is removed.
         """
-        self._finish(mode=self.mode if mode is None else mode, mtime_ns=mtime_ns,
-                     uid=uid, gid=gid)
+        self._finish(mode=self.mode if mode is None else mode, mtime_ns=mtime_ns, uid=uid, gid=gid)
 
     def keep_partial(self) -> None:
         """``--partial``: the data so far replaces the target, mtime 0.
@@ -122,17 +186,18 @@ class StagedFile:
     def __enter__(self) -> StagedFile:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.abort()
 
     def _check_open(self) -> None:
         if self._done:
-            raise StorageError(f"module {self._tree.module}: {show(self.path)}: "
-                               "staged file already committed or aborted")
+            raise StorageError(
+                f"module {self._tree.module}: {show(self.path)}: staged file already committed or aborted"
+            )
 
-    def _finish(self, *, mode: int, mtime_ns: int | None, uid: int | None,
-                gid: int | None) -> None:
+    def _finish(self, *, mode: int, mtime_ns: int | None, uid: int | None, gid: int | None) -> None:
         self._check_open()
         try:
             with fs_errors(self._tree.module, self.path):
@@ -149,6 +214,10 @@ class StagedFile:
         """Flush, set attributes on the temp file, fsync, close."""
         self._file.flush()
         fd = self._file.fileno()
+        if self.sparse:  # a hole at the end: the seek did not extend the file
+            length = self._file.tell()
+            if os.fstat(fd).st_size < length:
+                os.ftruncate(fd, length)
         change_owner(fd, uid, gid)  # before chmod: chown clears set-id bits
         os.fchmod(fd, stat.S_IMODE(mode))
         if mtime_ns is not None:
@@ -259,6 +328,7 @@ class Basis:
     def __enter__(self) -> Basis:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()

@@ -57,6 +57,7 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
+
 class ModuleTree:
     """One module's directory, opened once; all access dir-fd confined.
 
@@ -69,8 +70,9 @@ class ModuleTree:
         StorageError: the root cannot be opened as a directory.
     """
 
-    def __init__(self, root: Path | bytes | str, *, module: str = "",
-                 history: HistoryStore | None = None, fsync: bool = True) -> None:
+    def __init__(
+        self, root: Path | bytes | str, *, module: str = "", history: HistoryStore | None = None, fsync: bool = True
+    ) -> None:
         self.module = module
         self.fsync = fsync  # fsync staged files before the rename (rsync --fsync)
         self.root = root if isinstance(root, bytes) else os.fsencode(os.fspath(root))
@@ -95,8 +97,9 @@ class ModuleTree:
     def __enter__(self) -> ModuleTree:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
     # -- reading ---------------------------------------------------------
@@ -179,8 +182,7 @@ class ModuleTree:
 
     # -- writing ---------------------------------------------------------
 
-    def mkdir(self, path: bytes, mode: int, *, exist_ok: bool = False,
-              allow_history: bool = False) -> None:
+    def mkdir(self, path: bytes, mode: int, *, exist_ok: bool = False, allow_history: bool = False) -> None:
         """Create directory ``path`` (parent must exist; ``mode`` minus umask)."""
         comps = self._writable(path, allow_history)
         with fs_errors(self.module, path), self._parent(comps, path) as (fd, name):
@@ -240,8 +242,9 @@ class ModuleTree:
         src = split_path(existing, self.module)
         with fs_errors(self.module, path), self._parent(comps, path) as (fd, name):
             with self._parent(src, existing) as (src_fd, src_name):
-                tmp = self._temp_entry(fd, name, lambda t: os.link(
-                    src_name, t, src_dir_fd=src_fd, dst_dir_fd=fd, follow_symlinks=False))
+                tmp = self._temp_entry(
+                    fd, name, lambda t: os.link(src_name, t, src_dir_fd=src_fd, dst_dir_fd=fd, follow_symlinks=False)
+                )
             try:
                 self.install(fd, tmp, comps, path)
             except BaseException:
@@ -270,9 +273,16 @@ class ModuleTree:
                 continue
         raise FileExistsError(f"no free temp name beside {name!r}")
 
-    def set_attrs(self, path: bytes, *, mode: int | None = None, mtime_ns: int | None = None,
-                  uid: int | None = None, gid: int | None = None,
-                  allow_history: bool = False) -> None:
+    def set_attrs(
+        self,
+        path: bytes,
+        *,
+        mode: int | None = None,
+        mtime_ns: int | None = None,
+        uid: int | None = None,
+        gid: int | None = None,
+        allow_history: bool = False,
+    ) -> None:
         """Set owner, mode and mtime of ``path``, never following a final symlink.
 
         Owner: only as root (``lchown``); as non-root a group change is tried
@@ -288,23 +298,26 @@ class ModuleTree:
             with self._parent(comps, path) as (fd, name):
                 st = _lstat(fd, name)
                 owner_changed = change_owner(name, uid, gid, dir_fd=fd, current=st)
-                if mode is not None and not stat.S_ISLNK(st.st_mode) and (
-                        owner_changed or stat.S_IMODE(mode) != stat.S_IMODE(st.st_mode)):
+                if (
+                    mode is not None
+                    and not stat.S_ISLNK(st.st_mode)
+                    and (owner_changed or stat.S_IMODE(mode) != stat.S_IMODE(st.st_mode))
+                ):
                     chmod_at(fd, name, mode)
                 if mtime_ns is not None:
-                    os.utime(name, ns=(st.st_atime_ns, mtime_ns), dir_fd=fd,
-                             follow_symlinks=False)
+                    os.utime(name, ns=(st.st_atime_ns, mtime_ns), dir_fd=fd, follow_symlinks=False)
 
-    def create_staged(self, path: bytes, mode: int, *, allow_history: bool = False) -> StagedFile:
+    def create_staged(self, path: bytes, mode: int, *, allow_history: bool = False, sparse: bool = False) -> StagedFile:
         """Start new content for file ``path`` (parent must exist); see StagedFile.
 
-        ``mode`` is applied at commit unless commit passes its own.
+        ``mode`` is applied at commit unless commit passes its own; ``sparse``
+        (``-S``) turns blocks of zeros into holes.
         """
         comps = self._writable(path, allow_history, displaces=True)
         with fs_errors(self.module, path):
             fd = open_dir(self._root_fd, comps[:-1], self.module, path)
             try:
-                return StagedFile(self, fd, comps, path, mode)
+                return StagedFile(self, fd, comps, path, mode, sparse=sparse)
             except BaseException:
                 os.close(fd)
                 raise
@@ -344,8 +357,7 @@ class ModuleTree:
 
     # -- shared with StagedFile -------------------------------------------
 
-    def install(self, parent_fd: int, temp: bytes, comps: tuple[bytes, ...],
-                path: bytes) -> None:
+    def install(self, parent_fd: int, temp: bytes, comps: tuple[bytes, ...], path: bytes) -> None:
         """Rename ``temp`` over entry ``comps[-1]`` of ``parent_fd``, history first.
 
         For storage's own use (StagedFile, symlink); raises OSError.
@@ -390,8 +402,7 @@ class ModuleTree:
         if not allow_history and self.history is not None and self.history.contains(comps):
             raise escape_error(self.module, path, "inside the history dir")
 
-    def _writable(self, path: bytes, allow_history: bool, *,
-                  displaces: bool = False) -> tuple[bytes, ...]:
+    def _writable(self, path: bytes, allow_history: bool, *, displaces: bool = False) -> tuple[bytes, ...]:
         """Components of a path a client may write; ``displaces``: may replace a dir."""
         comps = self._entry(path)
         self._guard(comps, path, allow_history)
@@ -447,8 +458,7 @@ def _unlink_quietly(dir_fd: int, name: bytes) -> None:
         pass
 
 
-def _set_fd_attrs(fd: int, mode: int | None, mtime_ns: int | None,
-                  uid: int | None, gid: int | None) -> None:
+def _set_fd_attrs(fd: int, mode: int | None, mtime_ns: int | None, uid: int | None, gid: int | None) -> None:
     """set_attrs on an open directory (the module root)."""
     st = os.fstat(fd)
     change_owner(fd, uid, gid, current=st)

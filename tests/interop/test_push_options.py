@@ -474,6 +474,22 @@ def test_interrupted_partial_push_keeps_old_version_and_resumes(make_targets, cl
             assert target.versions("big.bin") == [old, partial]
 
 
+@pytest.mark.parametrize("update", [False, True], ids=["new", "delta"])
+def test_sparse_push_leaves_holes_like_rsyncd(make_targets, client, tmp_path, update):
+    data = os.urandom(100_000) + bytes(6 * MiB) + os.urandom(50_000) + bytes(2 * MiB)
+    seed = {"disk.img": File(data[: 3 * MiB] + os.urandom(1000), mode=0o644, mtime=T0)} if update else {}
+    src = make_source(tmp_path / "src", {"disk.img": File(data, mode=0o644, mtime=T0 + 60)})
+    targets, results = run_both(make_targets, client, ["-a", "-S", "--stats", f"{src}/"], seed=seed)
+    if update:  # the zeros came as matched blocks of the old copy: still holes
+        assert parse_stats(results["backupd"].stdout)["Matched data"] > 0
+    used = {kind: os.stat(t.module / "disk.img").st_blocks * 512 for kind, t in targets.items()}
+    assert used["backupd"] <= 1 * MiB, used  # ~150 KB of data, the 8 MiB of zeros are holes
+    assert used["rsyncd"] <= 1 * MiB, used
+    dense = targets["backupd"]
+    assert_ok(dense.push(client, "-a", "-I", f"{src}/"))  # without -S: every byte written
+    assert os.stat(dense.module / "disk.img").st_blocks * 512 >= 8 * MiB
+
+
 def test_killed_client_without_partial_leaves_old_file_and_no_temp(make_targets, client, tmp_path):
     size = 16 * MiB
     old = write_random(tmp_path / "old.bin", size, seed=9).read_bytes()

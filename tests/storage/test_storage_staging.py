@@ -7,6 +7,8 @@ import os
 import stat
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from backupd.errors import StorageError
 from backupd.storage import HistoryStore, ModuleTree
@@ -201,3 +203,46 @@ def test_staged_file_in_history_needs_allow_history(root, now):
             tree.create_staged(b"hist/x", 0o644)
         put(tree, b"history-backup", b"an ordinary name when the history dir is 'hist'")
         assert (root / "history-backup").is_file()
+
+
+# ---------------------------------------------------------------- -S (sparse)
+
+SEGMENT = st.one_of(
+    st.integers(1, 3 * 4096).map(lambda n: bytes(n)),  # zeros
+    st.binary(min_size=1, max_size=5000),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(segments=st.lists(SEGMENT, min_size=1, max_size=8), cut=st.integers(1, 9000), data=st.data())
+def test_sparse_writes_keep_the_content_whatever_the_chunking(tmp_path_factory, segments, cut, data):
+    root = tmp_path_factory.mktemp("sparse")
+    tree = ModuleTree(root, module="m")
+    want = b"".join(segments)
+    sizes = data.draw(st.lists(st.integers(1, cut), min_size=1, max_size=40))
+    with tree.create_staged(b"f", 0o644, sparse=True) as staged:
+        pos = 0
+        for size in sizes * (len(want) // max(1, sum(sizes)) + 1):
+            if pos >= len(want):
+                break
+            staged.write(want[pos : pos + size])
+            pos += size
+        assert staged.tell() == len(want)
+        staged.commit(mtime_ns=None)
+    tree.close()
+    assert (root / "f").read_bytes() == want
+
+
+def test_sparse_leaves_holes_for_zero_blocks_and_the_tail(tree, root):
+    mib = 1 << 20
+    head, tail = os.urandom(5000), os.urandom(3000)
+    want = head + bytes(4 * mib) + tail + bytes(2 * mib)
+    for name, sparse in ((b"holes", True), (b"dense", False)):
+        with tree.create_staged(name, 0o644, sparse=sparse) as staged:
+            for off in range(0, len(want), 32 * 1024):
+                staged.write(want[off : off + 32 * 1024])
+            staged.commit(mtime_ns=None)
+    holes, dense = (root / "holes").stat(), (root / "dense").stat()
+    assert (root / "holes").read_bytes() == want and holes.st_size == len(want)
+    assert dense.st_blocks * 512 >= 6 * mib  # written zeros take space...
+    assert holes.st_blocks * 512 <= 64 * 1024  # ...holes do not: only the data blocks
