@@ -205,6 +205,8 @@ class FlistDecoder:
         entry.mode = prev.mode
         if entry.mode != 0 and stat.S_IFMT(entry.mode) not in _VALID_TYPES:  # 0: a missing arg
             raise ProtocolError(f"{name!r}: invalid file mode {entry.mode:#o}")
+        if not stat.S_ISDIR(entry.mode):
+            entry.xflags = 0  # bit 8 of a non-directory is SAME_RDEV_MAJOR, not NO_CONTENT_DIR
         self._read_ids(read, xflags, entry)
         self._read_rdev_link_sum(read, xflags, entry)
         return entry
@@ -219,26 +221,34 @@ class FlistDecoder:
         if src is None or src.hlink_group is None:
             raise ProtocolError(f"hard-link reference {first} names no hard-linked entry read so far")
         entry.hlink_group = src.hlink_group
+        entry.xflags = 0
         if first < self.ndx_start:
             return False
         for attr in ("size", "mtime", "mtime_nsec", "mode", "uid", "gid", "rdev_major", "rdev_minor",
                      "link_target", "checksum", "user_name", "group_name"):
             setattr(entry, attr, getattr(src, attr))
-        self._prev.mode, self._prev.mtime = src.mode, src.mtime
+        prev = self._prev
+        prev.mode, prev.mtime = src.mode, src.mtime
+        if self.opts.preserve_uid and src.uid is not None:
+            prev.uid = src.uid
+        if self.opts.preserve_gid and src.gid is not None:
+            prev.gid = src.gid
+        if src.is_device:
+            prev.rdev_major = src.rdev_major
         return True
 
     def _read_ids(self, read: Read, xflags: int, entry: FileEntry) -> None:
         o, prev = self.opts, self._prev
         if o.preserve_uid:
             if not xflags & _SAME_UID:
-                prev.uid = decode_varint(read)
+                prev.uid = decode_varint(read) & 0xFFFFFFFF  # uid_t: ids of 2**31 and up
                 if xflags & _USER_NAME_FOLLOWS:
                     prev.user_names[prev.uid] = read(read(1)[0])
             entry.uid = prev.uid
             entry.user_name = prev.user_names.get(prev.uid)
         if o.preserve_gid:
             if not xflags & _SAME_GID:
-                prev.gid = decode_varint(read)
+                prev.gid = decode_varint(read) & 0xFFFFFFFF
                 if xflags & _GROUP_NAME_FOLLOWS:
                     prev.group_names[prev.gid] = read(read(1)[0])
             entry.gid = prev.gid
@@ -271,7 +281,7 @@ class FlistDecoder:
     def _read_id_list(self, read: Read) -> dict[int, bytes]:
         names: dict[int, bytes] = {}
         for _ in range(1_000_000):
-            ident = decode_varint(read)
+            ident = decode_varint(read) & 0xFFFFFFFF
             if ident == 0:
                 break
             names[ident] = read(read(1)[0])
@@ -291,6 +301,7 @@ class FlistEncoder:
         self._sent_users: set[int] = set()
         self._sent_groups: set[int] = set()
         self.entries_written = 0
+        self.ndx_start = 1 if opts.inc_recurse else 0  # wire ndx of this list's first entry
 
     def encode_entry(self, entry: FileEntry) -> bytes:
         """Wire bytes of one entry; advances the "same as previous" state."""
@@ -314,6 +325,11 @@ class FlistEncoder:
             out.append(bytes([l1]))
         out.append(encode_varint(len(suffix)) if len(suffix) > 255 else bytes([len(suffix)]))
         out.append(suffix)
+        if xflags & _HLINKED and not xflags & _HLINK_FIRST:
+            out.append(encode_varint(entry.hlink_group))
+            if entry.hlink_group >= self.ndx_start:  # in this list: the rest is the first's
+                self._remember(entry)
+                return b"".join(out)
         out.append(encode_varlong(entry.size, 3))
         if not xflags & _SAME_TIME:
             out.append(encode_varlong(entry.mtime, 4))
@@ -350,6 +366,8 @@ class FlistEncoder:
             xflags |= _SAME_TIME
         if entry.mtime_nsec and o.protocol >= 31:
             xflags |= _MOD_NSEC
+        if o.preserve_hard_links and entry.hlink_group is not None and not entry.is_dir:
+            xflags |= _HLINKED | (_HLINK_FIRST if entry.hlink_first else 0)
         return xflags
 
     def _name_follows(self, ident, name, sent: set[int], preserve: bool, same: int) -> bytes | None:

@@ -50,6 +50,7 @@ class Listed:
 
     entry: FileEntry
     source: bytes
+    inode: tuple[int, int] | None = None  # (st_dev, st_ino) of a non-directory with st_nlink > 1
 
 
 @dataclass
@@ -64,6 +65,21 @@ class BuiltList:
     def entries(self) -> list[FileEntry]:
         """The file entries in ndx order."""
         return [item.entry for item in self.items]
+
+    def group_hard_links(self) -> None:
+        """Mark entries that share an inode as one hard-link group (``-H``).
+
+        Every non-directory with more than one link is sent as hard-linked,
+        even when its other links are outside the transfer, as rsync does;
+        the first of a group in ndx order is its leader (``hlink_first``) and
+        every member's ``hlink_group`` is the leader's ndx, which is what the
+        file list sends (rsync flist.c send_file_entry, protocol 30+).
+        """
+        leaders: dict[tuple[int, int], int] = {}
+        for ndx, item in enumerate(self.items):
+            if item.inode is not None:
+                first = leaders.setdefault(item.inode, ndx)
+                item.entry.hlink_group, item.entry.hlink_first = first, first == ndx
 
 
 class _Unreachable(Exception):
@@ -452,7 +468,8 @@ class FlistBuilder:
         elif stat.S_ISREG(mode) and self.file_checksum is not None:
             if not self._checksum(entry, real):
                 return None
-        self.items.append(Listed(entry, real))
+        linked = (st.st_dev, st.st_ino) if st.st_nlink > 1 and not stat.S_ISDIR(mode) else None
+        self.items.append(Listed(entry, real, linked))
         return entry
 
     def _link_target(self, entry: FileEntry, real: bytes) -> bool:

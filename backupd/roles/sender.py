@@ -273,15 +273,14 @@ class Sender:
         return FlistOptions(
             protocol=self.state.protocol, preserve_uid=opts.owner, preserve_gid=opts.group,
             preserve_links=opts.links, preserve_devices=opts.devices, preserve_specials=opts.specials,
-            preserve_hard_links=False, csum_len=csum_len, inc_recurse=False,
+            preserve_hard_links=bool(opts.hard_links), csum_len=csum_len, inc_recurse=False,
             numeric_ids=opts.numeric_ids, id0_names=bool(neg.compat_flags & CompatFlags.ID0_NAMES),
         )
 
     def _send_file_list(self) -> None:
         """Entries, the end marker with io_error, the id lists (flist.c send_file_list())."""
         if self.opts.hard_links:
-            self.out.send_msg(MsgCode.WARNING, b"backupd: -H is not supported on pull yet; "
-                                               b"hard-linked files arrive as separate copies\n")
+            self.state.built.group_hard_links()
         encoder = FlistEncoder(self._flist_options())
         buf = bytearray()
         for item in self.items:

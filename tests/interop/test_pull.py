@@ -215,3 +215,46 @@ def test_symlinks_are_never_followed_out_of_the_module(client, seeded, tmp_path,
     assert all(b"outside the module" not in p.read_bytes() for p in dest.rglob("*") if p.is_file())
     done = client.run("-a", target.url("escape/"), f"{tmp_path / 'd2'}/")
     assert done.returncode == 23 and not (tmp_path / "d2" / "secret.txt").exists(), show(done)
+
+
+# -- -H: hard links arrive as hard links ----------------------------------------------------
+
+
+def link_groups(root) -> list[list[str]]:
+    """Names that share an inode, as sorted groups (regular files only)."""
+    by_inode: dict[int, list[str]] = {}
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            full = os.path.join(dirpath, name)
+            by_inode.setdefault(os.lstat(full).st_ino, []).append(os.path.relpath(full, root))
+    return sorted(sorted(names) for names in by_inode.values())
+
+
+def test_hard_links_pull_as_hard_links_like_rsyncd(client, make_targets, tmp_path):
+    targets = make_targets(seed={
+        "a.txt": File("shared\n", mtime=T0),
+        "solo.txt": File("alone\n", mtime=T0 + 1),
+        "sub": Dir({"c.txt": File("three\n", mtime=T0 + 2)}, mtime=T0 + 3),
+    })
+    for target in targets.values():  # a.txt twice more, sub/c.txt once more, one link left outside
+        os.link(target.module / "a.txt", target.module / "b.txt")
+        os.link(target.module / "a.txt", target.module / "sub" / "a2.txt")
+        os.link(target.module / "sub" / "c.txt", target.module / "z.txt")
+        os.link(target.module / "solo.txt", tmp_path / f"outside-{target.kind}")
+        for d in (target.module / "sub", target.module):
+            os.utime(d, (T0 + 3, T0 + 3))
+    got = {}
+    for kind, target in targets.items():
+        dest = tmp_path / f"dest-{kind}"
+        done = assert_ok(pull(target, client, "-aH", "--stats", dest=dest))
+        assert "not supported" not in done.stderr, done.stderr
+        assert parse_stats(done.stdout)["Number of regular files transferred"] == 3, done.stdout
+        got[kind] = link_groups(dest)
+        assert_trees_equal(target.module, dest)
+    assert got["backupd"] == got["rsyncd"] == [
+        ["a.txt", "b.txt", "sub/a2.txt"], ["solo.txt"], ["sub/c.txt", "z.txt"]
+    ]
+    # a second pull over the result: nothing to send, the links stay
+    again = assert_ok(pull(targets["backupd"], client, "-aH", "--stats", dest=tmp_path / "dest-backupd"))
+    assert parse_stats(again.stdout)["Number of regular files transferred"] == 0, again.stdout
+    assert link_groups(tmp_path / "dest-backupd") == got["rsyncd"]

@@ -257,7 +257,7 @@ class PullClient:
         decoder = FlistDecoder(FlistOptions(
             protocol=self.protocol, preserve_uid=o.owner, preserve_gid=o.group, preserve_links=o.links,
             preserve_devices=o.devices, preserve_specials=o.specials, csum_len=csum_len,
-            numeric_ids=o.numeric_ids, id0_names=True,
+            preserve_hard_links=bool(o.hard_links), numeric_ids=o.numeric_ids, id0_names=True,
         ))
         wire = []
         while (entry := decoder.read_entry(incoming.read)) is not None:

@@ -172,9 +172,23 @@ def test_id_lists_name_the_owners_unless_the_module_forces_numeric_ids(module):
     assert numeric.users == {} and numeric.groups == {}
 
 
-def test_hard_links_option_is_warned_about(module):
+def test_hard_links_are_listed_as_groups_led_by_their_first_entry(module):
+    os.link(module / "hello.txt", module / "zz-hello.txt")
+    os.link(module / "big.bin", module / "sub-link.bin")
     result = PullClient(module, ["-rtH"], [b"mod/"]).run(want=lambda e: False)
-    assert any("-H" in t for t in result.texts(MsgCode.WARNING))
+    assert result.exit_code == ExitCode.OK and not result.texts(MsgCode.WARNING)
+    names = result.names()
+    groups = {}
+    for e in result.entries:
+        if e.hlink_group is not None:
+            groups.setdefault(e.hlink_group, []).append((e.name, e.hlink_first))
+    assert sorted(groups.values()) == [
+        [(b"big.bin", True), (b"sub-link.bin", False)],
+        [(b"hello.txt", True), (b"zz-hello.txt", False)],
+    ]
+    assert all(names[ndx] == members[0][0] for ndx, members in groups.items())
+    plain = PullClient(module, ["-rt"], [b"mod/"]).run(want=lambda e: False)
+    assert all(e.hlink_group is None for e in plain.entries)
 
 
 def test_remove_source_files_needs_a_writable_module(module):
