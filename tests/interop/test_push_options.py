@@ -445,22 +445,10 @@ def test_append_verify_retains_failed_update(make_targets, client, tmp_path):
 
 def test_interrupted_partial_push_keeps_old_version_and_resumes(make_targets, client, tmp_path):
     size = 24 * MiB
-    old = write_random(tmp_path / "old.bin", size, seed=7).read_bytes()
-    new = write_random(tmp_path / "new.bin", size, seed=8).read_bytes()
-    src = make_source(tmp_path / "src", {"big.bin": File(new, mode=0o644, mtime=T0 + 60)})
-    for kind, target in make_targets(seed={"big.bin": File(old, mode=0o644, mtime=T0)}).items():
+    old, new, src, targets = big_file_update(make_targets, tmp_path, size, seed=7)
+    for kind, target in targets.items():
         module = target.module
-        argv = [*client.argv_prefix, "-a", "--partial", "--bwlimit=4m", f"{src}/", target.url()]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("RSYNC_")}
-        proc = subprocess.Popen(
-            argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
-        )
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and not list(module.glob(".big.bin.*")):
-            time.sleep(0.02)
-        time.sleep(1.0)  # ~4 MiB of the 24 MiB are through
-        kill_group(proc, grace_s=0)
-        assert proc.returncode == -signal.SIGKILL, "the push ended before it was interrupted"
+        kill_push_midway(client, target, src, "--partial", after_s=1.0)  # ~4 MiB of the 24 MiB are through
         partial = _wait_settled(module).read_bytes()
         # --partial: the data received so far replaces the file
         assert 0 < len(partial) < size and new.startswith(partial), (kind, len(partial))
@@ -491,23 +479,10 @@ def test_sparse_push_leaves_holes_like_rsyncd(make_targets, client, tmp_path, up
 
 
 def test_killed_client_without_partial_leaves_old_file_and_no_temp(make_targets, client, tmp_path):
-    size = 16 * MiB
-    old = write_random(tmp_path / "old.bin", size, seed=9).read_bytes()
-    new = write_random(tmp_path / "new.bin", size, seed=10).read_bytes()
-    src = make_source(tmp_path / "src", {"big.bin": File(new, mode=0o644, mtime=T0 + 60)})
-    for kind, target in make_targets(seed={"big.bin": File(old, mode=0o644, mtime=T0)}).items():
+    old, _, src, targets = big_file_update(make_targets, tmp_path, 16 * MiB, seed=9)
+    for kind, target in targets.items():
         module = target.module
-        argv = [*client.argv_prefix, "-a", "--bwlimit=4m", f"{src}/", target.url()]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("RSYNC_")}
-        proc = subprocess.Popen(
-            argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
-        )
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and not list(module.glob(".big.bin.*")):
-            time.sleep(0.02)
-        time.sleep(0.5)
-        kill_group(proc, grace_s=0)
-        assert proc.returncode == -signal.SIGKILL, "the push ended before it was interrupted"
+        kill_push_midway(client, target, src, after_s=0.5)
         # the server drops the unfinished temp file; the old version stays in place
         assert _wait_settled(module).read_bytes() == old, kind
         assert not list(module.glob(".big.bin.*")), kind
@@ -519,6 +494,27 @@ def test_killed_client_without_partial_leaves_old_file_and_no_temp(make_targets,
         assert_trees_equal(src, module)
         if kind == "backupd":
             assert target.versions("big.bin") == [old]
+
+
+def big_file_update(make_targets, tmp_path: Path, size: int, seed: int):
+    """Random old and new ``big.bin`` of ``size`` bytes: (old, new, source dir, targets seeded with old)."""
+    old = write_random(tmp_path / "old.bin", size, seed=seed).read_bytes()
+    new = write_random(tmp_path / "new.bin", size, seed=seed + 1).read_bytes()
+    src = make_source(tmp_path / "src", {"big.bin": File(new, mode=0o644, mtime=T0 + 60)})
+    return old, new, src, make_targets(seed={"big.bin": File(old, mode=0o644, mtime=T0)})
+
+
+def kill_push_midway(client, target, src: Path, *extra: str, after_s: float) -> None:
+    """Push ``src/`` at 4 MB/s, SIGKILL the client ``after_s`` after big.bin's temp file appears."""
+    argv = [*client.argv_prefix, "-a", *extra, "--bwlimit=4m", f"{src}/", target.url()]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RSYNC_")}
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not list(target.module.glob(".big.bin.*")):
+        time.sleep(0.02)
+    time.sleep(after_s)
+    kill_group(proc, grace_s=0)
+    assert proc.returncode == -signal.SIGKILL, "the push ended before it was interrupted"
 
 
 def _wait_settled(module: Path, timeout: float = 10) -> Path:
