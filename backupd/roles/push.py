@@ -213,7 +213,9 @@ def run_push(session, request, negotiated: Negotiated) -> ExitCode:
     flist, io_error = read_file_list(opts, negotiated, request.protocol, read)
     adjust_incoming(flist, module)
     history = HistoryStore(module.history_dir.encode()) if module.history else None
-    tree = ModuleTree(module.path, module=module.name, history=history, fsync=module.fsync or opts.fsync)
+    tree = ModuleTree(
+        module.path, module=module.name, history=history, fsync=module.fsync or opts.fsync, root_fd=request.root_fd
+    )
     try:
         dest_dir = strip_module(opts.paths[0], module.name)
         if tree.is_history_path(dest_dir):

@@ -157,7 +157,7 @@ def run_pull(session, request, negotiated: Negotiated) -> ExitCode:
     rules = rules_from_client(texts, sender=True, cvs_exclude="C" in opts.letters)
     history = HistoryStore(module.history_dir.encode()) if module.history else None
     try:
-        tree = ModuleTree(module.path, module=module.name, history=history)
+        tree = ModuleTree(module.path, module=module.name, history=history, root_fd=request.root_fd)
     except StorageError as exc:
         raise RsyncError(f"cannot open module {module.name}: {exc}", ExitCode.FILESELECT) from None
     try:

@@ -35,7 +35,7 @@ from backupd.errors import (
 )
 from backupd.ops import metrics as ops_metrics
 from backupd.protocol import greeting as gr
-from backupd.protocol.constants import MsgCode
+from backupd.protocol.constants import MUNGE_PREFIX, MsgCode
 from backupd.protocol.negotiate import Negotiated, finish_setup, plan_setup
 from backupd.protocol.server_args import (
     TransferOptions,
@@ -46,6 +46,7 @@ from backupd.protocol.server_args import (
 from backupd.protocol.sums import SUPPORTED_CHECKSUMS
 from backupd.protocol.wire import decode_vstring, encode_int32, encode_varint, encode_vstring
 from backupd.roles.channel import Inbox, Outbox
+from backupd.transport.privileges import resolve_identity, switch_to
 from backupd.transport.stream import Stream
 
 MAX_EARLY_INPUT = 5120
@@ -83,6 +84,7 @@ class ModuleRequest:
     protocol: int
     opts: TransferOptions
     args_error: RsyncError | None
+    root_fd: int | None = None  # the module dir, opened before a uid/gid switch
 
 
 class Session:
@@ -122,11 +124,41 @@ class Session:
         self._check_host(module)
         self._claim_slot(module)
         user, read_only = self._authenticate(module, peer)
+        root_fd = self._enter_module(module)
         self.stream.sendall(b"@RSYNCD: OK\n")
         argv = self._read_args()
         opts, error = parse_server_args_lenient(argv)
         self.log = self.log.bind(module=module.name, user=user or "-")
-        return ModuleRequest(module, user, read_only, protocol, opts, error)
+        return ModuleRequest(module, user, read_only, protocol, opts, error, root_fd)
+
+    def _enter_module(self, module: ModuleConfig) -> int | None:
+        """Safety checks and the switch to the module's uid/gid (rsync clientserver.c rsync_module).
+
+        Returns the module directory's fd when the process switched users
+        (opened before, as rsyncd chdirs first), else None.
+
+        Raises:
+            DaemonRefusal: a ``/rsyncd-munged`` directory exists while the
+                module munges symlinks; an unknown uid/gid; a failed switch.
+        """
+        if module.munge_symlinks and os.path.isdir(MUNGE_PREFIX.rstrip(b"/")):
+            self.log.error("Symlink munging is unsafe when a {} directory exists.", os.fsdecode(MUNGE_PREFIX))
+            raise DaemonRefusal("daemon security issue -- contact admin")
+        identity = resolve_identity(module.uid, module.gid)
+        if os.geteuid() != 0 or (identity.uid is None and identity.gid is None):
+            return None
+        try:
+            root_fd = os.open(module.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as exc:
+            self.log.error("module {} path {}: {}", module.name, module.path, exc.strerror)
+            raise DaemonRefusal("chdir failed") from None
+        try:
+            switch_to(identity)
+        except DaemonRefusal:
+            os.close(root_fd)
+            raise
+        self.log.info("switched to uid {} gid {} for module {}", os.getuid(), os.getgid(), module.name)
+        return root_fd
 
     def _send_motd(self) -> None:
         path = self.ctx.config.motd_file
@@ -381,6 +413,9 @@ class Session:
             self.stream.close()
         except OSError:
             pass
+        if self.request is not None and self.request.root_fd is not None:
+            os.close(self.request.root_fd)
+            self.request.root_fd = None
 
 
 def _signed(value: int) -> int:

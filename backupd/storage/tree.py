@@ -65,20 +65,32 @@ class ModuleTree:
         root: the module's ``path`` (may itself be a symlink: config, trusted).
         module: module name, for messages.
         history: where replaced and deleted entries go; None deletes for real.
+        fsync: fsync staged files before they are renamed into place.
+        root_fd: the module directory already opened (before the session
+            switched to the module's uid); the tree keeps a duplicate.
 
     Raises:
         StorageError: the root cannot be opened as a directory.
     """
 
     def __init__(
-        self, root: Path | bytes | str, *, module: str = "", history: HistoryStore | None = None, fsync: bool = True
+        self,
+        root: Path | bytes | str,
+        *,
+        module: str = "",
+        history: HistoryStore | None = None,
+        fsync: bool = True,
+        root_fd: int | None = None,
     ) -> None:
         self.module = module
         self.fsync = fsync  # fsync staged files before the rename (rsync --fsync)
         self.root = root if isinstance(root, bytes) else os.fsencode(os.fspath(root))
         self._root_fd = -1
         with fs_errors(module, self.root):
-            self._root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            if root_fd is not None:  # opened earlier (before a uid switch): the tree owns a duplicate
+                self._root_fd = os.dup(root_fd)
+            else:
+                self._root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self.history = history
         if history is not None:
             history.bind(self._root_fd, module)

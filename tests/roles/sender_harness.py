@@ -37,6 +37,7 @@ from backupd.protocol.wire import (
     encode_varint,
 )
 from backupd.roles.channel import Inbox, Outbox
+from backupd.roles.session import ModuleRequest
 
 COMPAT = (CompatFlags.SYMLINK_TIMES | CompatFlags.SAFE_FLIST | CompatFlags.CHKSUM_SEED_FIX
           | CompatFlags.VARINT_FLIST_FLAGS | CompatFlags.ID0_NAMES)
@@ -160,8 +161,7 @@ class PullClient:
         inbox = Inbox(sock)
         inbox.start_mux()
         session = SimpleNamespace(inbox=inbox, outbox=Outbox(sock), log=logger)
-        request = SimpleNamespace(opts=self.opts, module=self.module, read_only=self.read_only,
-                                  protocol=self.protocol)
+        request = ModuleRequest(self.module, None, self.read_only, self.protocol, self.opts, None)
         negotiated = Negotiated(COMPAT, self.checksum_name, self.checksum_name, self.compression, None, SEED)
         box: dict = {}
 

@@ -1,0 +1,58 @@
+"""resolve_identity / switch_to: names and numbers, rsyncd's refusals, a real switch in a child."""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+
+import pytest
+
+from backupd.errors import DaemonRefusal
+from backupd.transport.privileges import Identity, resolve_identity, switch_to
+
+ROOT = pwd.getpwuid(0)
+
+
+def test_names_and_numbers_resolve_to_ids():
+    assert resolve_identity(ROOT.pw_name, None) == Identity(0, ROOT.pw_gid)  # uid alone: its primary group
+    assert resolve_identity("0", grp.getgrgid(0).gr_name) == Identity(0, 0)
+    assert resolve_identity(None, "4242") == Identity(None, 4242)
+    assert resolve_identity("4242", None) == Identity(4242, None)  # a number with no passwd entry
+    assert resolve_identity(None, None) == Identity(None, None)
+
+
+@pytest.mark.parametrize(("uid", "gid", "message"), [
+    ("no-such-user-xyz", None, "invalid uid no-such-user-xyz"),
+    (None, "no-such-group-xyz", "invalid gid no-such-group-xyz"),
+])
+def test_unknown_names_are_refused_with_rsyncds_message(uid, gid, message):
+    with pytest.raises(DaemonRefusal, match=message):
+        resolve_identity(uid, gid)
+
+
+def test_nothing_to_switch_to_is_no_switch():
+    assert switch_to(Identity(None, None)) is False
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+def test_a_root_process_becomes_the_user_for_good():
+    nobody = pwd.getpwnam("nobody")
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child switches and reports what it then is
+        try:
+            switched = switch_to(Identity(nobody.pw_uid, nobody.pw_gid))
+            try:
+                os.setuid(0)
+                regained = True
+            except PermissionError:
+                regained = False
+            report = f"{switched} {os.getuid()} {os.geteuid()} {os.getgid()} {os.getgroups()} {regained}"
+            os.write(write, report.encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    got = os.read(read, 1000).decode()
+    os.waitpid(pid, 0)
+    assert got == f"True {nobody.pw_uid} {nobody.pw_uid} {nobody.pw_gid} [{nobody.pw_gid}] False"
