@@ -134,8 +134,8 @@ class Session:
     def _enter_module(self, module: ModuleConfig) -> int | None:
         """Safety checks and the switch to the module's uid/gid (rsync clientserver.c rsync_module).
 
-        Returns the module directory's fd when the process switched users
-        (opened before, as rsyncd chdirs first), else None.
+        Returns the module directory's fd when the module names a uid or gid
+        (opened before the switch, as rsyncd chdirs first), else None.
 
         Raises:
             DaemonRefusal: a ``/rsyncd-munged`` directory exists while the
@@ -144,20 +144,20 @@ class Session:
         if module.munge_symlinks and os.path.isdir(MUNGE_PREFIX.rstrip(b"/")):
             self.log.error("Symlink munging is unsafe when a {} directory exists.", os.fsdecode(MUNGE_PREFIX))
             raise DaemonRefusal("daemon security issue -- contact admin")
-        identity = resolve_identity(module.uid, module.gid)
-        if os.geteuid() != 0 or (identity.uid is None and identity.gid is None):
+        if not (module.uid or module.gid):
             return None
+        identity = resolve_identity(module.uid, module.gid)
         try:
             root_fd = os.open(module.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as exc:
             self.log.error("module {} path {}: {}", module.name, module.path, exc.strerror)
             raise DaemonRefusal("chdir failed") from None
         try:
-            switch_to(identity)
+            if switch_to(identity):
+                self.log.info("switched to uid {} gid {} for module {}", os.getuid(), os.getgid(), module.name)
         except DaemonRefusal:
             os.close(root_fd)
             raise
-        self.log.info("switched to uid {} gid {} for module {}", os.getuid(), os.getgid(), module.name)
         return root_fd
 
     def _send_motd(self) -> None:

@@ -1,11 +1,12 @@
 """A session worker takes on the module's ``uid``/``gid`` before it touches the module.
 
 As rsyncd does after auth and before ``@RSYNCD: OK`` (rsync clientserver.c
-rsync_module()): only a root server switches; it sets the group, reduces the
-supplementary groups to that one, then the user, so the session cannot win
-root back. The module directory is opened first, as rsyncd chdirs (or
-chroots) into it before it switches: the module path may lie below
-directories the module's user cannot enter.
+rsync_module()): a root server sets the group, reduces the supplementary
+groups to that one, then the user, so the session cannot win root back; a
+non-root server can only "switch" to its own ids and refuses other ones.
+The module directory is opened first, as rsyncd chdirs (or chroots) into it
+before it switches: the module path may lie below directories the module's
+user cannot enter.
 
 Unlike rsyncd, a root server with neither ``uid`` nor ``gid`` set stays root
 (rsyncd would switch to nobody); a ``uid`` without a ``gid`` takes that
@@ -60,20 +61,27 @@ def resolve_identity(uid_text: str | None, gid_text: str | None) -> Identity:
 
 
 def switch_to(identity: Identity) -> bool:
-    """Become ``identity`` if this process is root; True if it switched.
+    """Become ``identity``; True if the process changed users or groups.
+
+    Root sets the group, the supplementary groups (just that one) and the
+    user. A non-root process makes the same setgid/setuid calls, which
+    succeed only for its own ids, so a module naming another user is
+    refused, as rsyncd refuses it.
 
     Raises:
         DaemonRefusal: setgid, setgroups or setuid failed (the session ends
             with rsyncd's "@ERROR: setgid failed" and so on).
     """
-    if os.geteuid() != 0 or (identity.uid is None and identity.gid is None):
+    if identity.uid is None and identity.gid is None:
         return False
+    before = (os.getuid(), os.getgid(), os.getgroups())
     if identity.gid is not None:
         _call("setgid", os.setgid, identity.gid)
-        _call("setgroups", os.setgroups, [identity.gid])
+        if os.geteuid() == 0:
+            _call("setgroups", os.setgroups, [identity.gid])
     if identity.uid is not None:
         _call("setuid", os.setuid, identity.uid)
-    return True
+    return (os.getuid(), os.getgid(), os.getgroups()) != before
 
 
 def _call(what: str, fn, arg) -> None:

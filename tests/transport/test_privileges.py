@@ -35,24 +35,54 @@ def test_nothing_to_switch_to_is_no_switch():
     assert switch_to(Identity(None, None)) is False
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
-def test_a_root_process_becomes_the_user_for_good():
-    nobody = pwd.getpwnam("nobody")
+def _in_child(fn) -> str:
+    """Run ``fn`` in a forked child (its credentials change for good); its returned text."""
     read, write = os.pipe()
     pid = os.fork()
-    if pid == 0:  # the child switches and reports what it then is
+    if pid == 0:
         try:
-            switched = switch_to(Identity(nobody.pw_uid, nobody.pw_gid))
             try:
-                os.setuid(0)
-                regained = True
-            except PermissionError:
-                regained = False
-            report = f"{switched} {os.getuid()} {os.geteuid()} {os.getgid()} {os.getgroups()} {regained}"
-            os.write(write, report.encode())
+                out = fn()
+            except Exception as exc:  # noqa: BLE001 - reported to the parent
+                out = f"{type(exc).__name__}: {exc}"
+            os.write(write, out.encode())
         finally:
             os._exit(0)
     os.close(write)
     got = os.read(read, 1000).decode()
+    os.close(read)
     os.waitpid(pid, 0)
+    return got
+
+
+def test_a_non_root_process_keeps_its_own_ids_and_refuses_others():
+    nobody = pwd.getpwnam("nobody")
+
+    def unprivileged(target) -> str:
+        def run() -> str:
+            if os.geteuid() == 0:  # become an ordinary user first
+                switch_to(Identity(nobody.pw_uid, nobody.pw_gid))
+            return str(switch_to(target()))
+
+        return _in_child(run)
+
+    assert unprivileged(lambda: Identity(os.getuid(), os.getgid())) == "False"
+    assert unprivileged(lambda: Identity(0, None)) == "DaemonRefusal: setuid failed"
+    assert unprivileged(lambda: Identity(None, 0)) == "DaemonRefusal: setgid failed"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+def test_a_root_process_becomes_the_user_for_good():
+    nobody = pwd.getpwnam("nobody")
+
+    def run() -> str:
+        switched = switch_to(Identity(nobody.pw_uid, nobody.pw_gid))
+        try:
+            os.setuid(0)
+            regained = True
+        except PermissionError:
+            regained = False
+        return f"{switched} {os.getuid()} {os.geteuid()} {os.getgid()} {os.getgroups()} {regained}"
+
+    got = _in_child(run)
     assert got == f"True {nobody.pw_uid} {nobody.pw_uid} {nobody.pw_gid} [{nobody.pw_gid}] False"
