@@ -12,7 +12,9 @@ from dataclasses import dataclass
 
 from backupd.errors import Unsupported
 from backupd.protocol.constants import CompatFlags
+from backupd.protocol.flist import FlistOptions
 from backupd.protocol.server_args import TransferOptions
+from backupd.protocol.sums import Checksum
 
 OUR_COMPRESSIONS = ("zstd", "lz4", "zlibx", "zlib", "none")
 MAX_NAME_LIST = 255
@@ -124,3 +126,25 @@ def _forced(name: str, ours: Sequence[str], what: str) -> str:
     if name not in ours:
         raise Unsupported(f"unknown {what} name: {name} (backupd supports {' '.join(ours)})")
     return name
+
+
+def file_list_options(opts: TransferOptions, negotiated: Negotiated, protocol: int) -> FlistOptions:
+    """What shapes a file-list entry for this session, as both ends derive it.
+
+    From the client's options (-o -g -l -D -H -c --numeric-ids) and the
+    negotiated compat flags and file checksum (rsync flist.c, protocol 30+).
+    """
+    flags = negotiated.compat_flags
+    return FlistOptions(
+        protocol=protocol,
+        preserve_uid=opts.owner,
+        preserve_gid=opts.group,
+        preserve_links=opts.links,
+        preserve_devices=opts.devices,
+        preserve_specials=opts.specials,
+        preserve_hard_links=bool(opts.hard_links),
+        csum_len=Checksum(negotiated.file_checksum, 0).digest_len if opts.checksum else 0,
+        inc_recurse=bool(flags & CompatFlags.INC_RECURSE),
+        numeric_ids=opts.numeric_ids,
+        id0_names=bool(flags & CompatFlags.ID0_NAMES),
+    )

@@ -17,8 +17,8 @@ from backupd.errors import ExitCode, PathEscape, ProtocolError, RsyncError, Stor
 from backupd.protocol.chmod import current_umask, parse_chmod
 from backupd.protocol.constants import MUNGE_PREFIX, CompatFlags, IoError
 from backupd.protocol.filters import decode_filter_list
-from backupd.protocol.flist import FileEntry, FlistDecoder, FlistOptions, check_wire_name, sort_key
-from backupd.protocol.negotiate import Negotiated
+from backupd.protocol.flist import FileEntry, FlistDecoder, check_wire_name, sort_key
+from backupd.protocol.negotiate import Negotiated, file_list_options
 from backupd.protocol.server_args import TransferOptions
 from backupd.protocol.sums import Checksum
 from backupd.storage import HistoryStore, ModuleTree
@@ -87,23 +87,7 @@ def read_file_list(
     Raises:
         ProtocolError: an unsafe name or a malformed entry.
     """
-    opts = state_opts
-    csum_len = Checksum(negotiated.file_checksum, 0).digest_len if opts.checksum else 0
-    decoder = FlistDecoder(
-        FlistOptions(
-            protocol=protocol,
-            preserve_uid=opts.owner,
-            preserve_gid=opts.group,
-            preserve_links=opts.links,
-            preserve_devices=opts.devices,
-            preserve_specials=opts.specials,
-            preserve_hard_links=bool(opts.hard_links),
-            csum_len=csum_len,
-            inc_recurse=bool(negotiated.compat_flags & CompatFlags.INC_RECURSE),
-            numeric_ids=opts.numeric_ids,
-            id0_names=bool(negotiated.compat_flags & CompatFlags.ID0_NAMES),
-        )
-    )
+    decoder = FlistDecoder(file_list_options(state_opts, negotiated, protocol))
     entries = []
     while (entry := decoder.read_entry(read)) is not None:
         if entry.name != b".":

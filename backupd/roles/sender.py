@@ -38,8 +38,8 @@ from backupd.protocol.constants import (
     MsgCode,
 )
 from backupd.protocol.filters import FilterList, decode_filter_list, rules_from_client
-from backupd.protocol.flist import FlistEncoder, FlistOptions
-from backupd.protocol.negotiate import Negotiated
+from backupd.protocol.flist import FlistEncoder
+from backupd.protocol.negotiate import Negotiated, file_list_options
 from backupd.protocol.server_args import TransferOptions
 from backupd.protocol.sums import Checksum, SumHead, decode_block_sums, decode_sum_head
 from backupd.protocol.tokens import make_token_writer
@@ -267,21 +267,11 @@ class Sender:
         return ExitCode.OK
 
     # -- file list ---------------------------------------------------------------------
-    def _flist_options(self) -> FlistOptions:
-        opts, neg = self.opts, self.state.negotiated
-        csum_len = Checksum(neg.file_checksum, 0).digest_len if opts.checksum else 0
-        return FlistOptions(
-            protocol=self.state.protocol, preserve_uid=opts.owner, preserve_gid=opts.group,
-            preserve_links=opts.links, preserve_devices=opts.devices, preserve_specials=opts.specials,
-            preserve_hard_links=bool(opts.hard_links), csum_len=csum_len, inc_recurse=False,
-            numeric_ids=opts.numeric_ids, id0_names=bool(neg.compat_flags & CompatFlags.ID0_NAMES),
-        )
-
     def _send_file_list(self) -> None:
         """Entries, the end marker with io_error, the id lists (flist.c send_file_list())."""
         if self.opts.hard_links:
             self.state.built.group_hard_links()
-        encoder = FlistEncoder(self._flist_options())
+        encoder = FlistEncoder(file_list_options(self.opts, self.state.negotiated, self.state.protocol))
         buf = bytearray()
         for item in self.items:
             buf += encoder.encode_entry(item.entry)
