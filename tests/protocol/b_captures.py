@@ -209,6 +209,16 @@ def _file_list(cur: Cursor) -> list[str]:
     return names
 
 
+def _item_transfers(cur: Cursor) -> bool:
+    """Read an item's iflags and their trailer (fnamecmp type, xname); True if ITEM_TRANSFER."""
+    iflags = struct.unpack("<H", cur.read(2))[0]
+    if iflags & 0x0800:                                    # ITEM_BASIS_TYPE_FOLLOWS
+        cur.byte()
+    if iflags & 0x1000:                                    # ITEM_XNAME_FOLLOWS
+        cur.vstring()
+    return bool(iflags & 0x8000)                           # ITEM_TRANSFER
+
+
 def _requests(cur: Cursor, names: list[str], append: bool) -> list[Request]:
     ndxs, out = NdxReader(), []
     while cur.left():
@@ -218,12 +228,7 @@ def _requests(cur: Cursor, names: list[str], append: bool) -> list[Request]:
                 for _ in range(5):
                     cur.varint()
             continue
-        iflags = struct.unpack("<H", cur.read(2))[0]
-        if iflags & 0x0800:
-            cur.byte()
-        if iflags & 0x1000:
-            cur.vstring()
-        if not iflags & 0x8000:
+        if not _item_transfers(cur):
             continue
         head = cur.read(16)
         count, _, s2_len, _ = struct.unpack("<4i", head)
@@ -285,12 +290,7 @@ def sender_transfers(cap: Capture, read_tokens) -> list[Transfer]:
             if cap.role == "pull" and dones == 3:
                 break
             continue
-        iflags = struct.unpack("<H", cur.read(2))[0]
-        if iflags & 0x0800:
-            cur.byte()
-        if iflags & 0x1000:
-            cur.vstring()
-        if not iflags & 0x8000:
+        if not _item_transfers(cur):
             continue
         head = cur.read(16)
         start = cur.pos
