@@ -24,6 +24,8 @@ Source: design.md §1 "Storage and history"; rsync-protocol-b.md §7-8.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 import stat
 from collections.abc import Callable, Iterator
@@ -56,6 +58,8 @@ if TYPE_CHECKING:
 
 
 T = TypeVar("T")
+# no lock to be had: directory unreadable to us, or no flock on this file system
+_NO_LOCK = frozenset({errno.EACCES, errno.EBADF, errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL})
 
 
 class ModuleTree:
@@ -350,13 +354,14 @@ class ModuleTree:
             except (FileNotFoundError, NotADirectoryError):
                 return DeleteCounts()
             try:
-                try:
-                    st = _lstat(fd, comps[-1])
-                except FileNotFoundError:
-                    return DeleteCounts()
-                if not self._keeps_history(comps):
-                    return remove_tree(fd, comps[-1], st)
-                kept = self.history.move_at(fd, comps, st)
+                with self._entry_lock(fd, comps):
+                    try:
+                        st = _lstat(fd, comps[-1])
+                    except FileNotFoundError:
+                        return DeleteCounts()
+                    if not self._keeps_history(comps):
+                        return remove_tree(fd, comps[-1], st)
+                    kept = self.history.move_at(fd, comps, st)
             finally:
                 os.close(fd)
             if not stat.S_ISDIR(st.st_mode):
@@ -375,13 +380,49 @@ class ModuleTree:
         For storage's own use (StagedFile, symlink); raises OSError.
         """
         name = comps[-1]
+        with self._entry_lock(parent_fd, comps):
+            try:
+                st = _lstat(parent_fd, name)
+            except FileNotFoundError:
+                st = None
+            if st is not None:
+                self._displace(parent_fd, comps, st)
+            os.rename(temp, name, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
+
+    @contextmanager
+    def _entry_lock(self, parent_fd: int, comps: tuple[bytes, ...]) -> Iterator[None]:
+        """Hold an exclusive ``flock`` on the parent directory while an entry is replaced.
+
+        History keeps a version by linking the live entry aside, then the new
+        one is renamed over it; two sessions interleaving those steps on one
+        name (both link the same old entry, both rename) would leave one
+        session's version with no name. Under this lock the pair is atomic
+        for every backupd session (separate processes or threads: each takes
+        it through its own open file description); a SIGKILL releases it with
+        the process, and the pair itself stays crash safe (old entry linked
+        before the rename). Only taken when history is kept. A directory that
+        cannot be opened for reading or a file system without ``flock``
+        (ENOLCK, EOPNOTSUPP) goes unlocked, as before.
+        """
+        if not self._keeps_history(comps):
+            yield
+            return
         try:
-            st = _lstat(parent_fd, name)
-        except FileNotFoundError:
-            st = None
-        if st is not None:
-            self._displace(parent_fd, comps, st)
-        os.rename(temp, name, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
+            fd = os.open(b".", DIR_READ_FLAGS, dir_fd=parent_fd)
+        except OSError as exc:
+            if exc.errno not in _NO_LOCK:
+                raise
+            yield
+            return
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except OSError as exc:
+                if exc.errno not in _NO_LOCK:
+                    raise
+            yield
+        finally:
+            os.close(fd)  # releases the lock
 
     def _displace(self, parent_fd: int, comps: tuple[bytes, ...], st: os.stat_result) -> None:
         """Make way for a rename over ``comps[-1]`` without losing the old entry.
