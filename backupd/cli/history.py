@@ -37,9 +37,9 @@ def _config(config: Path | None, data_dir: Path) -> DaemonConfig:
         from backupd.config.load import load_config
 
         return load_config(config)
-    from backupd.config.default import embedded_default
+    from backupd.config.default import existing_default
 
-    return embedded_default(data_dir)[0]
+    return existing_default(data_dir)  # these commands only read: never create a default
 
 
 def _module(cfg: DaemonConfig, name: str) -> ModuleConfig:

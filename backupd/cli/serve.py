@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from pathlib import Path
@@ -16,7 +17,7 @@ from backupd.ops.logging import setup_logging
 @app.command()
 def serve(
     config: Path = typer.Option(None, "--config", help="rsyncd.conf or backupd.yaml; default: the embedded default"),
-    port: int = typer.Option(None, "--port", help="TCP port (overrides the config)"),
+    port: int = typer.Option(None, "--port", min=0, max=65535, help="TCP port (overrides the config; 0 = any free port)"),
     address: str = typer.Option(None, "--address", help="address to listen on (overrides the config)"),
     stdio: bool = typer.Option(False, "--stdio", help="run one session on stdin/stdout"),
     log_json: bool = typer.Option(False, "--log-json", help="log as JSON lines"),
@@ -26,7 +27,7 @@ def serve(
     metrics_address: str = typer.Option(None, "--metrics-address", help="serve Prometheus metrics on HOST:PORT"),
 ) -> None:
     """Serve rsync clients: every overwritten or deleted file is kept in history."""
-    from backupd.config.load import load_config
+    from backupd.config.load import load_config, module_path_problems
 
     creds = None
     if config is None:
@@ -38,19 +39,22 @@ def serve(
     setup_logging(json=log_json, log_file=cfg.log_file)
     for warning in cfg.warnings:
         logger.warning(warning)
+    for problem in module_path_problems(cfg):
+        logger.error(problem)
     if stdio:
         from backupd.transport.stdio import serve_stdio
 
         sys.exit(int(serve_stdio(cfg)))
-    _serve_tcp(cfg, port if port is not None else cfg.port, address or cfg.address, creds, metrics_address)
+    reload = None if config is None else functools.partial(load_config, config)
+    _serve_tcp(cfg, port if port is not None else cfg.port, address or cfg.address, creds, metrics_address, reload)
 
 
-def _serve_tcp(cfg, port: int, address: str | None, creds, metrics_address: str | None = None) -> None:
+def _serve_tcp(cfg, port: int, address: str | None, creds, metrics_address: str | None = None, reload=None) -> None:
     from backupd.transport.tcp import DaemonServer
     from backupd.transport.worker import preload_session_modules
 
     preload_session_modules()
-    server = DaemonServer(cfg, address=address, port=port)
+    server = DaemonServer(cfg, address=address, port=port, reload=reload)
     try:
         server.bind()
     except OSError as exc:
@@ -70,7 +74,7 @@ def _serve_tcp(cfg, port: int, address: str | None, creds, metrics_address: str 
     sys.stdout.flush()
     from backupd.ops.retention import PRUNE_CHECK_S, daily_prune_job  # history retention, once a day
 
-    server.add_periodic(PRUNE_CHECK_S, daily_prune_job(cfg, server.listeners))
+    server.add_periodic(PRUNE_CHECK_S, daily_prune_job(lambda: server.config, server.listeners))
     try:
         server.serve_forever()
     finally:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from backupd.config.model import AuthUser, DaemonConfig, ModuleConfig
 from backupd.config.secrets import SecretsError, read_secrets
+from backupd.errors import ConfigError
 
 DEFAULT_BASE_DIR = Path("backupd-data")
 DEFAULT_PORT = 8730
@@ -62,19 +63,41 @@ def embedded_default(base_dir: Path = DEFAULT_BASE_DIR) -> tuple[DaemonConfig, D
     secrets_path, password_file = base / "secrets", base / "password"
     password, created = _ensure_password(secrets_path)
     _write_private(password_file, f"{password}\n", replace=True)
+    creds = DefaultCredentials(DEFAULT_USER, password, secrets_path, password_file, created)
+    return _default_config(base), creds
+
+
+def existing_default(base_dir: Path = DEFAULT_BASE_DIR) -> DaemonConfig:
+    """The default configuration of an earlier ``backupd serve``, creating nothing.
+
+    For the commands that only read (``history ls``, ``restore``, ``prune``):
+    they must not make a new module and password where there was none.
+
+    Raises:
+        ConfigError: ``<base_dir>/backup`` does not exist; the message says
+            what was looked for and how to name a configuration instead.
+    """
+    base = Path(base_dir).absolute()
+    if not (base / DEFAULT_MODULE).is_dir():
+        raise ConfigError(
+            f"no --config given and no embedded default at {base / DEFAULT_MODULE} "
+            f"(made by 'backupd serve' in {base.parent}); pass --config FILE or --data-dir DIR"
+        )
+    return _default_config(base)
+
+
+def _default_config(base: Path) -> DaemonConfig:
     module = ModuleConfig(
         name=DEFAULT_MODULE,
         path=base / DEFAULT_MODULE,
         comment="backupd default module",
         read_only=False,
         auth_users=(AuthUser(DEFAULT_USER),),
-        secrets_file=secrets_path,
+        secrets_file=base / "secrets",
         history=True,
         history_keep_days=DEFAULT_KEEP_DAYS,
     )
-    cfg = DaemonConfig(modules={DEFAULT_MODULE: module}, port=DEFAULT_PORT, address=DEFAULT_ADDRESS)
-    creds = DefaultCredentials(DEFAULT_USER, password, secrets_path, password_file, created)
-    return cfg, creds
+    return DaemonConfig(modules={DEFAULT_MODULE: module}, port=DEFAULT_PORT, address=DEFAULT_ADDRESS)
 
 
 def _ensure_password(secrets_path: Path) -> tuple[str, bool]:

@@ -6,6 +6,7 @@ a file, the embedded default (``default.py``) is used.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from backupd.config.default import embedded_default
@@ -38,3 +39,20 @@ def load_config(path: Path | None) -> DaemonConfig:
     if is_yaml_path(path):
         return load_yaml_conf(path)
     return load_rsyncd_conf(path)
+
+
+def module_path_problems(config: DaemonConfig) -> list[str]:
+    """One line per module whose ``path`` is not a directory the server can open.
+
+    Such a module is still served: each session to it is refused with
+    rsyncd's ``@ERROR: chroot failed`` (or ``chdir failed``), exit 5, while
+    the other modules work, as with stock rsyncd. The lines are for the log
+    at start and on reload.
+    """
+    problems = []
+    for module in config.modules.values():
+        try:
+            os.close(os.open(module.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
+        except OSError as exc:
+            problems.append(f"module {module.name}: path {module.path}: {exc.strerror}; its sessions will be refused")
+    return problems

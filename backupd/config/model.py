@@ -56,6 +56,9 @@ class ModuleConfig:
     uid: str | None = None
     gid: str | None = None
     fake_super: bool = False
+    # backupd confines every path itself (dir-fd walks) and never chroots; the
+    # setting picks rsyncd's refusal text for a missing path (chroot/chdir failed)
+    use_chroot: bool = True
     fsync: bool = False
     history: bool = True
     history_dir: str = "history-backup"

@@ -285,6 +285,7 @@ PARAMS: tuple[Param, ...] = (
     _m("uid", to_opt_str),
     _m("gid", to_opt_str),
     _m("fake super", to_bool),
+    _m("use chroot", to_bool),
     # backupd's own
     _m("history", to_bool),
     _m("history dir", to_history_dir),
@@ -294,7 +295,6 @@ PARAMS: tuple[Param, ...] = (
     _g("ssh host key", to_path),
     _g("ssh authorized keys", to_path),
     # rsyncd module parameters accepted and ignored
-    _ignored("use chroot"),
     _ignored("name"),
     _ignored("charset"),
     _ignored("max verbosity"),

@@ -68,7 +68,7 @@ def prune_all_modules(config: DaemonConfig, now: datetime) -> dict[str, PruneRes
     return results
 
 
-def daily_prune_job(config: DaemonConfig, listeners: Sequence[socket.socket] = (), *,
+def daily_prune_job(config: DaemonConfig | Callable[[], DaemonConfig], listeners: Sequence[socket.socket] = (), *,
                     clock: Callable[[], datetime] = datetime.now,
                     spawn: Callable[[Callable[[], None]], None] | None = None) -> Callable[[], None]:
     """A job for ``DaemonServer.add_periodic``: prune every module once per local day.
@@ -76,6 +76,8 @@ def daily_prune_job(config: DaemonConfig, listeners: Sequence[socket.socket] = (
     The first call prunes; later calls prune again only when the local date
     has changed. The pass runs in a detached grandchild (listening sockets
     closed there), unless ``spawn`` (tests) runs it some other way.
+    ``config`` may be a callable giving the configuration in force (it
+    changes on SIGHUP).
     """
     last: list[date | None] = [None]
     run = spawn or (lambda work: _detached(work, listeners))
@@ -85,7 +87,8 @@ def daily_prune_job(config: DaemonConfig, listeners: Sequence[socket.socket] = (
         if last[0] == now.date():
             return
         last[0] = now.date()
-        run(lambda: prune_all_modules(config, now))
+        current = config() if callable(config) else config
+        run(lambda: prune_all_modules(current, now))
 
     return job
 

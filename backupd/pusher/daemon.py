@@ -16,14 +16,13 @@ import os
 import time
 from collections.abc import Callable
 
-import psycopg
 from loguru import logger
 
 from backupd.config.pusher_model import PusherConfig, SourceConfig
 from backupd.errors import BackupdError
 from backupd.pusher.coalesce import Change, Kind, PathEvent, coalesce, merge
 from backupd.pusher.excludes import ExcludeRules
-from backupd.pusher.lease import RESCAN_KIND, Lease
+from backupd.pusher.lease import RESCAN_KIND, Lease, database_errors
 from backupd.pusher.metrics import PusherMetrics
 from backupd.pusher.queue import TargetQueue
 from backupd.pusher.source_state import Loss, SourceState, on_full_sync_done, on_loss, on_start
@@ -147,6 +146,8 @@ class Pusher:
         self.metrics = metrics or PusherMetrics()
         self.store = StateStore(config.state_dir)
         self.lease = Lease(config.ha) if config.ha is not None else None
+        # psycopg only with HA; without it no database call can fail, and `except ()` catches nothing
+        self.db_errors: tuple[type[BaseException], ...] = database_errors() if config.ha is not None else ()
         self.epoch: int | None = None
         self.valid_until = 0.0
         self.running: set[asyncio.Task] = set()
@@ -220,7 +221,7 @@ class Pusher:
             if self.epoch is not None:
                 try:
                     await self.lease.release(self.epoch)
-                except psycopg.Error:
+                except self.db_errors:
                     pass
             await self.lease.close()
         for source in self.sources:
@@ -233,7 +234,7 @@ class Pusher:
     async def _final_flush(self) -> None:
         try:
             await self.flush()
-        except (psycopg.Error, OSError) as exc:
+        except (*self.db_errors, OSError) as exc:
             logger.warning("last events not saved: {}", exc)
 
     # ------------------------------------------------------------ events -> queues
@@ -245,7 +246,7 @@ class Pusher:
                 await self.flush()
                 if self.lease is not None and self.may_push():
                     await self.drain_journal()
-            except psycopg.Error as exc:
+            except self.db_errors as exc:
                 logger.warning("journal unavailable: {}", exc)
                 await asyncio.sleep(1.0)
             self._update_metrics()
@@ -263,7 +264,7 @@ class Pusher:
                 continue
             try:
                 await self.lease.append(source.label, changes)
-            except psycopg.Error:
+            except self.db_errors:
                 coalesce_back(source, changes)
                 raise
 
@@ -293,7 +294,7 @@ class Pusher:
         """Follower lost events: ask the leader for a full sync via the journal."""
         try:
             await self.lease.append_rescan(source.label)
-        except psycopg.Error as exc:
+        except self.db_errors as exc:
             logger.warning("rescan request not journaled: {}", exc)
             return
         source.machine = on_full_sync_done(source.machine, source.machine.generation)
@@ -319,7 +320,7 @@ class Pusher:
             started = time.monotonic()
             try:
                 await self._ha_step(started)
-            except (psycopg.Error, OSError) as exc:
+            except (*self.db_errors, OSError) as exc:
                 logger.warning("lease database unavailable: {}", exc)
                 await self.lease.close()
             if self.epoch is not None and time.monotonic() >= self.valid_until - ha.lease_s / 6:

@@ -27,11 +27,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import psycopg
 
 from backupd.config.pusher_model import HaConfig
 from backupd.pusher.coalesce import Change
+
+if TYPE_CHECKING:  # psycopg is imported only when HA is configured (Lease.connect)
+    import psycopg
 
 RESCAN_KIND = 0
 _SETUP = (
@@ -74,6 +77,16 @@ class JournalRow:
     node: str
 
 
+def database_errors() -> tuple[type[BaseException], ...]:
+    """The exception types a lease call raises when the database fails (psycopg.Error).
+
+    Imports psycopg, so call it only when HA is configured.
+    """
+    import psycopg
+
+    return (psycopg.Error,)
+
+
 class Lease:
     """One node's view of the lease and the journal (one async connection)."""
 
@@ -89,6 +102,8 @@ class Lease:
             psycopg.Error: the database cannot be reached.
         """
         await self.close()
+        import psycopg
+
         self.conn = await psycopg.AsyncConnection.connect(self.ha.dsn, autocommit=True, connect_timeout=5)
         for statement in _SETUP:
             try:

@@ -145,13 +145,10 @@ class Session:
             self.log.error("Symlink munging is unsafe when a {} directory exists.", os.fsdecode(MUNGE_PREFIX))
             raise DaemonRefusal("daemon security issue -- contact admin")
         if not (module.uid or module.gid):
+            os.close(self._open_module_dir(module))  # a missing path is refused here, as rsyncd does
             return None
         identity = resolve_identity(module.uid, module.gid)
-        try:
-            root_fd = os.open(module.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except OSError as exc:
-            self.log.error("module {} path {}: {}", module.name, module.path, exc.strerror)
-            raise DaemonRefusal("chdir failed") from None
+        root_fd = self._open_module_dir(module)
         try:
             if switch_to(identity):
                 self.log.info("switched to uid {} gid {} for module {}", os.getuid(), os.getgid(), module.name)
@@ -159,6 +156,20 @@ class Session:
             os.close(root_fd)
             raise
         return root_fd
+
+    def _open_module_dir(self, module: ModuleConfig) -> int:
+        """The module directory's fd (rsync clientserver.c rsync_module: chroot/chdir).
+
+        Raises:
+            DaemonRefusal: the path cannot be opened as a directory; the
+                message is rsyncd's, ``chroot failed`` or (``use chroot =
+                no``) ``chdir failed``, and the reason goes to the log.
+        """
+        try:
+            return os.open(module.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as exc:
+            self.log.error("module {} path {}: {}", module.name, module.path, exc.strerror)
+            raise DaemonRefusal("chroot failed" if module.use_chroot else "chdir failed") from None
 
     def _send_motd(self) -> None:
         path = self.ctx.config.motd_file

@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 from loguru import logger
 
+from backupd.config.load import module_path_problems
 from backupd.config.model import DaemonConfig
 from backupd.protocol.greeting import encode_error, encode_greeting
 from backupd.transport.worker import fork_session
@@ -27,8 +28,22 @@ MAX_WORKERS = 256  # a hard cap on session processes; per-module limits are `max
 class DaemonServer:
     """Listens on ``address:port`` and forks a worker per connection."""
 
-    def __init__(self, config: DaemonConfig, *, address: str | None, port: int) -> None:
+    def __init__(
+        self,
+        config: DaemonConfig,
+        *,
+        address: str | None,
+        port: int,
+        reload: Callable[[], DaemonConfig] | None = None,
+    ) -> None:
+        """``reload`` re-reads the configuration on SIGHUP (None: nothing to re-read).
+
+        It raises on a broken file (ConfigError, OSError); the old
+        configuration then stays in force.
+        """
         self.config = config
+        self.reload_config = reload
+        self._reload_pending = False
         self.address = address
         self.port = port
         self.children: dict[int, float] = {}
@@ -70,14 +85,55 @@ class DaemonServer:
         """Stop accepting (signal handler)."""
         self._stop = True
 
+    def request_reload(self, *_args) -> None:
+        """Re-read the configuration before the next accept (SIGHUP handler)."""
+        self._reload_pending = True
+
+    def reload(self) -> bool:
+        """Re-read the configuration now; new sessions get it, running ones keep theirs.
+
+        Returns:
+            True if the new configuration is in force. A file that fails to
+            load leaves the old one in force and logs why; the listening
+            address and port are not changed (that needs a restart).
+        """
+        self._reload_pending = False
+        if self.reload_config is None:
+            logger.info("SIGHUP: no configuration file to re-read (embedded default)")
+            return False
+        try:
+            new = self.reload_config()
+        except Exception as exc:  # a broken file must never stop the daemon
+            logger.error("SIGHUP: configuration not reloaded, the previous one stays in force: {}", exc)
+            return False
+        old = self.config
+        added = sorted(set(new.modules) - set(old.modules))
+        removed = sorted(set(old.modules) - set(new.modules))
+        changed = sorted(n for n in set(new.modules) & set(old.modules) if new.modules[n] != old.modules[n])
+        if (new.port, new.address) != (old.port, old.address):
+            logger.warning("SIGHUP: 'port' and 'address' apply after a restart only")
+        for warning in new.warnings:
+            logger.warning(warning)
+        for problem in module_path_problems(new):
+            logger.error(problem)
+        self.config = new
+        logger.info(
+            "SIGHUP: configuration reloaded ({} modules; added: {}; removed: {}; changed: {})",
+            len(new.modules), ", ".join(added) or "none", ", ".join(removed) or "none", ", ".join(changed) or "none",
+        )
+        return True
+
     def serve_forever(self) -> None:
-        """Accept until stopped (SIGTERM/SIGINT); then wait briefly for sessions."""
+        """Accept until stopped (SIGTERM/SIGINT); SIGHUP re-reads the configuration."""
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
+        signal.signal(signal.SIGHUP, self.request_reload)
         selector = selectors.DefaultSelector()
         for sock in self.listeners:
             selector.register(sock, selectors.EVENT_READ)
         while not self._stop:
+            if self._reload_pending:
+                self.reload()
             for key, _ in selector.select(timeout=0.5):
                 self._accept(key.fileobj)
             self._reap()

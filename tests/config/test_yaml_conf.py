@@ -101,6 +101,7 @@ def test_bench_yaml_fixture_loads():
             gid="0",
             numeric_ids=True,
             munge_symlinks=False,
+            use_chroot=False,
         ),
     }
 
