@@ -128,12 +128,13 @@ def restore(
     at: Annotated[str, typer.Option("--at", help=AT_HELP)],
     to: Annotated[Path, typer.Option("--to", help="directory to copy the version into (created if missing)")],
     force: Annotated[bool, typer.Option("--force", help="replace what is already there")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="show which version would go where, write nothing")] = False,
     config: ConfigOpt = None,
     data_dir: DataDirOpt = DEFAULT_DATA_DIR,
 ) -> None:
     """Copy a version of PATH out of the module's history into --to DIR."""
     from backupd.storage import ModuleTree
-    from backupd.storage.versions import find_versions, pick_version, restore_version
+    from backupd.storage.versions import find_versions, pick_version, restore_target, restore_version
 
     when = parse_at(at)
     mod = _module(_config(config, data_dir), module)
@@ -145,6 +146,11 @@ def restore(
                 days = sorted({v.day.isoformat() for v in versions if v.day is not None})
                 shown = ", ".join(days) or "none"
                 raise _fail(f"{path}: no version in history for {at} (days with versions: {shown})")
+            if dry_run:
+                target = restore_target(tree, chosen, to)
+                exists = " (exists: --force would replace it)" if os.path.lexists(target) else ""
+                typer.echo(f"would restore {os.fsdecode(chosen.path)} -> {target}{exists}; dry run, nothing written")
+                return
             target = restore_version(tree, chosen, to, force=force)
     except FileExistsError as exc:
         raise _fail(f"{exc.strerror}") from None

@@ -212,6 +212,15 @@ def pick_version(versions: list[Version], at: date | datetime) -> Version | None
     return max(chosen, key=lambda v: (v.day, v.rank), default=None)
 
 
+def restore_target(tree: ModuleTree, version: Version, dest_dir: Path) -> Path:
+    """Where :func:`restore_version` would put ``version``: ``dest_dir / <original name>``.
+
+    Pure: reads and creates nothing (``restore --dry-run``).
+    """
+    name = split_path(version.path, tree.module)[-1]
+    return Path(dest_dir) / os.fsdecode(name if version.current else _original_name(name))
+
+
 def restore_version(tree: ModuleTree, version: Version, dest_dir: Path, *, force: bool = False) -> Path:
     """Copy ``version`` out of the module to ``dest_dir / <its original name>``.
 
@@ -232,8 +241,8 @@ def restore_version(tree: ModuleTree, version: Version, dest_dir: Path, *, force
     comps = split_path(version.path, tree.module)
     original = _original_name(comps[-1]) if not version.current else comps[-1]
     dest_dir = Path(dest_dir)
+    target = restore_target(tree, version, dest_dir)
     dest_dir.mkdir(parents=True, exist_ok=True)
-    target = dest_dir / os.fsdecode(original)
     if os.path.lexists(target) and not force:
         raise FileExistsError(errno.EEXIST, f"{target} exists (use --force to replace it)")
     dst_fd = os.open(dest_dir, DIR_READ_FLAGS)

@@ -53,6 +53,10 @@ def test_deleted_file_comes_back_by_restore_and_by_pull(client, backupd_target, 
     assert "current" not in listed.stdout
 
     out = tmp_path / "restored"
+    dry = backupd("restore", "mod", "docs/report.txt", "--at", day, "--to", out, "--dry-run", "--config", conf)
+    assert dry.returncode == 0, dry.stderr
+    assert f"-> {out / 'report.txt'}" in dry.stdout and "nothing written" in dry.stdout
+    assert not out.exists(), "restore --dry-run created its target directory"
     done = backupd("restore", "mod", "docs/report.txt", "--at", day, "--to", out, "--config", conf)
     assert done.returncode == 0, done.stderr
     assert (out / "report.txt").read_text() == "the first report\n"
