@@ -8,6 +8,12 @@ block table, and only candidates are walked in Python, with the strong sum
 from the C hash. ``match_tokens_ref`` is the byte-by-byte transcription it
 is tested against. Source: rsync match.c (3.5.0) match_sums(),
 hash_search(), matched(); docs/rsync-protocol-b.md §5.
+
+Work is bounded per byte whatever the client's sums are: a weak sum's chain
+is one dict lookup by (length, strong sum), so at most one strong sum per
+offset; and where candidates are dense (sums that all share a zero or
+periodic file's weak sum), offsets whose window equals an earlier unmatched
+one are skipped without hashing (``_earlier_twins``).
 """
 
 from __future__ import annotations
@@ -29,6 +35,10 @@ from backupd.protocol.sums import (
 
 MAX_CHAIN = 1024            # 3.5.0 MAX_CHAIN_LEN: equal weak sums tried per offset (None: 3.2.7)
 MATCH_WINDOW = 1024 * 1024  # offsets whose weak sums are computed per NumPy pass (>= 16 blocks)
+TWIN_DENSITY = 16          # equal windows looked for when one offset in this many is a candidate
+_HASH_BASE = 0x9E3779B97F4A7C15  # odd: invertible mod 2**64
+_HASH_INV = pow(_HASH_BASE, -1, 1 << 64)
+_HASH_MIX = np.uint64(0xC2B2AE3D27D4EB4F)
 _PREFILTER_SHIFT = 12       # bitmap over the top 20 bits of sum1 before the exact lookup
 
 
@@ -91,6 +101,19 @@ class _Search:
         self.last_match = 0
         self.pos = 0          # next offset the search looks at
         self.want = 0
+        self._tables: dict[int, dict[tuple[int, bytes], int]] = {}
+        self._lengths: dict[int, set[int]] = {}
+        self.strong_sums = 0  # strong sums computed (bounded: at most one per offset)
+        self._powers: tuple[np.ndarray, np.ndarray] | None = None
+
+    def hash_powers(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(inverse base ** j, base ** j)`` mod 2**64 for ``j < n``, uint64, kept for the next pass."""
+        if self._powers is None or len(self._powers[0]) < n:
+            inv = np.full(n, _HASH_INV, dtype=np.uint64)
+            base = np.full(n, _HASH_BASE, dtype=np.uint64)
+            inv[0] = base[0] = 1
+            self._powers = (np.cumprod(inv), np.cumprod(base))
+        return self._powers
 
     def block_len(self, i: int) -> int:
         return self.last_len if i == self.head.count - 1 else self.b
@@ -103,19 +126,40 @@ class _Search:
             hi = min(hi, lo + self.max_chain)
         return self.order[lo:hi]
 
+    def candidates(self, weak: int) -> dict[tuple[int, bytes], int]:
+        """``(block length, strong sum) -> block`` for the chain of ``weak``, built once.
+
+        The first block in C's chain order wins, so one lookup gives what
+        hash_search()'s walk of up to ``max_chain`` equal weak sums gives:
+        blocks that share a weak sum and a strong sum are checked once,
+        however many the client sent (the CVE-2026-70453 class).
+        """
+        table = self._tables.get(weak)
+        if table is None:
+            table = {}
+            for i in reversed(self.chain(weak).tolist()):
+                table[(self.block_len(i), self.sum2[i])] = i  # earlier in the chain overwrites
+            self._tables[weak] = table
+            self._lengths[weak] = {length for length, _ in table}
+        return table
+
+    def strong_sum(self, offset: int, length: int) -> bytes:
+        """Strong sum of ``length`` bytes at ``offset``, cut to the compared length (counted)."""
+        self.strong_sums += 1
+        return self.checksum.block_sum(self.view[offset : offset + length])[: self.cmp_len]
+
     def find(self, offset: int, weak: int) -> int | None:
-        """Block matching at ``offset`` (weak sum ``weak``), after the want-next rule; or None."""
+        """Block matching at ``offset`` (weak sum ``weak``), after the want-next rule; or None.
+
+        At most one strong sum per offset, and none when no block of this
+        weak sum has this length.
+        """
         length = min(self.b, self.size - offset)
-        found = strong = None
-        for i in self.chain(weak).tolist():
-            if self.block_len(i) != length:
-                continue
-            if strong is None:
-                block = self.view[offset : offset + length]
-                strong = self.checksum.block_sum(block)[: self.cmp_len]
-            if self.sum2[i] == strong:
-                found = i
-                break
+        table = self.candidates(weak)
+        if length not in self._lengths[weak]:
+            return None
+        strong = self.strong_sum(offset, length)
+        found = table.get((length, strong))
         want = self.want
         if (
             found is not None and found != want and want < self.head.count
@@ -229,19 +273,69 @@ def _scan_full_windows(search: _Search, window: int) -> Iterator[SendCall]:
             if start > last_full:
                 break
         stop = min(start + window, last_full + 1)
-        sums = rolling_sums1(search.view[start : stop + b - 1], b)
+        piece = search.view[start : stop + b - 1]
+        sums = rolling_sums1(piece, b)
         hits = np.flatnonzero(bitmap[sums >> _PREFILTER_SHIFT])
         hits = hits[np.isin(sums[hits], table)]
+        twin = _earlier_twins(search, piece, sums, hits)
         k = 0
+        seg = 0  # offsets (relative) from here on were all looked at, none matched
         while k < len(hits):
+            if twin is not None:
+                k = _next_untwinned(twin, k, seg)
+                if k >= len(hits):
+                    break
             offset = start + int(hits[k])
             yield from search.flushes_before(offset)
             if (i := search.find(offset, int(sums[offset - start]))) is None:
                 k += 1
                 continue
             yield search.emit_match(offset, i)
-            k = int(np.searchsorted(hits, search.pos - start))
+            seg = search.pos - start
+            k = int(np.searchsorted(hits, seg))
         start = stop
+
+
+def _earlier_twins(search: _Search, piece: memoryview, sums: np.ndarray, hits: np.ndarray) -> np.ndarray | None:
+    """For each hit, the nearest earlier hit whose window has the same bytes, else -1.
+
+    Equal windows have equal weak and strong sums, so a twin of an offset
+    that matched nothing matches nothing either and is never hashed: a
+    zero-filled or periodic file against block sums that all share its weak
+    sum costs one strong sum per distinct window, not one per byte (the
+    CVE-2026-70453 class). Windows are told apart by weak sum and a 64-bit
+    polynomial hash (NumPy prefix sums); two different windows with equal
+    hashes only cost a match that is then not found (its bytes go as
+    literal data), never a wrong one. None when hits are sparse (each is
+    looked at anyway).
+    """
+    if len(hits) * TWIN_DENSITY < len(piece) or search.b < 2:
+        return None
+    b = search.b
+    inv_pows, pows = search.hash_powers(len(piece))
+    prefix = np.zeros(len(piece) + 1, dtype=np.uint64)
+    np.cumsum(np.frombuffer(piece, dtype=np.uint8) * inv_pows[: len(piece)], out=prefix[1:])
+    keys = (prefix[hits + b] - prefix[hits]) * pows[hits] + sums[hits].astype(np.uint64) * _HASH_MIX
+    order = np.argsort(keys, kind="stable")       # equal windows: in offset order
+    same = keys[order[1:]] == keys[order[:-1]]
+    twin = np.full(len(hits), -1, dtype=np.int64)
+    twin[order[1:][same]] = hits[order[:-1][same]]
+    return twin
+
+
+def _next_untwinned(twin: np.ndarray, k: int, seg: int) -> int:
+    """First index from ``k`` whose hit has no twin at or after ``seg`` (looked at, unmatched).
+
+    Galloping: the work is proportional to the hits skipped.
+    """
+    n = 64
+    while k < len(twin):
+        nz = np.flatnonzero(twin[k : k + n] < seg)
+        if len(nz):
+            return k + int(nz[0])
+        k += n
+        n *= 2
+    return len(twin)
 
 
 def match_tokens_ref(

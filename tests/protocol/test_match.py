@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import random
+import time
 import tracemalloc
 from functools import cache
 
+import numpy as np
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
@@ -243,3 +245,56 @@ def test_memory_stays_bounded_for_big_files():
         tracemalloc.stop()
     assert calls == head.count        # every block but the changed one, its literal, the end
     assert peak < 48 << 20            # unwindowed: about 16 bytes per byte = 256 MiB
+
+
+# ---------------------------------------------------------------- bounded work
+
+def _counting(checksum: Checksum) -> list[int]:
+    """Count the strong sums ``checksum`` computes from now on (returns the counter)."""
+    count, real = [0], checksum.block_sum
+
+    def block_sum(data):
+        count[0] += 1
+        return real(data)
+
+    checksum.block_sum = block_sum
+    return count
+
+
+@pytest.mark.parametrize("unit", [b"\x00", b"ab", b"abcdefghi", bytes(range(256))],
+                         ids=["zeros", "period-2", "period-9", "period-256"])
+def test_equal_weak_sums_cost_bounded_work(unit):
+    """Issue 15.3: a client's sums that all share the file's weak sum, none its strong sum.
+
+    Before: up to 1024 candidates per offset, a strong sum at every offset
+    (about 900 s of CPU for 4 MiB of zeros); now one strong sum per distinct
+    window, and well under 2 s.
+    """
+    size = 4 << 20
+    data = (unit * (size // len(unit) + 1))[:size]
+    checksum = Checksum("xxh128", 1)
+    head = sum_sizes(size, checksum.digest_len)
+    weak = generate_sums(data[: head.block_len], SumHead(1, head.block_len, 16, 0), checksum)[:4]
+    sum1 = np.full(head.count, int.from_bytes(weak, "little"), dtype=np.uint32)
+    rng = random.Random(5)
+    sum2 = [rng.randbytes(16) for _ in range(head.count)]
+    strong = _counting(checksum)
+    started = time.process_time()
+    calls = as_tuples(match_tokens(data, head, sum1, sum2, checksum))
+    cpu_s = time.process_time() - started
+    assert covered(calls) == data and all(token < 0 for _, token, _ in calls)
+    assert strong[0] <= len(unit) + 8            # one per distinct window (+ the edges of passes)
+    assert cpu_s < 2.0                           # loose: the count above is the real bound
+
+
+def test_equal_blocks_in_a_long_chain_are_checked_once():
+    """5000 blocks with one weak sum and one strong sum: one lookup per offset, not a walk."""
+    data = bytes(64 * 5000)
+    checksum = Checksum("md5", 3)
+    head = SumHead(5000, 64, 16, 0)
+    sum1, sum2 = decode_block_sums(generate_sums(data, head, checksum), head)
+    strong = _counting(checksum)
+    for max_chain in (1024, None):
+        calls = as_tuples(match_tokens(data, head, sum1, sum2, checksum, max_chain=max_chain))
+        assert [t for _, t, _ in calls] == list(range(5000)) + [-1]   # want-next keeps the order
+    assert strong[0] == 2 * 5000
