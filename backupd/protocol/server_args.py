@@ -47,6 +47,7 @@ class TransferOptions:
     omit_dir_times: bool = False
     omit_link_times: bool = False
     prune_empty_dirs: bool = False
+    mkpath: bool = False
     copy_links: bool = False
     copy_dirlinks: bool = False
     fuzzy: int = 0
@@ -225,7 +226,7 @@ def _long_table() -> dict[str, Callable[[TransferOptions, str | None], None]]:
         "no-specials": flag("specials", False), "no-devices": flag("devices", False),
         "safe-links": flag("safe_links"), "copy-unsafe-links": flag("copy_unsafe_links"),
         "info": ignore, "debug": ignore, "msgs2stderr": ignore, "no-msgs2stderr": ignore,
-        "max-alloc": ignore, "fsync": flag("fsync"), "preallocate": ignore, "mkpath": ignore,
+        "max-alloc": ignore, "fsync": flag("fsync"), "preallocate": ignore, "mkpath": flag("mkpath"),
         "skip-compress": ignore, "compress-threads": ignore, "stop-after": ignore, "stop-at": ignore,
         "no-i-r": ignore, "no-inc-recursive": ignore, "protect-args": flag("protect_args"),
         "secluded-args": flag("protect_args"), "dirs": flag("dirs"), "omit-dir-times": flag("omit_dir_times"),

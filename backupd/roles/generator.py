@@ -181,7 +181,10 @@ class Generator:
     def _process_dir(self, ndx: int, entry: FileEntry, path: bytes, delete_during: bool) -> None:
         tree, dry = self.state.tree, self.opts.dry_run
         st = self._lstat(path)
-        if st is not None and stat.S_ISDIR(st.st_mode):
+        if ndx == 0 and self.state.dir_created:  # get_local_name made it: FLAG_DIR_CREATED
+            st = None
+            iflags = _IS_NEW | _LOCAL_CHANGE
+        elif st is not None and stat.S_ISDIR(st.st_mode):
             iflags = self._attr_changes(entry, st)
         else:
             if st is not None and not dry:

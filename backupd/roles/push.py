@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from backupd.errors import ExitCode, PathEscape, ProtocolError, RsyncError, StorageError
 from backupd.protocol.chmod import current_umask, parse_chmod
-from backupd.protocol.constants import MUNGE_PREFIX, CompatFlags, IoError
+from backupd.protocol.constants import MUNGE_PREFIX, CompatFlags, IoError, MsgCode
 from backupd.protocol.filters import decode_filter_list
 from backupd.protocol.flist import FileEntry, FlistDecoder, check_wire_name, sort_key
 from backupd.protocol.negotiate import Negotiated, file_list_options
@@ -45,6 +45,7 @@ class PushState:
     umask: int = 0o022
     file_errors: int = 0
     is_root: bool = False
+    dir_created: bool = False
 
     def module_path(self, ndx: int) -> bytes:
         """Module-relative destination of entry ``ndx``."""
@@ -152,30 +153,89 @@ def build_module_filters(module):
     return FilterList(rules) if rules else None
 
 
-def plan_destination(state: PushState, dest_arg: bytes) -> None:
-    """Map each entry to its module path (rsync main.c get_local_name).
+def plan_destination(state: PushState, dest_arg: bytes, info=None) -> None:
+    """Map each entry to its module path, creating the destination (rsync main.c get_local_name).
 
     A single non-directory entry pushed to a name that is not an existing
-    directory (and has no trailing slash) is written under that name.
+    directory (and has no trailing slash) is written under that name. A
+    missing destination directory is created (``created directory X``; its
+    ``.`` entry then itemizes as new), with ``--mkpath`` its missing parents
+    too (``created N directories for X``). ``info(text)`` sends a line the
+    client prints (MSG_INFO); it is called when rsync's receiver would print.
 
     Raises:
-        RsyncError: the destination is inside the history folder, or its
-            parent does not exist (exit 11, as rsyncd).
+        RsyncError: the destination is inside the history folder, its parent
+            does not exist (exit 11, as rsyncd), or it is not a directory
+            where one is needed (exit 3).
     """
-    base = state.dest_dir
-    st = state.tree.lstat(base)
-    single_file = len(state.flist) == 1 and not state.flist[0].is_dir
-    if single_file and (st is None or not stat.S_ISDIR(st.st_mode)) and not dest_arg.endswith(b"/") and base != b".":
-        state.dest = [base]
+    opts, tree, base = state.opts, state.tree, state.dest_dir
+    total = len(state.flist)
+    trailing = dest_arg.endswith(b"/") and base != b"."
+    has_slash = trailing or b"/" in base
+    say = opts.verbose >= 1 or "%i" in (opts.log_format or "")
+    st = tree.lstat(base)
+    if opts.mkpath and st is None and (has_slash or total > 1):
+        target = base if (trailing or total > 1) else base.rpartition(b"/")[0]
+        made = _make_path(state, target)
+        if made and say and info is not None:
+            many = "y" if made == 1 else "ies"
+            info(f"created {made} director{many} for {os.fsdecode(target)}\n")
+        if made and not opts.dry_run:
+            st = tree.lstat(base)
+    if st is not None and stat.S_ISDIR(st.st_mode):
+        state.dest = [join_path(base, e.name) for e in state.flist]
         return
-    state.dest = [join_path(base, e.name) for e in state.flist]
-    if st is None and not state.opts.dry_run:
+    if st is not None:
+        if total > 1:
+            raise RsyncError("ERROR: destination must be a directory when copying more than 1 file", ExitCode.FILESELECT)
+        if total == 1 and state.flist[0].is_dir:
+            raise RsyncError("ERROR: cannot overwrite non-directory with a directory", ExitCode.FILESELECT)
+    if total > 1 or trailing:
+        if st is not None:
+            raise RsyncError("ERROR: destination path is not a directory", ExitCode.SYNTAX)
+        if not opts.dry_run:
+            try:
+                tree.mkdir(base, 0o777)
+            except (StorageError, OSError) as exc:
+                raise _mkdir_error(state, base, exc) from None
+        if state.flist and state.flist[0].name == b".":
+            state.dir_created = True
+        if say and info is not None:
+            info(f"created directory {os.fsdecode(base)}\n")
+        state.dest = [join_path(base, e.name) for e in state.flist]
+        return
+    state.dest = [base]
+
+
+def _make_path(state: PushState, target: bytes) -> int:
+    """Create ``target`` and its missing parents; return how many were made (util1.c make_path).
+
+    Raises:
+        RsyncError: a component could not be made (exit 11).
+    """
+    made, path = 0, b""
+    for comp in target.split(b"/"):
+        path = path + b"/" + comp if path else comp
+        st = state.tree.lstat(path)
+        if st is not None:
+            if not stat.S_ISDIR(st.st_mode):
+                raise _mkdir_error(state, target, OSError(20, "Not a directory"))
+            continue
+        made += 1
+        if state.opts.dry_run:
+            continue
         try:
-            state.tree.mkdir(base, 0o755)
+            state.tree.mkdir(path, 0o777)
         except (StorageError, OSError) as exc:
-            raise RsyncError(f'mkdir "{os.fsdecode(base)}" failed: {exc}', ExitCode.FILEIO) from None
-    elif st is not None and not stat.S_ISDIR(st.st_mode):
-        raise RsyncError(f"destination {os.fsdecode(base)!r} is not a directory", ExitCode.FILEIO)
+            raise _mkdir_error(state, target, exc) from None
+    return made
+
+
+def _mkdir_error(state: PushState, path: bytes, exc: Exception) -> RsyncError:
+    """rsyncd's ``mkdir "x/y" (in mod) failed: No such file or directory (2)``, exit 11."""
+    cause = exc if isinstance(exc, OSError) else exc.__cause__
+    reason = f"{os.strerror(cause.errno)} ({cause.errno})" if isinstance(cause, OSError) and cause.errno else str(exc)
+    return RsyncError(f'mkdir "{os.fsdecode(path)}" (in {state.tree.module}) failed: {reason}', ExitCode.FILEIO)
 
 
 def run_push(session, request, negotiated: Negotiated) -> ExitCode:
@@ -226,7 +286,9 @@ def run_push(session, request, negotiated: Negotiated) -> ExitCode:
             is_root=os.geteuid() == 0,
         )
         state.umask = current_umask()
-        plan_destination(state, opts.paths[0])
+        plan_destination(
+            state, opts.paths[0], lambda text: session.outbox.send_msg(MsgCode.INFO, text.encode("utf-8", "replace"))
+        )
         generator = Generator(state, session)
         receiver = Receiver(state, session)
         return _run_both(generator, receiver, session)
