@@ -77,6 +77,9 @@ class DaemonConfig:
     pid_file: Path | None = None
     reverse_lookup: bool = True
     max_connections: int = 0
+    # backupd's own: greeting, module line and auth must complete within this
+    # many seconds (a deadline for the whole pre-auth phase, not per read)
+    handshake_timeout_s: int = 60
     ssh_port: int | None = None
     ssh_host_key: Path | None = None
     ssh_authorized_keys: Path | None = None

@@ -291,6 +291,7 @@ PARAMS: tuple[Param, ...] = (
     _m("history dir", to_history_dir),
     _m("history keep days", int_range(0, None)),
     _m("fsync", to_bool),
+    _g("handshake timeout", int_range(1, 3600), "handshake_timeout_s"),
     _g("ssh port", _PORT),
     _g("ssh host key", to_path),
     _g("ssh authorized keys", to_path),

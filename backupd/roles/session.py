@@ -12,9 +12,12 @@ import fnmatch
 import grp
 import os
 import pwd
+import signal
 import socket
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from loguru import logger
@@ -52,6 +55,7 @@ from backupd.transport.stream import Stream
 MAX_EARLY_INPUT = 5120
 AUTH_FAIL_DELAY_S = 1.0
 HANDSHAKE_TIMEOUT_S = 60.0  # a silent client cannot hold a worker before it has logged in
+AUTHENTICATED, AUTH_FAILED = "authenticated", "auth-failed"  # SessionContext.on_event
 
 
 @dataclass
@@ -63,6 +67,10 @@ class SessionContext:
     session_id: str = "-"
     clock: Callable[[], float] = time.time
     stats: dict = field(default_factory=dict)
+    # the listener's pre-auth accounting: called with AUTHENTICATED once the
+    # client is past auth, AUTH_FAILED on a wrong login (tcp.DaemonServer)
+    on_event: Callable[[str], None] | None = None
+    auth_fail_delay_s: float = AUTH_FAIL_DELAY_S  # grows with an address's recent failures
 
     def peer_host(self) -> str | None:
         """Reverse-resolved peer name (only when ``reverse lookup`` is on)."""
@@ -106,6 +114,17 @@ class Session:
         Raises:
             DaemonRefusal: anything refused before ``@RSYNCD: OK``.
         """
+        with handshake_deadline(self.ctx.config.handshake_timeout_s):
+            return self._handshake()
+
+    def _report(self, event: str) -> None:
+        if self.ctx.on_event is not None:
+            try:
+                self.ctx.on_event(event)
+            except OSError:
+                pass
+
+    def _handshake(self) -> ModuleRequest | None:
         self.stream.sendall(gr.encode_greeting())
         peer = gr.decode_greeting(self.inbox.read_line(256))
         protocol = gr.negotiate_protocol(peer)
@@ -124,6 +143,7 @@ class Session:
         self._check_host(module)
         self._claim_slot(module)
         user, read_only = self._authenticate(module, peer)
+        self._report(AUTHENTICATED)
         root_fd = self._enter_module(module)
         self.stream.sendall(b"@RSYNCD: OK\n")
         argv = self._read_args()
@@ -234,7 +254,8 @@ class Session:
         if access is None:
             self.log.warning("auth failed on module {} for user {!r}", module.name, user)
             ops_metrics.auth_failed(module.name)  # ops hook
-            time.sleep(AUTH_FAIL_DELAY_S)
+            self._report(AUTH_FAILED)
+            time.sleep(self.ctx.auth_fail_delay_s)
             raise DaemonRefusal(f"auth failed on module {module.name}")
         return user, {"ro": True, "rw": False}.get(access, module.read_only)
 
@@ -453,6 +474,35 @@ def _has_group(gid: int) -> bool:
         return True
     except KeyError:
         return False
+
+
+class HandshakeTimeout(DaemonRefusal):
+    """The client did not finish greeting, module line and auth in time."""
+
+
+@contextmanager
+def handshake_deadline(seconds: float) -> Iterator[None]:
+    """Raise HandshakeTimeout in the block once ``seconds`` have passed (SIGALRM).
+
+    A deadline for the whole pre-auth phase: a client that trickles one byte
+    at a time cannot stretch it, as it can a per-read timeout (the slowloris
+    class that rsyncd 3.5.0 cuts at 60 s). Only in the main thread (signals
+    are delivered there); elsewhere the per-read timeout alone applies.
+    """
+    if seconds <= 0 or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expired(_signum, _frame):
+        raise HandshakeTimeout(f"handshake not completed within {seconds:g} s")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def run_session(stream: Stream, ctx: SessionContext) -> ExitCode:

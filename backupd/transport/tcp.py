@@ -13,16 +13,38 @@ import selectors
 import signal
 import socket
 import time
+from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from loguru import logger
 
 from backupd.config.load import module_path_problems
 from backupd.config.model import DaemonConfig
 from backupd.protocol.greeting import encode_error, encode_greeting
+from backupd.roles.session import AUTH_FAIL_DELAY_S
 from backupd.transport.worker import fork_session
 
 MAX_WORKERS = 256  # a hard cap on session processes; per-module limits are `max connections`
+MAX_PREAUTH = 64  # connections not yet past auth; beyond it the oldest one is cut
+MAX_PREAUTH_PER_ADDRESS = 16  # the same, per client address
+FAILURE_WINDOW_S = 60.0  # failed logins counted per address over this window
+MAX_AUTH_FAIL_DELAY_S = 8.0
+
+
+@dataclass
+class PreAuth:
+    """A session process whose client has not logged in yet."""
+
+    pid: int
+    addr: str
+    started: float
+    status_fd: int  # read end of the child's status pipe
+
+
+def auth_fail_delay(recent_failures: int) -> float:
+    """Seconds a session waits before refusing a wrong login: 1 s, doubling per recent failure, at most 8 s."""
+    return min(MAX_AUTH_FAIL_DELAY_S, AUTH_FAIL_DELAY_S * 2 ** min(recent_failures, 8))
 
 
 class DaemonServer:
@@ -47,6 +69,9 @@ class DaemonServer:
         self.address = address
         self.port = port
         self.children: dict[int, float] = {}
+        self.preauth: dict[int, PreAuth] = {}  # by the read end of its status pipe
+        self.failures: dict[str, deque[float]] = {}  # address -> times of failed logins
+        self._selector: selectors.BaseSelector | None = None
         self.listeners: list[socket.socket] = []
         self._stop = False
         self.periodic: list[tuple[float, Callable[[], None]]] = []
@@ -128,14 +153,17 @@ class DaemonServer:
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
         signal.signal(signal.SIGHUP, self.request_reload)
-        selector = selectors.DefaultSelector()
+        selector = self._selector = selectors.DefaultSelector()
         for sock in self.listeners:
-            selector.register(sock, selectors.EVENT_READ)
+            selector.register(sock, selectors.EVENT_READ, "listener")
         while not self._stop:
             if self._reload_pending:
                 self.reload()
             for key, _ in selector.select(timeout=0.5):
-                self._accept(key.fileobj)
+                if key.data == "listener":
+                    self._accept(key.fileobj)
+                else:
+                    self._status(key.data)
             self._reap()
             self._run_periodic()
         for sock in self.listeners:
@@ -151,17 +179,83 @@ class DaemonServer:
             logger.warning("accept failed: {}", exc)
             return
         conn.setblocking(True)
+        addr = peer[0]
+        self._make_room(addr)
         if len(self.children) >= MAX_WORKERS:
             self._refuse(conn, f"max connections ({MAX_WORKERS}) reached -- try again later")
             return
+        read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
         try:
-            pid = fork_session(conn, peer[0], self.config, self.listeners)
+            pid = fork_session(
+                conn, addr, self.config, self.listeners, status_fd=write_fd,
+                close_fds=[read_fd, *(p.status_fd for p in self.preauth.values())],
+                auth_fail_delay_s=auth_fail_delay(self._recent_failures(addr)),
+            )
         except OSError as exc:
-            logger.error("cannot fork a session for {}: {}", peer[0], exc)
+            logger.error("cannot fork a session for {}: {}", addr, exc)
             conn.close()
+            os.close(read_fd)
             return
-        self.children[pid] = time.monotonic()
+        finally:
+            os.close(write_fd)
+        now = time.monotonic()
+        self.children[pid] = now
+        self.preauth[read_fd] = PreAuth(pid, addr, now, read_fd)
+        if self._selector is not None:
+            self._selector.register(read_fd, selectors.EVENT_READ, read_fd)
         conn.close()
+
+    def _make_room(self, addr: str) -> None:
+        """Cut the oldest pre-auth connection when the global or per-address cap is reached.
+
+        Slow or silent clients that never log in then cannot keep a new
+        client out: the newest connection always gets its chance to log in.
+        """
+        same = [p for p in self.preauth.values() if p.addr == addr]
+        for pool, cap in ((same, MAX_PREAUTH_PER_ADDRESS), (list(self.preauth.values()), MAX_PREAUTH)):
+            if len(pool) >= cap:
+                oldest = min(pool, key=lambda p: p.started)
+                logger.warning("{} connections not yet logged in; cutting the oldest, from {} ({:.0f} s old)",
+                               len(pool), oldest.addr, time.monotonic() - oldest.started)
+                self._forget_preauth(oldest.status_fd)
+                try:
+                    os.kill(oldest.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                return
+
+    def _status(self, read_fd: int) -> None:
+        """A session's status pipe is readable: ``A`` past auth, ``F`` a failed login, EOF ended."""
+        entry = self.preauth.get(read_fd)
+        try:
+            data = os.read(read_fd, 16)
+        except OSError:
+            data = b""
+        if entry is not None and b"F" in data:
+            self.failures.setdefault(entry.addr, deque(maxlen=64)).append(time.monotonic())
+        if not data or b"A" in data:
+            self._forget_preauth(read_fd)
+
+    def _forget_preauth(self, read_fd: int) -> None:
+        if self.preauth.pop(read_fd, None) is None:
+            return
+        if self._selector is not None:
+            try:
+                self._selector.unregister(read_fd)
+            except (KeyError, ValueError):
+                pass
+        os.close(read_fd)
+
+    def _recent_failures(self, addr: str) -> int:
+        times = self.failures.get(addr)
+        if not times:
+            return 0
+        horizon = time.monotonic() - FAILURE_WINDOW_S
+        while times and times[0] < horizon:
+            times.popleft()
+        if not times:
+            del self.failures[addr]
+        return len(times)
 
     def _refuse(self, conn: socket.socket, message: str) -> None:
         try:
@@ -180,6 +274,8 @@ class DaemonServer:
             if pid == 0:
                 return
             self.children.pop(pid, None)
+            for entry in [p for p in self.preauth.values() if p.pid == pid]:
+                self._forget_preauth(entry.status_fd)
             if os.WIFSIGNALED(status):
                 logger.warning("session process {} killed by signal {}", pid, os.WTERMSIG(status))
 

@@ -10,12 +10,15 @@ import os
 import signal
 import socket
 import uuid
+from collections.abc import Callable, Iterable
 
 from loguru import logger
 
 from backupd.config.model import DaemonConfig
 from backupd.errors import ExitCode
-from backupd.roles.session import SessionContext, run_session
+from backupd.roles.session import AUTH_FAIL_DELAY_S, AUTH_FAILED, AUTHENTICATED, SessionContext, run_session
+
+EVENT_BYTES = {AUTHENTICATED: b"A", AUTH_FAILED: b"F"}
 
 
 def preload_session_modules() -> None:
@@ -29,8 +32,26 @@ def preload_session_modules() -> None:
             logger.debug("preload of {} skipped: {}", name, exc)
 
 
-def fork_session(conn: socket.socket, peer_addr: str, config: DaemonConfig, listeners: list[socket.socket]) -> int:
-    """Fork a child that runs one session on ``conn``; return its pid (parent side)."""
+def fork_session(
+    conn: socket.socket,
+    peer_addr: str,
+    config: DaemonConfig,
+    listeners: list[socket.socket],
+    *,
+    status_fd: int | None = None,
+    close_fds: Iterable[int] = (),
+    auth_fail_delay_s: float = AUTH_FAIL_DELAY_S,
+) -> int:
+    """Fork a child that runs one session on ``conn``; return its pid (parent side).
+
+    Args:
+        status_fd: the write end of a pipe to the listener; the child writes
+            ``A`` once its client is past auth and ``F`` on a failed login
+            (tcp.DaemonServer's pre-auth accounting). The parent keeps it open;
+            close it there after the fork.
+        close_fds: the listener's other descriptors, closed in the child.
+        auth_fail_delay_s: how long the child waits before refusing a wrong login.
+    """
     session_id = uuid.uuid4().hex[:8]
     pid = os.fork()
     if pid:
@@ -40,10 +61,14 @@ def fork_session(conn: socket.socket, peer_addr: str, config: DaemonConfig, list
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
         for listener in listeners:
             listener.close()
+        for fd in close_fds:
+            os.close(fd)
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        ctx = SessionContext(config=config, peer_addr=peer_addr, session_id=session_id)
+        ctx = SessionContext(config=config, peer_addr=peer_addr, session_id=session_id,
+                             on_event=_event_writer(status_fd), auth_fail_delay_s=auth_fail_delay_s)
         logger.bind(session=session_id).info("connection from {}", peer_addr)
         code = run_session(conn, ctx)
         logger.bind(session=session_id).info("session ended with code {}", int(code))
@@ -52,3 +77,15 @@ def fork_session(conn: socket.socket, peer_addr: str, config: DaemonConfig, list
     finally:
         logger.complete()
         os._exit(int(code))
+
+
+def _event_writer(status_fd: int | None) -> Callable[[str], None] | None:
+    if status_fd is None:
+        return None
+
+    def write(event: str) -> None:
+        os.write(status_fd, EVENT_BYTES[event])
+        if event == AUTHENTICATED:
+            os.close(status_fd)  # nothing more to say; the listener sees EOF too
+
+    return write
