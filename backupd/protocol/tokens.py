@@ -21,6 +21,7 @@ import lz4.block
 import zstandard
 
 from backupd.errors import ExitCode, ProtocolError, Unsupported
+from backupd.protocol import zstd_stream
 from backupd.protocol.constants import CHUNK_SIZE, MAX_DEFLATED_CHUNK
 from backupd.protocol.sums import SumHead
 
@@ -34,7 +35,7 @@ MAX_TOKEN_INDEX = 0x7FFFFFFE
 MAX_RUN = 65535          # blocks after the first in one run (u16)
 MAX_LITERAL = 16 * 1024 * 1024   # longest plain literal run we accept (C: any int32)
 LITERAL_PIECE = 256 * 1024       # largest Literal a decompressing reader hands out
-ZSTD_CHUNK_LIMIT = 32 * 1024 * 1024  # output of one zstd chunk; C senders stay < 1 MiB
+ZSTD_WINDOW_LOG_MAX = 24        # 16 MiB: zstd levels up to 19 (C default 3: 2 MiB); --ultra 20+ refused
 LZ4_CAPACITY = 32912             # max(LZ4_compressBound(32768), 16385)
 ZLIB_LEVEL = 6
 ZSTD_LEVEL = 3
@@ -269,10 +270,10 @@ class _DeflateReader(_CompressedReader):
             return
         self._inflated = False
         try:
-            out = self._inflater.decompress(SYNC_MARKER)
+            out = self._inflater.decompress(SYNC_MARKER, 1)   # an empty stored block: no output
         except zlib.error as exc:
             raise _stream_error("inflate sync", exc) from exc
-        if out or self._inflater.eof:
+        if out or self._inflater.eof or self._inflater.unconsumed_tail:
             raise ProtocolError("decompressor lost sync", ExitCode.STREAMIO)
 
     def next_token(self, read: Read) -> Token:
@@ -308,31 +309,33 @@ class _DeflateReader(_CompressedReader):
 class _ZstdReader(_CompressedReader):
     """zstd: one decompression stream for the whole session (token.c recv_zstd_token()).
 
-    A decompression object drains the decoder completely after every chunk:
-    a stream writer would leave decoded bytes inside zstd whenever a chunk's
-    output does not fit its last output buffer (seen with 3.2.7 senders,
-    whose chunks of compressible data decode to more than 256 KiB). One chunk
-    may expand to at most ``chunk_limit`` bytes.
+    Every DEFLATED_DATA chunk is decoded in steps of at most ``piece``
+    output bytes, as C decodes into its fixed buffer: a 16 KB chunk may
+    stand for hundreds of MiB (a C sender's chunk of a zero-filled file
+    does), and only one piece is held at a time. The next flag is read
+    only once a chunk's input is consumed and a step left room in its
+    output (nothing more inside zstd). A frame asking for a window over
+    ZSTD_WINDOW_LOG_MAX is refused before zstd allocates it.
     """
 
-    def __init__(self, chunk_limit: int | None = None) -> None:
+    def __init__(self, piece: int = LITERAL_PIECE) -> None:
         super().__init__()
-        self._limit = ZSTD_CHUNK_LIMIT if chunk_limit is None else chunk_limit
-        self._dobj = zstandard.ZstdDecompressor().decompressobj()
-        self._pieces: deque[bytes] = deque()
+        self._stream = zstd_stream.ZstdStream(piece, ZSTD_WINDOW_LOG_MAX)
+        self._more = False
 
     def _feed(self, payload: bytes) -> None:
-        try:
-            out = self._dobj.decompress(payload)
-        except zstandard.ZstdError as exc:
-            raise _stream_error("zstd", exc) from exc
-        if len(out) > self._limit:
-            raise ProtocolError(f"zstd chunk expands beyond {self._limit} bytes", ExitCode.STREAMIO)
-        for start in range(0, len(out), LITERAL_PIECE):
-            self._pieces.append(out[start : start + LITERAL_PIECE])
+        self._stream.feed(payload)
+        self._more = True
 
     def _pending(self) -> bytes | None:
-        return self._pieces.popleft() if self._pieces else None
+        while self._more:
+            try:
+                out, self._more = self._stream.step()
+            except zstd_stream.ZstdStreamError as exc:
+                raise _stream_error("zstd", exc) from exc
+            if out:
+                return out
+        return None
 
 
 class _Lz4Reader(_CompressedReader):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import random
 import struct
+import subprocess
+import sys
 import zlib
 from functools import cache
 
@@ -14,7 +16,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from backupd.errors import ExitCode, ProtocolError, Unsupported
-from backupd.protocol import tokens
+from backupd.protocol import tokens, zstd_stream
 from backupd.protocol.match import match_tokens
 from backupd.protocol.sums import (
     NULL_SUM_HEAD,
@@ -274,14 +276,75 @@ def test_zlib_big_output_comes_in_bounded_pieces():
     assert data == bytes(12 << 20) and max(len(t.data) for t in seen) <= LITERAL_PIECE
 
 
-def test_zstd_bomb_is_refused(monkeypatch):
-    monkeypatch.setattr(tokens, "ZSTD_CHUNK_LIMIT", 1 << 20)
-    stream = zstandard.ZstdCompressor().compressobj()
-    payload = stream.compress(bytes(4 << 20)) + stream.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK)
+BOMB_SCRIPT = r"""
+import sys, zstandard
+from backupd.protocol import tokens, zstd_stream
+from backupd.protocol.sums import NULL_SUM_HEAD
+if sys.argv[1] == "fallback":
+    zstd_stream._LIB = None
+cobj = zstandard.ZstdCompressor(level=3).compressobj()
+zero = bytes(32768)
+payload = b"".join(cobj.compress(zero) for _ in range(16000)) + cobj.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK)
+del zero
+wire = bytes((0x40 | len(payload) >> 8, len(payload) & 0xFF)) + payload + b"\x00"
+pos = 0
+def read(n):
+    global pos
+    pos += n
+    return wire[pos - n : pos]
+reader = tokens.make_token_reader("zstd")
+reader.start_file(NULL_SUM_HEAD)
+total = biggest = 0
+while (token := reader.next_token(read)) is not tokens.TOKEN_END:
+    total += len(token.data)
+    biggest = max(biggest, len(token.data))
+hwm = [line for line in open("/proc/self/status") if line.startswith("VmHWM:")]  # reset by exec
+print(len(payload), total, biggest, int(hwm[0].split()[1]) // 1024)
+"""
+
+
+@pytest.mark.parametrize("path", ["libzstd", "fallback"])
+def test_zstd_bomb_streams_in_bounded_memory(path):
+    """Issue 15.4: a 16 KB chunk that decodes to 500 MiB (what a C sender makes of zeros).
+
+    Before: decoded whole, 541 MB peak. Now handed out in LITERAL_PIECE
+    pieces as C's fixed buffer does: the peak RSS of the whole process stays
+    far under 100 MB (VmHWM of a child: zstd's own buffers count too).
+    """
+    done = subprocess.run([sys.executable, "-c", BOMB_SCRIPT, path], capture_output=True, text=True,
+                          timeout=120, check=True)
+    size, total, biggest, peak_mb = map(int, done.stdout.split())
+    assert size <= 16383 and total == 16000 * 32768
+    assert biggest <= LITERAL_PIECE
+    assert peak_mb < 100, f"peak RSS {peak_mb} MB"
+
+
+@pytest.mark.parametrize("path", ["libzstd", "fallback"])
+def test_zstd_frame_asking_for_a_huge_window_is_refused(monkeypatch, path):
+    """A frame may make zstd allocate its window (up to 2 GiB): over 16 MiB is refused first."""
+    if path == "fallback":
+        monkeypatch.setattr(zstd_stream, "_LIB", None)
+    params = zstandard.ZstdCompressionParameters(window_log=27, compression_level=3)
+    stream = zstandard.ZstdCompressor(compression_params=params).compressobj()
+    payload = stream.compress(b"abc" * 1000) + stream.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK)
     wire = bytes((0x40 | len(payload) >> 8, len(payload) & 0xFF)) + payload + b"\x00"
-    with pytest.raises(ProtocolError) as info:
+    with pytest.raises(ProtocolError, match="too much memory") as info:
         read_file(make_token_reader("zstd"), bc.Cursor(wire).read, NULL_SUM_HEAD, b"")
     assert info.value.exit_code == ExitCode.STREAMIO
+
+
+def test_zstd_fallback_reads_what_libzstd_reads(monkeypatch):
+    """The python-zstandard path (no libzstd) decodes a multi-file session the same."""
+    writer = make_token_writer("zstd")
+    wire = b""
+    for data in (b"abc" * 200_000, bytes(range(256)) * 300, b""):
+        writer.start_file()
+        wire += writer.send(data, -1)
+    monkeypatch.setattr(zstd_stream, "_LIB", None)
+    reader, cur = make_token_reader("zstd"), bc.Cursor(wire)
+    got = [read_file(reader, cur.read, NULL_SUM_HEAD, b"")[0] for _ in range(3)]
+    assert got == [b"abc" * 200_000, bytes(range(256)) * 300, b""]
+    assert not cur.left()
 
 
 # ---------------------------------------------------------------- junk
