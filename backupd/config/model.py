@@ -59,6 +59,7 @@ class ModuleConfig:
     # backupd confines every path itself (dir-fd walks) and never chroots; the
     # setting picks rsyncd's refusal text for a missing path (chroot/chdir failed)
     use_chroot: bool = True
+    forward_lookup: bool = True  # hosts allow/deny: resolve plain host names (access.c)
     fsync: bool = False
     history: bool = True
     history_dir: str = "history-backup"

@@ -286,6 +286,7 @@ PARAMS: tuple[Param, ...] = (
     _m("gid", to_opt_str),
     _m("fake super", to_bool),
     _m("use chroot", to_bool),
+    _m("forward lookup", to_bool),
     # backupd's own
     _m("history", to_bool),
     _m("history dir", to_history_dir),
@@ -302,7 +303,6 @@ PARAMS: tuple[Param, ...] = (
     _ignored("syslog facility"),
     _ignored("syslog tag"),
     _ignored("open noatime"),
-    _ignored("forward lookup"),
     _ignored("temp dir"),
     _ignored("name converter"),
     _ignored("ignore nonreadable"),

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from loguru import logger
 
 from backupd import __version__
-from backupd.config.access import allow_access
+from backupd.config.access import PeerName, allow_access
 from backupd.config.model import DaemonConfig, ModuleConfig
 from backupd.errors import (
     EXIT_TEXT,
@@ -71,6 +71,9 @@ class SessionContext:
     # client is past auth, AUTH_FAILED on a wrong login (tcp.DaemonServer)
     on_event: Callable[[str], None] | None = None
     auth_fail_delay_s: float = AUTH_FAIL_DELAY_S  # grows with an address's recent failures
+
+    def __post_init__(self) -> None:
+        self.peer_name = PeerName(self.peer_host, self.config.reverse_lookup)
 
     def peer_host(self) -> str | None:
         """Reverse-resolved peer name (only when ``reverse lookup`` is on)."""
@@ -216,11 +219,8 @@ class Session:
         return line
 
     def _send_listing(self) -> None:
-        shown = [
-            (m.name, m.comment)
-            for m in self.ctx.config.modules.values()
-            if m.list and allow_access(self.ctx.peer_addr, m.hosts_allow, m.hosts_deny, self.ctx.peer_host)
-        ]
+        # every module with `list = yes`, whatever its hosts rules (rsync 3.5.0 clientserver.c send_listing)
+        shown = [(m.name, m.comment) for m in self.ctx.config.modules.values() if m.list]
         self.stream.sendall(gr.encode_listing(shown))
         self.log.info("module list sent ({} modules)", len(shown))
 
@@ -239,9 +239,9 @@ class Session:
             raise DaemonRefusal(f"max connections ({module.max_connections}) reached -- try again later")
 
     def _check_host(self, module: ModuleConfig) -> None:
-        if not allow_access(self.ctx.peer_addr, module.hosts_allow, module.hosts_deny, self.ctx.peer_host):
-            host = self.ctx.peer_host() or self.ctx.peer_addr
-            raise DaemonRefusal(f"access denied to {module.name} from {host} ({self.ctx.peer_addr})")
+        name = self.ctx.peer_name
+        if not allow_access(self.ctx.peer_addr, module.hosts_allow, module.hosts_deny, name, module.forward_lookup):
+            raise DaemonRefusal(f"access denied to {module.name} from {name.get()} ({self.ctx.peer_addr})")
 
     def _authenticate(self, module: ModuleConfig, peer: gr.Greeting) -> tuple[str | None, bool]:
         if not module.auth_users:
