@@ -128,7 +128,7 @@ def restore(
     at: Annotated[str, typer.Option("--at", help=AT_HELP)],
     to: Annotated[Path, typer.Option("--to", help="directory to copy the version into (created if missing)")],
     force: Annotated[bool, typer.Option("--force", help="replace what is already there")] = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="show which version would go where, write nothing")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="show which version goes where, write nothing")] = False,
     config: ConfigOpt = None,
     data_dir: DataDirOpt = DEFAULT_DATA_DIR,
 ) -> None:

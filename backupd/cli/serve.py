@@ -17,7 +17,7 @@ from backupd.ops.logging import setup_logging
 @app.command()
 def serve(
     config: Path = typer.Option(None, "--config", help="rsyncd.conf or backupd.yaml; default: the embedded default"),
-    port: int = typer.Option(None, "--port", min=0, max=65535, help="TCP port (overrides the config; 0 = any free port)"),
+    port: int = typer.Option(None, "--port", min=0, max=65535, help="TCP port (overrides the config; 0 = any)"),
     address: str = typer.Option(None, "--address", help="address to listen on (overrides the config)"),
     stdio: bool = typer.Option(False, "--stdio", help="run one session on stdin/stdout"),
     log_json: bool = typer.Option(False, "--log-json", help="log as JSON lines"),

@@ -29,7 +29,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-
 from backupd.config.pusher_model import HaConfig
 from backupd.pusher.coalesce import Change
 

@@ -23,6 +23,25 @@ FRAME_DATA_MAX = 256 * 1024
 HIGH_WATER = 8 * 1024 * 1024
 
 
+def peer_exit(payload: bytes) -> StreamClosed:
+    """The error for the peer's MSG_ERROR_EXIT (rsync io.c read_a_msg): the session ends with its code."""
+    exit_code = int.from_bytes(payload[:4], "little") if len(payload) >= 4 else ExitCode.PARTIAL
+    return StreamClosed(
+        f"client aborted with exit code {exit_code}",
+        ExitCode(exit_code) if exit_code in ExitCode._value2member_map_ else ExitCode.PROTOCOL,
+    )
+
+
+def stop_on_peer_exit(code: MsgCode, payload: bytes) -> None:
+    """The Inbox's handler until a role sets its own: MSG_ERROR_EXIT ends the session, the rest is dropped.
+
+    Without it a client that gives up while sending its filter or file list
+    (``rsync -R a/../a``) would wait for a server that waits for more list.
+    """
+    if code == MsgCode.ERROR_EXIT:
+        raise peer_exit(payload)
+
+
 class Inbox:
     """Reads the peer's bytes: lines and raw bytes first, then the MSG_DATA stream.
 
@@ -37,7 +56,7 @@ class Inbox:
         self.muxed = False
         self.bytes_read = 0
         self.timeout_s = timeout_s
-        self.on_message: Callable[[MsgCode, bytes], None] = lambda code, payload: None
+        self.on_message: Callable[[MsgCode, bytes], None] = stop_on_peer_exit
         stream.settimeout(timeout_s)
 
     def _fill(self) -> None:

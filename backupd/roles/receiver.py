@@ -12,12 +12,13 @@ from __future__ import annotations
 import os
 import stat
 
-from backupd.errors import ExitCode, FileError, ProtocolError, RsyncError, StorageError, StreamClosed
+from backupd.errors import FileError, ProtocolError, RsyncError, StorageError
 from backupd.ops import logging as ops_logging
 from backupd.protocol.constants import NDX_DONE, IoError, ItemFlags, MsgCode
 from backupd.protocol.sums import decode_sum_head
 from backupd.protocol.tokens import BlockMatch, Literal, make_token_reader
 from backupd.protocol.wire import NdxDecoder, decode_int32, decode_shortint, decode_vstring, encode_int32
+from backupd.roles.channel import peer_exit
 from backupd.roles.owners import owner_ids
 from backupd.roles.push import PushState
 
@@ -65,11 +66,7 @@ class Receiver:
     def _on_message(self, code: MsgCode, payload: bytes) -> None:
         """Messages from the client sender (rsync io.c read_a_msg)."""
         if code == MsgCode.ERROR_EXIT:
-            exit_code = int.from_bytes(payload[:4], "little") if len(payload) >= 4 else ExitCode.PARTIAL
-            raise StreamClosed(
-                f"client aborted with exit code {exit_code}",
-                ExitCode(exit_code) if exit_code in ExitCode._value2member_map_ else ExitCode.PROTOCOL,
-            )
+            raise peer_exit(payload)
         if code == MsgCode.IO_ERROR and len(payload) == 4:
             self.state.io_error |= int.from_bytes(payload, "little") & 7
         elif code == MsgCode.NO_SEND and len(payload) == 4:

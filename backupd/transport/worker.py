@@ -45,6 +45,10 @@ def fork_session(
     """Fork a child that runs one session on ``conn``; return its pid (parent side).
 
     Args:
+        conn: the accepted connection (the parent closes its copy).
+        peer_addr: the client's address, for access rules and logs.
+        config: the configuration in force for this session.
+        listeners: the listening sockets, closed in the child.
         status_fd: the write end of a pipe to the listener; the child writes
             ``A`` once its client is past auth and ``F`` on a failed login
             (tcp.DaemonServer's pre-auth accounting). The parent keeps it open;
