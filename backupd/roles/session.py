@@ -71,6 +71,7 @@ class SessionContext:
     # client is past auth, AUTH_FAILED on a wrong login (tcp.DaemonServer)
     on_event: Callable[[str], None] | None = None
     auth_fail_delay_s: float = AUTH_FAIL_DELAY_S  # grows with an address's recent failures
+    slot_fd: int | None = None  # the listener's `max connections` lock file (slots.anonymous_lock_file)
 
     def __post_init__(self) -> None:
         self.peer_name = PeerName(self.peer_host, self.config.reverse_lookup)
@@ -231,7 +232,8 @@ class Session:
             raise DaemonRefusal(f"module {module.name} is disabled")
         index = list(self.ctx.config.modules).index(module.name)
         try:
-            self._slot_fd = claim_slot(module, index, default_lock_path(self.ctx.config.source))
+            lock = self.ctx.slot_fd if self.ctx.slot_fd is not None else default_lock_path(self.ctx.config.source)
+            self._slot_fd = claim_slot(module, index, lock)
         except OSError as exc:
             self.log.error("lock file for max connections: {}", exc)
             raise DaemonRefusal("failed to open lock file") from None
@@ -375,7 +377,7 @@ class Session:
             refused = refused_option(request.opts, request.module.refuse_options)
             if refused is not None:
                 self._setup_for_error(request)
-                raise Unsupported(f"The server is configured to refuse {refused}")
+                raise Unsupported(f"rsync: The server is configured to refuse {refused}")  # as rsyncd: no [role]
             negotiated = self.setup(request)
             return self._run_role(request, negotiated)
         except DaemonRefusal as exc:

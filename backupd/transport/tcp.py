@@ -23,6 +23,7 @@ from backupd.config.load import module_path_problems
 from backupd.config.model import DaemonConfig
 from backupd.protocol.greeting import encode_error, encode_greeting
 from backupd.roles.session import AUTH_FAIL_DELAY_S
+from backupd.transport.slots import anonymous_lock_file
 from backupd.transport.worker import fork_session
 
 MAX_WORKERS = 256  # a hard cap on session processes; per-module limits are `max connections`
@@ -72,6 +73,7 @@ class DaemonServer:
         self.preauth: dict[int, PreAuth] = {}  # by the read end of its status pipe
         self.failures: dict[str, deque[float]] = {}  # address -> times of failed logins
         self._selector: selectors.BaseSelector | None = None
+        self.slot_fd = anonymous_lock_file()  # `max connections` slots, inherited by every session
         self.listeners: list[socket.socket] = []
         self._stop = False
         self.periodic: list[tuple[float, Callable[[], None]]] = []
@@ -189,7 +191,7 @@ class DaemonServer:
             pid = fork_session(
                 conn, addr, self.config, self.listeners, status_fd=write_fd,
                 close_fds=[read_fd, *(p.status_fd for p in self.preauth.values())],
-                auth_fail_delay_s=auth_fail_delay(self._recent_failures(addr)),
+                auth_fail_delay_s=auth_fail_delay(self._recent_failures(addr)), slot_fd=self.slot_fd,
             )
         except OSError as exc:
             logger.error("cannot fork a session for {}: {}", addr, exc)

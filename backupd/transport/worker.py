@@ -41,6 +41,7 @@ def fork_session(
     status_fd: int | None = None,
     close_fds: Iterable[int] = (),
     auth_fail_delay_s: float = AUTH_FAIL_DELAY_S,
+    slot_fd: int | None = None,
 ) -> int:
     """Fork a child that runs one session on ``conn``; return its pid (parent side).
 
@@ -55,6 +56,7 @@ def fork_session(
             close it there after the fork.
         close_fds: the listener's other descriptors, closed in the child.
         auth_fail_delay_s: how long the child waits before refusing a wrong login.
+        slot_fd: the listener's lock file for ``max connections``.
     """
     session_id = uuid.uuid4().hex[:8]
     pid = os.fork()
@@ -72,7 +74,8 @@ def fork_session(
             os.close(fd)
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         ctx = SessionContext(config=config, peer_addr=peer_addr, session_id=session_id,
-                             on_event=_event_writer(status_fd), auth_fail_delay_s=auth_fail_delay_s)
+                             on_event=_event_writer(status_fd), auth_fail_delay_s=auth_fail_delay_s,
+                             slot_fd=slot_fd)
         logger.bind(session=session_id).info("connection from {}", peer_addr)
         code = run_session(conn, ctx)
         logger.bind(session=session_id).info("session ended with code {}", int(code))
