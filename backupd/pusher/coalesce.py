@@ -12,7 +12,8 @@ what is left becomes one ``rsync --files-from`` run per target:
   moved in would arrive empty), so a batch with a TREE adds ``-r`` and
   ``--delete`` (a stale copy on the target is cleaned too).
 - ``DELETE``: the path is gone; ``--delete-missing-args`` removes it on the
-  target. A directory deleted while not empty on the target is skipped with
+  target. A directory replaced by a file or symlink swallows its old
+  children too (``--force`` removes them with it). A directory deleted while not empty on the target is skipped with
   exit 0 ("cannot delete non-empty directory") unless ``--force`` is given,
   so ``force`` stays set on a path until a batch carrying it succeeds.
 
@@ -121,9 +122,20 @@ def ancestors(path: bytes) -> Iterable[bytes]:
         yield path
 
 
+def _swallows(change: Change) -> bool:
+    """True if ``change`` settles everything under its path.
+
+    A deleted or recursively sent directory does; so does a directory that
+    became a file or symlink (an UPDATE with ``force``): ``--force`` removes
+    the old directory with all it held, and a listed child would make
+    ``rsync -R`` send the path again as an implied directory.
+    """
+    return change.kind in (Kind.DELETE, Kind.TREE) or (change.force and not change.is_dir)
+
+
 def plan_batch(pending: Mapping[bytes, Change]) -> Batch:
     """Turn a target's pending changes into one batch (what to send, and why)."""
-    swallowers = {p for p, c in pending.items() if c.kind in (Kind.DELETE, Kind.TREE) and p != ROOT}
+    swallowers = {p for p, c in pending.items() if _swallows(c) and p != ROOT}
     kept = {p: c for p, c in pending.items() if not any(a in swallowers for a in ancestors(p))}
     recursive = any(c.kind is Kind.TREE for c in kept.values())
     deferred = sorted(p for p, c in kept.items() if recursive and c.kind is Kind.UPDATE and c.is_dir)

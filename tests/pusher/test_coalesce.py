@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -20,6 +22,17 @@ def test_deleted_dir_swallows_its_children():
                         PathEvent(b"d-sibling", U)])
     batch = plan_batch(pending)
     assert batch.files == (b"d", b"d-sibling")
+    assert batch.force and not batch.recursive
+    assert set(batch.covered) == set(pending)
+
+
+def test_dir_replaced_by_a_symlink_or_file_swallows_its_old_children():
+    # rm -rf current && ln -s rel/v1 current (or echo > current), all in one window
+    pending = coalesce([PathEvent(b"current/sub/x", D), PathEvent(b"current/sub", D, True),
+                        PathEvent(b"current/y", D), PathEvent(b"current", D, True),
+                        PathEvent(b"current", U, False), PathEvent(b"rel/v1/a", U)])
+    batch = plan_batch(pending)
+    assert batch.files == (b"current", b"rel/v1/a")
     assert batch.force and not batch.recursive
     assert set(batch.covered) == set(pending)
 

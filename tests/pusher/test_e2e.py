@@ -172,3 +172,33 @@ def test_overflow_rescans_and_converges(targets, tmp_path, rsync_clients):
         assert wait_until(lambda: db.execute("SELECT state FROM sources").fetchone()[0] == "REALTIME", 10)
         (src / "lost/after").write_text("watched again")  # the rescan watched the new dir
         assert not wait_converged(src, targets.values(), 15)
+
+
+def test_dir_replaced_by_symlink_or_file_in_one_window_converges_in_one_run(targets, spawn_watch, tmp_path,
+                                                                             rsync_clients):
+    src = tmp_path / "src"
+    make_tree(src, {"rel": {"v1": {"a": "v1 a"}, "v2": {"a": "v2 a"}},
+                    "current": {"sub": {"x": "old x"}, "y": "old y"},
+                    "other": {"z": {"deep": "old deep"}}})
+    config = _config(tmp_path, src, targets, full_sync={"at_start": True}, delay_s=1.0)
+    watch = spawn_watch(config)
+    assert not wait_converged(src, targets.values(), 60), watch.text()
+    runs_before = watch.text().count("batch to ")
+
+    shutil.rmtree(src / "current")  # the release-switch pattern, within one delay window
+    os.symlink("rel/v2", src / "current")
+    shutil.rmtree(src / "other")
+    (src / "other").write_text("a file now\n")
+
+    diffs = wait_converged(src, targets.values(), 30)
+    assert not diffs, "\n".join(diffs[:20]) + "\n" + watch.text()[-3000:]
+    for target in targets.values():
+        assert os.readlink(target.module / "current") == "rel/v2"
+        assert (target.module / "other").read_text() == "a file now\n"
+    time.sleep(1.5)  # nothing more is owed: no retry, no full sync
+    text = watch.text()
+    assert text.count("batch to ") - runs_before == len(targets), text[-3000:]
+    assert " exit 23" not in text and "exit 24" not in text, text[-3000:]
+    assert "full sync requested" not in text.split("INITIAL_SYNC -> REALTIME")[-1]
+    kept = history_files(targets["backupd"].module)
+    assert kept["current/sub/x"] == [b"old x"] and kept["other/z/deep"] == [b"old deep"]
