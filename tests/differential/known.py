@@ -1,13 +1,116 @@
 """Known differences between backupd and stock rsyncd, found by the differential harness.
 
-``KNOWN`` maps a scenario name to the id of its difference (an xfail,
-strict); a value ``(id, {combo ids})`` limits the xfail to those combos
-(``c3.5.0-hist-no`` ...). ``DIFFERENCES`` describes each id in one line (see
-DIFFERENCES.md). Fixed one? Delete its line here and in DIFFERENCES.md.
+``KNOWN`` maps a scenario name to the id of its difference: the scenario is
+an xfail (strict) in every combo, or, for a value ``(id, {combo ids})``, only
+in those combos (``c3.5.0-hist-no``, ``c3.2.7-hist-yes``, ``c3.5.0-hist-yes``,
+``c3.2.7-hist-no``). ``DIFFERENCES`` describes each id in one line; the same
+list, with the scenarios, is DIFFERENCES.md. Fixed one? Delete its lines here
+(and in DIFFERENCES.md): an xfail that passes fails the run.
 """
 
 from __future__ import annotations
 
-DIFFERENCES: dict[str, str] = {}
+DIFFERENCES: dict[str, str] = {
+    "DIFF-003": "push without -l/-D: the daemon's 'skipping non-regular file \"X\"' is not printed",
+    "DIFF-004": "-v: no incremental recursion, the client prints 'building file list ... done' / "
+    "'receiving file list ... done' instead of '... incremental file list'",
+    "DIFF-005": "-m (--prune-empty-dirs): empty (or emptied by filters) dirs are created anyway",
+    "DIFF-006": "--remove-source-files: rsyncd's receiver also confirms symlinks, the client "
+    "removes them; backupd leaves them",
+    "DIFF-007": "--temp-dir outside the module: rsyncd fails the files (exit 1), backupd ignores it",
+    "DIFF-008": "destination path with '../': rsyncd sanitizes it into the module, backupd "
+    "fails (exit 1)",
+    "DIFF-010": "a dir replaced by a file or symlink: rsyncd's 'cannot delete non-empty "
+    "directory' (exit 23) without --force, and with --delete/--force it itemizes "
+    "the deleted contents and a new '<f+++++++++'",
+    "DIFF-011": "type change file<->symlink itemized as an update (cLc......../<f.stp.....) "
+    "instead of a creation (cL+++++++++ / <f+++++++++)",
+    "DIFF-012": "retargeted symlink itemized 'cLc........' instead of 'cLc.t......'",
+    "DIFF-013": "-R --no-implied-dirs: implied parent dirs are created/updated with the "
+    "sender's modes and itemized, rsyncd leaves or creates them as default dirs",
+    "DIFF-014": "pull --files-from=:FILE (list read on the server) is refused (exit 4)",
+    "DIFF-015": "--checksum-choice=md4 is refused (exit 4)",
+    "DIFF-016": "--existing creates new dirs and symlinks",
+    "DIFF-017": "--fuzzy accepted but not used: literal data = whole file",
+    "DIFF-018": "--inplace does not write into the existing inode (a hard link elsewhere in the "
+    "module keeps the old content)",
+    "DIFF-019": "--partial-dir resume: the partial file is not used as basis and the "
+    "partial dir is left behind",
+    "DIFF-020": "--append/--append-verify sends files twice ('failed verification' redo) when "
+    "the receiver has no (or a longer) file",
+    "DIFF-021": "--append-verify with a bad prefix: the redo is itemized differently",
+    "DIFF-022": "-H: hard links are itemized as new files, not 'hf ... => leader'",
+    "DIFF-023": "-K: the receiver's symlink to a dir is replaced by a real dir",
+    "DIFF-024": "symlinks pushed to a 'use chroot = no' module: rsyncd sanitizes targets "
+    "(leading '/' and '../' dropped), backupd stores them verbatim",
+    "DIFF-025": "a destination path starting with '-' after '--': rsyncd exits 4, backupd "
+    "creates it",
+    "DIFF-026": "--backup / --suffix / --backup-dir are refused (exit 4) with history = no",
+    "DIFF-027": "after a daemon-side fatal error rsyncd resets the connection and the client "
+    "also prints 'rsync: [sender|Receiver] read error: Connection reset by peer (104)'",
+    "DIFF-028": "module exclude/filter on push: rsyncd prints 'ERROR: daemon refused to receive "
+    "file \"X\"' (and skips a refused dir's contents), backupd 'skipping daemon-excluded ...'",
+    "DIFF-030": "a second --partial push into a subdir itemizes '.d..t...... ./' rsyncd does not",
+    "DIFF-031": "refuse options: message text differs ('[Receiver] ' prefix, '--compress' "
+    "without ' (-z)')",
+}
 
-KNOWN: dict[str, str | tuple[str, set[str]]] = {}
+KNOWN: dict[str, str | tuple[str, set[str]]] = {
+    "hardlinks-H-delete": "DIFF-022",
+    "module-exclude-delete": "DIFF-028",
+    "push-r-only": "DIFF-003",
+    "push-rt": "DIFF-003",
+    "push-without-l": "DIFF-003",
+    "push-dirs-only": "DIFF-003",
+    "push-executability": "DIFF-003",
+    "push-fifo-without-D": "DIFF-003",
+    "push-verbose": "DIFF-004",
+    "pull-verbose-stats": "DIFF-004",
+    "push-prune-empty-dirs": "DIFF-005",
+    "push-prune-excluded": "DIFF-005",
+    "push-remove-source-files": "DIFF-006",
+    "push-temp-dir": "DIFF-007",
+    "push-dotdot-dest": "DIFF-008",
+    "type-dir-to-file": "DIFF-010",
+    "type-dir-to-file-delete": "DIFF-010",
+    "type-dir-to-file-force": "DIFF-010",
+    "type-dir-to-symlink": "DIFF-010",
+    "type-file-to-symlink": "DIFF-011",
+    "type-symlink-to-file": "DIFF-011",
+    "symlink-retarget": "DIFF-012",
+    "relative-no-implied-dirs": "DIFF-013",
+    "relative-no-implied-existing": "DIFF-013",
+    "files-from-pull-remote": "DIFF-014",
+    "checksum-choice-md4": "DIFF-015",
+    "checksum-c-md4": "DIFF-015",
+    "existing": "DIFF-016",
+    "existing-new-dest": "DIFF-016",
+    "fuzzy": "DIFF-017",
+    "inplace-hardlinked": "DIFF-018",
+    "partial-dir-resume": "DIFF-019",
+    "append-resume": "DIFF-020",
+    "append-verify-good": "DIFF-020",
+    "append-verify-new-file": "DIFF-020",
+    "append-longer-dest": "DIFF-020",
+    "append-twice": "DIFF-020",
+    "append-verify-bad": "DIFF-021",
+    "hardlinks": "DIFF-022",
+    "hardlinks-added-later": "DIFF-022",
+    "keep-dirlinks": "DIFF-023",
+    "safe-links-push": "DIFF-024",
+    "links-unsafe-push": "DIFF-024",
+    "odd-name-arg-dash": "DIFF-025",
+    "backup": ("DIFF-026", {"c3.5.0-hist-no", "c3.2.7-hist-no"}),
+    "backup-suffix": ("DIFF-026", {"c3.5.0-hist-no", "c3.2.7-hist-no"}),
+    "backup-dir": ("DIFF-026", {"c3.5.0-hist-no", "c3.2.7-hist-no"}),
+    "pull-missing-path": "DIFF-027",
+    "list-only-missing": "DIFF-027",
+    "auth-ro-user-push": "DIFF-027",
+    "read-only-push": "DIFF-027",
+    "module-exclude-push": "DIFF-028",
+    "module-filter-push": "DIFF-028",
+    "resume-after-partial-file": "DIFF-030",
+    "refuse-delete": "DIFF-031",
+    "refuse-delete-after": "DIFF-031",
+    "refuse-compress": "DIFF-031",
+}
