@@ -129,6 +129,7 @@ class RsyncResult:
     bytes_sent: int
     files_sent: int
     log_tail: str
+    errors: tuple[str, ...] = ()  # the run's error lines (rsync:, @ERROR, ...), in order
 
     @property
     def exit_class(self) -> ExitClass:
@@ -137,6 +138,37 @@ class RsyncResult:
 
 
 _STAT = re.compile(rb"^(Total bytes sent|Number of regular files transferred):\s+([\d,]+)", re.M)
+# what rsync prints about a failure (its rprintf(FERROR...) lines), wherever they fall among the stats
+_ERROR_LINE = re.compile(
+    rb"^(?:rsync: .*|rsync error: .*|@ERROR.*|ERROR: .*|cannot delete .*|file has vanished: .*"
+    rb"|\*\*\* Skipping .*|IO error encountered .*|skipping .*|.*failed verification.*)$", re.M)
+MAX_ERROR_LINES = 20
+LOG_ROTATE_BYTES = 4 << 20  # the per-target log is appended to; past this it becomes .1
+MAX_SCAN_BYTES = 16 << 20
+
+
+def error_lines(output: bytes) -> tuple[str, ...]:
+    """The error lines of one run's output, at most MAX_ERROR_LINES (the last ones, with the closing line)."""
+    found = [m.group(0).decode(errors="replace").rstrip("\r") for m in _ERROR_LINE.finditer(output)]
+    return tuple(found[-MAX_ERROR_LINES:])
+
+
+def open_run_log(log_path: Path, argv: Sequence[str]):
+    """The per-target log, for appending one run: rotated past LOG_ROTATE_BYTES, a header line first.
+
+    Returns:
+        ``(file, offset)``: the open file and where this run's output starts.
+    """
+    try:
+        if log_path.stat().st_size > LOG_ROTATE_BYTES:
+            os.replace(log_path, log_path.with_name(log_path.name + ".1"))
+    except FileNotFoundError:
+        pass
+    log = open(log_path, "ab")  # noqa: SIM115 - closed by the caller
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+    log.write(f"=== {stamp} {' '.join(argv)}\n".encode(errors="replace"))
+    log.flush()
+    return log, log.tell()
 
 
 async def run_rsync(argv: Sequence[str], log_path: Path, timeout_s: float | None = None) -> RsyncResult:
@@ -147,7 +179,8 @@ async def run_rsync(argv: Sequence[str], log_path: Path, timeout_s: float | None
     start = time.monotonic()
     env = {k: v for k, v in os.environ.items() if k != "RSYNC_PASSWORD"}
     env["LC_ALL"] = "C"
-    with open(log_path, "wb") as log:
+    log, offset = open_run_log(log_path, argv)
+    with log:
         proc = await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=asyncio.subprocess.STDOUT,
             env=env, start_new_session=True,
@@ -160,7 +193,8 @@ async def run_rsync(argv: Sequence[str], log_path: Path, timeout_s: float | None
         if asyncio.current_task() is not None and asyncio.current_task().cancelling():
             raise
         code = KILLED
-    tail = _tail(log_path)
+    output = _read_from(log_path, offset)
+    tail = output[-8192:]
     stats = {k: int(v.replace(b",", b"")) for k, v in _STAT.findall(tail)}
     return RsyncResult(
         code=code,
@@ -168,6 +202,7 @@ async def run_rsync(argv: Sequence[str], log_path: Path, timeout_s: float | None
         bytes_sent=stats.get(b"Total bytes sent", 0),
         files_sent=stats.get(b"Number of regular files transferred", 0),
         log_tail=tail[-2000:].decode(errors="replace"),
+        errors=error_lines(output),
     )
 
 
@@ -178,10 +213,11 @@ def _kill_group(pgid: int) -> None:
         pass
 
 
-def _tail(path: Path, size: int = 8192) -> bytes:
+def _read_from(path: Path, offset: int) -> bytes:
+    """One run's output: the log from ``offset`` on (its last MAX_SCAN_BYTES)."""
     try:
         with open(path, "rb") as f:
-            f.seek(max(0, os.fstat(f.fileno()).st_size - size))
+            f.seek(max(offset, os.fstat(f.fileno()).st_size - MAX_SCAN_BYTES))
             return f.read()
     except OSError:
         return b""

@@ -196,9 +196,9 @@ class TargetWorker:
         if result.exit_class is ExitClass.FATAL:
             delay = self.config.retry_max_s
         self.retry_at = time.monotonic() + delay
-        last = result.log_tail.strip().splitlines()[-3:]
-        error = f"{what} exit {exit_text(result.code)}: {' | '.join(last)}"
-        self.queue.set(failures=self.failures, last_error=error[:1000])
+        shown = list(result.errors) or result.log_tail.strip().splitlines()[-3:]
+        error = f"{what} exit {exit_text(result.code)}: {' | '.join(shown)}"
+        self.queue.set(failures=self.failures, last_error=error[:2000])
         logger.warning("{} to {} failed ({} in a row), retry in {:.1f} s: {}", what, self.label,
                        self.failures, delay, error)
 
