@@ -14,7 +14,6 @@ DIFFERENCES: dict[str, str] = {
     "DIFF-003": "push without -l/-D: the daemon's 'skipping non-regular file \"X\"' is not printed",
     "DIFF-004": "-v: no incremental recursion, the client prints 'building file list ... done' / "
     "'receiving file list ... done' instead of '... incremental file list'",
-    "DIFF-005": "-m (--prune-empty-dirs): empty (or emptied by filters) dirs are created anyway",
     "DIFF-006": "--remove-source-files: rsyncd's receiver also confirms symlinks, the client "
     "removes them; backupd leaves them",
     "DIFF-007": "--temp-dir outside the module: rsyncd fails the files (exit 1), backupd ignores it",
@@ -23,14 +22,10 @@ DIFFERENCES: dict[str, str] = {
     "DIFF-010": "a dir replaced by a file or symlink: rsyncd's 'cannot delete non-empty "
     "directory' (exit 23) without --force, and with --delete/--force it itemizes "
     "the deleted contents and a new '<f+++++++++'",
-    "DIFF-011": "type change file<->symlink itemized as an update (cLc......../<f.stp.....) "
-    "instead of a creation (cL+++++++++ / <f+++++++++)",
-    "DIFF-012": "retargeted symlink itemized 'cLc........' instead of 'cLc.t......'",
     "DIFF-013": "-R --no-implied-dirs: implied parent dirs are created/updated with the "
     "sender's modes and itemized, rsyncd leaves or creates them as default dirs",
     "DIFF-014": "pull --files-from=:FILE (list read on the server) is refused (exit 4)",
     "DIFF-015": "--checksum-choice=md4 is refused (exit 4)",
-    "DIFF-016": "--existing creates new dirs and symlinks",
     "DIFF-017": "--fuzzy accepted but not used: literal data = whole file",
     "DIFF-018": "--inplace does not write into the existing inode (a hard link elsewhere in the "
     "module keeps the old content)",
@@ -41,8 +36,6 @@ DIFFERENCES: dict[str, str] = {
     "DIFF-021": "--append-verify with a bad prefix: the redo is itemized differently",
     "DIFF-022": "-H: hard links are itemized as new files, not 'hf ... => leader'",
     "DIFF-023": "-K: the receiver's symlink to a dir is replaced by a real dir",
-    "DIFF-024": "symlinks pushed to a 'use chroot = no' module: rsyncd sanitizes targets "
-    "(leading '/' and '../' dropped), backupd stores them verbatim",
     "DIFF-025": "a destination path starting with '-' after '--': rsyncd exits 4, backupd "
     "creates it",
     "DIFF-026": "--backup / --suffix / --backup-dir are refused (exit 4) with history = no",
@@ -57,7 +50,6 @@ DIFFERENCES: dict[str, str] = {
 
 KNOWN: dict[str, str | tuple[str, set[str]]] = {
     "hardlinks-H-delete": "DIFF-022",
-    "module-exclude-delete": "DIFF-028",
     "push-r-only": "DIFF-003",
     "push-rt": "DIFF-003",
     "push-without-l": "DIFF-003",
@@ -66,8 +58,6 @@ KNOWN: dict[str, str | tuple[str, set[str]]] = {
     "push-fifo-without-D": "DIFF-003",
     "push-verbose": "DIFF-004",
     "pull-verbose-stats": "DIFF-004",
-    "push-prune-empty-dirs": "DIFF-005",
-    "push-prune-excluded": "DIFF-005",
     "push-remove-source-files": "DIFF-006",
     "push-temp-dir": "DIFF-007",
     "push-dotdot-dest": "DIFF-008",
@@ -75,16 +65,11 @@ KNOWN: dict[str, str | tuple[str, set[str]]] = {
     "type-dir-to-file-delete": "DIFF-010",
     "type-dir-to-file-force": "DIFF-010",
     "type-dir-to-symlink": "DIFF-010",
-    "type-file-to-symlink": "DIFF-011",
-    "type-symlink-to-file": "DIFF-011",
-    "symlink-retarget": "DIFF-012",
     "relative-no-implied-dirs": "DIFF-013",
     "relative-no-implied-existing": "DIFF-013",
     "files-from-pull-remote": "DIFF-014",
     "checksum-choice-md4": "DIFF-015",
     "checksum-c-md4": "DIFF-015",
-    "existing": "DIFF-016",
-    "existing-new-dest": "DIFF-016",
     "fuzzy": "DIFF-017",
     "inplace-hardlinked": "DIFF-018",
     "partial-dir-resume": "DIFF-019",
@@ -97,8 +82,6 @@ KNOWN: dict[str, str | tuple[str, set[str]]] = {
     "hardlinks": "DIFF-022",
     "hardlinks-added-later": "DIFF-022",
     "keep-dirlinks": "DIFF-023",
-    "safe-links-push": "DIFF-024",
-    "links-unsafe-push": "DIFF-024",
     "odd-name-arg-dash": "DIFF-025",
     "backup": ("DIFF-026", {"c3.5.0-hist-no", "c3.2.7-hist-no"}),
     "backup-suffix": ("DIFF-026", {"c3.5.0-hist-no", "c3.2.7-hist-no"}),
@@ -108,7 +91,6 @@ KNOWN: dict[str, str | tuple[str, set[str]]] = {
     "auth-ro-user-push": "DIFF-027",
     "read-only-push": "DIFF-027",
     "module-exclude-push": "DIFF-028",
-    "module-filter-push": "DIFF-028",
     "resume-after-partial-file": "DIFF-030",
     "refuse-delete": "DIFF-031",
     "refuse-delete-after": "DIFF-031",
