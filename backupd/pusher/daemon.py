@@ -243,9 +243,16 @@ class Pusher:
         while True:
             await asyncio.sleep(FLUSH_S)
             try:
-                await self.flush()
-                if self.lease is not None and self.may_push():
-                    await self.drain_journal()
+                if self.lease is None:
+                    await self.flush()
+                else:  # a hung database must not hold events or the loop: bounded like every lease call
+                    await asyncio.wait_for(self.flush(), self.config.ha.lease_s / 3)
+                    if self.may_push():
+                        await asyncio.wait_for(self.drain_journal(), self.config.ha.lease_s / 3)
+            except TimeoutError:
+                logger.warning("journal unavailable: no answer within {:.1f} s", self.config.ha.lease_s / 3)
+                await self._drop_lease_connection()
+                await asyncio.sleep(1.0)
             except self.db_errors as exc:
                 logger.warning("journal unavailable: {}", exc)
                 await asyncio.sleep(1.0)
@@ -264,7 +271,7 @@ class Pusher:
                 continue
             try:
                 await self.lease.append(source.label, changes)
-            except self.db_errors:
+            except BaseException:  # a database error, or a timeout cancelling us: keep the changes
                 coalesce_back(source, changes)
                 raise
 
@@ -314,18 +321,40 @@ class Pusher:
                 if (now - last) / 1e9 >= interval:
                     await source.request_full_sync("schedule")
 
+    def _db_call_budget(self, now: float) -> float:
+        """Seconds one lease step may take: a third of the lease, and never past our own step-down time.
+
+        A database that hangs (a network partition) must not keep a leader
+        pushing past ``valid_until - margin``: the step is cancelled there.
+        """
+        ha = self.config.ha
+        budget = ha.lease_s / 3
+        if self.epoch is not None:
+            budget = min(budget, self.valid_until - ha.lease_s / 6 - now)
+        return max(0.05, budget)
+
     async def _ha_loop(self) -> None:
         ha = self.config.ha
         while True:
             started = time.monotonic()
             try:
-                await self._ha_step(started)
+                await asyncio.wait_for(self._ha_step(started), self._db_call_budget(started))
+            except TimeoutError:
+                logger.warning("lease database did not answer within {:.1f} s", time.monotonic() - started)
+                await self._drop_lease_connection()
             except (*self.db_errors, OSError) as exc:
                 logger.warning("lease database unavailable: {}", exc)
-                await self.lease.close()
+                await self._drop_lease_connection()
             if self.epoch is not None and time.monotonic() >= self.valid_until - ha.lease_s / 6:
                 self._step_down("lease not renewed in time")
             await asyncio.sleep(max(0.05, ha.lease_s / 3 - (time.monotonic() - started)))
+
+    async def _drop_lease_connection(self) -> None:
+        """Close the lease connection (its state is unknown), without waiting on a stalled peer."""
+        try:
+            await asyncio.wait_for(self.lease.close(), 1.0)
+        except (TimeoutError, *self.db_errors, OSError):
+            self.lease.conn = None
 
     async def _ha_step(self, started: float) -> None:
         if self.epoch is None:

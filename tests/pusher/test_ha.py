@@ -120,3 +120,110 @@ def test_two_pushers_one_leader_takeover(postgres, targets, spawn_watch, tmp_pat
 def _journal_empty(dsn, group) -> bool:
     with psycopg.connect(dsn) as conn:
         return conn.execute("SELECT count(*) FROM backupd_journal WHERE grp = %s", (group,)).fetchone()[0] == 0
+
+
+class StallingProxy:
+    """A TCP proxy to PostgreSQL on 127.0.0.1 that the test can stall (a network partition).
+
+    While stalled it keeps every connection open and forwards nothing, so the
+    client sees a database that never answers (no reset, no error).
+    """
+
+    def __init__(self, upstream_port: int) -> None:
+        import socket
+        import threading
+
+        self.upstream_port = upstream_port
+        self.stalled = threading.Event()
+        self.closing = threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(0.2)
+        self.port = self.listener.getsockname()[1]
+        self.socks: list = []
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while not self.closing.is_set():
+            try:
+                client, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            self.socks += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, src, dst) -> None:
+        src.settimeout(0.2)
+        while not self.closing.is_set():
+            if self.stalled.is_set():
+                time.sleep(0.05)
+                continue
+            try:
+                data = src.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            if not data:
+                return
+            try:
+                dst.sendall(data)
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self.closing.set()
+        self.listener.close()
+        for s in self.socks:
+            s.close()
+
+
+@pytest.mark.slow
+def test_a_partitioned_leader_stops_pushing_within_the_lease(postgres, targets, spawn_watch, tmp_path,
+                                                             rsync_clients):
+    group = f"g-{uuid.uuid4().hex[:8]}"
+    port = int(postgres.split("port=")[1].split()[0])
+    proxy = StallingProxy(port)
+    via_proxy = postgres.replace(f"port={port}", f"port={proxy.port}")
+    src = make_tree(tmp_path / "src", {"seed": {f"s{j}": f"{j}" for j in range(5)}})
+    runs = tmp_path / "rsync-runs.log"
+    configs = {"a": _node_config(tmp_path, "a", "b", src, targets, _wrapper(tmp_path, "a", runs), via_proxy, group),
+               "b": _node_config(tmp_path, "b", "a", src, targets, _wrapper(tmp_path, "b", runs), postgres, group)}
+
+    def holder():
+        with psycopg.connect(postgres) as conn:
+            try:
+                return conn.execute("SELECT holder FROM backupd_lease WHERE grp = %s", (group,)).fetchone()
+            except psycopg.errors.UndefinedTable:  # no node has connected yet
+                return None
+
+    try:
+        leader = spawn_watch(configs["a"], name="a")
+        assert wait_until(lambda: (h := holder()) and h[0] == "a", 20), leader.text()
+        follower = spawn_watch(configs["b"], name="b")
+        assert wait_until(lambda: "watching" in follower.text(), 20), follower.text()
+        assert not wait_converged(src, targets.values(), 30), leader.text()
+
+        proxy.stalled.set()  # the leader's database path hangs; the follower's does not
+        stalled = time.monotonic()
+        stepped = wait_until(lambda: "not leader any more" in leader.text() and time.monotonic() - stalled,
+                             3 * LEASE_S)
+        assert stepped, leader.text()[-3000:]
+        print(f"partitioned leader stopped after {stepped:.2f} s (lease {LEASE_S} s)")
+        assert stepped <= LEASE_S, leader.text()[-3000:]
+        runs_at_stop = runs.read_text().split()
+        took = wait_until(lambda: holder()[0] == "b" and time.monotonic() - stalled, 3 * LEASE_S)
+        assert took, follower.text()
+        for j in range(5):
+            (src / f"a-after-{j}").write_text("written on host a after the partition")
+            (src / f"b-after-{j}").write_text("written on host b after the partition")
+        assert wait_until(lambda: all((t.module / "b-after-4").exists() for t in targets.values()), 30)
+        after = runs.read_text().split()[len(runs_at_stop):]
+        assert set(after) <= {"b"}, "the partitioned leader ran rsync after stepping down"
+    finally:
+        proxy.close()
