@@ -28,6 +28,7 @@ from backupd.protocol.sums import (
     Buffer,
     Checksum,
     SumHead,
+    StrongSums,
     block_sums1,
     checksum1_ref,
     rolling_sums1,
@@ -35,6 +36,7 @@ from backupd.protocol.sums import (
 
 MAX_CHAIN = 1024            # 3.5.0 MAX_CHAIN_LEN: equal weak sums tried per offset (None: 3.2.7)
 MATCH_WINDOW = 1024 * 1024  # offsets whose weak sums are computed per NumPy pass (>= 16 blocks)
+SHORT_CHAIN = 8            # chains up to this long are walked; longer ones get a table
 TWIN_DENSITY = 16          # equal windows looked for when one offset in this many is a candidate
 _HASH_BASE = 0x9E3779B97F4A7C15  # odd: invertible mod 2**64
 _HASH_INV = pow(_HASH_BASE, -1, 1 << 64)
@@ -93,16 +95,18 @@ class _Search:
         self.b = head.block_len
         self.cmp_len = min(head.s2_len, checksum.digest_len)
         self.sum1 = np.asarray(sum1, dtype=np.uint32)
-        self.sum2 = sum2 if self.cmp_len == head.s2_len else [s[: self.cmp_len] for s in sum2]
+        self.sum2 = StrongSums.of(sum2, self.cmp_len)
         self.last_len = head.block_size(head.count - 1) if head.count else 0
         self.end = self.size + 1 - self.last_len
-        self.order = np.lexsort((-np.arange(head.count), self.sum1))
+        # C's chain order: by sum1, highest block first (int32: 4 bytes a block)
+        backwards = np.argsort(self.sum1[::-1], kind="stable").astype(np.int32)
+        self.order = np.int32(head.count - 1) - backwards
+        del backwards
         self.sorted_sum1 = self.sum1[self.order]
         self.last_match = 0
         self.pos = 0          # next offset the search looks at
         self.want = 0
-        self._tables: dict[int, dict[tuple[int, bytes], int]] = {}
-        self._lengths: dict[int, set[int]] = {}
+        self._tables: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self.strong_sums = 0  # strong sums computed (bounded: at most one per offset)
         self._powers: tuple[np.ndarray, np.ndarray] | None = None
 
@@ -126,21 +130,42 @@ class _Search:
             hi = min(hi, lo + self.max_chain)
         return self.order[lo:hi]
 
-    def candidates(self, weak: int) -> dict[tuple[int, bytes], int]:
-        """``(block length, strong sum) -> block`` for the chain of ``weak``, built once.
+    def chain_match(self, weak: int, length: int, strong: bytes) -> int | None:
+        """First block of ``weak``'s chain (C's order, ``max_chain`` cut) with this length and sum2.
 
-        The first block in C's chain order wins, so one lookup gives what
-        hash_search()'s walk of up to ``max_chain`` equal weak sums gives:
-        blocks that share a weak sum and a strong sum are checked once,
-        however many the client sent (the CVE-2026-70453 class).
+        What hash_search()'s walk finds, with bounded work however long the
+        chain is: a short chain is walked; a long one is looked up in its
+        table of distinct strong sums (built once, NumPy, ~``cmp_len + 8``
+        bytes an entry), so blocks that share a weak and a strong sum are
+        checked once (the CVE-2026-70453 class). Only the last block can be
+        short, and it leads its chain.
         """
+        chain = self.chain(weak)
+        if len(chain) <= SHORT_CHAIN or not self.cmp_len:
+            for i in chain.tolist():
+                if self.block_len(i) == length and self.sum2[i] == strong:
+                    return i
+            return None
+        first = int(chain[0])
+        if self.block_len(first) != self.b:          # the short last block
+            if length != self.b:
+                return first if self.sum2[first] == strong else None
+        elif length != self.b:
+            return None
+        keys, blocks = self._long_table(weak, chain)
+        pos = int(np.searchsorted(keys, np.array(strong, dtype=keys.dtype)))
+        if pos < len(keys) and self.sum2[int(blocks[pos])] == strong:
+            return int(blocks[pos])
+        return None
+
+    def _long_table(self, weak: int, chain: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(sorted distinct sum2 of the chain's full-length blocks, first such block of each)."""
         table = self._tables.get(weak)
         if table is None:
-            table = {}
-            for i in reversed(self.chain(weak).tolist()):
-                table[(self.block_len(i), self.sum2[i])] = i  # earlier in the chain overwrites
-            self._tables[weak] = table
-            self._lengths[weak] = {length for length, _ in table}
+            if self.block_len(int(chain[0])) != self.b:
+                chain = chain[1:]
+            keys, first = np.unique(self.sum2.array()[chain], return_index=True)
+            table = self._tables[weak] = (keys, chain[first])
         return table
 
     def strong_sum(self, offset: int, length: int) -> bytes:
@@ -151,15 +176,13 @@ class _Search:
     def find(self, offset: int, weak: int) -> int | None:
         """Block matching at ``offset`` (weak sum ``weak``), after the want-next rule; or None.
 
-        At most one strong sum per offset, and none when no block of this
-        weak sum has this length.
+        At most one strong sum per offset.
         """
         length = min(self.b, self.size - offset)
-        table = self.candidates(weak)
-        if length not in self._lengths[weak]:
-            return None
+        if length != self.b and self.block_len(self.head.count - 1) != length:
+            return None                               # no block this short
         strong = self.strong_sum(offset, length)
-        found = table.get((length, strong))
+        found = self.chain_match(weak, length, strong)
         want = self.want
         if (
             found is not None and found != want and want < self.head.count
@@ -253,7 +276,6 @@ def _scan_full_windows(search: _Search, window: int) -> Iterator[SendCall]:
     last_full = search.size - b
     if not len(table) or last_full < 0:
         return
-    table_set = set(table.tolist())
     bitmap = np.zeros(1 << (32 - _PREFILTER_SHIFT), dtype=bool)
     bitmap[table >> _PREFILTER_SHIFT] = True
     start = 0
@@ -264,7 +286,8 @@ def _scan_full_windows(search: _Search, window: int) -> Iterator[SendCall]:
             while search.pos <= last_full:
                 offset = search.pos
                 weak = int(block_sums1(search.view[offset : offset + b], b)[0])
-                if not len(table) or weak not in table_set:
+                at = int(np.searchsorted(table, weak))
+                if at == len(table) or int(table[at]) != weak:
                     break
                 if (i := search.find(offset, weak)) is None:
                     break

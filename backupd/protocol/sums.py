@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 import xxhash
 
-from backupd.errors import ProtocolError, Unsupported
+from backupd.errors import ExitCode, ProtocolError, Unsupported
 from backupd.protocol.constants import MAX_BLOCK_SIZE
 
 BLOCK_SIZE = 700                # rsync.h BLOCK_SIZE: blength for files up to 700*700 bytes
@@ -28,6 +28,8 @@ FIRST_PASS_S2_LEN = 2           # csum_length in phase 0 (SHORT_SUM_LENGTH)
 BLOCKSUM_BIAS = 10              # generator.c: bits of safety in the s2length rule
 SUMS_WINDOW = 2 * 1024 * 1024   # bytes of basis turned into sum1 values per NumPy pass
 _MAX_COUNT = 0x7FFFFFFF         # count is an int32 on the wire
+MAX_ALLOC = 1 << 30             # rsync --max-alloc default (options.c DEFAULT_MAX_ALLOC)
+SUM_BUF_SIZE = 24               # sizeof(struct sum_buf) in rsync.h: what C allocates per block
 _HEAD = struct.Struct("<4i")
 
 Buffer = bytes | bytearray | memoryview
@@ -80,7 +82,9 @@ class SumHead:
 NULL_SUM_HEAD = SumHead(0, 0, 0, 0)
 
 
-def decode_sum_head(data: bytes | memoryview, digest_len: int = SUM_LENGTH) -> SumHead:
+def decode_sum_head(
+    data: bytes | memoryview, digest_len: int = SUM_LENGTH, *, max_alloc: int | None = MAX_ALLOC
+) -> SumHead:
     """Decode and bound-check the 16-byte sum head.
 
     Bounds are rsync 3.5.0's read_sum_head(): ``count >= 0``;
@@ -90,14 +94,19 @@ def decode_sum_head(data: bytes | memoryview, digest_len: int = SUM_LENGTH) -> S
     pass even for 8-byte digests (protocol-b §7.4; compare only
     ``min(s2_len, digest_len)`` bytes). Stricter than C: a head with
     ``count == 0`` must have ``remainder == 0`` (else --append's prefix
-    length would be negative).
+    length would be negative). The sums the head announces are bounded
+    before they are read, as C's receive_sums() allocations are: ``count``
+    x ``sizeof(struct sum_buf)`` and ``count`` x the digest length, each
+    under ``max_alloc`` (2**26 blocks are refused by default, 2**22 pass).
 
     Args:
         data: exactly 16 bytes.
         digest_len: full digest length of the negotiated checksum.
+        max_alloc: rsync's --max-alloc; None: no bound.
 
     Raises:
-        ProtocolError: wrong size or a field out of bounds (exit code 2).
+        ProtocolError: wrong size or a field out of bounds (exit code 2),
+            or the sums would exceed ``max_alloc`` (exit code 22).
     """
     if len(data) != _HEAD.size:
         raise ProtocolError(f"sum head of {len(data)} bytes, want {_HEAD.size}")
@@ -115,7 +124,26 @@ def decode_sum_head(data: bytes | memoryview, digest_len: int = SUM_LENGTH) -> S
         raise ProtocolError(f"invalid remainder length {remainder} for block length {block_len}")
     if not count and remainder:
         raise ProtocolError(f"remainder {remainder} without blocks")
+    if max_alloc is not None:
+        check_alloc(count, SUM_BUF_SIZE, max_alloc, "block sums")
+        check_alloc(count * max(s2_len, digest_len), 1, max_alloc, "strong sums")
     return SumHead(count, block_len, s2_len, remainder)
+
+
+def check_alloc(num: int, size: int, max_alloc: int, what: str) -> None:
+    """Refuse an allocation of ``num`` items of ``size`` bytes reaching ``max_alloc``.
+
+    rsync's rule (util2.c my_alloc(): ``num >= max_alloc / size``), checked
+    before anything is read or allocated; the session ends with exit 22
+    (RERR_MALLOC) as rsync's does.
+
+    Raises:
+        ProtocolError: over the limit (exit code 22).
+    """
+    if size and num >= max_alloc // size:
+        raise ProtocolError(
+            f"{what}: {num} x {size} bytes exceeds --max-alloc={max_alloc}", ExitCode.MALLOC
+        )
 
 
 def _sqrt_block_len(file_len: int) -> int:
@@ -406,8 +434,65 @@ def generate_sums(view: Buffer, head: SumHead, checksum: Checksum) -> bytes:
     return b"".join(iter_sums_wire(view, head, checksum))
 
 
-def decode_block_sums(data: bytes | memoryview, head: SumHead) -> tuple[np.ndarray, list[bytes]]:
+class StrongSums(Sequence[bytes]):
+    """``count`` strong-sum prefixes of ``width`` bytes each, kept in one bytes object.
+
+    What the sender holds per block besides sum1: ``width`` bytes, no
+    Python object per block (a list of bytes costs ~57 bytes a block).
+    Indexing gives ``bytes``; :meth:`array` a zero-copy NumPy view.
+    """
+
+    __slots__ = ("blob", "width", "_count")
+
+    def __init__(self, blob: bytes, width: int, count: int) -> None:
+        if len(blob) != width * count:
+            raise ValueError(f"{len(blob)} bytes for {count} sums of {width}")
+        self.blob, self.width, self._count = blob, width, count
+
+    @classmethod
+    def of(cls, sums: Iterable[bytes], width: int) -> StrongSums:
+        """The first ``width`` bytes of each sum (each must have at least that many)."""
+        if isinstance(sums, StrongSums):
+            if sums.width == width:
+                return sums
+            rows = np.frombuffer(sums.blob, dtype=np.uint8).reshape(len(sums), sums.width)
+            return cls(rows[:, :width].tobytes(), width, len(sums))
+        items = [bytes(s)[:width] for s in sums]
+        if any(len(s) != width for s in items):
+            raise ValueError(f"a strong sum shorter than {width} bytes")
+        return cls(b"".join(items), width, len(items))
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __getitem__(self, index):  # type: ignore[override]
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(self._count))]
+        if index < 0:
+            index += self._count
+        if not 0 <= index < self._count:
+            raise IndexError(index)
+        return self.blob[index * self.width : (index + 1) * self.width]
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, StrongSums):
+            return (self.width, self.blob) == (other.width, other.blob)
+        if isinstance(other, Sequence):
+            return list(self) == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def array(self) -> np.ndarray:
+        """The sums as a NumPy ``S{width}`` array, shape ``(count,)`` (width >= 1)."""
+        return np.frombuffer(self.blob, dtype=f"S{self.width}")
+
+
+def decode_block_sums(data: bytes | memoryview, head: SumHead) -> tuple[np.ndarray, StrongSums]:
     """Split the block sums: sum1 uint32, shape ``(count,)``; sum2 ``s2_len`` bytes each.
+
+    About ``4 + s2_len`` bytes kept per block (C: 24 + digest length),
+    twice that while decoding.
 
     Raises:
         ProtocolError: ``data`` is not exactly ``count * (4 + s2_len)`` bytes.
@@ -417,8 +502,7 @@ def decode_block_sums(data: bytes | memoryview, head: SumHead) -> tuple[np.ndarr
         raise ProtocolError(
             f"block sums of {len(data)} bytes, want {head.count} x {width}"
         )
-    raw = bytes(data)
-    rows = np.frombuffer(raw, dtype=np.uint8).reshape(head.count, width)
-    sum1 = rows[:, :4].copy().view("<u4").reshape(head.count).astype(np.uint32)
-    sum2 = [raw[i + 4 : i + width] for i in range(0, len(raw), width)]
+    rows = np.frombuffer(data, dtype=np.uint8).reshape(head.count, width)
+    sum1 = rows[:, :4].copy().view("<u4").reshape(head.count).astype(np.uint32, copy=False)
+    sum2 = StrongSums(rows[:, 4:].tobytes(), head.s2_len, head.count)
     return sum1, sum2

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import math
+import random
 import struct
+import tracemalloc
 from functools import cache
 
 import pytest
@@ -15,9 +17,12 @@ from hypothesis import strategies as st
 from backupd.errors import ExitCode, ProtocolError, Unsupported
 from backupd.protocol.sums import (
     HAVE_MD4,
+    MAX_ALLOC,
     NULL_SUM_HEAD,
+    SUM_BUF_SIZE,
     SUPPORTED_CHECKSUMS,
     Checksum,
+    StrongSums,
     SumHead,
     block_sums1,
     checksum1_ref,
@@ -329,3 +334,45 @@ def test_generate_sums_refuses_bad_input():
     with pytest.raises(ValueError):
         generate_sums(OLD_A, SumHead(29, 700, 16, 400), ck)
     assert generate_sums(b"", NULL_SUM_HEAD, ck) == b""
+
+
+# ---------------------------------------------------------------- --max-alloc
+
+def test_sum_head_beyond_max_alloc_is_refused_before_anything_is_read():
+    """Issue 15.4: 2**26 block sums (~8 GB as Python objects) were accepted; rsync's
+    my_alloc() refuses count x sizeof(struct sum_buf) >= --max-alloc (1 GiB)."""
+    tracemalloc.start()
+    try:
+        with pytest.raises(ProtocolError, match=r"exceeds --max-alloc=1073741824") as info:
+            decode_sum_head(SumHead(1 << 26, 700, 16, 0).encode(), 16)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert info.value.exit_code == ExitCode.MALLOC
+    assert peak < 1 << 20
+    limit = MAX_ALLOC // SUM_BUF_SIZE                  # 44739242: the C bound
+    assert decode_sum_head(SumHead(limit - 1, 1, 2, 0).encode(), 16).count == limit - 1
+    with pytest.raises(ProtocolError):
+        decode_sum_head(SumHead(limit, 1, 2, 0).encode(), 16)
+    assert decode_sum_head(SumHead(1 << 22, 700, 16, 0).encode(), 16).count == 1 << 22
+    assert decode_sum_head(SumHead(1 << 26, 700, 16, 0).encode(), 16, max_alloc=None).count == 1 << 26
+    with pytest.raises(ProtocolError):                 # a smaller --max-alloc, strong sums bound
+        decode_sum_head(SumHead(1 << 16, 700, 16, 0).encode(), 16, max_alloc=1 << 20)
+
+
+def test_block_sums_are_kept_compact():
+    """4 + s2_len bytes a block, not a bytes object each (2**22 sums peaked at 505 MB)."""
+    count, s2_len = 1 << 18, 16
+    wire = random.Random(4).randbytes(count * (4 + s2_len))
+    head = SumHead(count, 700, s2_len, 0)
+    tracemalloc.start()
+    try:
+        sum1, sum2 = decode_block_sums(wire, head)
+        kept, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert kept < count * (4 + s2_len) * 1.1 and peak < 2.2 * count * (4 + s2_len)
+    assert len(sum2) == count and sum2[-1] == wire[-s2_len:] and sum2[0] == wire[4:20]
+    assert int(sum1[1]) == int.from_bytes(wire[20:24], "little")
+    assert StrongSums.of(sum2, 2) == [s[:2] for s in sum2[:count]]
+    assert sum2.array()[3] == sum2[3].rstrip(b"\0")   # NumPy S16: trailing NULs dropped
