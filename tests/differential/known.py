@@ -31,8 +31,6 @@ DIFFERENCES: dict[str, str] = {
     "module keeps the old content)",
     "DIFF-019": "--partial-dir resume: the partial file is not used as basis and the "
     "partial dir is left behind",
-    "DIFF-020": "--append/--append-verify sends files twice ('failed verification' redo) when "
-    "the receiver has no (or a longer) file",
     "DIFF-021": "--append-verify with a bad prefix: the redo is itemized differently",
     "DIFF-022": "-H: hard links are itemized as new files, not 'hf ... => leader'",
     "DIFF-023": "-K: the receiver's symlink to a dir is replaced by a real dir",
@@ -73,14 +71,7 @@ KNOWN: dict[str, str | tuple[str, set[str]]] = {
     "fuzzy": "DIFF-017",
     "inplace-hardlinked": "DIFF-018",
     "partial-dir-resume": "DIFF-019",
-    "append-resume": "DIFF-020",
-    "append-verify-good": "DIFF-020",
-    "append-verify-new-file": "DIFF-020",
-    "append-longer-dest": "DIFF-020",
-    "append-twice": "DIFF-020",
     "append-verify-bad": "DIFF-021",
-    "hardlinks": "DIFF-022",
-    "hardlinks-added-later": "DIFF-022",
     "keep-dirlinks": "DIFF-023",
     "odd-name-arg-dash": "DIFF-025",
     "backup": ("DIFF-026", {"c3.5.0-hist-no", "c3.2.7-hist-no"}),
