@@ -190,8 +190,9 @@ class Pusher:
             self.spawn(self._flush_loop())
             self.spawn(self._schedule_loop())
             if self.lease is not None:
-                self.spawn(self._ha_loop())
-            elif any(s.machine.owes_full_sync for s in self.sources):
+                self.spawn(self._ha_loop())  # the leader's takeover owes the full syncs
+            else:
+                self.metrics.is_leader.set(1)  # without HA this node always pushes
                 for source in self.sources:
                     if source.machine.owes_full_sync:
                         self.spawn(source.request_full_sync(source.machine.reason or "start"))

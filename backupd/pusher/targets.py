@@ -39,6 +39,10 @@ class ExitClass(Enum):
     FATAL = "fatal"  # our argv or config: retry slowly, the log says why
 
 
+# exit 5 with one of these is a wrong password, user, module or host rule: retrying fast will not help
+_REFUSALS = ("@ERROR: auth failed", "@ERROR: Unknown module", "@ERROR: access denied", "@ERROR: chroot failed",
+             "@ERROR: chdir failed")
+
 _UNREACHABLE = {
     ExitCode.STARTCLIENT, ExitCode.SOCKETIO, ExitCode.STREAMIO, ExitCode.MESSAGEIO,
     ExitCode.IPC, ExitCode.CRASHED, ExitCode.TERMINATED, ExitCode.SIGNAL, ExitCode.WAITCHILD,
@@ -133,7 +137,9 @@ class RsyncResult:
 
     @property
     def exit_class(self) -> ExitClass:
-        """The class of this run's exit code."""
+        """The class of this run's exit code; a refused login or module is our config, not the network."""
+        if self.code == ExitCode.STARTCLIENT and any(line.startswith(_REFUSALS) for line in self.errors):
+            return ExitClass.FATAL
         return classify_exit(self.code)
 
 

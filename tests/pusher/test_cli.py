@@ -80,6 +80,7 @@ def test_full_sync_timeout_kills_rsync_and_status_shows_it(tmp_path):
     assert "INITIAL_SYNC" in text and "rsync://127.0.0.1:1/mod" in text
     assert 'backupd_pusher_full_sync_owed{source="' in metrics
     assert f'backupd_pusher_source_state{{source="{src}",state="INITIAL_SYNC"}} 1.0' in metrics
+    assert "backupd_pusher_is_leader 1.0" in metrics  # without HA this node is the one that pushes
 
 
 def test_status_and_metrics_show_depth_lag_and_last_success(targets, tmp_path, rsync_clients):

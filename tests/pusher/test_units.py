@@ -14,7 +14,7 @@ from backupd.pusher.coalesce import Batch, Change, Kind
 from backupd.pusher.excludes import ExcludeRules, rsync_anchored
 from backupd.pusher.queue import TargetQueue
 from backupd.pusher.source_state import Loss, SourceState, on_full_sync_done, on_loss, on_start
-from backupd.pusher.targets import ExitClass, batch_argv, classify_exit, full_sync_argv
+from backupd.pusher.targets import ExitClass, RsyncResult, batch_argv, classify_exit, full_sync_argv
 from tests.helpers import make_tree
 
 # ---------------------------------------------------------------- excludes
@@ -132,3 +132,14 @@ def test_batch_argv_adds_r_and_force_only_when_needed():
                                            (1, ExitClass.FATAL), (127, ExitClass.FATAL)])
 def test_exit_classes(code, cls):
     assert classify_exit(code) is cls
+
+
+@pytest.mark.parametrize(("errors", "cls"), [
+    (("@ERROR: auth failed on module mod",), ExitClass.FATAL),
+    (("@ERROR: Unknown module 'mdo'",), ExitClass.FATAL),
+    (("@ERROR: max connections (2) reached -- try again later",), ExitClass.UNREACHABLE),
+    ((), ExitClass.UNREACHABLE),
+])
+def test_a_refused_login_or_module_is_not_a_network_problem(errors, cls):
+    result = RsyncResult(code=5, seconds=0.1, bytes_sent=0, files_sent=0, log_tail="", errors=errors)
+    assert result.exit_class is cls
