@@ -26,7 +26,7 @@ from backupd.pusher.lease import RESCAN_KIND, Lease, database_errors
 from backupd.pusher.metrics import PusherMetrics
 from backupd.pusher.queue import TargetQueue
 from backupd.pusher.source_state import Loss, SourceState, on_full_sync_done, on_loss, on_start
-from backupd.pusher.state_store import StateStore, queue_path
+from backupd.pusher.state_store import StateStore, clear_running, mark_running, queue_path
 from backupd.pusher.targets import (
     ExitClass,
     exit_text,
@@ -56,7 +56,7 @@ class SourceRuntime:
         self.unsent: dict[bytes, Change] = {}  # coalesced, not yet durable (journal down)
         self.watcher: SourceWatcher | None = None
         row = pusher.store.load(config.path)
-        self.machine = on_start(row.state if row else None, pusher.config.full_sync_at_start)
+        self.machine = on_start(row.state if row else None, pusher.config.full_sync_at_start, pusher.unclean_start)
         self.last_full_request_ns = row.last_full_request_ns if row else None
         self.workers = [
             TargetWorker(pusher, self, t, TargetQueue(queue_path(pusher.config.state_dir, config, t)))
@@ -145,6 +145,7 @@ class Pusher:
         self.inotify_factory = inotify_factory
         self.metrics = metrics or PusherMetrics()
         self.store = StateStore(config.state_dir)
+        self.unclean_start = mark_running(config.state_dir)  # the previous run was killed or crashed
         self.lease = Lease(config.ha) if config.ha is not None else None
         # psycopg only with HA; without it no database call can fail, and `except ()` catches nothing
         self.db_errors: tuple[type[BaseException], ...] = database_errors() if config.ha is not None else ()
@@ -231,6 +232,7 @@ class Pusher:
             for worker in source.workers:
                 worker.queue.close()
         self.store.close()
+        clear_running(self.config.state_dir)
 
     async def _final_flush(self) -> None:
         try:

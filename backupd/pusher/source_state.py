@@ -49,13 +49,21 @@ class SourceMachine:
         return self.state is not SourceState.REALTIME
 
 
-def on_start(persisted: SourceState | None, full_sync_at_start: bool) -> SourceMachine:
+UNCLEAN_STOP = "unclean stop: changes made while the pusher was down were not seen"
+
+
+def on_start(persisted: SourceState | None, full_sync_at_start: bool, unclean: bool = False) -> SourceMachine:
     """The machine at start, from the persisted state and the ``at_start`` setting.
 
     An unfinished INITIAL_SYNC or RESCAN is resumed whatever ``at_start`` says.
+    ``unclean``: the previous run did not stop cleanly (killed, crashed): a
+    source it watched starts in RESCAN, since its last events and whatever
+    changed while it was down were never seen.
     """
     if persisted is SourceState.RESCAN:
         return SourceMachine(SourceState.RESCAN, reason="resumed after restart")
+    if unclean and persisted is SourceState.REALTIME:
+        return SourceMachine(SourceState.RESCAN, reason=UNCLEAN_STOP)
     if persisted is SourceState.INITIAL_SYNC or full_sync_at_start:
         return SourceMachine(SourceState.INITIAL_SYNC, reason="start")
     return SourceMachine(SourceState.REALTIME)

@@ -80,3 +80,26 @@ class StateStore:
             "SELECT path, state, reason, updated_ns, last_full_request_ns FROM sources ORDER BY path"
         ).fetchall()
         return [SourceRow(r[0], SourceState(r[1]), r[2], r[3], r[4]) for r in rows]
+
+
+RUNNING_MARKER = "pusher.running"
+
+
+def mark_running(state_dir: Path) -> bool:
+    """Leave the running marker (our pid) in ``state_dir``; True if one was already there.
+
+    A clean stop removes it (:func:`clear_running`); one found at start means
+    the previous run was killed or crashed.
+    """
+    Path(state_dir).mkdir(parents=True, exist_ok=True)
+    marker = Path(state_dir) / RUNNING_MARKER
+    found = marker.exists()
+    tmp = marker.with_name(f".{RUNNING_MARKER}.{os.getpid()}")
+    tmp.write_text(f"{os.getpid()}\n")
+    os.replace(tmp, marker)
+    return found
+
+
+def clear_running(state_dir: Path) -> None:
+    """Remove the running marker: this run stopped cleanly."""
+    (Path(state_dir) / RUNNING_MARKER).unlink(missing_ok=True)

@@ -125,7 +125,8 @@ def test_target_down_and_pusher_restart_lose_nothing(targets, spawn_watch, tmp_p
     second = spawn_watch(config, name="second")
     diffs = wait_converged(src, targets.values(), 60)
     assert not diffs, "\n".join(diffs[:20]) + "\n" + second.text()[-3000:]
-    assert "full sync" not in second.text()  # the queue did it, not a rescan
+    # after a SIGKILL the restart rescans (what changed while it was down was never seen)
+    assert "unclean stop" in second.text()
     assert wait_until(lambda: all(r.depth == 0 for r in collect_status(rows)), 10)
     kept = history_files(targets["backupd"].module)
     assert kept["a/f25"] == [b"a 25"] and kept["base/f0"] == [b"0"]
@@ -203,3 +204,26 @@ def test_dir_replaced_by_symlink_or_file_in_one_window_converges_in_one_run(targ
     assert "full sync requested" not in text.split("INITIAL_SYNC -> REALTIME")[-1]
     kept = history_files(targets["backupd"].module)
     assert kept["current/sub/x"] == [b"old x"] and kept["other/z/deep"] == [b"old deep"]
+
+
+def test_changes_made_while_the_pusher_was_killed_arrive_after_restart(targets, spawn_watch, tmp_path,
+                                                                       rsync_clients):
+    src = tmp_path / "src"
+    make_tree(src, {"before": "seen"})
+    config = _config(tmp_path, src, targets, full_sync={"at_start": False})
+    first = spawn_watch(config, name="first")
+    wait_until(lambda: "watching" in first.text(), 30)
+    (src / "live.txt").write_text("pushed by an event\n")
+    assert wait_until(lambda: all((t.module / "live.txt").exists() for t in targets.values()), 30), first.text()
+    first.kill()  # SIGKILL: no clean stop
+    (src / "while-down.txt").write_text("made while no pusher watched\n")
+    (src / "live.txt").write_text("changed while down\n")
+    second = spawn_watch(config, name="second")
+    diffs = wait_converged(src, targets.values(), 30)
+    assert not diffs, "\n".join(diffs[:20]) + "\n" + second.text()[-3000:]
+    assert "unclean stop" in second.text()
+    second.stop()
+    third = spawn_watch(config, name="third")  # after a clean stop: no rescan
+    wait_until(lambda: "watching" in third.text(), 30)
+    time.sleep(1.0)
+    assert "full sync" not in third.text(), third.text()

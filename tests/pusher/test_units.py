@@ -93,6 +93,8 @@ def test_source_state_machine():
     assert m.state is SourceState.INITIAL_SYNC and m.owes_full_sync
     assert on_start(None, False).state is SourceState.REALTIME
     assert on_start(SourceState.RESCAN, False).state is SourceState.RESCAN  # owed across restarts
+    assert on_start(SourceState.REALTIME, False, unclean=True).state is SourceState.RESCAN
+    assert on_start(SourceState.REALTIME, False, unclean=False).state is SourceState.REALTIME
     assert on_start(SourceState.INITIAL_SYNC, False).state is SourceState.INITIAL_SYNC
     m = on_full_sync_done(m, m.generation)
     assert m.state is SourceState.REALTIME
