@@ -43,6 +43,16 @@ class PreAuth:
     status_fd: int  # read end of the child's status pipe
 
 
+def worker_cap(config: DaemonConfig) -> int:
+    """The cap on session processes: MAX_WORKERS, or more when the configured limits allow more.
+
+    A module's ``max connections = 300`` (the seed container's default) must
+    not be cut at 256; unauthenticated connections have their own cap on top.
+    """
+    limits = [config.max_connections, *(m.max_connections for m in config.modules.values())]
+    return max(MAX_WORKERS, max(limits) + MAX_PREAUTH)
+
+
 def auth_fail_delay(recent_failures: int) -> float:
     """Seconds a session waits before refusing a wrong login: 1 s, doubling per recent failure, at most 8 s."""
     return min(MAX_AUTH_FAIL_DELAY_S, AUTH_FAIL_DELAY_S * 2 ** min(recent_failures, 8))
@@ -183,8 +193,9 @@ class DaemonServer:
         conn.setblocking(True)
         addr = peer[0]
         self._make_room(addr)
-        if len(self.children) >= MAX_WORKERS:
-            self._refuse(conn, f"max connections ({MAX_WORKERS}) reached -- try again later")
+        cap = worker_cap(self.config)
+        if len(self.children) >= cap:
+            self._refuse(conn, f"max connections ({cap}) reached -- try again later")
             return
         read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
         try:

@@ -25,3 +25,14 @@ def test_failed_logins_of_one_address_slow_its_next_attempts():
     assert server._recent_failures("198.51.100.1") == 0
     assert auth_fail_delay(0) == 1.0
     assert server.preauth == {}
+
+
+def test_the_session_cap_follows_the_configured_limits():
+    from pathlib import Path
+
+    from backupd.config.model import ModuleConfig
+    from backupd.transport.tcp import MAX_PREAUTH, MAX_WORKERS, worker_cap
+
+    assert worker_cap(DaemonConfig()) == MAX_WORKERS
+    seed = DaemonConfig(modules={"data": ModuleConfig("data", Path("/data"), max_connections=300)})
+    assert worker_cap(seed) == 300 + MAX_PREAUTH
