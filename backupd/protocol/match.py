@@ -299,7 +299,9 @@ def _scan_full_windows(search: _Search, window: int) -> Iterator[SendCall]:
         piece = search.view[start : stop + b - 1]
         sums = rolling_sums1(piece, b)
         hits = np.flatnonzero(bitmap[sums >> _PREFILTER_SHIFT])
-        hits = hits[np.isin(sums[hits], table)]
+        at = np.searchsorted(table, sums[hits])     # np.isin would sort the table again
+        np.minimum(at, len(table) - 1, out=at)
+        hits = hits[table[at] == sums[hits]]
         twin = _earlier_twins(search, piece, sums, hits)
         k = 0
         seg = 0  # offsets (relative) from here on were all looked at, none matched
