@@ -159,3 +159,7 @@ def validate_pusher(config: PusherConfig, where: str) -> PusherConfig:
     if config.max_pending < 1:
         raise ConfigError(f"{where}: max_pending must be at least 1")
     return config
+
+
+# rsync options that skip same-size and shrinking edits: full syncs drop them (pusher.targets.full_sync_argv)
+APPEND_ARGS = ("--append", "--append-verify")

@@ -40,6 +40,7 @@ import shlex
 from pathlib import Path
 
 from backupd.config.pusher_model import (
+    APPEND_ARGS,
     RSYNC_PORT,
     PusherConfig,
     SourceConfig,
@@ -82,8 +83,17 @@ def parse_sersync_conf(text: str, source: Path | None = None) -> PusherConfig:
     parser = ShellAssignments(text, label)
     values, lines = parser.parse()
     warnings = list(parser.warnings)
-    warnings += [f"{label}:{lines[k]}: {k}: not a pusher setting, ignored" for k in values if k not in KNOWN]
+    warnings += [_unknown_warning(label, lines[k], k, values[k]) for k in values if k not in KNOWN]
     return _build(values, lines, label, source, warnings)
+
+
+def _unknown_warning(label: str, line: int, name: str, value: Value) -> str:
+    if name == "keep_history_backup_days":
+        days = " ".join(value) if isinstance(value, list) else value
+        return (f"{label}:{line}: keep_history_backup_days={days}: history is kept by the backupd server: "
+                f"set 'history keep days = {days}' in its module (rsyncd.conf), or "
+                f"KEEP_HISTORY_BACKUP_DAYS={days} in its container; the server's default is 7")
+    return f"{label}:{line}: {name}: not a pusher setting, ignored"
 
 
 class ShellAssignments:
@@ -281,6 +291,12 @@ def _build(values: dict[str, Value], lines: dict[str, int], label: str, source: 
         bwlimit = _bwlimit(scalar("rsync_bwlimit")) if scalar("rsync_bwlimit") else None
     except ValueError as exc:
         raise ConfigError(f"{where('rsync_bwlimit')}: {exc}") from None
+    extra_args = tuple(shlex.split(scalar("extra_rsync_args")))
+    appending = [a for a in extra_args if a in APPEND_ARGS]
+    if appending:
+        warnings.append(f"{where('extra_rsync_args')}: {' '.join(appending)} skips files whose size did not "
+                        "grow (a same-size or shrinking edit never lands); batches keep it, full syncs run "
+                        "without it so they repair what it skipped")
     config = PusherConfig(
         sources=sources,
         state_dir=Path(scalar("state_dir")) if scalar("state_dir") else work_dir / "state",
@@ -292,7 +308,7 @@ def _build(values: dict[str, Value], lines: dict[str, int], label: str, source: 
         full_sync_timeout_s=number("full_rsync_timeout", 0, 3600) or None,
         rsync_timeout_s=int(number("rsync_timeout", 600)),
         bwlimit=bwlimit,
-        extra_args=tuple(shlex.split(scalar("extra_rsync_args"))),
+        extra_args=extra_args,
         source=source,
         warnings=tuple(warnings),
     )

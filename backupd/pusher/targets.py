@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
-from backupd.config.pusher_model import PusherConfig, SourceConfig, Target
+from backupd.config.pusher_model import APPEND_ARGS, PusherConfig, SourceConfig, Target
 from backupd.errors import EXIT_TEXT, ExitCode
 from backupd.pusher.coalesce import Batch
 
@@ -74,7 +74,7 @@ def exit_text(code: int) -> str:
         return f"{code} (unknown)"
 
 
-def _common(config: PusherConfig, target: Target, exclude_file: Path | None) -> list[str]:
+def _common(config: PusherConfig, target: Target, exclude_file: Path | None, full: bool = False) -> list[str]:
     args: list[str] = []
     if exclude_file is not None:
         args.append(f"--exclude-from={exclude_file}")
@@ -84,7 +84,8 @@ def _common(config: PusherConfig, target: Target, exclude_file: Path | None) -> 
         args.append(f"--bwlimit={config.bwlimit}")
     if target.password_file is not None:
         args.append(f"--password-file={target.password_file}")
-    return [*args, "--stats", *config.extra_args]
+    extra = [a for a in config.extra_args if not (full and a in APPEND_ARGS)]  # a full sync repairs all
+    return [*args, "--stats", *extra]
 
 
 def source_arg(source: SourceConfig) -> str:
@@ -113,7 +114,7 @@ def full_sync_argv(
     argv = [config.rsync_binary, "-a", "--delete", "--force"]
     if exclude_file is not None:
         argv.append("--from0")
-    argv += _common(config, target, exclude_file)
+    argv += _common(config, target, exclude_file, full=True)
     return [*argv, source_arg(source), target.dest(source.remote_subdir)]
 
 

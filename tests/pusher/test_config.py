@@ -156,3 +156,29 @@ def test_durations(text, seconds):
 def test_bad_target_urls(url):
     with pytest.raises(ConfigError):
         parse_target_url(url)
+
+
+SEED_CONF = """listen_dir=('/d')
+rsyncd_mod=('m=/d')
+rsyncd_ip=('m=10.0.0.1')
+keep_history_backup_days=30
+extra_rsync_args="-v --partial --append-verify --ignore-missing-args"
+"""
+
+
+def test_the_seeds_settings_carry_over_with_warnings_that_say_what_to_do():
+    from pathlib import Path
+
+    from backupd.pusher.coalesce import Batch
+    from backupd.pusher.targets import batch_argv, full_sync_argv
+
+    cfg = parse_sersync_conf(SEED_CONF)
+    [keep] = [w for w in cfg.warnings if "keep_history_backup_days" in w]
+    assert "history keep days = 30" in keep and "KEEP_HISTORY_BACKUP_DAYS=30" in keep
+    [append] = [w for w in cfg.warnings if "--append-verify" in w]
+    assert "full syncs run without it" in append
+    source, target = cfg.sources[0], cfg.sources[0].targets[0]
+    full = full_sync_argv(cfg, source, target)
+    assert "--append-verify" not in full and "--partial" in full and "--ignore-missing-args" in full
+    batch = batch_argv(cfg, source, target, Batch((b"f",), False, False, (b"f",)), Path("/list"))
+    assert "--append-verify" in batch
