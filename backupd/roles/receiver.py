@@ -161,8 +161,8 @@ class Receiver:
         read, tokens = self.inbox.read, self.tokens
         hasher = self.state.checksum.file_sum_hasher()
         good = True
-        if append:
-            prefix = head.prefix_len
+        prefix = head.prefix_len if append else 0
+        if prefix:  # a new file (null sum head) has no prefix to keep: all of it comes as literal data
             if basis is None or basis.size < prefix:
                 good = False
             else:
