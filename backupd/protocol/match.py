@@ -37,6 +37,7 @@ from backupd.protocol.sums import (
 MAX_CHAIN = 1024            # 3.5.0 MAX_CHAIN_LEN: equal weak sums tried per offset (None: 3.2.7)
 MATCH_WINDOW = 1024 * 1024  # offsets whose weak sums are computed per NumPy pass (>= 16 blocks)
 SHORT_CHAIN = 8            # chains up to this long are walked; longer ones get a table
+TWIN_WINDOW = 128 * 1024   # offsets hashed together (twins are found within one such window)
 TWIN_DENSITY = 16          # equal windows looked for when one offset in this many is a candidate
 _HASH_BASE = 0x9E3779B97F4A7C15  # odd: invertible mod 2**64
 _HASH_INV = pow(_HASH_BASE, -1, 1 << 64)
@@ -336,11 +337,27 @@ def _earlier_twins(search: _Search, piece: memoryview, sums: np.ndarray, hits: n
     """
     if len(hits) * TWIN_DENSITY < len(piece) or search.b < 2:
         return None
+    twin = np.full(len(hits), -1, dtype=np.int64)
+    for lo in range(0, len(sums), TWIN_WINDOW):   # bounded temporaries: ~80 bytes an offset
+        first, end = np.searchsorted(hits, (lo, lo + TWIN_WINDOW)).tolist()
+        if end - first > 1:
+            twin[first:end] = _twins_in(search, piece, sums, hits[first:end], lo)
+    return twin
+
+
+def _twins_in(search: _Search, piece: memoryview, sums: np.ndarray, hits: np.ndarray, lo: int) -> np.ndarray:
+    """:func:`_earlier_twins` for ``hits`` (sorted) in ``[lo, lo + TWIN_WINDOW)`` of ``piece``."""
     b = search.b
-    inv_pows, pows = search.hash_powers(len(piece))
-    prefix = np.zeros(len(piece) + 1, dtype=np.uint64)
-    np.cumsum(np.frombuffer(piece, dtype=np.uint8) * inv_pows[: len(piece)], out=prefix[1:])
-    keys = (prefix[hits + b] - prefix[hits]) * pows[hits] + sums[hits].astype(np.uint64) * _HASH_MIX
+    sub = piece[lo : int(hits[-1]) + b]
+    rel = hits - lo
+    inv_pows, pows = search.hash_powers(len(sub))
+    prefix = np.zeros(len(sub) + 1, dtype=np.uint64)
+    weighted = np.frombuffer(sub, dtype=np.uint8).astype(np.uint64)
+    weighted *= inv_pows[: len(sub)]
+    np.cumsum(weighted, out=prefix[1:])
+    del weighted
+    keys = (prefix[rel + b] - prefix[rel]) * pows[rel] + sums[hits].astype(np.uint64) * _HASH_MIX
+    del prefix
     order = np.argsort(keys, kind="stable")       # equal windows: in offset order
     same = keys[order[1:]] == keys[order[:-1]]
     twin = np.full(len(hits), -1, dtype=np.int64)

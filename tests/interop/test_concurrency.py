@@ -21,7 +21,7 @@ from pathlib import Path
 from tests.interop.conftest import show
 
 CLIENTS = 32
-ROUNDS = 4
+ROUNDS = 3
 PATHS = [f"d{n % 4}/f{n:02d}" for n in range(20)]
 DEADLINE_S = 50  # the whole test stays under a minute
 

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from backupd.protocol.match import literal_calls, match_tokens, match_tokens_ref
+from backupd.protocol.match import TWIN_WINDOW, literal_calls, match_tokens, match_tokens_ref
 from backupd.protocol.sums import (
     NULL_SUM_HEAD,
     Checksum,
@@ -283,7 +283,8 @@ def test_equal_weak_sums_cost_bounded_work(unit):
     calls = as_tuples(match_tokens(data, head, sum1, sum2, checksum))
     cpu_s = time.process_time() - started
     assert covered(calls) == data and all(token < 0 for _, token, _ in calls)
-    assert strong[0] <= len(unit) + 8            # one per distinct window (+ the edges of passes)
+    # one per distinct window in each TWIN_WINDOW (zeros: 32 for 4 MiB, was one per byte)
+    assert strong[0] <= (len(unit) + 1) * (size // TWIN_WINDOW + 1)
     assert cpu_s < 2.0                           # loose: the count above is the real bound
 
 
