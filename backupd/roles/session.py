@@ -272,20 +272,26 @@ class Session:
         except (ConfigError, OSError) as exc:
             self.log.error("secrets file of module {}: {}", module.name, exc)
             return None
-        groups = _user_groups(user)
-        for entry in module.auth_users:
+        groups: list[str] | None = None
+        for entry in module.auth_users:  # the first rule that matches decides (rsync authenticate.c auth_server)
+            matched_group = None
             if entry.is_group:
-                if entry.name not in groups:
+                groups = sorted(_user_groups(user)) if groups is None else groups
+                matched_group = next((g for g in groups if fnmatch.fnmatchcase(g, entry.name)), None)
+                if matched_group is None:
                     continue
-                password = secrets.get(user) or secrets.get("@" + entry.name)
-            elif fnmatch.fnmatchcase(user, entry.name):
-                password = secrets.get(user)
-            else:
+            elif not fnmatch.fnmatchcase(user, entry.name):
                 continue
-            if password is None or entry.access == "deny":
+            if entry.access == "deny" or user.startswith("#"):
                 return None
-            if gr.check_response(digest, password.encode(), challenge, response):
-                return entry.access or ""
+            # check_secret: the user's own line, or with a group rule that group's "@group:" line;
+            # a name starting with '@' is never a user line (a user "@daemon" cannot use "@daemon:")
+            passwords = [] if user.startswith("@") else [secrets.get(user)]
+            if matched_group is not None:
+                passwords.append(secrets.get("@" + matched_group))
+            for password in passwords:
+                if password is not None and gr.check_response(digest, password.encode(), challenge, response):
+                    return entry.access or ""
             return None
         return None
 
