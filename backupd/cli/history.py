@@ -50,6 +50,16 @@ def _module(cfg: DaemonConfig, name: str) -> ModuleConfig:
     return module
 
 
+def _module_containing(cfg: DaemonConfig, path: Path) -> ModuleConfig | None:
+    """The module whose tree holds ``path`` (symlinks resolved), or None."""
+    real = Path(os.path.realpath(path.parent)) / path.name
+    for module in cfg.modules.values():
+        root = Path(os.path.realpath(module.path))
+        if real == root or root in real.parents:
+            return module
+    return None
+
+
 def _wire_path(path: str) -> bytes:
     return os.fsencode(path).strip(b"/") or b"."
 
@@ -151,6 +161,12 @@ def restore(
                 exists = " (exists: --force would replace it)" if os.path.lexists(target) else ""
                 typer.echo(f"would restore {os.fsdecode(chosen.path)} -> {target}{exists}; dry run, nothing written")
                 return
+            if force and os.path.lexists(restore_target(tree, chosen, to)):
+                inside = _module_containing(_config(config, data_dir), restore_target(tree, chosen, to))
+                if inside is not None:
+                    raise _fail(f"{restore_target(tree, chosen, to)} is live data of module {inside.name}: "
+                                "--force there would replace it without keeping it in history; restore to "
+                                "another directory and push it back, so the replaced version is kept")
             target = restore_version(tree, chosen, to, force=force)
     except FileExistsError as exc:
         raise _fail(f"{exc.strerror}") from None

@@ -66,6 +66,14 @@ def test_deleted_file_comes_back_by_restore_and_by_pull(client, backupd_target, 
     (out / "report.txt").write_text("changed locally\n")
     forced = backupd("restore", "mod", "docs/report.txt", "--at", day, "--to", out, "--force", "--config", conf)
     assert forced.returncode == 0 and (out / "report.txt").read_text() == "the first report\n"
+    # --force onto live data of the module would lose the live version: refused, nothing changed
+    live = backupd_target.module / "keep.txt"
+    (backupd_target.module / "report.txt").write_text("live, newer\n")
+    into = backupd("restore", "mod", "docs/report.txt", "--at", day, "--to", backupd_target.module, "--force",
+                   "--config", conf)
+    assert into.returncode == 1 and "live data of module mod" in into.stderr, into.stderr
+    assert (backupd_target.module / "report.txt").read_text() == "live, newer\n"
+    assert live.read_text() == "stays\n"
 
     pulled = tmp_path / "pulled"
     assert_ok(client.run("-a", backupd_target.url(f"{HISTORY}/{day}/"), f"{pulled}/"))
