@@ -11,7 +11,8 @@ list, with the scenarios, is DIFFERENCES.md. Fixed one? Delete its lines here
 from __future__ import annotations
 
 DIFFERENCES: dict[str, str] = {
-    "DIFF-003": "push without -l/-D: the daemon's 'skipping non-regular file \"X\"' is not printed",
+    "DIFF-003": "push -d (no -r) or -E without -l: the daemon's 'skipping non-regular file "
+    "\"X\"' is not printed (or printed elsewhere)",
     "DIFF-004": "-v: no incremental recursion, the client prints 'building file list ... done' / "
     "'receiving file list ... done' instead of '... incremental file list'",
     "DIFF-006": "--remove-source-files: rsyncd's receiver also confirms symlinks, the client "
@@ -19,9 +20,6 @@ DIFFERENCES: dict[str, str] = {
     "DIFF-007": "--temp-dir outside the module: rsyncd fails the files (exit 1), backupd ignores it",
     "DIFF-008": "destination path with '../': rsyncd sanitizes it into the module, backupd "
     "fails (exit 1)",
-    "DIFF-010": "a dir replaced by a file or symlink: rsyncd's 'cannot delete non-empty "
-    "directory' (exit 23) without --force, and with --delete/--force it itemizes "
-    "the deleted contents and a new '<f+++++++++'",
     "DIFF-013": "-R --no-implied-dirs: implied parent dirs are created/updated with the "
     "sender's modes and itemized, rsyncd leaves or creates them as default dirs",
     "DIFF-014": "pull --files-from=:FILE (list read on the server) is refused (exit 4)",
@@ -48,21 +46,13 @@ DIFFERENCES: dict[str, str] = {
 
 KNOWN: dict[str, str | tuple[str, set[str]]] = {
     "hardlinks-H-delete": "DIFF-022",
-    "push-r-only": "DIFF-003",
-    "push-rt": "DIFF-003",
-    "push-without-l": "DIFF-003",
     "push-dirs-only": "DIFF-003",
     "push-executability": "DIFF-003",
-    "push-fifo-without-D": "DIFF-003",
     "push-verbose": "DIFF-004",
     "pull-verbose-stats": "DIFF-004",
     "push-remove-source-files": "DIFF-006",
     "push-temp-dir": "DIFF-007",
     "push-dotdot-dest": "DIFF-008",
-    "type-dir-to-file": "DIFF-010",
-    "type-dir-to-file-delete": "DIFF-010",
-    "type-dir-to-file-force": "DIFF-010",
-    "type-dir-to-symlink": "DIFF-010",
     "relative-no-implied-dirs": "DIFF-013",
     "relative-no-implied-existing": "DIFF-013",
     "files-from-pull-remote": "DIFF-014",
