@@ -378,6 +378,9 @@ def refused_option(opts: TransferOptions, patterns: tuple[str, ...]) -> str | No
         for pattern in patterns:
             if pattern.startswith("!"):
                 continue
-            if fnmatch.fnmatchcase(name, pattern) or (pattern == "delete" and name.startswith("delete")):
-                return f"--{name}"
+            if pattern == "delete" and name.startswith("delete"):
+                return "--delete"  # rsyncd names the pattern that refuses every delete-* form
+            letter = next((c for c, long in LETTER_NAMES.items() if long == name), None)
+            if fnmatch.fnmatchcase(name, pattern) or (letter is not None and fnmatch.fnmatchcase(letter, pattern)):
+                return f"--{name} (-{letter})" if letter else f"--{name}"
     return None

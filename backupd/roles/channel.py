@@ -176,6 +176,7 @@ class Outbox:
         self._closing = False
         self.error: BaseException | None = None
         self.bytes_written = 0
+        self.msgs_overtake = False
         self._thread = threading.Thread(target=self._run, name="outbox", daemon=True)
         self._thread.start()
 
@@ -190,11 +191,18 @@ class Outbox:
                     self._cond.wait(1.0)
 
     def send_msg(self, code: MsgCode, payload: bytes = b"") -> None:
-        """Queue a message frame after everything written so far. Never blocks long."""
+        """Queue a message frame after everything written so far. Never blocks long.
+
+        With ``msgs_overtake`` set, after everything flushed so far only: the
+        message goes ahead of data still in the buffer, as rsync's io.c sends
+        its message buffer before buffered data (a push's generator sets it,
+        so the client prints rsyncd's info lines where rsyncd's come).
+        """
         with self._cond:
             if self.error is not None:
                 return
-            self._move_buffer()
+            if not self.msgs_overtake:
+                self._move_buffer()
             frame = encode_frame(code, payload)
             self._queue.append(frame)
             self._queued += len(frame)

@@ -24,7 +24,7 @@ from backupd.protocol.constants import (
 )
 from backupd.protocol.flist import FileEntry
 from backupd.protocol.sums import NULL_SUM_HEAD, Checksum, iter_sums_wire, sum_sizes
-from backupd.protocol.wire import NdxEncoder, encode_shortint
+from backupd.protocol.wire import NdxEncoder, encode_shortint, encode_vstring
 from backupd.roles.deletion import Deleter
 from backupd.roles.owners import owner_ids
 from backupd.roles.push import PushState
@@ -40,6 +40,7 @@ _REPORT_PERMS = int(ItemFlags.REPORT_PERMS)
 _REPORT_SIZE = int(ItemFlags.REPORT_SIZE)
 _REPORT_TIME = int(ItemFlags.REPORT_TIME)
 _TRANSFER = int(ItemFlags.TRANSFER)
+_XNAME_FOLLOWS = int(ItemFlags.XNAME_FOLLOWS)
 _SIGNIFICANT = int(SIGNIFICANT_ITEM_FLAGS)
 
 
@@ -54,6 +55,7 @@ class Generator:
         self.state = state
         self.opts = state.opts
         self.out = session.outbox
+        self.out.msgs_overtake = True  # rsync's generator: messages go ahead of buffered data
         self.log = session.log
         self.ndx = NdxEncoder()
         self.error: RsyncError | None = None
@@ -122,11 +124,14 @@ class Generator:
                 continue
             self._process(ndx, entry, deleting and opts.delete_mode == "during")
         self.out.write(self.ndx.encode(NDX_DONE))
-        for ndx in self._wait("phase", 1):
+        redo = self._wait("phase", 1)
+        for ndx in redo:
             self._request_file(ndx, st.flist[ndx], redo=True)
+        redone = set(redo)
+        self._link_followers(lambda leader: leader not in redone)  # their leaders are written: itemize them
         self.out.write(self.ndx.encode(NDX_DONE) + self.ndx.encode(NDX_DONE))
         self._wait("phase", 3)
-        self._link_followers()
+        self._link_followers(lambda leader: True)
         if deleting and opts.delete_mode in ("after", "delay"):
             self.deleter.delete_pass()
         self._touch_up_dirs()
@@ -143,10 +148,12 @@ class Generator:
         if self.state.tree.is_history_path(path):
             self._file_error(f"refusing to write {os.fsdecode(path)!r} inside the history folder", entry)
             return
-        if self.state.daemon_excluded(path, entry.is_dir):
-            self._file_error(
-                f'skipping daemon-excluded {"directory" if entry.is_dir else "file"} "{os.fsdecode(entry.name)}"', entry
-            )
+        if entry.name != b"." and self.state.daemon_excluded(path, entry.is_dir):
+            what = "directory" if entry.is_dir else "file"
+            message = f'ERROR: daemon refused to receive {what} "{os.fsdecode(entry.name)}"\n'
+            self.state.file_errors += 1
+            self.out.send_msg(MsgCode.ERROR_XFER, message.encode("utf-8", "replace"))
+            self.log.warning("{}", message.rstrip())
             self.state.skip.add(ndx)
             return
         try:
@@ -180,7 +187,11 @@ class Generator:
 
     def _process_dir(self, ndx: int, entry: FileEntry, path: bytes, delete_during: bool) -> None:
         tree, dry = self.state.tree, self.opts.dry_run
+        if ndx:
+            self.out.flush()  # where rsyncd's generator output reaches the client before a directory
         st = self._lstat(path)
+        if st is None and self.opts.existing:  # no new directory, nor anything in it
+            return
         if ndx == 0 and self.state.dir_created:  # get_local_name made it: FLAG_DIR_CREATED
             st = None
             iflags = _IS_NEW | _LOCAL_CHANGE
@@ -225,10 +236,22 @@ class Generator:
 
     def _process_symlink(self, ndx: int, entry: FileEntry, path: bytes) -> None:
         if not self.opts.links or entry.link_target is None:
+            self._skip_non_regular(entry, path)
+            return
+        if self.opts.safe_links and unsafe_symlink(entry.link_target, entry.name):
+            if self.opts.verbose:
+                text = f'ignoring unsafe symlink "{os.fsdecode(entry.name)}" -> "{os.fsdecode(entry.link_target)}"\n'
+                self.out.send_msg(MsgCode.INFO, text.encode("utf-8", "replace"))
             return
         tree = self.state.tree
         st = self._lstat(path)
-        if st is not None and stat.S_ISLNK(st.st_mode) and tree.readlink(path) == entry.link_target:
+        if st is None and self.opts.existing:
+            return
+        if st is not None and not stat.S_ISLNK(st.st_mode):
+            if not self._make_room(entry, path, st, "symlink"):
+                return
+            st = None
+        if st is not None and tree.readlink(path) == entry.link_target:
             iflags = self._attr_changes(entry, st) & ~_REPORT_PERMS
             if iflags & _REPORT_TIME and not self.opts.dry_run:
                 tree.set_attrs(path, mtime_ns=entry.mtime_ns)
@@ -237,18 +260,59 @@ class Generator:
                 tree.symlink(entry.link_target, path)
                 self._changed(path)
                 tree.set_attrs(path, mtime_ns=entry.mtime_ns if self.opts.times else None, **self._owner(entry))
-            iflags = _LOCAL_CHANGE | (_REPORT_CHANGE if st is not None else _IS_NEW)
+            iflags = _LOCAL_CHANGE | _IS_NEW
+            if st is not None:  # retargeted: the change, and the new link's time (itemize of the old one)
+                iflags = _LOCAL_CHANGE | _REPORT_CHANGE | (self._attr_changes(entry, st) & _REPORT_TIME)
         self._itemize(ndx, iflags)
+
+    def _skip_non_regular(self, entry: FileEntry, path: bytes) -> None:
+        """rsyncd's note for a symlink, device or special it was not asked to keep (recv_generator, INFO_NONREG)."""
+        if self.opts.existing and self._lstat(path) is None:
+            return
+        text = f'skipping non-regular file "{os.fsdecode(entry.name)}"\n'
+        self.out.send_msg(MsgCode.INFO, text.encode("utf-8", "replace"))
+
+    def _make_room(self, entry: FileEntry, path: bytes, st: os.stat_result, what: str) -> bool:
+        """Remove what is in the way of a new ``what`` (generator.c recv_generator, delete_item DEL_MAKE_ROOM).
+
+        A non-empty directory goes only with --delete or --force (its contents
+        reported as deleted, the directory itself not); otherwise rsync's two
+        messages and the entry is skipped. Returns False when it is still there.
+        """
+        tree, rel = self.state.tree, entry.name
+        if stat.S_ISDIR(st.st_mode):
+            items = self.deleter._dir_items(rel, path)
+            if items and not (self.opts.deleting or self.opts.force):
+                name = os.fsdecode(rel)
+                self.out.send_msg(
+                    MsgCode.INFO, f"cannot delete non-empty directory: {name}\n".encode("utf-8", "replace")
+                )
+                self.out.send_msg(
+                    MsgCode.ERROR_XFER, f"could not make way for new {what}: {name}\n".encode("utf-8", "replace")
+                )
+                self.state.file_errors += 1
+                return False
+            for item_rel, item_is_dir, _ in items:
+                self.out.send_msg(MsgCode.DELETED, item_rel + (b"\0" if item_is_dir else b""))
+        if not self.opts.dry_run:
+            counts = tree.delete(path)
+            counts.dirs -= stat.S_ISDIR(st.st_mode)  # the room made is not a deletion, what was in it is
+            self.deleter.count(counts)
+            self._changed(path)
+        return True
 
     def _process_device(self, ndx: int, entry: FileEntry, path: bytes) -> None:
         wanted = (self.opts.devices and entry.is_device) or (self.opts.specials and entry.is_special)
         if not wanted:
+            self._skip_non_regular(entry, path)
             return
         if entry.is_device and not self.state.is_root:
             self._file_error(f"mknod {path!r} failed: Operation not permitted", entry)
             return
         tree = self.state.tree
         st = self._lstat(path)
+        if st is None and self.opts.existing:
+            return
         rdev = os.makedev(entry.rdev_major, entry.rdev_minor) if entry.is_device else 0
         if (
             st is not None
@@ -281,6 +345,10 @@ class Generator:
         if st is not None and opts.ignore_existing:
             return
         regular = st is not None and stat.S_ISREG(st.st_mode)
+        if st is not None and not regular:
+            if not self._make_room(entry, path, st, "regular file"):
+                return
+            st = None
         if regular:
             if opts.update and st.st_mtime_ns // 1_000_000_000 > entry.mtime:
                 return
@@ -393,25 +461,40 @@ class Generator:
                 basis.release()  # the sums of a GB file must not leave it all in our RSS
             return b"".join(parts)
 
-    def _link_followers(self) -> None:
-        """-H: make every other member of a group a hard link to its leader (hlink.c)."""
-        tree = self.state.tree
-        for ndx, leader in self._hlink_followers:
+    def _link_followers(self, ready) -> None:
+        """-H: make the other members of a group hard links to their leader (hlink.c finish_hard_link).
+
+        Only followers whose leader ``ready(leader)`` says is written; each is
+        itemized as rsync does, ``hf+++++++++ name => leader``, the members of
+        a group in reverse file-list order.
+        """
+        tree, later = self.state.tree, []
+        for ndx, leader in sorted(self._hlink_followers, key=lambda f: (f[1], -f[0])):
+            if not ready(leader):
+                later.append((ndx, leader))
+                continue
             entry, path, target = self.state.flist[ndx], self.state.dest[ndx], self.state.dest[leader]
             try:
                 lead_st = tree.lstat(target)
-                if lead_st is None or not stat.S_ISREG(lead_st.st_mode):
+                st = tree.lstat(path)
+                if self.opts.dry_run and lead_st is None:
+                    lead_st = st = None
+                elif lead_st is None or not stat.S_ISREG(lead_st.st_mode):
                     self._file_error(
                         f"cannot hard-link {os.fsdecode(entry.name)}: its first link was not written", entry
                     )
                     continue
-                st = tree.lstat(path)
-                if st is not None and (st.st_dev, st.st_ino) == (lead_st.st_dev, lead_st.st_ino):
+                elif st is not None and (st.st_dev, st.st_ino) == (lead_st.st_dev, lead_st.st_ino):
                     continue
                 if not self.opts.dry_run:
                     tree.hardlink(target, path)
+                iflags = _LOCAL_CHANGE | _XNAME_FOLLOWS | (_IS_NEW if st is None else 0)
+                self.out.write(
+                    self.ndx.encode(ndx) + encode_shortint(iflags) + encode_vstring(self.state.flist[leader].name)
+                )
             except StorageError as exc:
                 self._file_error(str(exc), entry)
+        self._hlink_followers = later
 
     # -- deletion ----------------------------------------------------------------------
     # -- the end -----------------------------------------------------------------------
@@ -434,12 +517,36 @@ class Generator:
                 self._file_error(str(exc), entry)
 
 
+def unsafe_symlink(target: bytes, name: bytes) -> bool:
+    """True if link ``name`` -> ``target`` can point outside the transfer (rsync util1.c unsafe_symlink).
+
+    Empty and absolute targets are unsafe; otherwise each ``..`` climbs one
+    level from the link's directory and must never go above the top.
+    """
+    if not target or target.startswith(b"/"):
+        return True
+    depth = name.count(b"/") if name != b"." else 0
+    for comp in target.split(b"/"):
+        if comp == b"..":
+            depth -= 1
+            if depth < 0:
+                return True
+        elif comp not in (b"", b"."):
+            depth += 1
+    return False
+
+
 def _hlink_leaders(flist: list[FileEntry]) -> dict[int, int]:
-    """ndx -> the ndx of the first (sorted) regular-file member of its hard-link group."""
-    first: dict[int, int] = {}
-    out: dict[int, int] = {}
+    """ndx -> the ndx of its hard-link group's leader: the last sorted regular-file member.
+
+    rsync's receiver transfers that one and links the others to it (hlink.c match_gnums).
+    """
+    last: dict[int, int] = {}
     for ndx, entry in enumerate(flist):
-        if entry.hlink_group is None or not entry.is_reg:
-            continue
-        out[ndx] = first.setdefault(entry.hlink_group, ndx)
-    return out
+        if entry.hlink_group is not None and entry.is_reg:
+            last[entry.hlink_group] = ndx
+    return {
+        ndx: last[entry.hlink_group]
+        for ndx, entry in enumerate(flist)
+        if entry.hlink_group is not None and entry.is_reg
+    }

@@ -115,11 +115,45 @@ def adjust_incoming(entries: list[FileEntry], module) -> None:
     point nowhere outside (rsync syscall.c do_symlink). Entries are changed in place.
     """
     spec = parse_chmod(module.incoming_chmod) if module.incoming_chmod else None
+    # rsyncd without chroot sanitizes paths, link targets too unless it munges them (clientserver.c)
+    sanitize = not module.use_chroot and not module.munge_symlinks
     for entry in entries:
         if spec is not None:
             entry.mode = spec.apply(entry.mode)
-        if module.munge_symlinks and entry.link_target is not None:
+        if entry.link_target is None:
+            continue
+        if module.munge_symlinks:
             entry.link_target = MUNGE_PREFIX + entry.link_target
+        elif sanitize and entry.link_target:
+            depth = entry.name.count(b"/") if entry.name != b"." else 0
+            entry.link_target = sanitize_path(entry.link_target, depth)
+
+
+def sanitize_path(path: bytes, depth: int) -> bytes:
+    """A path made unable to climb more than ``depth`` levels (rsync util1.c sanitize_path).
+
+    Leading and doubled slashes and ``.`` components go; a ``..`` is kept
+    only at the start and at most ``depth`` times, any other climbs back
+    over what came before it (or is dropped). Nothing left is ``.``.
+    """
+    out: list[bytes] = []
+    start = 0
+    for comp in path.split(b"/"):
+        if comp in (b"", b"."):
+            continue
+        if comp == b"..":
+            if depth <= 0 or len(out) > start:
+                if len(out) > start:
+                    out.pop()
+                continue
+            depth -= 1
+            out.append(comp)
+            start = len(out)
+            continue
+        out.append(comp)
+    if not out:
+        return b"."
+    return b"/".join(out) + (b"/" if path.endswith(b"/") and out[-1] != b".." else b"")
 
 
 def build_filters(client_rules: list[bytes]):
@@ -187,7 +221,9 @@ def plan_destination(state: PushState, dest_arg: bytes, info=None) -> None:
         return
     if st is not None:
         if total > 1:
-            raise RsyncError("ERROR: destination must be a directory when copying more than 1 file", ExitCode.FILESELECT)
+            raise RsyncError(
+                "ERROR: destination must be a directory when copying more than 1 file", ExitCode.FILESELECT
+            )
         if total == 1 and state.flist[0].is_dir:
             raise RsyncError("ERROR: cannot overwrite non-directory with a directory", ExitCode.FILESELECT)
     if total > 1 or trailing:
@@ -236,6 +272,30 @@ def _mkdir_error(state: PushState, path: bytes, exc: Exception) -> RsyncError:
     cause = exc if isinstance(exc, OSError) else exc.__cause__
     reason = f"{os.strerror(cause.errno)} ({cause.errno})" if isinstance(cause, OSError) and cause.errno else str(exc)
     return RsyncError(f'mkdir "{os.fsdecode(path)}" (in {state.tree.module}) failed: {reason}', ExitCode.FILEIO)
+
+
+def prune_empty_dirs(state: PushState) -> None:
+    """-m: skip every directory that holds no non-directory, however deep (flist.c flist_sort_and_clean).
+
+    As rsync's receiver prunes: the top directory (``.``) stays, and so do a
+    directory the receiver's filter rules exclude and the directories above
+    it. Pruned entries go into ``state.skip``.
+    """
+    keep: set[bytes] = set()
+
+    def keep_chain(name: bytes) -> None:
+        while name and name not in keep:
+            keep.add(name)
+            name = name.rpartition(b"/")[0]
+
+    for entry in state.flist:
+        if not entry.is_dir:
+            keep_chain(entry.name.rpartition(b"/")[0])
+        elif state.filters is not None and state.filters.excluded(entry.name, True, side="receiver"):
+            keep_chain(entry.name)
+    for ndx, entry in enumerate(state.flist):
+        if entry.is_dir and entry.name != b"." and entry.name not in keep:
+            state.skip.add(ndx)
 
 
 def run_push(session, request, negotiated: Negotiated) -> ExitCode:
@@ -289,6 +349,8 @@ def run_push(session, request, negotiated: Negotiated) -> ExitCode:
         plan_destination(
             state, opts.paths[0], lambda text: session.outbox.send_msg(MsgCode.INFO, text.encode("utf-8", "replace"))
         )
+        if opts.prune_empty_dirs:
+            prune_empty_dirs(state)
         generator = Generator(state, session)
         receiver = Receiver(state, session)
         return _run_both(generator, receiver, session)
