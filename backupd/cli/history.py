@@ -147,7 +147,8 @@ def restore(
     from backupd.storage.versions import find_versions, pick_version, restore_target, restore_version
 
     when = parse_at(at)
-    mod = _module(_config(config, data_dir), module)
+    cfg = _config(config, data_dir)
+    mod = _module(cfg, module)
     try:
         with ModuleTree(mod.path, module=mod.name) as tree:
             versions = find_versions(tree, _wire_path(path), mod.history_dir)
@@ -156,15 +157,15 @@ def restore(
                 days = sorted({v.day.isoformat() for v in versions if v.day is not None})
                 shown = ", ".join(days) or "none"
                 raise _fail(f"{path}: no version in history for {at} (days with versions: {shown})")
+            target = restore_target(tree, chosen, to)
             if dry_run:
-                target = restore_target(tree, chosen, to)
                 exists = " (exists: --force would replace it)" if os.path.lexists(target) else ""
                 typer.echo(f"would restore {os.fsdecode(chosen.path)} -> {target}{exists}; dry run, nothing written")
                 return
-            if force and os.path.lexists(restore_target(tree, chosen, to)):
-                inside = _module_containing(_config(config, data_dir), restore_target(tree, chosen, to))
+            if force and os.path.lexists(target):
+                inside = _module_containing(cfg, target)
                 if inside is not None:
-                    raise _fail(f"{restore_target(tree, chosen, to)} is live data of module {inside.name}: "
+                    raise _fail(f"{target} is live data of module {inside.name}: "
                                 "--force there would replace it without keeping it in history; restore to "
                                 "another directory and push it back, so the replaced version is kept")
             target = restore_version(tree, chosen, to, force=force)
