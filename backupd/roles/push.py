@@ -59,17 +59,24 @@ class PushState:
 def strip_module(arg: bytes, module: str) -> bytes:
     """Module-relative path of a path argument ``module/sub/dir`` (b"." for the root).
 
+    ``..`` is resolved lexically and stops at the module root, as rsyncd's
+    sanitize_path() does for a daemon's arguments (``mod/../x`` -> ``x``).
+
     Raises:
-        RsyncError: the argument does not name this module, or tries to leave it.
+        RsyncError: the argument does not name this module.
     """
     name = module.encode()
     if arg == name or arg.startswith(name + b"/"):
         rest = arg[len(name) :]
     else:
         raise RsyncError(f"path {arg!r} is not inside module {module}", ExitCode.SYNTAX)
-    parts = [p for p in rest.split(b"/") if p and p != b"."]
-    if b".." in parts:
-        raise RsyncError(f"path {arg!r} tries to leave module {module}", ExitCode.SYNTAX)
+    parts: list[bytes] = []
+    for part in rest.split(b"/"):
+        if part == b"..":
+            if parts:
+                parts.pop()
+        elif part and part != b".":
+            parts.append(part)
     return b"/".join(parts) or b"."
 
 

@@ -18,8 +18,6 @@ DIFFERENCES: dict[str, str] = {
     "DIFF-006": "--remove-source-files: rsyncd's receiver also confirms symlinks, the client "
     "removes them; backupd leaves them",
     "DIFF-007": "--temp-dir outside the module: rsyncd fails the files (exit 1), backupd ignores it",
-    "DIFF-008": "destination path with '../': rsyncd sanitizes it into the module, backupd "
-    "fails (exit 1)",
     "DIFF-013": "-R --no-implied-dirs: implied parent dirs are created/updated with the "
     "sender's modes and itemized, rsyncd leaves or creates them as default dirs",
     "DIFF-014": "pull --files-from=:FILE (list read on the server) is refused (exit 4)",
@@ -52,7 +50,6 @@ KNOWN: dict[str, str | tuple[str, set[str]]] = {
     "pull-verbose-stats": "DIFF-004",
     "push-remove-source-files": "DIFF-006",
     "push-temp-dir": "DIFF-007",
-    "push-dotdot-dest": "DIFF-008",
     "relative-no-implied-dirs": "DIFF-013",
     "relative-no-implied-existing": "DIFF-013",
     "files-from-pull-remote": "DIFF-014",
