@@ -24,7 +24,7 @@ from backupd.protocol.constants import (
 )
 from backupd.protocol.flist import FileEntry
 from backupd.protocol.sums import NULL_SUM_HEAD, Checksum, iter_sums_wire, sum_sizes
-from backupd.protocol.wire import NdxEncoder, encode_shortint, encode_vstring
+from backupd.protocol.wire import NdxEncoder, encode_int32, encode_shortint, encode_vstring
 from backupd.roles.deletion import Deleter
 from backupd.roles.owners import owner_ids
 from backupd.roles.push import PushState
@@ -108,8 +108,6 @@ class Generator:
             self._send_fatal(self.error)
 
     def _send_fatal(self, exc: RsyncError) -> None:
-        from backupd.protocol.wire import encode_int32
-
         self.out.send_msg(MsgCode.ERROR, f"rsync: [generator] {exc}\n".encode("utf-8", "replace"))
         self.out.send_msg(MsgCode.ERROR_EXIT, encode_int32(int(exc.exit_code)))
 
@@ -264,6 +262,16 @@ class Generator:
             if st is not None:  # retargeted: the change, and the new link's time (itemize of the old one)
                 iflags = _LOCAL_CHANGE | _REPORT_CHANGE | (self._attr_changes(entry, st) & _REPORT_TIME)
         self._itemize(ndx, iflags)
+        self._success(ndx)
+
+    def _success(self, ndx: int) -> None:
+        """MSG_SUCCESS for an entry the receiver needs not write (generator.c return_with_success).
+
+        With --remove-source-files the client removes its copy of a symlink,
+        device or special that is now in place, and of an unchanged file.
+        """
+        if self.opts.remove_source_files and not self.opts.dry_run:
+            self.out.send_msg(MsgCode.SUCCESS, encode_int32(ndx))
 
     def _skip_non_regular(self, entry: FileEntry, path: bytes) -> None:
         """rsyncd's note for a symlink, device or special it was not asked to keep (recv_generator, INFO_NONREG)."""
@@ -320,6 +328,7 @@ class Generator:
             and (not entry.is_device or st.st_rdev == rdev)
         ):
             self._itemize(ndx, self._attr_changes(entry, st))
+            self._success(ndx)
             return
         if not self.opts.dry_run:
             tree.mknod(path, entry.mode, rdev)
@@ -331,6 +340,7 @@ class Generator:
                 **self._owner(entry),
             )
         self._itemize(ndx, _LOCAL_CHANGE | (_REPORT_CHANGE if st is not None else _IS_NEW))
+        self._success(ndx)
 
     # -- regular files -----------------------------------------------------------------
     def _process_file(self, ndx: int, entry: FileEntry, path: bytes) -> None:
@@ -356,6 +366,7 @@ class Generator:
                 return
             if self._unchanged(entry, path, st):
                 self._update_attrs(ndx, entry, path, st)
+                self._success(ndx)
                 return
         self._request_file(ndx, entry, redo=False, st=st)
 

@@ -320,6 +320,7 @@ def run_push(session, request, negotiated: Negotiated) -> ExitCode:
     if (opts.backup or opts.backup_dir) and not module.history:
         raise RsyncError("--backup is refused: module history is off on this server", ExitCode.UNSUPPORTED)
     read = session.inbox.read
+    session.input_buffered = True  # main.c do_server_recv: io_start_multiplex_in
     client_rules = decode_filter_list(read) if (opts.deleting or opts.prune_empty_dirs) else []
     flist, io_error = read_file_list(opts, negotiated, request.protocol, read)
     adjust_incoming(flist, module)

@@ -242,8 +242,9 @@ class Sender:
         started = time.monotonic()
         self._send_file_list()
         self.state.xfer_ms = int((time.monotonic() - started) * 1000)
-        if not self.items:
+        if not self.items:  # main.c do_server_sender: exit_cleanup() without reading on
             self.out.flush()
+            self.session.reset_on_close = True
             return self._exit_code()
         if self.opts.remove_source_files:
             self.session.inbox.on_message = self._on_message

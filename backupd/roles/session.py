@@ -50,7 +50,7 @@ from backupd.protocol.sums import SUPPORTED_CHECKSUMS
 from backupd.protocol.wire import decode_vstring, encode_int32, encode_varint, encode_vstring
 from backupd.roles.channel import Inbox, Outbox
 from backupd.transport.privileges import resolve_identity, switch_to
-from backupd.transport.stream import Stream
+from backupd.transport.stream import Stream, abort
 
 MAX_EARLY_INPUT = 5120
 AUTH_FAIL_DELAY_S = 1.0
@@ -110,6 +110,11 @@ class Session:
         self.log = logger.bind(session=ctx.session_id, peer=ctx.peer_addr)
         self.role = "Receiver"
         self.request: ModuleRequest | None = None  # set by run(); the transfer log reads its user
+        # rsyncd's input buffering (io.c iobuf.in): on once a role reads the client's
+        # multiplexed data; a fatal error after that drains the input before exiting
+        # (noop_io_until_death), before it the process exits unread and the kernel resets
+        self.input_buffered = False
+        self.reset_on_close = False
 
     # -- the pre-binary handshake ---------------------------------------------------------
     def handshake(self) -> ModuleRequest | None:
@@ -384,6 +389,10 @@ class Session:
             if refused is not None:
                 self._setup_for_error(request)
                 raise Unsupported(f"rsync: The server is configured to refuse {refused}")  # as rsyncd: no [role]
+            dashed = _dash_path_arg(request.opts.paths, request.module.name)
+            if dashed is not None:
+                self._setup_for_error(request)
+                raise Unsupported(f"rsync: on remote machine: {dashed}: unknown option")
             negotiated = self.setup(request)
             return self._run_role(request, negotiated)
         except DaemonRefusal as exc:
@@ -410,6 +419,7 @@ class Session:
 
         if request.opts.sender:
             self.role = "sender"
+            self.input_buffered = True  # main.c start_server: before do_server_sender's checks
             if request.module.write_only:
                 raise RsyncError("ERROR: module is write only", ExitCode.SYNTAX)
             from backupd.roles.sender import run_pull
@@ -439,11 +449,23 @@ class Session:
         trailer = f"rsync error: {what} (code {int(code)}) at backupd [{self.role}=backupd-{__version__}]\n"
         self.outbox.send_msg(MsgCode.ERROR, trailer.encode())
         self.outbox.send_msg(MsgCode.ERROR_EXIT, encode_int32(int(code)))
+        protocol = self.request.protocol if self.request is not None else 31
+        # cleanup.c _exit_cleanup: only a receiver or a protocol 31+ peer waits for the client's EOF
+        self.reset_on_close = not self.input_buffered or (self.role == "sender" and protocol < 31)
         return code
 
     def _close(self) -> None:
         if self.outbox is not None:
             self.outbox.close()
+        if self.reset_on_close:
+            abort(self.stream)
+        else:
+            self._close_politely()
+        if self.request is not None and self.request.root_fd is not None:
+            os.close(self.request.root_fd)
+            self.request.root_fd = None
+
+    def _close_politely(self) -> None:
         try:
             self.stream.shutdown(socket.SHUT_WR)
         except OSError:
@@ -453,9 +475,22 @@ class Session:
             self.stream.close()
         except OSError:
             pass
-        if self.request is not None and self.request.root_fd is not None:
-            os.close(self.request.root_fd)
-            self.request.root_fd = None
+
+
+def _dash_path_arg(paths: list[bytes], module: str) -> str | None:
+    """A path argument that rsyncd would parse as an option, as text; None if none.
+
+    rsyncd strips the module name from each path argument before it parses
+    its argv with popt (clientserver.c rsync_module: read_args, then
+    parse_arguments), so ``mod/-x`` reaches popt as the unknown option ``-x``
+    even after the client's ``--``.
+    """
+    prefix = module.encode() + b"/"
+    for arg in paths:
+        rest = arg[len(prefix):] if arg.startswith(prefix) else arg
+        if rest.startswith(b"-") and rest not in (b"-", b"--"):
+            return rest.decode("utf-8", "replace")
+    return None
 
 
 def _signed(value: int) -> int:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import socket
+import struct
+import termios
+import time
 from typing import Protocol
 
 
@@ -64,3 +68,34 @@ class FdStream:
                 except OSError:
                     pass
         self.read_fd = self.write_fd = -1
+
+
+def abort(stream: Stream, flush_s: float = 2.0) -> None:
+    """Close ``stream`` the way rsyncd's process exits after a fatal error.
+
+    rsyncd exits without reading what the client sent, so its kernel answers
+    with a TCP reset and the client prints ``read error: Connection reset by
+    peer (104)`` after the daemon's error lines. On a socket this waits up to
+    ``flush_s`` seconds until everything written was acknowledged (SIOCOUTQ),
+    then closes with SO_LINGER 0 (a reset, never a FIN). Any other stream is
+    just closed. Never raises.
+    """
+    sock = stream if isinstance(stream, socket.socket) else None
+    if sock is not None and sock.fileno() >= 0:
+        deadline = time.monotonic() + flush_s
+        try:
+            while time.monotonic() < deadline and _unacked(sock) > 0:
+                time.sleep(0.01)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:
+            pass
+    try:
+        stream.close()
+    except OSError:
+        pass
+
+
+def _unacked(sock: socket.socket) -> int:
+    """Bytes written to ``sock`` that the peer has not acknowledged yet (Linux SIOCOUTQ)."""
+    buf = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+    return struct.unpack("i", buf)[0]

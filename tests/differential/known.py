@@ -15,8 +15,6 @@ DIFFERENCES: dict[str, str] = {
     "\"X\"' is not printed (or printed elsewhere)",
     "DIFF-004": "-v: no incremental recursion, the client prints 'building file list ... done' / "
     "'receiving file list ... done' instead of '... incremental file list'",
-    "DIFF-006": "--remove-source-files: rsyncd's receiver also confirms symlinks, the client "
-    "removes them; backupd leaves them",
     "DIFF-007": "--temp-dir outside the module: rsyncd fails the files (exit 1), backupd ignores it",
     "DIFF-013": "-R --no-implied-dirs: implied parent dirs are created/updated with the "
     "sender's modes and itemized, rsyncd leaves or creates them as default dirs",
@@ -30,16 +28,10 @@ DIFFERENCES: dict[str, str] = {
     "DIFF-021": "--append-verify with a bad prefix: the redo is itemized differently",
     "DIFF-022": "-H: hard links are itemized as new files, not 'hf ... => leader'",
     "DIFF-023": "-K: the receiver's symlink to a dir is replaced by a real dir",
-    "DIFF-025": "a destination path starting with '-' after '--': rsyncd exits 4, backupd "
-    "creates it",
     "DIFF-026": "--backup / --suffix / --backup-dir are refused (exit 4) with history = no",
-    "DIFF-027": "after a daemon-side fatal error rsyncd resets the connection and the client "
-    "also prints 'rsync: [sender|Receiver] read error: Connection reset by peer (104)'",
     "DIFF-028": "module exclude/filter on push: rsyncd prints 'ERROR: daemon refused to receive "
     "file \"X\"' (and skips a refused dir's contents), backupd 'skipping daemon-excluded ...'",
     "DIFF-030": "a second --partial push into a subdir itemizes '.d..t...... ./' rsyncd does not",
-    "DIFF-031": "refuse options: message text differs ('[Receiver] ' prefix, '--compress' "
-    "without ' (-z)')",
 }
 
 KNOWN: dict[str, str | tuple[str, set[str]]] = {
@@ -48,7 +40,6 @@ KNOWN: dict[str, str | tuple[str, set[str]]] = {
     "push-executability": "DIFF-003",
     "push-verbose": "DIFF-004",
     "pull-verbose-stats": "DIFF-004",
-    "push-remove-source-files": "DIFF-006",
     "push-temp-dir": "DIFF-007",
     "relative-no-implied-dirs": "DIFF-013",
     "relative-no-implied-existing": "DIFF-013",
@@ -60,17 +51,9 @@ KNOWN: dict[str, str | tuple[str, set[str]]] = {
     "partial-dir-resume": "DIFF-019",
     "append-verify-bad": "DIFF-021",
     "keep-dirlinks": "DIFF-023",
-    "odd-name-arg-dash": "DIFF-025",
     "backup": ("DIFF-026", {"c3.5.0-hist-no", "c3.2.7-hist-no"}),
     "backup-suffix": ("DIFF-026", {"c3.5.0-hist-no", "c3.2.7-hist-no"}),
     "backup-dir": ("DIFF-026", {"c3.5.0-hist-no", "c3.2.7-hist-no"}),
-    "pull-missing-path": "DIFF-027",
-    "list-only-missing": "DIFF-027",
-    "auth-ro-user-push": "DIFF-027",
-    "read-only-push": "DIFF-027",
     "module-exclude-push": "DIFF-028",
     "resume-after-partial-file": "DIFF-030",
-    "refuse-delete": "DIFF-031",
-    "refuse-delete-after": "DIFF-031",
-    "refuse-compress": "DIFF-031",
 }

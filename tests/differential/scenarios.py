@@ -202,6 +202,11 @@ scenario("push-min-max-size", push("-ai", "--max-size=7", "--min-size=2"), clien
 scenario("push-out-format", push("-a", "--out-format=%i %n%L|%o|%l"), client=src_tree())
 scenario("push-timeout", push("-ai", "--timeout=30"), client=src_tree())
 scenario("push-remove-source-files", push("-ai", "--remove-source-files"), client=src_tree())
+# unchanged files and a link already in place are confirmed too (generator.c return_with_success)
+scenario("push-remove-source-files-unchanged", push("-ai", "--remove-source-files"), client=src_tree(),
+         seed=mod_tree(link=Symlink("a.txt", mtime=T0 + 7)))
+scenario("push-remove-source-files-dry-run", push("-ain", "--remove-source-files"), client=src_tree(),
+         seed=mod_tree())
 scenario("push-delay-updates", push("-ai", "--delay-updates"), client=src_tree(), seed=mod_tree())
 scenario("push-temp-dir", push("-ai", "--temp-dir=/tmp"), client=src_tree(), seed=mod_tree())
 scenario("push-preallocate", push("-ai", "--preallocate"), client=src_tree())
