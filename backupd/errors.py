@@ -78,10 +78,11 @@ class RsyncError(BackupdError):
 
     exit_code: ExitCode = ExitCode.PROTOCOL
 
-    def __init__(self, message: str, exit_code: ExitCode | None = None) -> None:
+    def __init__(self, message: str, exit_code: ExitCode | None = None, *, bare: bool = False) -> None:
         super().__init__(message)
         if exit_code is not None:
             self.exit_code = exit_code
+        self.bare = bare  # sent as is, without the "rsync: [role] " prefix (rsync's plain rprintf)
 
 
 class ProtocolError(RsyncError):

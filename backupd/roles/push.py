@@ -305,6 +305,35 @@ def prune_empty_dirs(state: PushState) -> None:
             state.skip.add(ndx)
 
 
+def check_temp_dir(state: PushState, module) -> None:
+    """Refuse a --temp-dir that is not a directory in the module (rsync main.c do_recv).
+
+    rsyncd sanitizes the value into the module (options.c sanitize_path): an
+    absolute one is taken from the module root, a relative one from the
+    destination directory; the message shows the sanitized value. backupd
+    then stages in the target directory anyway (the rename is what matters).
+
+    Raises:
+        RsyncError: missing (or not a directory), exit 1 as rsyncd's.
+    """
+    raw = state.opts.temp_dir
+    if raw is None:
+        return
+    clean = sanitize_path(raw, 0).rstrip(b"/") or b"."
+    if raw.startswith(b"/"):
+        rel = clean
+        root = b"" if module.use_chroot else os.fsencode(module.path).rstrip(b"/")
+        shown = root + b"/" + clean if clean != b"." else root or b"/"
+    else:
+        rel, shown = join_path(state.dest_dir, clean), clean
+    st = state.tree.lstat(rel)
+    text = os.fsdecode(shown)
+    if st is None:
+        raise RsyncError(f"The temp-dir does not exist: {text}", ExitCode.SYNTAX, bare=True)
+    if not (stat.S_ISDIR(st.st_mode) or stat.S_ISLNK(st.st_mode)):
+        raise RsyncError(f"The temp-dir is not a directory: {text}", ExitCode.SYNTAX, bare=True)
+
+
 def run_push(session, request, negotiated: Negotiated) -> ExitCode:
     """Receive one push into the request's module. Returns the session's exit code.
 
@@ -357,6 +386,7 @@ def run_push(session, request, negotiated: Negotiated) -> ExitCode:
         plan_destination(
             state, opts.paths[0], lambda text: session.outbox.send_msg(MsgCode.INFO, text.encode("utf-8", "replace"))
         )
+        check_temp_dir(state, module)
         if opts.prune_empty_dirs:
             prune_empty_dirs(state)
         generator = Generator(state, session)

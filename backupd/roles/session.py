@@ -442,7 +442,7 @@ class Session:
         if self.outbox is None:
             return code
         text = str(exc)
-        if not text.startswith(("ERROR", "rsync")):
+        if not exc.bare and not text.startswith(("ERROR", "rsync")):
             text = f"rsync: [{self.role}] {text}"
         self.outbox.send_msg(MsgCode.ERROR, (text.rstrip("\n") + "\n").encode("utf-8", "replace"))
         what = EXIT_TEXT.get(code, "error")

@@ -15,7 +15,8 @@ DIFFERENCES: dict[str, str] = {
     "\"X\"' is not printed (or printed elsewhere)",
     "DIFF-004": "-v: no incremental recursion, the client prints 'building file list ... done' / "
     "'receiving file list ... done' instead of '... incremental file list'",
-    "DIFF-007": "--temp-dir outside the module: rsyncd fails the files (exit 1), backupd ignores it",
+    "DIFF-007": "--temp-dir inside the module: backupd stages next to the target, so the temp "
+    "dir's mtime is not touched (rsyncd creates and renames its temp files there)",
     "DIFF-013": "-R --no-implied-dirs: implied parent dirs are created/updated with the "
     "sender's modes and itemized, rsyncd leaves or creates them as default dirs",
     "DIFF-014": "pull --files-from=:FILE (list read on the server) is refused (exit 4)",
@@ -40,7 +41,8 @@ KNOWN: dict[str, str | tuple[str, set[str]]] = {
     "push-executability": "DIFF-003",
     "push-verbose": "DIFF-004",
     "pull-verbose-stats": "DIFF-004",
-    "push-temp-dir": "DIFF-007",
+    "push-temp-dir-in-module": "DIFF-007",
+    "push-temp-dir-relative": "DIFF-007",
     "relative-no-implied-dirs": "DIFF-013",
     "relative-no-implied-existing": "DIFF-013",
     "files-from-pull-remote": "DIFF-014",

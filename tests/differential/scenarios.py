@@ -209,6 +209,11 @@ scenario("push-remove-source-files-dry-run", push("-ain", "--remove-source-files
          seed=mod_tree())
 scenario("push-delay-updates", push("-ai", "--delay-updates"), client=src_tree(), seed=mod_tree())
 scenario("push-temp-dir", push("-ai", "--temp-dir=/tmp"), client=src_tree(), seed=mod_tree())
+scenario("push-temp-dir-in-module", push("-ai", "--temp-dir=/tdir"), client=src_tree(),
+         seed=mod_tree(tdir=Dir({}, mode=0o755, mtime=T0)))
+scenario("push-temp-dir-relative", push("-ai", "--temp-dir=tdir", dest="sub/"), client=src_tree(),
+         seed=mod_tree(sub=Dir({"tdir": Dir({}, mode=0o755, mtime=T0)}, mode=0o755, mtime=T0)))
+scenario("push-temp-dir-not-dir", push("-ai", "--temp-dir=/a.txt"), client=src_tree(), seed=mod_tree())
 scenario("push-preallocate", push("-ai", "--preallocate"), client=src_tree())
 scenario("push-ignore-missing-args",
          rsync("-ai", "--ignore-missing-args", "src/a.txt", "src/none", "{mod}/"),
