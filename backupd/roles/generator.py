@@ -66,6 +66,7 @@ class Generator:
         self._aborted = False
         self._hlink_leader = _hlink_leaders(state.flist) if self.opts.hard_links else {}
         self._hlink_followers: list[tuple[int, int]] = []
+        self._refused_dirs: list[bytes] = []  # module-excluded dirs: their contents are skipped
 
     # -- thread control ----------------------------------------------------------------
     def start(self) -> None:
@@ -146,13 +147,11 @@ class Generator:
         if self.state.tree.is_history_path(path):
             self._file_error(f"refusing to write {os.fsdecode(path)!r} inside the history folder", entry)
             return
+        if self._refused_dirs and any(path.startswith(d + b"/") for d in self._refused_dirs):
+            self.state.skip.add(ndx)  # generator.c recv_generator: skip_dir, nothing said
+            return
         if entry.name != b"." and self.state.daemon_excluded(path, entry.is_dir):
-            what = "directory" if entry.is_dir else "file"
-            message = f'ERROR: daemon refused to receive {what} "{os.fsdecode(entry.name)}"\n'
-            self.state.file_errors += 1
-            self.out.send_msg(MsgCode.ERROR_XFER, message.encode("utf-8", "replace"))
-            self.log.warning("{}", message.rstrip())
-            self.state.skip.add(ndx)
+            self._refuse(ndx, entry, path)
             return
         try:
             if entry.mode == 0:
@@ -171,6 +170,22 @@ class Generator:
                 self._process_device(ndx, entry, path)
         except StorageError as exc:
             self._file_error(str(exc), entry)
+
+    def _refuse(self, ndx: int, entry: FileEntry, path: bytes) -> None:
+        """An entry the module's exclude rules refuse (generator.c recv_generator, daemon_filter_list).
+
+        A refused directory's contents are skipped without a word after
+        rsyncd's "Skipping any contents" line.
+        """
+        what = "directory" if entry.is_dir else "file"
+        message = f'ERROR: daemon refused to receive {what} "{os.fsdecode(entry.name)}"\n'
+        self.state.file_errors += 1
+        self.out.send_msg(MsgCode.ERROR_XFER, message.encode("utf-8", "replace"))
+        self.log.warning("{}", message.rstrip())
+        self.state.skip.add(ndx)
+        if entry.is_dir:
+            self.out.send_msg(MsgCode.ERROR, b"*** Skipping any contents from this failed directory ***\n")
+            self._refused_dirs.append(path)
 
     def _file_error(self, message: str, entry: FileEntry) -> None:
         self.state.file_errors += 1

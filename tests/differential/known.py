@@ -14,7 +14,8 @@ DIFFERENCES: dict[str, str] = {
     "DIFF-003": "push -d (no -r) or -E without -l: the daemon's 'skipping non-regular file "
     "\"X\"' is not printed (or printed elsewhere)",
     "DIFF-004": "-v: no incremental recursion, the client prints 'building file list ... done' / "
-    "'receiving file list ... done' instead of '... incremental file list'",
+    "'receiving file list ... done' instead of '... incremental file list'; so a "
+    "module-excluded dir is not created empty (0700) as rsyncd's incremental receiver does",
     "DIFF-007": "--temp-dir inside the module: backupd stages next to the target, so the temp "
     "dir's mtime is not touched (rsyncd creates and renames its temp files there)",
     "DIFF-013": "-R --no-implied-dirs: implied parent dirs are created/updated with the "
@@ -30,8 +31,6 @@ DIFFERENCES: dict[str, str] = {
     "DIFF-022": "-H: hard links are itemized as new files, not 'hf ... => leader'",
     "DIFF-023": "-K: the receiver's symlink to a dir is replaced by a real dir",
     "DIFF-026": "--backup / --suffix / --backup-dir are refused (exit 4) with history = no",
-    "DIFF-028": "module exclude/filter on push: rsyncd prints 'ERROR: daemon refused to receive "
-    "file \"X\"' (and skips a refused dir's contents), backupd 'skipping daemon-excluded ...'",
     "DIFF-030": "a second --partial push into a subdir itemizes '.d..t...... ./' rsyncd does not",
 }
 
@@ -56,6 +55,6 @@ KNOWN: dict[str, str | tuple[str, set[str]]] = {
     "backup": ("DIFF-026", {"c3.5.0-hist-no", "c3.2.7-hist-no"}),
     "backup-suffix": ("DIFF-026", {"c3.5.0-hist-no", "c3.2.7-hist-no"}),
     "backup-dir": ("DIFF-026", {"c3.5.0-hist-no", "c3.2.7-hist-no"}),
-    "module-exclude-push": "DIFF-028",
+    "module-exclude-push": "DIFF-004",
     "resume-after-partial-file": "DIFF-030",
 }
