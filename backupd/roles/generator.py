@@ -398,13 +398,18 @@ class Generator:
         return self._same_mtime(entry, st)
 
     def _same_mtime(self, entry: FileEntry, st: os.stat_result) -> bool:
+        """rsync util1.c same_time(): whole seconds, unless ``--modify-window`` says otherwise.
+
+        Window 0 (the default) compares seconds only, a negative window
+        (``-@-1``) nanoseconds too, a positive one allows that many seconds.
+        """
         window = self.opts.modify_window
         sec = st.st_mtime_ns // 1_000_000_000
-        if window:
+        if window > 0:
             return abs(sec - entry.mtime) <= window
         if sec != entry.mtime:
             return False
-        return self.state.protocol < 31 or st.st_mtime_ns % 1_000_000_000 == entry.mtime_nsec
+        return window == 0 or self.state.protocol < 31 or st.st_mtime_ns % 1_000_000_000 == entry.mtime_nsec
 
     def _file_checksum(self, path: bytes) -> bytes | None:
         """The whole-file checksum of the module's copy (for -c), or None if it is no regular file."""
@@ -538,6 +543,10 @@ class Generator:
                 mode = entry.mode & 0o777 & ~state.umask
             mtime = entry.mtime_ns if opts.times and not opts.omit_dir_times else None
             try:
+                if mtime is not None:  # rsync set_file_attrs: only when mtime_differs()
+                    st = state.tree.lstat(path)
+                    if st is not None and self._same_mtime(entry, st):
+                        mtime = None
                 state.tree.set_attrs(path, mode=mode, mtime_ns=mtime, **self._owner(entry))
             except StorageError as exc:
                 self._file_error(str(exc), entry)

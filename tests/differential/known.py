@@ -31,7 +31,6 @@ DIFFERENCES: dict[str, str] = {
     "DIFF-022": "-H: hard links are itemized as new files, not 'hf ... => leader'",
     "DIFF-023": "-K: the receiver's symlink to a dir is replaced by a real dir",
     "DIFF-026": "--backup / --suffix / --backup-dir are refused (exit 4) with history = no",
-    "DIFF-030": "a second --partial push into a subdir itemizes '.d..t...... ./' rsyncd does not",
 }
 
 KNOWN: dict[str, str | tuple[str, set[str]]] = {
@@ -56,5 +55,4 @@ KNOWN: dict[str, str | tuple[str, set[str]]] = {
     "backup-suffix": ("DIFF-026", {"c3.5.0-hist-no", "c3.2.7-hist-no"}),
     "backup-dir": ("DIFF-026", {"c3.5.0-hist-no", "c3.2.7-hist-no"}),
     "module-exclude-push": "DIFF-004",
-    "resume-after-partial-file": "DIFF-030",
 }

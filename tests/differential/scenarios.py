@@ -208,6 +208,14 @@ scenario("push-remove-source-files-unchanged", push("-ai", "--remove-source-file
 scenario("push-remove-source-files-dry-run", push("-ain", "--remove-source-files"), client=src_tree(),
          seed=mod_tree())
 scenario("push-delay-updates", push("-ai", "--delay-updates"), client=src_tree(), seed=mod_tree())
+# rsync same_time(): the default window compares whole seconds, -@-1 nanoseconds too
+NS_CLIENT = {"src": Dir({"n.txt": File(b"same size\n", mtime_ns=T0 * 10**9 + 700_000_000),
+                        "d": Dir({}, mtime_ns=T0 * 10**9 + 300_000_000)}, mode=0o755, mtime=T0)}
+NS_SEED = {"n.txt": File(b"SAME SIZE\n", mtime_ns=T0 * 10**9 + 100_000_000),
+           "d": Dir({}, mtime_ns=T0 * 10**9 + 900_000_000)}
+scenario("mtime-subsecond-default", push("-ai"), client=NS_CLIENT, seed=NS_SEED)
+scenario("mtime-subsecond-window-neg", push("-ai", "--modify-window=-1"), client=NS_CLIENT,
+         seed=NS_SEED)
 scenario("push-temp-dir", push("-ai", "--temp-dir=/tmp"), client=src_tree(), seed=mod_tree())
 scenario("push-temp-dir-in-module", push("-ai", "--temp-dir=/tdir"), client=src_tree(),
          seed=mod_tree(tdir=Dir({}, mode=0o755, mtime=T0)))
@@ -542,6 +550,7 @@ scenario("unknown-module", rsync("-ai", "src/", "{host}/nosuchmod/"), client=src
 scenario("resume-after-partial-file", push("-ai", "--partial", dest="b/"),
          write("mod/b/big.bin", BIG2[:20000], mtime=T0 + 1),
          write("client/src/big.bin", BIG2, mtime=T0 + 900),
+         touch_dir("mod/b", T0 + 50), touch_dir("client/src", T0 + 50),  # not "now" on either side
          push("-ai", "--partial", "--stats", dest="b/", delta=True), client=DELTA_CLIENT)
 scenario("parallel-pushes", Parallel((push("-ai", dest="one/", src="src/sub/"),
                                       push("-ai", dest="two/", src="src/sub/"))),
