@@ -28,13 +28,16 @@ DIFFERENCES: dict[str, str] = {
     "DIFF-019": "--partial-dir resume: the partial file is not used as basis and the "
     "partial dir is left behind",
     "DIFF-021": "--append-verify with a bad prefix: the redo is itemized differently",
-    "DIFF-022": "-H: hard links are itemized as new files, not 'hf ... => leader'",
+    "DIFF-022": "-H --delete: rsyncd deletes in subdirs and links followers to an unchanged "
+    "leader before the other transfers; backupd in file-list order (with or without incremental "
+    "recursion)",
     "DIFF-023": "-K: the receiver's symlink to a dir is replaced by a real dir",
     "DIFF-026": "--backup / --suffix / --backup-dir are refused (exit 4) with history = no",
 }
 
 KNOWN: dict[str, str | tuple[str, set[str]]] = {
     "hardlinks-H-delete": "DIFF-022",
+    "hardlinks-H-delete-no-inc": "DIFF-022",
     "push-dirs-only": "DIFF-003",
     "push-executability": "DIFF-003",
     "push-verbose": "DIFF-004",

@@ -439,6 +439,8 @@ scenario("hardlinks-without-H", hardlink("client/src/a.txt", "client/src/a-link"
          push("-ai"), client=src_tree())
 scenario("hardlinks-H-delete", hardlink("client/src/a.txt", "client/src/a-link"),
          push("-aiH", "--delete"), client=src_tree(), seed=mod_tree())
+scenario("hardlinks-H-delete-no-inc", hardlink("client/src/a.txt", "client/src/a-link"),
+         push("-aiH", "--delete", "--no-inc-recursive"), client=src_tree(), seed=mod_tree())
 scenario("keep-dirlinks", push("-aiK"), client=src_tree(),
          seed={"sub": Symlink("realsub"), "realsub": Dir({}, mode=0o755, mtime=T0)})
 scenario("no-keep-dirlinks", push("-ai"), client=src_tree(),
