@@ -210,6 +210,15 @@ class Generator:
             iflags = _IS_NEW | _LOCAL_CHANGE
         elif st is not None and stat.S_ISDIR(st.st_mode):
             iflags = self._attr_changes(entry, st)
+        elif st is not None and stat.S_ISLNK(st.st_mode) and (kept := self._kept_dirlink(ndx, path)):
+            real, real_st = kept
+            iflags = self._attr_changes(entry, real_st)
+            if delete_during and entry.is_content_dir:
+                self.deleter.delete_in_dir(ndx, entry, real)
+                self._changed(real)
+            self._dirs.append((ndx, path, False))
+            self._itemize(ndx, iflags)
+            return
         else:
             if st is not None and not dry:
                 self.deleter.count(tree.delete(path))
@@ -222,6 +231,31 @@ class Generator:
             self._changed(path)
         self._dirs.append((ndx, path, st is None))
         self._itemize(ndx, iflags)
+
+    def _kept_dirlink(self, ndx: int, path: bytes) -> tuple[bytes, os.stat_result] | None:
+        """-K: the module directory a symlink at ``path`` leads to, kept as the directory.
+
+        rsync generator.c recv_generator with keep_dirlinks stats through the
+        link; what the file list puts below ``path`` is then written below
+        the link's target (the destinations of later entries are rewritten).
+        None without -K, or for a link that leads out of the module, into its
+        history folder, or to no directory: it is then replaced as usual.
+        """
+        if not self.opts.keep_dirlinks:
+            return None
+        from backupd.roles.flist_builder import Resolver, _Unreachable
+
+        try:
+            real, real_st = Resolver(self.state.tree).resolve(path, follow_last=True)
+        except (_Unreachable, StorageError):
+            return None
+        if not stat.S_ISDIR(real_st.st_mode) or self.state.tree.is_history_path(real):
+            return None
+        prefix, dest = path + b"/", self.state.dest
+        for j in range(ndx + 1, len(dest)):
+            if dest[j].startswith(prefix):
+                dest[j] = real + b"/" + dest[j][len(prefix):]
+        return real, real_st
 
     def _lstat(self, path: bytes) -> os.stat_result | None:
         """lstat through per-directory scans (one scandir per directory, not one walk per entry).
@@ -537,7 +571,9 @@ class Generator:
         for ndx, path, created in reversed(self._dirs):
             entry = state.flist[ndx]
             mode = None
-            if opts.perms:
+            if opts.keep_dirlinks and (st := state.tree.lstat(path)) is not None and stat.S_ISLNK(st.st_mode):
+                mode = None  # a kept dirlink: its times only (a symlink has no mode of its own)
+            elif opts.perms:
                 mode = entry.mode & 0o7777
             elif created:
                 mode = entry.mode & 0o777 & ~state.umask

@@ -31,7 +31,6 @@ DIFFERENCES: dict[str, str] = {
     "DIFF-022": "-H --delete: rsyncd deletes in subdirs and links followers to an unchanged "
     "leader before the other transfers; backupd in file-list order (with or without incremental "
     "recursion)",
-    "DIFF-023": "-K: the receiver's symlink to a dir is replaced by a real dir",
     "DIFF-026": "--backup / --suffix / --backup-dir are refused (exit 4) with history = no",
 }
 
@@ -53,7 +52,6 @@ KNOWN: dict[str, str | tuple[str, set[str]]] = {
     "inplace-hardlinked": "DIFF-018",
     "partial-dir-resume": "DIFF-019",
     "append-verify-bad": "DIFF-021",
-    "keep-dirlinks": "DIFF-023",
     "backup": ("DIFF-026", {"c3.5.0-hist-no", "c3.2.7-hist-no"}),
     "backup-suffix": ("DIFF-026", {"c3.5.0-hist-no", "c3.2.7-hist-no"}),
     "backup-dir": ("DIFF-026", {"c3.5.0-hist-no", "c3.2.7-hist-no"}),

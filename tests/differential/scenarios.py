@@ -443,6 +443,11 @@ scenario("hardlinks-H-delete-no-inc", hardlink("client/src/a.txt", "client/src/a
          push("-aiH", "--delete", "--no-inc-recursive"), client=src_tree(), seed=mod_tree())
 scenario("keep-dirlinks", push("-aiK"), client=src_tree(),
          seed={"sub": Symlink("realsub"), "realsub": Dir({}, mode=0o755, mtime=T0)})
+scenario("keep-dirlinks-delete", push("-aiK", "--delete"), push("-aiK", "--delete"), client=src_tree(),
+         seed={"sub": Symlink("realsub"),
+               "realsub": Dir({"stale": File(b"old\n", mtime=T0), "c.txt": File(b"old c\n", mtime=T0)},
+                              mode=0o700, mtime=T0)})
+scenario("keep-dirlinks-dangling", push("-aiK"), client=src_tree(), seed={"sub": Symlink("missing")})
 scenario("no-keep-dirlinks", push("-ai"), client=src_tree(),
          seed={"sub": Symlink("realsub"), "realsub": Dir({}, mode=0o755, mtime=T0)})
 UNSAFE = dict(abs=Symlink("/etc/passwd"), up=Symlink("../../outside"),
