@@ -147,6 +147,10 @@ class Receiver:
 
     def _open_staged(self, path: bytes, entry):
         try:
+            if self.opts.inplace:  # receiver.c: the live inode itself (its old version copied to history)
+                st = self.state.tree.lstat(path)
+                if st is None or stat.S_ISREG(st.st_mode):
+                    return self.state.tree.open_inplace(path, 0o600, sparse=self.opts.sparse)
             return self.state.tree.create_staged(path, 0o600, sparse=self.opts.sparse)
         except (StorageError, FileError) as exc:
             self._file_error(f"cannot create {os.fsdecode(entry.name)}: {exc}")

@@ -33,6 +33,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
+from backupd.errors import StorageError
 from backupd.storage.fsops import (
     DIR_READ_FLAGS,
     TMP_TRIES,
@@ -46,9 +47,11 @@ from backupd.storage.fsops import (
     open_dir,
     open_step,
     remove_tree,
+    show,
     split_path,
     temp_name,
 )
+from backupd.storage.inplace import InplaceFile
 from backupd.storage.staging import Basis, StagedFile
 
 if TYPE_CHECKING:
@@ -337,6 +340,36 @@ class ModuleTree:
             except BaseException:
                 os.close(fd)
                 raise
+
+    def open_inplace(self, path: bytes, mode: int, *, sparse: bool = False) -> InplaceFile:
+        """``--inplace``: the live regular file at ``path`` opened for rewriting (created if missing).
+
+        When the module keeps history, the current version is copied into
+        it before anything is written. ``mode`` is applied at commit unless
+        commit passes its own.
+
+        Raises:
+            PathEscape: bad path or inside history.
+            StorageError: not a regular file (the caller stages instead), or an OS error.
+        """
+        comps = self._writable(path, False, displaces=True)
+        with fs_errors(self.module, path):
+            fd = open_dir(self._root_fd, comps[:-1], self.module, path)
+            try:
+                flags = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+                try:
+                    st = os.stat(comps[-1], dir_fd=fd, follow_symlinks=False)
+                except FileNotFoundError:
+                    new_fd = os.open(comps[-1], flags | os.O_CREAT | os.O_EXCL, 0o600, dir_fd=fd)
+                    return InplaceFile(self, new_fd, path, mode, sparse=sparse)
+                if not stat.S_ISREG(st.st_mode):
+                    raise StorageError(f"module {self.module}: {show(path)}: not a regular file")
+                with self._entry_lock(fd, comps):
+                    if self._keeps_history(comps):
+                        self.history.preserve_at(fd, comps, st, copy=True)
+                    return InplaceFile(self, os.open(comps[-1], flags, dir_fd=fd), path, mode, sparse=sparse)
+            finally:
+                os.close(fd)
 
     def delete(self, path: bytes, *, allow_history: bool = False) -> DeleteCounts:
         """Remove the entry at ``path``: into history (one move) or for real.

@@ -23,8 +23,6 @@ DIFFERENCES: dict[str, str] = {
     "DIFF-014": "pull --files-from=:FILE (list read on the server) is refused (exit 4)",
     "DIFF-015": "--checksum-choice=md4 is refused (exit 4)",
     "DIFF-017": "--fuzzy accepted but not used: literal data = whole file",
-    "DIFF-018": "--inplace does not write into the existing inode (a hard link elsewhere in the "
-    "module keeps the old content)",
     "DIFF-019": "--partial-dir resume: the partial file is not used as basis and the "
     "partial dir is left behind",
     "DIFF-021": "--append-verify with a bad prefix: the redo is itemized differently",
@@ -49,7 +47,6 @@ KNOWN: dict[str, str | tuple[str, set[str]]] = {
     "checksum-choice-md4": "DIFF-015",
     "checksum-c-md4": "DIFF-015",
     "fuzzy": "DIFF-017",
-    "inplace-hardlinked": "DIFF-018",
     "partial-dir-resume": "DIFF-019",
     "append-verify-bad": "DIFF-021",
     "backup": ("DIFF-026", {"c3.5.0-hist-no", "c3.2.7-hist-no"}),

@@ -403,6 +403,10 @@ scenario("fuzzy", push("-ai", "--fuzzy", "--stats", delta=True),
 
 scenario("inplace", push("-ai", "--inplace", "--stats", delta=True), client=DELTA_CLIENT,
          seed=DELTA_SEED)
+scenario("inplace-shrink", push("-ai", "--inplace", "--stats", delta=True),
+         client={"src": Dir({"big.bin": File(BIG[:50000], mode=0o644, mtime=T0 + 900)}, mode=0o755, mtime=T0)},
+         seed=DELTA_SEED)
+scenario("inplace-new-and-changed", push("-ai", "--inplace"), client=src_tree(), seed=mod_tree())
 scenario("inplace-hardlinked", hardlink("mod/big.bin", "mod/other-name"),
          push("-ai", "--inplace"), client=DELTA_CLIENT, seed=DELTA_SEED)
 scenario("partial", push("-ai", "--partial"), client=src_tree(), seed=mod_tree())
