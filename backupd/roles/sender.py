@@ -151,16 +151,24 @@ def run_pull(session, request, negotiated: Negotiated) -> ExitCode:
     """
     opts, module = request.opts, request.module
     _check_options(opts, request.read_only)
-    read = session.inbox.read
-    texts = decode_filter_list(read)
-    names = read_files_from(read, opts.from0) if opts.files_from is not None else None
-    rules = rules_from_client(texts, sender=True, cvs_exclude="C" in opts.letters)
     history = HistoryStore(module.history_dir.encode()) if module.history else None
     try:
         tree = ModuleTree(module.path, module=module.name, history=history, root_fd=request.root_fd)
     except StorageError as exc:
         raise RsyncError(f"cannot open module {module.name}: {exc}", ExitCode.FILESELECT) from None
     try:
+        names = None
+        if opts.files_from not in (None, b"-"):
+            try:
+                names = files_from_module(tree, module, opts.files_from, opts.from0)
+            except RsyncError:
+                session.input_buffered = False  # rsyncd fails this while parsing its options
+                raise
+        read = session.inbox.read
+        texts = decode_filter_list(read)
+        if opts.files_from == b"-":
+            names = read_files_from(read, opts.from0)
+        rules = rules_from_client(texts, sender=True, cvs_exclude="C" in opts.letters)
         started = time.monotonic()
         built = _build_list(session, tree, request, negotiated, rules, names)
         state = PullState(
@@ -173,9 +181,41 @@ def run_pull(session, request, negotiated: Negotiated) -> ExitCode:
         tree.close()
 
 
+def files_from_module(tree: ModuleTree, module, arg: bytes, from0: bool) -> list[bytes]:
+    """The names of ``--files-from=:FILE``, a list the server reads from its module.
+
+    As rsyncd (options.c parse_arguments, flist.c send_file_list): the name
+    is sanitized into the module (from its root), refused when the module's
+    exclude rules cover it, and read with RL_DUMP_COMMENTS: one name per
+    line (CR or LF; NUL with ``--from0``), empty lines and lines starting
+    with ``#`` or ``;`` skipped.
+
+    Raises:
+        Unsupported: excluded, or the file cannot be read (exit 4, rsyncd's text).
+    """
+    from backupd.roles.push import build_module_filters, sanitize_path
+
+    shown = arg.decode("utf-8", "replace")
+    rel = sanitize_path(arg, 0).rstrip(b"/") or b"."
+    filters = build_module_filters(module)
+    if rel == b"." or (filters is not None and filters.excluded(rel, False, side=None)):
+        raise Unsupported("rsync: Your options have been rejected by the server.")
+    try:
+        basis = tree.open_basis(rel)
+    except StorageError as exc:
+        raise Unsupported(f"rsync: failed to open files-from file {shown}: {exc}") from None
+    if basis is None:
+        raise Unsupported(f"rsync: failed to open files-from file {shown}: No such file or directory")
+    with basis:
+        data = bytes(basis.view(0, basis.size)) if basis.size else b""
+    lines = data.split(b"\0") if from0 else data.replace(b"\r", b"\n").split(b"\n")
+    names = [line for line in lines if line and line[:1] not in (b"#", b";")]
+    if len(names) > MAX_FILES_FROM_NAMES or any(len(n) >= MAX_PATH_LEN for n in names):
+        raise Unsupported(f"rsync: files-from file {shown} is too large")
+    return names
+
+
 def _check_options(opts: TransferOptions, read_only: bool) -> None:
-    if opts.files_from is not None and opts.files_from != b"-":
-        raise Unsupported("--files-from naming a file on the server is not supported; give a local list")
     if opts.remove_source_files and read_only:
         raise RsyncError("ERROR: --remove-source-files cannot be used with a read-only module", ExitCode.SYNTAX)
 

@@ -445,6 +445,11 @@ class Session:
         if not exc.bare and not text.startswith(("ERROR", "rsync")):
             text = f"rsync: [{self.role}] {text}"
         self.outbox.send_msg(MsgCode.ERROR, (text.rstrip("\n") + "\n").encode("utf-8", "replace"))
+        if self.role == "sender" and not self.input_buffered:
+            # a pull refused while rsyncd parses its options: the client sees the text, then
+            # the reset before any exit message, and ends with its own code 10 (as with rsyncd)
+            self.reset_on_close = True
+            return code
         what = EXIT_TEXT.get(code, "error")
         trailer = f"rsync error: {what} (code {int(code)}) at backupd [{self.role}=backupd-{__version__}]\n"
         self.outbox.send_msg(MsgCode.ERROR, trailer.encode())

@@ -357,6 +357,16 @@ scenario("files-from-pull", write_list("client/list", ["a.txt", "sub/deep/d.txt"
 scenario("files-from-pull-remote",
          pull("-ai", "--files-from=:list"),
          seed=pulled_tree(list=File(b"a.txt\nsub/c.txt\n", mtime=T0)))
+scenario("files-from-pull-remote-comments", pull("-ai", "--files-from=:/lists/l"),
+         seed=pulled_tree(lists=Dir({"l": File(b"# a comment\n; another\n\nb.txt\r\nsub/deep\n", mtime=T0)},
+                                    mtime=T0)))
+scenario("files-from-pull-remote-from0", pull("-ai", "--from0", "--files-from=:l0"),
+         seed=pulled_tree(l0=File(b"a.txt\0#not-a-comment\0x.log\0", mtime=T0)))
+scenario("files-from-pull-remote-missing", pull("-ai", "--files-from=:nolist"), seed=pulled_tree())
+scenario("files-from-pull-remote-dotdot", pull("-ai", "--files-from=:../../list"),
+         seed=pulled_tree(list=File(b"a.txt\n", mtime=T0)))
+scenario("files-from-pull-remote-excluded", pull("-ai", "--files-from=:x.log"), seed=pulled_tree(),
+         params={"exclude": "*.log"})
 
 # ---------------------------------------------------------------- delta, compression, checksums
 
@@ -618,6 +628,7 @@ scenario("refuse-delete-after", push("-ai", "--delete-after"), client=src_tree()
          params=REFUSE)
 scenario("refuse-compress", push("-aiz"), client=src_tree(), params=REFUSE)
 scenario("refuse-allowed", push("-ai"), client=src_tree(), params=REFUSE)
+scenario("refuse-compress-pull", pull("-aiz"), seed=pulled_tree(), params=REFUSE)
 MAXC = {"max connections": 1}
 # rsyncd's session process keeps its slot a moment after the client exits: wait
 SETTLE = Change(lambda base: time.sleep(1.5), "wait until the first session released its slot")
