@@ -517,6 +517,11 @@ scenario("pull-delta", write("client/dst/big.bin", BIG[:90000], mtime=T0),
 scenario("pull-delta-xxh3", write("client/dst/big.bin", BIG[:90000], mtime=T0),
          pull("-ai", "--checksum-choice=xxh3", "--stats", delta=True),
          seed={"big.bin": File(BIG2, mtime=T0 + 900)})
+scenario("pull-delta-md4", write("client/dst/big.bin", BIG[:90000], mtime=T0),
+         pull("-ai", "--checksum-choice=md4", "--stats", delta=True),
+         seed={"big.bin": File(BIG2, mtime=T0 + 900)})
+scenario("pull-checksum-md4", write("client/dst/a.txt", b"ALPHA\n", mtime=T0),
+         pull("-aic", "--checksum-choice=md4"), seed=pulled_tree())
 scenario("pull-checksum", write("client/dst/a.txt", b"ALPHA\n", mtime=T0),
          pull("-aic"), seed=pulled_tree())
 scenario("pull-size-only", write("client/dst/b.txt", b"BRAVO BRAVO\n", mtime=T0),
