@@ -648,3 +648,6 @@ scenario("dont-compress", push("-aiz", "--stats", delta=True), client=DELTA_CLIE
          seed=DELTA_SEED, params={"dont compress": "*.bin"})
 scenario("module-comment-listing", rsync("{host}/"), params={"comment": "the backup module"})
 scenario("list-false", rsync("{host}/"), params={"list": False})
+
+# ---------------------------------------------------------------- alternate basis dirs
+from tests.differential import scenarios_alt_dest  # noqa: E402,F401 - adds its scenarios to SCENARIOS
