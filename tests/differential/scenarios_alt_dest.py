@@ -135,3 +135,16 @@ scenario("link-dest-type-differs", push("-ai", dest="s1/"), remove("client/src/b
 scenario("copy-dest-symlinks", push("-ai", dest="s1/"),
          push("-ai", "--copy-dest=../s1", dest="s2/"),
          client=src_tree(rel=Symlink("sub/c.txt", mtime=T0 + 9)))
+scenario("link-dest-delete-into-existing", push("-ai", dest="s1/"),
+         push("-ai", "--delete", "--link-dest=../s1", dest="s2/"), client=src_tree(),
+         seed={"s2": Dir({"stale.txt": File(b"stale\n", mtime=T0), "a.txt": File(b"old a\n", mtime=T0)},
+                         mtime=T0)})
+scenario("link-dest-relative", push("-aiR", dest="s1/", src="src/./sub"),
+         push("-aiR", "--link-dest=../s1", dest="s2/", src="src/./sub"),
+         push("-aiR", "--link-dest=../s2", dest="s3/", src="src/./sub/deep"), client=src_tree())
+scenario("link-dest-whole-file-basis", push("-ai", dest="s1/"),
+         write("client/src/a.txt", b"alpha, grown\n", mtime=T0 + 3),
+         push("-aiW", "--link-dest=../s1", dest="s2/"), client=src_tree())
+scenario("link-dest-many-dirs", push("-ai", dest="s1/"),
+         *[push("-ai", *[f"--link-dest=../m{i}" for i in range(19)], "--link-dest=../s1",
+                dest="s2/")], client=src_tree())

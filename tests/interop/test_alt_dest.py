@@ -122,3 +122,17 @@ def test_alt_dest_outside_the_module_is_confined(rsync_client, make_targets, tmp
     assert "arg does not exist" in done.stderr  # clamped into the module, where there is no such dir
     assert _inode(target.module / "s1/a.txt") != _inode(outside / "a.txt")
     assert os.lstat(outside / "a.txt").st_nlink == 1
+
+
+def test_missing_alt_dir_warning_with_chroot_matches_rsyncd(rsync_client, make_targets, tmp_path):
+    if os.geteuid() != 0:
+        import pytest
+
+        pytest.skip("rsyncd's chroot needs root")
+    src = _client(tmp_path)
+    seen = {}
+    for kind, target in make_targets(params={"use chroot": True}).items():
+        done = target.push(rsync_client, "-a", "--link-dest=../nope", "--link-dest=/gone/", f"{src}/", path="s2/")
+        seen[kind] = (done.returncode, sorted(line for line in done.stderr.splitlines() if "arg" in line))
+    assert seen["backupd"] == seen["rsyncd"]
+    assert len(seen["rsyncd"][1]) == 2
