@@ -166,7 +166,10 @@ class Generator:
             elif entry.is_reg:
                 leader = self._hlink_leader.get(ndx, ndx)
                 if self.alt is not None and ndx in self._hlink_leader:
-                    self._hlink_member(ndx, entry, path, leader)
+                    if self.alt.kind == "compare":  # each member compared and sent on its own
+                        self._process_file(ndx, entry, path)
+                    else:
+                        self._hlink_member(ndx, entry, path, leader)
                     return
                 if leader != ndx:
                     self._hlink_followers.append((ndx, leader))

@@ -136,3 +136,19 @@ def test_missing_alt_dir_warning_with_chroot_matches_rsyncd(rsync_client, make_t
         seen[kind] = (done.returncode, sorted(line for line in done.stderr.splitlines() if "arg" in line))
     assert seen["backupd"] == seen["rsyncd"]
     assert len(seen["rsyncd"][1]) == 2
+
+
+def test_hard_links_with_compare_dest_are_compared_one_by_one(rsync_client, make_targets, tmp_path):
+    # stock rsyncd 3.5.0 hangs here (the group waits for a leader it never writes): no oracle
+    src = _client(tmp_path)
+    os.link(src / "a.txt", src / "a-link")
+    (src / "new.txt").write_bytes(b"new\n")
+    os.link(src / "new.txt", src / "new-link")
+    seed = {"base": Dir({"a.txt": File(b"alpha v1\n", mode=0o644, mtime=T0),
+                         "a-link": File(b"alpha v1\n", mode=0o644, mtime=T0)}, mtime=T0)}
+    target = make_targets(("backupd",), seed=seed)["backupd"]
+    assert_ok(target.push(rsync_client, "-aH", "--compare-dest=../base", f"{src}/", path="cur/", timeout=30))
+    cur = target.module / "cur"
+    assert not (cur / "a.txt").exists() and not (cur / "a-link").exists()  # both match base
+    assert (cur / "new.txt").read_bytes() == (cur / "new-link").read_bytes() == b"new\n"
+    assert (cur / "b.txt").exists()
