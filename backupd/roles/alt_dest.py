@@ -277,7 +277,7 @@ class AltDest:
             if self.kind == "compare":
                 if st is not None and not self.opts.dry_run:
                     self.gen.deleter.count(self.state.tree.delete(path))
-                    self.gen._changed(path)
+                    self.gen._noted(path)
                 self._itemize(ndx, self.item_flags(entry, best.st, 0))
                 return True
             if self._link(best.path, path):
@@ -307,7 +307,7 @@ class AltDest:
         except StorageError as exc:
             self.gen.log.info("link {} => {} failed: {}", os.fsdecode(path), os.fsdecode(apath), exc)
             return False
-        self.gen._changed(path)
+        self.gen._noted(path)
         return True
 
     def _copy(self, entry: FileEntry, apath: bytes, path: bytes) -> bool:
@@ -333,7 +333,7 @@ class AltDest:
         except StorageError as exc:
             self.gen.log.info("copy {} => {} failed: {}", os.fsdecode(apath), os.fsdecode(path), exc)
             return False
-        self.gen._changed(path)
+        self.gen._noted(path)
         return True
 
     def follower_match(

@@ -299,6 +299,22 @@ class Generator:
         scan = self._scans[key]
         return None if scan is None else scan.get(name)
 
+    def _noted(self, path: bytes) -> None:
+        """``path`` (not a dir) was just written or removed: refresh its entry in a cached scan.
+
+        Cheaper than :meth:`_changed` for a run of files in one directory
+        (a --link-dest rotation links every one): no rescan of the directory.
+        """
+        parent, _, name = path.rpartition(b"/")
+        scan = self._scans.get(parent or b".")
+        if scan is None:
+            return
+        st = self.state.tree.lstat(path)
+        if st is None:
+            scan.pop(name, None)
+        else:
+            scan[name] = st
+
     def _changed(self, path: bytes) -> None:
         """Forget the scans of ``path``'s directory and of ``path`` itself."""
         self._scans.pop(path.rpartition(b"/")[0] or b".", None)
@@ -628,7 +644,7 @@ class Generator:
                 return
             if not self.opts.dry_run:
                 tree.hardlink(target, path)
-                self._changed(path)
+                self._noted(path)
             iflags = _LOCAL_CHANGE | _XNAME_FOLLOWS | (_IS_NEW if st is None else 0)
             xname = self.state.flist[leader].name
             if st is None and self.alt is not None:  # itemized against a matching alternate
