@@ -153,13 +153,6 @@ class AltDest:
         """``basis_dir[index]/fname`` (see :func:`alt_path`)."""
         return alt_path(self.state, index, path)
 
-    def _same_time(self, entry: FileEntry, st: os.stat_result) -> bool:
-        """util1.c same_time(): seconds only, nanoseconds too with a negative --modify-window."""
-        window, sec = self.opts.modify_window, st.st_mtime_ns // 1_000_000_000
-        if window < 0:
-            return sec == entry.mtime and st.st_mtime_ns % 1_000_000_000 == entry.mtime_nsec
-        return abs(sec - entry.mtime) <= window
-
     def _lstat(self, path: bytes) -> os.stat_result | None:
         try:
             return self.gen._lstat(path)
@@ -197,7 +190,7 @@ class AltDest:
                 return self.gen._file_checksum(cand.path) == entry.checksum
             if opts.size_only:
                 return True
-            return not opts.ignore_times and self._same_time(entry, st)
+            return not opts.ignore_times and self.gen._same_mtime(entry, st)
         if entry.is_link:
             try:
                 return self.state.tree.readlink(cand.path) == entry.link_target
@@ -210,7 +203,7 @@ class AltDest:
     def _unchanged_attrs(self, entry: FileEntry, st: os.stat_result) -> bool:
         """generator.c unchanged_attrs(): mtime, perms (not of symlinks), owner and group."""
         opts = self.opts
-        if opts.times and not (entry.is_link and opts.omit_link_times) and not self._same_time(entry, st):
+        if opts.times and not (entry.is_link and opts.omit_link_times) and not self.gen._same_mtime(entry, st):
             return False
         if not entry.is_link:
             if opts.perms and (st.st_mode & 0o7777) != (entry.mode & 0o7777):
@@ -229,7 +222,7 @@ class AltDest:
         if entry.is_reg and st.st_size != entry.size:
             iflags |= int(ItemFlags.REPORT_SIZE)
         if keep_time:
-            if not self._same_time(entry, st):
+            if not self.gen._same_mtime(entry, st):
                 iflags |= int(ItemFlags.REPORT_TIME)
         elif (
             iflags & (int(ItemFlags.TRANSFER) | _LOCAL_CHANGE)
