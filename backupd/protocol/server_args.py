@@ -99,6 +99,8 @@ class TransferOptions:
     letters: str = ""
     fsync: bool = False
     cvs_exclude: bool = False
+    alt_dest_type: str | None = None
+    alt_dest_dirs: list[bytes] = field(default_factory=list)
 
     @property
     def compression_on(self) -> bool:
@@ -152,7 +154,7 @@ def _letter_table() -> dict[str, Callable[[TransferOptions], None]]:
 _LETTERS = _letter_table()
 _REFUSED_LETTERS = {"A": "-A (--acls)", "X": "-X (--xattrs)", "U": "-U (--atimes)", "N": "-N (--crtimes)"}
 _REFUSED_LONG = {
-    "iconv", "link-dest", "copy-dest", "compare-dest", "copy-devices", "write-devices", "usermap",
+    "iconv", "copy-devices", "write-devices", "usermap",
     "groupmap", "chown", "fake-super", "super", "only-write-batch", "read-batch", "write-batch",
     "acls", "xattrs", "atimes", "crtimes", "open-noatime",
 }
@@ -164,6 +166,31 @@ def _int(name: str, value: str) -> int:
         return int(value)
     except ValueError:
         raise RsyncError(f"--{name}: invalid number {value!r}", ExitCode.SYNTAX) from None
+
+
+MAX_BASIS_DIRS = 20  # rsync.h MAX_BASIS_DIRS
+
+
+def _alt_dest(kind: str) -> Callable[[TransferOptions, str | None], None]:
+    """--link-dest / --copy-dest / --compare-dest DIR, as options.c parse_arguments() takes them.
+
+    One kind per transfer and at most MAX_BASIS_DIRS dirs; a violation is
+    rsync's own message, exit 1 (the client checks first, so only a forged
+    argument list gets here).
+    """
+
+    def handler(o: TransferOptions, v: str | None) -> None:
+        if o.alt_dest_type is not None and o.alt_dest_type != kind:
+            raise RsyncError(
+                f"ERROR: the --{kind}-dest option conflicts with the --{o.alt_dest_type}-dest option",
+                ExitCode.SYNTAX,
+            )
+        if len(o.alt_dest_dirs) >= MAX_BASIS_DIRS:
+            raise RsyncError(f"ERROR: at most {MAX_BASIS_DIRS} --{kind}-dest args may be specified", ExitCode.SYNTAX)
+        o.alt_dest_type = kind
+        o.alt_dest_dirs.append(v.encode("utf-8", "surrogateescape"))
+
+    return handler
 
 
 def _long_table() -> dict[str, Callable[[TransferOptions, str | None], None]]:
@@ -230,6 +257,7 @@ def _long_table() -> dict[str, Callable[[TransferOptions, str | None], None]]:
         "skip-compress": ignore, "compress-threads": ignore, "stop-after": ignore, "stop-at": ignore,
         "no-i-r": ignore, "no-inc-recursive": ignore, "protect-args": flag("protect_args"),
         "secluded-args": flag("protect_args"), "dirs": flag("dirs"), "omit-dir-times": flag("omit_dir_times"),
+        "link-dest": _alt_dest("link"), "copy-dest": _alt_dest("copy"), "compare-dest": _alt_dest("compare"),
     }
 
 

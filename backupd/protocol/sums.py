@@ -21,6 +21,7 @@ import xxhash
 
 from backupd.errors import ExitCode, ProtocolError, Unsupported
 from backupd.protocol.constants import MAX_BLOCK_SIZE
+from backupd.protocol.digests import have_md4, new_digest
 
 BLOCK_SIZE = 700                # rsync.h BLOCK_SIZE: blength for files up to 700*700 bytes
 SUM_LENGTH = 16                 # rsync.h SUM_LENGTH: longest per-block strong sum used
@@ -293,18 +294,11 @@ class _LittleEndianXxh:
         return self._inner.digest()[::-1]    # canonical big-endian -> LE (xxh128: low64 first)
 
 
-def _md4_available() -> bool:
-    try:
-        hashlib.new("md4")
-    except ValueError:
-        return False
-    return True
-
-
 _DIGEST_LEN = {"xxh128": 16, "xxh3": 8, "xxh64": 8, "md5": 16, "md4": 16, "sha1": 20}
 _ALIASES = {"xxhash": "xxh64"}
-SUPPORTED_CHECKSUMS: tuple[str, ...] = ("xxh128", "xxh3", "xxh64", "md5", "sha1")
-HAVE_MD4 = _md4_available()
+HAVE_MD4 = have_md4()
+# rsync checksum.c valid_checksums order; md4 where a library provides it (pycryptodomex on OpenSSL 3)
+SUPPORTED_CHECKSUMS: tuple[str, ...] = ("xxh128", "xxh3", "xxh64", "md5") + (("md4",) if HAVE_MD4 else ()) + ("sha1",)
 
 
 class Checksum:
@@ -314,8 +308,9 @@ class Checksum:
     sign-extended to 64 bits; md5 and sha1 prepend the 4 seed bytes (LE;
     md5 appends them without CF_CHKSUM_SEED_FIX); md4 appends them; seed 0
     means no seed bytes. The whole-file sum is never seeded (sum_init for
-    protocol >= 30). Digests are in wire byte order. md4 only when hashlib
-    provides it. Source: protocol-b §4.4, §4.5, §13.2-3.
+    protocol >= 30; for md4 that is CSUM_MD4: plain MD4, no seed). Digests
+    are in wire byte order. md4 comes from hashlib or pycryptodomex
+    (``digests.new_digest``), never a home-made one. Source: protocol-b §4.4, §4.5, §13.2-3.
     """
 
     def __init__(self, name: str, seed: int, *, seed_fix: bool = True) -> None:
@@ -369,8 +364,9 @@ class Checksum:
         return h.digest()
 
     def _block_md4(self, data: Buffer) -> bytes:
-        h = hashlib.new("md4", data)
-        h.update(self._seed_bytes)
+        h = new_digest("md4", data)
+        if self._seed_bytes:
+            h.update(self._seed_bytes)
         return h.digest()
 
     def _block_sha1(self, data: Buffer) -> bytes:
@@ -386,7 +382,7 @@ class Checksum:
             return _LittleEndianXxh(xxhash.xxh3_64())
         if self.name == "xxh64":
             return _LittleEndianXxh(xxhash.xxh64())
-        return hashlib.new(self.name)
+        return new_digest(self.name)
 
 
 def iter_sums_wire(

@@ -25,6 +25,7 @@ from backupd.protocol.constants import (
 from backupd.protocol.flist import FileEntry
 from backupd.protocol.sums import NULL_SUM_HEAD, Checksum, iter_sums_wire, sum_sizes
 from backupd.protocol.wire import NdxEncoder, encode_int32, encode_shortint, encode_vstring
+from backupd.roles.alt_dest import AltBasis, AltDest, Outcome
 from backupd.roles.deletion import Deleter
 from backupd.roles.owners import owner_ids
 from backupd.roles.push import PushState
@@ -40,6 +41,7 @@ _REPORT_PERMS = int(ItemFlags.REPORT_PERMS)
 _REPORT_SIZE = int(ItemFlags.REPORT_SIZE)
 _REPORT_TIME = int(ItemFlags.REPORT_TIME)
 _TRANSFER = int(ItemFlags.TRANSFER)
+_BASIS_TYPE_FOLLOWS = int(ItemFlags.BASIS_TYPE_FOLLOWS)
 _XNAME_FOLLOWS = int(ItemFlags.XNAME_FOLLOWS)
 _SIGNIFICANT = int(SIGNIFICANT_ITEM_FLAGS)
 
@@ -67,6 +69,9 @@ class Generator:
         self._hlink_leader = _hlink_leaders(state.flist) if self.opts.hard_links else {}
         self._hlink_followers: list[tuple[int, int]] = []
         self._refused_dirs: list[bytes] = []  # module-excluded dirs: their contents are skipped
+        self.alt = AltDest(self) if state.alt_dirs else None  # --link/copy/compare-dest
+        self._alt_basis: dict[int, AltBasis] = {}
+        self._hlink_done: dict[int, int] = {}  # -H with alternates: group -> ndx of its written leader
 
     # -- thread control ----------------------------------------------------------------
     def start(self) -> None:
@@ -160,6 +165,12 @@ class Generator:
                 self._process_dir(ndx, entry, path, delete_during)
             elif entry.is_reg:
                 leader = self._hlink_leader.get(ndx, ndx)
+                if self.alt is not None and ndx in self._hlink_leader:
+                    if self.alt.kind == "compare":  # each member compared and sent on its own
+                        self._process_file(ndx, entry, path)
+                    else:
+                        self._hlink_member(ndx, entry, path, leader)
+                    return
                 if leader != ndx:
                     self._hlink_followers.append((ndx, leader))
                     return
@@ -226,11 +237,23 @@ class Generator:
                 tree.mkdir(path, 0o700 | (entry.mode & 0o7777))
                 self._changed(path)
             iflags = _IS_NEW | _LOCAL_CHANGE
+        if iflags & _IS_NEW and self.alt is not None:
+            iflags = self._alt_dir_flags(ndx, entry, path, iflags)
         if delete_during and st is not None and entry.is_content_dir:
             self.deleter.delete_in_dir(ndx, entry, path)
             self._changed(path)
         self._dirs.append((ndx, path, st is None))
-        self._itemize(ndx, iflags)
+        if iflags is not None:
+            self._itemize(ndx, iflags)
+
+    def _alt_dir_flags(self, ndx: int, entry: FileEntry, path: bytes, iflags: int) -> int | None:
+        """A new dir with an alternate: None (matched, not reported) or iflags against it."""
+        found = self.alt.try_non(ndx, entry, path)
+        if found is Outcome.NONE:
+            return iflags
+        if isinstance(found, AltBasis):
+            return self.alt.item_flags(entry, found.st, _LOCAL_CHANGE)
+        return None
 
     def _kept_dirlink(self, ndx: int, path: bytes) -> tuple[bytes, os.stat_result] | None:
         """-K: the module directory a symlink at ``path`` leads to, kept as the directory.
@@ -276,6 +299,22 @@ class Generator:
         scan = self._scans[key]
         return None if scan is None else scan.get(name)
 
+    def _noted(self, path: bytes) -> None:
+        """``path`` (not a dir) was just written or removed: refresh its entry in a cached scan.
+
+        Cheaper than :meth:`_changed` for a run of files in one directory
+        (a --link-dest rotation links every one): no rescan of the directory.
+        """
+        parent, _, name = path.rpartition(b"/")
+        scan = self._scans.get(parent or b".")
+        if scan is None:
+            return
+        st = self.state.tree.lstat(path)
+        if st is None:
+            scan.pop(name, None)
+        else:
+            scan[name] = st
+
     def _changed(self, path: bytes) -> None:
         """Forget the scans of ``path``'s directory and of ``path`` itself."""
         self._scans.pop(path.rpartition(b"/")[0] or b".", None)
@@ -294,6 +333,9 @@ class Generator:
         st = self._lstat(path)
         if st is None and self.opts.existing:
             return
+        found = self._alt_non(ndx, entry, path) if st is None else Outcome.NONE
+        if found is None:
+            return
         if st is not None and not stat.S_ISLNK(st.st_mode):
             if not self._make_room(entry, path, st, "symlink"):
                 return
@@ -310,8 +352,30 @@ class Generator:
             iflags = _LOCAL_CHANGE | _IS_NEW
             if st is not None:  # retargeted: the change, and the new link's time (itemize of the old one)
                 iflags = _LOCAL_CHANGE | _REPORT_CHANGE | (self._attr_changes(entry, st) & _REPORT_TIME)
-        self._itemize(ndx, iflags)
+            if found is not Outcome.NONE:
+                iflags = self._alt_made_flags(entry, found)
+        if iflags is not None:
+            self._itemize(ndx, iflags)
         self._success(ndx)
+
+    def _alt_non(self, ndx: int, entry: FileEntry, path: bytes) -> Outcome | AltBasis | None:
+        """A symlink, device or special the module lacks, against the alternates (try_dests_non).
+
+        None when done (linked, or matched by --compare-dest); otherwise the
+        outcome for :meth:`_alt_made_flags` after the entry is created.
+        """
+        if self.alt is None:
+            return Outcome.NONE
+        found = self.alt.try_non(ndx, entry, path)
+        if found is Outcome.UPTODATE and self.alt.kind != "copy":
+            return None
+        return found
+
+    def _alt_made_flags(self, entry: FileEntry, found: Outcome | AltBasis) -> int | None:
+        """iflags of an entry created after an alternate was found: against it, or unreported."""
+        if isinstance(found, AltBasis):
+            return self.alt.item_flags(entry, found.st, _LOCAL_CHANGE | _REPORT_CHANGE)
+        return None
 
     def _success(self, ndx: int) -> None:
         """MSG_SUCCESS for an entry the receiver needs not write (generator.c return_with_success).
@@ -370,6 +434,9 @@ class Generator:
         st = self._lstat(path)
         if st is None and self.opts.existing:
             return
+        found = self._alt_non(ndx, entry, path) if st is None else Outcome.NONE
+        if found is None:
+            return
         rdev = os.makedev(entry.rdev_major, entry.rdev_minor) if entry.is_device else 0
         if (
             st is not None
@@ -388,7 +455,11 @@ class Generator:
                 mtime_ns=entry.mtime_ns if self.opts.times else None,
                 **self._owner(entry),
             )
-        self._itemize(ndx, _LOCAL_CHANGE | (_REPORT_CHANGE if st is not None else _IS_NEW))
+        iflags = _LOCAL_CHANGE | (_REPORT_CHANGE if st is not None else _IS_NEW)
+        if found is not Outcome.NONE:
+            iflags = self._alt_made_flags(entry, found)
+        if iflags is not None:
+            self._itemize(ndx, iflags)
         self._success(ndx)
 
     # -- regular files -----------------------------------------------------------------
@@ -408,9 +479,18 @@ class Generator:
             if not self._make_room(entry, path, st, "regular file"):
                 return
             st = None
-        if regular:
-            if opts.update and st.st_mtime_ns // 1_000_000_000 > entry.mtime:
+        if regular and opts.update and st.st_mtime_ns // 1_000_000_000 > entry.mtime:
+            return
+        if self.alt is not None and (not regular or self.alt.kind != "copy"):
+            found = self.alt.try_reg(ndx, entry, path, st if regular else None)
+            if found is True:  # linked, copied or matched: nothing to receive (try_dests_reg -2)
+                self._success(ndx)
                 return
+            if found is not False:  # a basis in an alternate dir
+                self._alt_basis[ndx] = found
+                self._request_file(ndx, entry, redo=False)
+                return
+        if regular:
             if opts.append and st.st_size >= entry.size:
                 return
             if self._unchanged(entry, path, st):
@@ -487,10 +567,13 @@ class Generator:
     def _request_file(self, ndx: int, entry: FileEntry, *, redo: bool, st: os.stat_result | None = None) -> None:
         state, opts = self.state, self.opts
         path = state.dest[ndx]
-        if st is None and redo:
+        alt = self._alt_basis.get(ndx)
+        if alt is not None:  # generator.c: fnamecmp is basis_dir[j]/fname, itemized against it
+            st, path = alt.st, alt.path
+        elif st is None and redo:
             st = state.tree.lstat(path)
         exists = st is not None and stat.S_ISREG(st.st_mode)
-        iflags = _TRANSFER
+        iflags = _TRANSFER if alt is None else _TRANSFER | _BASIS_TYPE_FOLLOWS
         if st is None:
             iflags |= _IS_NEW
         else:
@@ -501,6 +584,8 @@ class Generator:
                 iflags |= _REPORT_TIME
         state.requested.add(ndx)
         header = self.ndx.encode(ndx) + encode_shortint(iflags & 0xFFFF)
+        if alt is not None:
+            header += bytes((alt.index,))
         if opts.dry_run:
             self.out.write(header)
             return
@@ -533,33 +618,79 @@ class Generator:
         itemized as rsync does, ``hf+++++++++ name => leader``, the members of
         a group in reverse file-list order.
         """
-        tree, later = self.state.tree, []
+        later = []
         for ndx, leader in sorted(self._hlink_followers, key=lambda f: (f[1], -f[0])):
-            if not ready(leader):
+            if ready(leader):
+                self._link_one(ndx, leader)
+            else:
                 later.append((ndx, leader))
-                continue
-            entry, path, target = self.state.flist[ndx], self.state.dest[ndx], self.state.dest[leader]
-            try:
-                lead_st = tree.lstat(target)
-                st = tree.lstat(path)
-                if self.opts.dry_run and lead_st is None:
-                    lead_st = st = None
-                elif lead_st is None or not stat.S_ISREG(lead_st.st_mode):
-                    self._file_error(
-                        f"cannot hard-link {os.fsdecode(entry.name)}: its first link was not written", entry
-                    )
-                    continue
-                elif st is not None and (st.st_dev, st.st_ino) == (lead_st.st_dev, lead_st.st_ino):
-                    continue
-                if not self.opts.dry_run:
-                    tree.hardlink(target, path)
-                iflags = _LOCAL_CHANGE | _XNAME_FOLLOWS | (_IS_NEW if st is None else 0)
-                self.out.write(
-                    self.ndx.encode(ndx) + encode_shortint(iflags) + encode_vstring(self.state.flist[leader].name)
-                )
-            except StorageError as exc:
-                self._file_error(str(exc), entry)
         self._hlink_followers = later
+
+    def _link_one(self, ndx: int, leader: int) -> None:
+        """Hard-link follower ``ndx`` to its written ``leader`` and itemize it (hlink.c maybe_hard_link)."""
+        tree = self.state.tree
+        entry, path, target = self.state.flist[ndx], self.state.dest[ndx], self.state.dest[leader]
+        try:
+            lead_st = tree.lstat(target)
+            st = tree.lstat(path)
+            if lead_st is None and self.alt is not None and self.alt.kind == "compare":
+                return  # its leader matched a --compare-dest file and was not written: nor is it
+            if self.opts.dry_run and lead_st is None:
+                lead_st = st = None
+            elif lead_st is None or not stat.S_ISREG(lead_st.st_mode):
+                self._file_error(f"cannot hard-link {os.fsdecode(entry.name)}: its first link was not written", entry)
+                return
+            elif st is not None and (st.st_dev, st.st_ino) == (lead_st.st_dev, lead_st.st_ino):
+                return
+            if not self.opts.dry_run:
+                tree.hardlink(target, path)
+                self._noted(path)
+            iflags = _LOCAL_CHANGE | _XNAME_FOLLOWS | (_IS_NEW if st is None else 0)
+            xname = self.state.flist[leader].name
+            if st is None and self.alt is not None:  # itemized against a matching alternate
+                alt_st, report = self.alt.follower_match(entry, path, lead_st)
+                if not report:
+                    return
+                if alt_st is not None:
+                    iflags = self.alt.item_flags(entry, alt_st, _LOCAL_CHANGE | _XNAME_FOLLOWS, xname=xname)
+            self.out.write(self.ndx.encode(ndx) + encode_shortint(iflags) + encode_vstring(xname))
+        except StorageError as exc:
+            self._file_error(str(exc), entry)
+
+    def _hlink_member(self, ndx: int, entry: FileEntry, path: bytes, last: int) -> None:
+        """-H with alternate dirs: a group member in file-list order (hlink.c hard_link_check).
+
+        The first member that is linked or copied from an alternate (or the
+        last one, when it needs no transfer) becomes the group's leader at
+        once: members already waiting are linked to it then, later ones in
+        their place. Until then members wait; the last is processed as usual.
+        """
+        group = entry.hlink_group
+        done = self._hlink_done.get(group)
+        if done is not None:
+            self._link_one(ndx, done)
+            return
+        if ndx != last:
+            if self._lstat(path) is not None or self.alt.try_reg(ndx, entry, path, None, basis_ok=False) is not True:
+                self._hlink_followers.append((ndx, last))
+            return
+        self._process_file(ndx, entry, path)
+        if ndx not in self.state.requested and group not in self._hlink_done and self._lstat(path) is not None:
+            self._hlink_lead(group, ndx)
+
+    def alt_written(self, ndx: int) -> None:
+        """An alternate was linked or copied to ``ndx``: with -H it leads its group from now on."""
+        group = self.state.flist[ndx].hlink_group
+        if ndx in self._hlink_leader and group not in self._hlink_done:
+            self._hlink_lead(group, ndx)
+
+    def _hlink_lead(self, group: int, ndx: int) -> None:
+        """``ndx`` is written: it leads ``group``; its waiting members are linked to it now."""
+        self._hlink_done[group] = ndx
+        waiting = [f for f, _ in self._hlink_followers if self.state.flist[f].hlink_group == group]
+        self._hlink_followers = [f for f in self._hlink_followers if f[0] not in waiting]
+        for follower in sorted(waiting, reverse=True):
+            self._link_one(follower, ndx)
 
     # -- deletion ----------------------------------------------------------------------
     # -- the end -----------------------------------------------------------------------

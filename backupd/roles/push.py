@@ -46,6 +46,8 @@ class PushState:
     file_errors: int = 0
     is_root: bool = False
     dir_created: bool = False
+    curr_dir: bytes = b"."  # the receiver's working dir (rsync curr_dir): alt-dest dirs are relative to it
+    alt_dirs: list[bytes] = field(default_factory=list)  # resolved --link/copy/compare-dest dirs
 
     def module_path(self, ndx: int) -> bytes:
         """Module-relative destination of entry ``ndx``."""
@@ -223,6 +225,7 @@ def plan_destination(state: PushState, dest_arg: bytes, info=None) -> None:
             info(f"created {made} director{many} for {os.fsdecode(target)}\n")
         if made and not opts.dry_run:
             st = tree.lstat(base)
+    state.curr_dir = base
     if st is not None and stat.S_ISDIR(st.st_mode):
         state.dest = [join_path(base, e.name) for e in state.flist]
         return
@@ -248,6 +251,7 @@ def plan_destination(state: PushState, dest_arg: bytes, info=None) -> None:
         state.dest = [join_path(base, e.name) for e in state.flist]
         return
     state.dest = [base]
+    state.curr_dir = base.rpartition(b"/")[0] or b"."
 
 
 def _make_path(state: PushState, target: bytes) -> int:
@@ -340,6 +344,7 @@ def run_push(session, request, negotiated: Negotiated) -> ExitCode:
     Raises:
         RsyncError: fatal problems (reported by the session).
     """
+    from backupd.roles.alt_dest import send_warning, setup_alt_dirs
     from backupd.roles.generator import Generator
     from backupd.roles.receiver import Receiver
 
@@ -387,6 +392,8 @@ def run_push(session, request, negotiated: Negotiated) -> ExitCode:
             state, opts.paths[0], lambda text: session.outbox.send_msg(MsgCode.INFO, text.encode("utf-8", "replace"))
         )
         check_temp_dir(state, module)
+        if opts.alt_dest_dirs:
+            setup_alt_dirs(state, module, lambda text: send_warning(session, text))
         if opts.prune_empty_dirs:
             prune_empty_dirs(state)
         generator = Generator(state, session)

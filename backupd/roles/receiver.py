@@ -18,11 +18,13 @@ from backupd.protocol.constants import NDX_DONE, IoError, ItemFlags, MsgCode
 from backupd.protocol.sums import decode_sum_head
 from backupd.protocol.tokens import BlockMatch, Literal, make_token_reader
 from backupd.protocol.wire import NdxDecoder, decode_int32, decode_shortint, decode_vstring, encode_int32
+from backupd.roles.alt_dest import alt_path
 from backupd.roles.channel import peer_exit
 from backupd.roles.owners import owner_ids
 from backupd.roles.push import PushState
 
 MAX_PHASE = 2
+FNAMECMP_FNAME = 0x80  # rsync.h: the basis is the destination file itself
 
 
 class _Sink:
@@ -94,15 +96,14 @@ class Receiver:
                 continue
             self._check_ndx(ndx)
             iflags = decode_shortint(read)
-            if iflags & ItemFlags.BASIS_TYPE_FOLLOWS:
-                read(1)
+            basis_type = read(1)[0] if iflags & ItemFlags.BASIS_TYPE_FOLLOWS else FNAMECMP_FNAME
             if iflags & ItemFlags.XNAME_FOLLOWS:
                 decode_vstring(read, 4096)
             if not iflags & ItemFlags.TRANSFER:
                 continue
             self._check_transfer(ndx, phase)
             if not self.opts.dry_run:
-                self._receive_file(ndx, phase)
+                self._receive_file(ndx, phase, self._basis_path(ndx, basis_type))
         if self.ndx.decode(read) != NDX_DONE:
             raise ProtocolError("Invalid packet at end of run")
         self.state.events.put(("goodbye", None))
@@ -120,11 +121,24 @@ class Receiver:
             raise ProtocolError(f"received data for ndx {ndx}, which was never requested")
 
     # -- one file ----------------------------------------------------------------------
-    def _receive_file(self, ndx: int, phase: int) -> None:
+    def _basis_path(self, ndx: int, basis_type: int) -> bytes:
+        """The basis the generator chose, by the fnamecmp_type the sender echoes (receiver.c recv_files).
+
+        Raises:
+            ProtocolError: a type or alternate-dir index backupd never sends.
+        """
+        path = self.state.dest[ndx]
+        if basis_type == FNAMECMP_FNAME:
+            return path
+        if basis_type >= len(self.state.alt_dirs):
+            raise ProtocolError(f"invalid basis_dir index: {basis_type}.")
+        return alt_path(self.state, basis_type, path)
+
+    def _receive_file(self, ndx: int, phase: int, basis_path: bytes) -> None:
         state = self.state
         entry, path = state.flist[ndx], state.dest[ndx]
         head = decode_sum_head(self.inbox.read(16))
-        basis = state.tree.open_basis(path) if head.count or head.remainder else None
+        basis = state.tree.open_basis(basis_path) if head.count or head.remainder else None
         sink = _Sink(self._open_staged(path, entry))
         try:
             ok = self._rebuild(head, basis, sink, entry, append=self.opts.append if phase == 0 else 0)
@@ -206,14 +220,7 @@ class Receiver:
     def _commit(self, ndx: int, entry, path: bytes, staged) -> None:
         state, opts = self.state, self.opts
         st = state.tree.lstat(path)
-        if opts.perms:
-            mode = entry.mode & 0o7777
-        elif st is not None and stat.S_ISREG(st.st_mode):
-            mode = st.st_mode & 0o7777
-        else:
-            mode = entry.mode & 0o777 & ~state.umask
-        if opts.executability and not opts.perms and entry.mode & 0o111:
-            mode |= (mode & 0o444) >> 2
+        mode = new_file_mode(state, entry, st)
         try:
             staged.commit(mtime_ns=entry.mtime_ns if opts.times else None, mode=mode, **owner_ids(state, entry))
         except (StorageError, FileError) as exc:
@@ -256,4 +263,22 @@ class Receiver:
         self.log.warning(message)
 
 
-__all__ = ["Receiver", "RsyncError", "decode_int32"]
+def new_file_mode(state: PushState, entry, st) -> int:
+    """Permission bits of a file written over ``st`` (None: a new file); rsync.c dest_mode().
+
+    -p: the sender's; otherwise an existing regular file keeps its own, a
+    new one gets the sender's minus the umask; -E adds x where r is.
+    """
+    opts = state.opts
+    if opts.perms:
+        mode = entry.mode & 0o7777
+    elif st is not None and stat.S_ISREG(st.st_mode):
+        mode = st.st_mode & 0o7777
+    else:
+        mode = entry.mode & 0o777 & ~state.umask
+    if opts.executability and not opts.perms and entry.mode & 0o111:
+        mode |= (mode & 0o444) >> 2
+    return mode
+
+
+__all__ = ["Receiver", "RsyncError", "decode_int32", "new_file_mode"]

@@ -254,13 +254,20 @@ class ModuleTree:
     def hardlink(self, existing: bytes, path: bytes, *, allow_history: bool = False) -> None:
         """Make ``path`` a hard link to the file ``existing`` (both module paths), atomically.
 
-        Linked under a temp name beside ``path``, then renamed over it; what was
-        there goes to history first. Neither end follows a symlink.
+        A new name is linked directly; over an existing entry the link is
+        made under a temp name beside ``path``, then renamed over it, what was
+        there going to history first. Neither end follows a symlink.
         """
         comps = self._writable(path, allow_history, displaces=True)
         src = split_path(existing, self.module)
         with fs_errors(self.module, path), self._parent(comps, path) as (fd, name):
             with self._parent(src, existing) as (src_fd, src_name):
+                try:  # a new name: link(2) makes it atomically, nothing to keep (the --link-dest case)
+                    with self._entry_lock(fd, comps):  # not between another session's keep and rename
+                        os.link(src_name, name, src_dir_fd=src_fd, dst_dir_fd=fd, follow_symlinks=False)
+                    return
+                except FileExistsError:
+                    pass
                 tmp = self._temp_entry(
                     fd, name, lambda t: os.link(src_name, t, src_dir_fd=src_fd, dst_dir_fd=fd, follow_symlinks=False)
                 )

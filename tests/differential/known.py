@@ -20,7 +20,6 @@ DIFFERENCES: dict[str, str] = {
     "dir's mtime is not touched (rsyncd creates and renames its temp files there)",
     "DIFF-013": "-R --no-implied-dirs: implied parent dirs are created/updated with the "
     "sender's modes and itemized, rsyncd leaves or creates them as default dirs",
-    "DIFF-015": "--checksum-choice=md4 is refused (exit 4)",
     "DIFF-017": "--fuzzy accepted but not used: literal data = whole file",
     "DIFF-019": "--partial-dir resume: the partial file is not used as basis and the "
     "partial dir is left behind",
@@ -42,8 +41,6 @@ KNOWN: dict[str, str | tuple[str, set[str]]] = {
     "push-temp-dir-relative": "DIFF-007",
     "relative-no-implied-dirs": "DIFF-013",
     "relative-no-implied-existing": "DIFF-013",
-    "checksum-choice-md4": "DIFF-015",
-    "checksum-c-md4": "DIFF-015",
     "fuzzy": "DIFF-017",
     "partial-dir-resume": "DIFF-019",
     "append-verify-bad": "DIFF-021",

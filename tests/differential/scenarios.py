@@ -527,6 +527,11 @@ scenario("pull-delta", write("client/dst/big.bin", BIG[:90000], mtime=T0),
 scenario("pull-delta-xxh3", write("client/dst/big.bin", BIG[:90000], mtime=T0),
          pull("-ai", "--checksum-choice=xxh3", "--stats", delta=True),
          seed={"big.bin": File(BIG2, mtime=T0 + 900)})
+scenario("pull-delta-md4", write("client/dst/big.bin", BIG[:90000], mtime=T0),
+         pull("-ai", "--checksum-choice=md4", "--stats", delta=True),
+         seed={"big.bin": File(BIG2, mtime=T0 + 900)})
+scenario("pull-checksum-md4", write("client/dst/a.txt", b"ALPHA\n", mtime=T0),
+         pull("-aic", "--checksum-choice=md4"), seed=pulled_tree())
 scenario("pull-checksum", write("client/dst/a.txt", b"ALPHA\n", mtime=T0),
          pull("-aic"), seed=pulled_tree())
 scenario("pull-size-only", write("client/dst/b.txt", b"BRAVO BRAVO\n", mtime=T0),
@@ -654,3 +659,6 @@ scenario("dont-compress", push("-aiz", "--stats", delta=True), client=DELTA_CLIE
          seed=DELTA_SEED, params={"dont compress": "*.bin"})
 scenario("module-comment-listing", rsync("{host}/"), params={"comment": "the backup module"})
 scenario("list-false", rsync("{host}/"), params={"list": False})
+
+# ---------------------------------------------------------------- alternate basis dirs
+from tests.differential import scenarios_alt_dest  # noqa: E402,F401 - adds its scenarios to SCENARIOS

@@ -80,6 +80,15 @@ ARGS = [  # (argv, checks) from rsync-protocol-a.md §4.1
      dict(delete_mode="after", max_delete=0, backup_dir=b"bk dir", paths=[b"mod/-x"])),
     ([b"--server", b"-re.iLsfxCIvu", b"--append", b"--append", b"--partial", b"--inplace", b".", b"mod/"],
      dict(append=2, partial=True, inplace=True)),
+    # what the 3.5.0 client sends for --link-dest=../s1 --link-dest='/a b' (captured with -e)
+    ([b"--server", b"-logDtpre.iLsfxCIvu", b"--link-dest", b"../s1", b"--link-dest", b"/a\\ b", b".",
+      b"mod/s2/"], dict(alt_dest_type="link", alt_dest_dirs=[b"../s1", b"/a b"], paths=[b"mod/s2/"])),
+    ([b"--server", b"-logDtpre.iLsfxCIvu", b"--copy-dest", b"../s1", b".", b"mod/s2/"],
+     dict(alt_dest_type="copy", alt_dest_dirs=[b"../s1"])),
+    ([b"--server", b"-re.iLsfxCIvu", b"--compare-dest=x", b".", b"mod/"],
+     dict(alt_dest_type="compare", alt_dest_dirs=[b"x"])),
+    ([b"--server", b"-re.iLsfxCIvu", *[b"--link-dest=d%d" % i for i in range(20)], b".", b"mod/"],
+     dict(alt_dest_dirs=[b"d%d" % i for i in range(20)])),
 ]
 
 
@@ -98,6 +107,12 @@ def test_server_args(argv, checks):
         ([b"--server", b"-re.iLsfxCIvu", b"--bogus-option", b".", b"mod/"], RsyncError, ExitCode.SYNTAX),
         ([b"--server", b"-re.iLsfxCIvu", b"--timeout=abc", b".", b"mod/"], RsyncError, ExitCode.SYNTAX),
         ([b"-re.iLsfxCIvu", b".", b"mod/"], ProtocolError, ExitCode.PROTOCOL),
+        # options.c: one kind of alternate dir, at most 20 (a stock client never sends either)
+        ([b"--server", b"-re.iLsfxCIvu", b"--link-dest=a", b"--copy-dest=b", b".", b"mod/"], RsyncError,
+         ExitCode.SYNTAX),
+        ([b"--server", b"-re.iLsfxCIvu", *[b"--link-dest=d%d" % i for i in range(21)], b".", b"mod/"],
+         RsyncError, ExitCode.SYNTAX),
+        ([b"--server", b"-re.iLsfxCIvu", b"--link-dest", b".", b"mod/"], RsyncError, ExitCode.SYNTAX),
     ],
 )
 def test_bad_args_are_refused_with_the_right_exit_code(argv, error, code):

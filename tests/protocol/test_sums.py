@@ -249,6 +249,33 @@ def test_xxh128_file_sum_vectors(path, want):
     assert hasher.digest().hex() == want
 
 
+# RFC 1320 appendix A.5 test suite (independent of the library that computes it)
+MD4_VECTORS = [
+    (b"", "31d6cfe0d16ae931b73c59d7e0c089c0"),
+    (b"abc", "a448017aaf21d8525fc10ae87aa6729d"),
+    (b"message digest", "d9130a8164549fe818874806e1c7014b"),
+    (b"1234567890" * 8, "e33b4ddc9c38f2199c3e7b164fcc0536"),
+]
+
+
+@pytest.mark.skipif(not HAVE_MD4, reason="no md4 provider")
+@pytest.mark.parametrize(("data", "want"), MD4_VECTORS)
+def test_md4_unseeded_block_and_file_sum(data, want):
+    assert Checksum("md4", 0).block_sum(data).hex() == want
+    hasher = Checksum("md4", 1796152109).file_sum_hasher()   # the file sum is never seeded
+    for i in range(0, len(data), 7):
+        hasher.update(memoryview(data)[i : i + 7])
+    assert hasher.digest().hex() == want
+
+
+@pytest.mark.skipif(not HAVE_MD4, reason="no md4 provider")
+def test_md4_block_sum_appends_seed():
+    # checksum.c get_checksum2 CSUM_MD4: MD4(block + SIVAL(seed)): "message di" + b"gest"
+    seed = int.from_bytes(b"gest", "little", signed=True)
+    assert Checksum("md4", seed).block_sum(b"message di").hex() == MD4_VECTORS[2][1]
+    assert "md4" in SUPPORTED_CHECKSUMS
+
+
 def test_seed_placement_per_algorithm():
     block, seed = b"block data " * 10, -123456
     seed_le = struct.pack("<i", seed)
