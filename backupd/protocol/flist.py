@@ -21,6 +21,7 @@ from backupd.protocol.wire import (
     encode_varint,
     encode_varlong,
 )
+from backupd.protocol.xattrs import XattrSet
 
 MAX_FLIST_ENTRIES = 50_000_000
 # plain ints: IntFlag arithmetic costs a microsecond per operation on this hot path
@@ -49,7 +50,8 @@ class FileEntry:
     ``mtime`` in seconds since the epoch, ``mtime_nsec`` 0..999999999, ``size``
     in bytes; ``uid``/``gid`` None when not preserved. ``xflags`` keeps the
     TOP_DIR / NO_CONTENT_DIR bits as sent. ``hlink_group`` is the wire index of
-    the first member of a hard-link group (-H), or None.
+    the first member of a hard-link group (-H), or None. ``xattrs`` is the
+    entry's set of extended attributes from the file list (-X), or None.
     """
 
     name: bytes
@@ -68,6 +70,7 @@ class FileEntry:
     xflags: int = 0
     hlink_group: int | None = None
     hlink_first: bool = False
+    xattrs: XattrSet | None = None
 
     @property
     def is_dir(self) -> bool:

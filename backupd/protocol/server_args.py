@@ -99,6 +99,7 @@ class TransferOptions:
     letters: str = ""
     fsync: bool = False
     cvs_exclude: bool = False
+    xattrs: int = 0
 
     @property
     def compression_on(self) -> bool:
@@ -144,13 +145,13 @@ def _letter_table() -> dict[str, Callable[[TransferOptions], None]]:
         "r": setter("recursive"), "c": setter("checksum"), "I": setter("ignore_times"),
         "R": setter("relative"), "x": counter("one_file_system"), "S": setter("sparse"),
         "z": setter("compress"), "s": setter("protect_args"), "P": setter("partial"),
-        "C": setter("cvs_exclude"),
+        "C": setter("cvs_exclude"), "X": counter("xattrs"),
     }
     return table
 
 
 _LETTERS = _letter_table()
-_REFUSED_LETTERS = {"A": "-A (--acls)", "X": "-X (--xattrs)", "U": "-U (--atimes)", "N": "-N (--crtimes)"}
+_REFUSED_LETTERS = {"A": "-A (--acls)", "U": "-U (--atimes)", "N": "-N (--crtimes)"}
 _REFUSED_LONG = {
     "iconv", "link-dest", "copy-dest", "compare-dest", "copy-devices", "write-devices", "usermap",
     "groupmap", "chown", "fake-super", "super", "only-write-batch", "read-batch", "write-batch",
@@ -356,6 +357,7 @@ LETTER_NAMES = {
     "o": "owner", "g": "group", "D": "devices", "t": "times", "p": "perms", "E": "executability",
     "r": "recursive", "c": "checksum", "I": "ignore-times", "R": "relative", "x": "one-file-system",
     "S": "sparse", "z": "compress", "P": "partial", "s": "secluded-args", "C": "cvs-exclude",
+    "X": "xattrs",
 }
 
 

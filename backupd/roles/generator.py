@@ -28,6 +28,7 @@ from backupd.protocol.wire import NdxEncoder, encode_int32, encode_shortint, enc
 from backupd.roles.deletion import Deleter
 from backupd.roles.owners import owner_ids
 from backupd.roles.push import PushState
+from backupd.roles.xattr_sync import GeneratorXattrs, xattr_optim
 
 SCAN_CACHE_DIRS = 32
 # plain ints: IntFlag arithmetic costs a microsecond per operation, per file
@@ -67,6 +68,17 @@ class Generator:
         self._hlink_leader = _hlink_leaders(state.flist) if self.opts.hard_links else {}
         self._hlink_followers: list[tuple[int, int]] = []
         self._refused_dirs: list[bytes] = []  # module-excluded dirs: their contents are skipped
+        self.xattrs = (
+            GeneratorXattrs(
+                state.tree,
+                am_root=int(state.is_root),
+                level=self.opts.xattrs,
+                optim=xattr_optim(state.protocol, state.negotiated.compat_flags),
+                dry_run=self.opts.dry_run,
+            )
+            if self.opts.xattrs
+            else None
+        )
 
     # -- thread control ----------------------------------------------------------------
     def start(self) -> None:
@@ -193,10 +205,17 @@ class Generator:
         self.log.warning("{}: {}", os.fsdecode(entry.name), message)
 
     def _itemize(self, ndx: int, iflags: int) -> None:
-        """Send ndx + iflags for a non-transfer item when it changed or -ii asks."""
+        """Send ndx + iflags for a non-transfer item when it changed or -ii asks.
+
+        With -X the xattr comparison adds ``ITEM_REPORT_XATTR`` and its
+        request follows the header (generator.c itemize).
+        """
+        if self.xattrs is not None:
+            iflags |= self.xattrs.report(self.state.flist[ndx], self.state.dest[ndx], bool(iflags & _IS_NEW))
         log_format = self.opts.log_format or ""
         if iflags & _SIGNIFICANT or "%i%I" in log_format:
-            self.out.write(self.ndx.encode(ndx) + encode_shortint(iflags))
+            trailer = b"" if self.xattrs is None else self.xattrs.trailer(self.state.flist[ndx], iflags)
+            self.out.write(self.ndx.encode(ndx) + encode_shortint(iflags) + trailer)
 
     def _process_dir(self, ndx: int, entry: FileEntry, path: bytes, delete_during: bool) -> None:
         tree, dry = self.state.tree, self.opts.dry_run
@@ -499,8 +518,12 @@ class Generator:
                 iflags |= _REPORT_CHANGE
             if not opts.times:
                 iflags |= _REPORT_TIME
+        if self.xattrs is not None:
+            iflags |= self.xattrs.report(entry, path, st is None)
         state.requested.add(ndx)
         header = self.ndx.encode(ndx) + encode_shortint(iflags & 0xFFFF)
+        if self.xattrs is not None:
+            header += self.xattrs.trailer(entry, iflags)
         if opts.dry_run:
             self.out.write(header)
             return
@@ -551,11 +574,17 @@ class Generator:
                     continue
                 elif st is not None and (st.st_dev, st.st_ino) == (lead_st.st_dev, lead_st.st_ino):
                     continue
+                iflags = _LOCAL_CHANGE | _XNAME_FOLLOWS | (_IS_NEW if st is None else 0)
+                if self.xattrs is not None:  # compared with what was there before the link (hlink.c)
+                    iflags |= self.xattrs.report(entry, path, st is None)
                 if not self.opts.dry_run:
                     tree.hardlink(target, path)
-                iflags = _LOCAL_CHANGE | _XNAME_FOLLOWS | (_IS_NEW if st is None else 0)
+                trailer = b"" if self.xattrs is None else self.xattrs.trailer(entry, iflags)
                 self.out.write(
-                    self.ndx.encode(ndx) + encode_shortint(iflags) + encode_vstring(self.state.flist[leader].name)
+                    self.ndx.encode(ndx)
+                    + encode_shortint(iflags)
+                    + encode_vstring(self.state.flist[leader].name)
+                    + trailer
                 )
             except StorageError as exc:
                 self._file_error(str(exc), entry)

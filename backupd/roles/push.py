@@ -21,6 +21,7 @@ from backupd.protocol.flist import FileEntry, FlistDecoder, check_wire_name, sor
 from backupd.protocol.negotiate import Negotiated, file_list_options
 from backupd.protocol.server_args import TransferOptions
 from backupd.protocol.sums import Checksum
+from backupd.protocol.xattrs import XattrDecoder
 from backupd.storage import HistoryStore, ModuleTree
 
 
@@ -88,16 +89,22 @@ def join_path(base: bytes, name: bytes) -> bytes:
 
 
 def read_file_list(
-    state_opts: TransferOptions, negotiated: Negotiated, protocol: int, read
+    state_opts: TransferOptions, negotiated: Negotiated, protocol: int, read, *, am_root: int = 0
 ) -> tuple[list[FileEntry], int]:
     """Read the client's single file list and its id lists; return (sorted entries, io_error).
+
+    With ``-X`` each entry is followed by its xattr block (flist.c
+    recv_file_entry -> receive_xattr); ``am_root`` decides which names are kept.
 
     Raises:
         ProtocolError: an unsafe name or a malformed entry.
     """
     decoder = FlistDecoder(file_list_options(state_opts, negotiated, protocol))
+    xattrs = XattrDecoder(am_root=am_root, level=state_opts.xattrs) if state_opts.xattrs else None
     entries = []
     while (entry := decoder.read_entry(read)) is not None:
+        if xattrs is not None:
+            entry.xattrs = xattrs.decode(read)
         if entry.name != b".":
             check_wire_name(entry.name)
         elif not entry.is_dir:
@@ -351,7 +358,8 @@ def run_push(session, request, negotiated: Negotiated) -> ExitCode:
     read = session.inbox.read
     session.input_buffered = True  # main.c do_server_recv: io_start_multiplex_in
     client_rules = decode_filter_list(read) if (opts.deleting or opts.prune_empty_dirs) else []
-    flist, io_error = read_file_list(opts, negotiated, request.protocol, read)
+    is_root = os.geteuid() == 0
+    flist, io_error = read_file_list(opts, negotiated, request.protocol, read, am_root=int(is_root))
     adjust_incoming(flist, module)
     history = HistoryStore(module.history_dir.encode()) if module.history else None
     tree = ModuleTree(
@@ -380,7 +388,7 @@ def run_push(session, request, negotiated: Negotiated) -> ExitCode:
             module_filters=build_module_filters(module),
             protocol=request.protocol,
             io_error=io_error,
-            is_root=os.geteuid() == 0,
+            is_root=is_root,
         )
         state.umask = current_umask()
         plan_destination(

@@ -21,6 +21,7 @@ from backupd.protocol.wire import NdxDecoder, decode_int32, decode_shortint, dec
 from backupd.roles.channel import peer_exit
 from backupd.roles.owners import owner_ids
 from backupd.roles.push import PushState
+from backupd.roles.xattr_sync import ReceiverXattrs, xattr_optim
 
 MAX_PHASE = 2
 
@@ -62,6 +63,17 @@ class Receiver:
         self.inbox.on_message = self._on_message
         self.files_received = 0
         self.bytes_literal = 0
+        self.xattrs = (
+            ReceiverXattrs(
+                state.tree,
+                am_root=int(state.is_root),
+                level=self.opts.xattrs,
+                optim=xattr_optim(state.protocol, state.negotiated.compat_flags),
+                dry_run=self.opts.dry_run,
+            )
+            if self.opts.xattrs
+            else None
+        )
 
     def _on_message(self, code: MsgCode, payload: bytes) -> None:
         """Messages from the client sender (rsync io.c read_a_msg)."""
@@ -98,7 +110,11 @@ class Receiver:
                 read(1)
             if iflags & ItemFlags.XNAME_FOLLOWS:
                 decode_vstring(read, 4096)
+            if self.xattrs is not None:
+                self.xattrs.read_values(read, self.state.flist[ndx], iflags)
             if not iflags & ItemFlags.TRANSFER:
+                if self.xattrs is not None and self.xattrs.applies_to_live(iflags):
+                    self._xattrs_live(ndx)
                 continue
             self._check_transfer(ndx, phase)
             if not self.opts.dry_run:
@@ -214,6 +230,9 @@ class Receiver:
             mode = entry.mode & 0o777 & ~state.umask
         if opts.executability and not opts.perms and entry.mode & 0o111:
             mode |= (mode & 0o444) >> 2
+        if self.xattrs is not None:
+            for message in self.xattrs.apply_staged(entry, path, staged):
+                self._file_error(message)
         try:
             staged.commit(mtime_ns=entry.mtime_ns if opts.times else None, mode=mode, **owner_ids(state, entry))
         except (StorageError, FileError) as exc:
@@ -224,6 +243,16 @@ class Receiver:
         ops_logging.file_received(self, entry, path, st)  # ops hook: transfer log line, counters
         if opts.remove_source_files:
             self.out.send_msg(MsgCode.SUCCESS, encode_int32(ndx))
+
+    def _xattrs_live(self, ndx: int) -> None:
+        """An attribute-only change: the entry's xattrs onto the live entry (receiver.c set_file_attrs)."""
+        entry, path = self.state.flist[ndx], self.state.dest[ndx]
+        try:
+            failed = self.xattrs.apply_live(entry, path)
+        except (StorageError, FileError) as exc:
+            failed = [str(exc)]
+        for message in failed:
+            self._file_error(message)
 
     def _verification_failed(self, ndx: int, entry, phase: int) -> None:
         name = os.fsdecode(entry.name)

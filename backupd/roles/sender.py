@@ -58,6 +58,7 @@ from backupd.protocol.wire import (
 )
 from backupd.roles.flist_builder import BuiltList, FlistBuilder, expand_globs, sanitize_arg
 from backupd.roles.sender_data import SourceFile, file_digest, open_source, send_literal, send_matched
+from backupd.roles.xattr_sync import SenderXattrs, session_am_root, xattr_optim
 from backupd.storage import HistoryStore, ModuleTree
 
 MAX_FILES_FROM_NAMES = 10_000_000   # names in one --files-from list
@@ -231,6 +232,18 @@ class Sender:
         self.io_error = state.built.io_error
         self.errors = state.built.errors
         self.written = 0
+        opts = state.opts
+        self.xattrs = (
+            SenderXattrs(
+                state.tree,
+                am_root=session_am_root(),
+                level=opts.xattrs,
+                optim=xattr_optim(state.protocol, neg.compat_flags),
+                preserve={"links": opts.links, "devices": opts.devices, "specials": opts.specials},
+            )
+            if opts.xattrs
+            else None
+        )
 
     def _write(self, data: bytes) -> None:
         self.written += len(data)
@@ -276,9 +289,13 @@ class Sender:
         buf = bytearray()
         for item in self.items:
             buf += encoder.encode_entry(item.entry)
+            if self.xattrs is not None:
+                buf += self.xattrs.encode(item.entry, item.source)
             if len(buf) >= FLIST_FLUSH:
                 self._write(bytes(buf))
                 buf.clear()
+        if self.xattrs is not None:
+            self._xattr_errors()
         neg, ignore = self.state.negotiated, self.opts.ignore_errors
         safe = self.state.protocol >= 31 or bool(neg.compat_flags & CompatFlags.SAFE_FLIST)
         buf += encoder.encode_end(self.io_error if safe and not ignore else 0)
@@ -338,6 +355,9 @@ class Sender:
                 continue
             iflags, attrs = self._read_attrs()
             entry = self.items[ndx].entry
+            if self.xattrs is not None:
+                attrs += self.xattrs.answer(self.read, entry, self.items[ndx].source, iflags, self.opts.dry_run)
+                self._xattr_errors()
             if iflags & ItemFlags.TRANSFER and not entry.is_reg:
                 raise ProtocolError(f"received request to transfer non-regular file: {ndx} [sender]")
             if not iflags & ItemFlags.TRANSFER or self.opts.dry_run:
@@ -346,6 +366,12 @@ class Sender:
             if phase == 2:
                 raise ProtocolError("got transfer request in phase 2 [sender]")
             self._transfer(ndx, attrs)
+
+    def _xattr_errors(self) -> None:
+        """Report what could not be read (rsync: FERROR_XFER, io_error general)."""
+        for text in self.xattrs.errors:
+            self._file_error(text)
+        self.xattrs.errors.clear()
 
     def _read_attrs(self) -> tuple[int, bytes]:
         """iflags, then the basis type and xname if flagged; returns them re-encoded for the echo."""
