@@ -98,6 +98,25 @@ def apply_xattrs(target: int | bytes, wanted: dict[bytes, bytes], removable: Nam
     return failed
 
 
+def apply_xattrs_owned(target: int | bytes, wanted: dict[bytes, bytes], removable: NameFilter) -> list[str]:
+    """:func:`apply_xattrs`, adding ``u+w`` for the time of it to a file or directory we own without it.
+
+    As non-root a ``user.*`` change needs write permission; rsync adds it
+    temporarily (xattrs.c set_xattr, ``added_write_perm``).
+    """
+    failed = apply_xattrs(target, wanted, removable)
+    if not failed or not isinstance(target, int) or os.geteuid() == 0:
+        return failed
+    st = os.fstat(target)
+    if st.st_mode & stat.S_IWUSR or st.st_uid != os.geteuid():
+        return failed
+    os.fchmod(target, stat.S_IMODE(st.st_mode) | stat.S_IWUSR)
+    try:
+        return apply_xattrs(target, wanted, removable)
+    finally:
+        os.fchmod(target, stat.S_IMODE(st.st_mode))
+
+
 def _entry_target(parent_fd: int, name: bytes) -> tuple[int | bytes, int | None]:
     """(what to pass to the *xattr calls, an fd to close or None) for entry ``name``."""
     st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
@@ -140,7 +159,7 @@ class XattrAccess:
         """
         self.tree.check_writable(path)
         try:
-            done = self._at(path, lambda target: apply_xattrs(target, wanted, removable))
+            done = self._at(path, lambda target: apply_xattrs_owned(target, wanted, removable))
         except StorageError as exc:
             return [str(exc)]
         return [f"{show(path)}: entry vanished"] if done is None else done
@@ -156,6 +175,16 @@ class XattrAccess:
         """
         if not self.tree.keeps_history(path):
             return self.set_in_place(path, wanted, removable)
+        try:
+            return self._replace(path, wanted, removable)
+        except StorageError as exc:
+            if exc.errno not in (errno.EACCES, errno.EPERM):
+                raise
+        self._keep_copy(path)  # no new name in a directory we may not write: a copy to history, then in place
+        return self.set_in_place(path, wanted, removable)
+
+    def _replace(self, path: bytes, wanted: dict[bytes, bytes], removable: NameFilter) -> list[str]:
+        """A copy of ``path`` with ``wanted`` committed over it (the old inode goes to history)."""
         comps = split_path(path, self.tree.module)
         with fs_errors(self.tree.module, path):
             with self.tree.parent_of(comps, path) as (parent_fd, name):
@@ -176,6 +205,27 @@ class XattrAccess:
             finally:
                 os.close(src)
         return failed
+
+    def _keep_copy(self, path: bytes) -> None:
+        """Copy the live file, with its attributes, into history (it is then changed in place)."""
+        tree = self.tree
+        comps = split_path(path, tree.module)
+        with fs_errors(tree.module, path):
+            with tree.parent_of(comps, path) as (parent_fd, name):
+                st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
+                kept = tree.history.preserve_at(parent_fd, comps, st, copy=True)
+                src = os.open(name, _OPEN_FLAGS, dir_fd=parent_fd)
+            try:
+                values = read_xattrs(src, lambda n: True)
+            finally:
+                os.close(src)
+            kept_comps = split_path(kept, tree.module)
+            with tree.parent_of(kept_comps, kept) as (hist_fd, kept_name):
+                fd = os.open(kept_name, _OPEN_FLAGS, dir_fd=hist_fd)
+                try:
+                    apply_xattrs_owned(fd, values, lambda n: False)
+                finally:
+                    os.close(fd)
 
     def _at(self, path: bytes, fn):
         tree = self.tree

@@ -89,7 +89,7 @@ SOURCE = {
 class Pair:
     """The same module on stock rsyncd and on backupd, and a client source tree."""
 
-    def __init__(self, base: Path, stock_rsyncd, backupd_server, seed: dict | None) -> None:
+    def __init__(self, base: Path, stock_rsyncd, backupd_server, seed: dict | None, params: dict | None) -> None:
         self.base = base
         self.modules = {}
         self.servers = {}
@@ -100,7 +100,12 @@ class Pair:
             if seed:
                 write_tree(module, seed)
             os.utime(module, ns=(T0 * 10**9, T0 * 10**9))
-            modules = {MODULE: {"path": module, "read only": False}}
+            modules = {MODULE: {"path": module, "read only": False, **(params or {})}}
+            if params and "uid" in params:  # the module's files belong to the session's user
+                for dirpath, dirs, files in os.walk(module):
+                    for name in [*dirs, *files]:
+                        os.lchown(os.path.join(dirpath, name), params["uid"], params["gid"])
+                os.chown(module, params["uid"], params["gid"])
             if kind == "rsyncd":
                 self.servers[kind] = stock_rsyncd(modules)
             else:
@@ -141,8 +146,8 @@ class Pair:
 
 @pytest.fixture
 def pair(xattr_dir, stock_rsyncd, backupd_server):
-    """Factory: ``pair(seed=None) -> Pair``."""
-    return lambda seed=None: Pair(xattr_dir, stock_rsyncd, backupd_server, seed)
+    """Factory: ``pair(seed=None, params=None) -> Pair``."""
+    return lambda seed=None, params=None: Pair(xattr_dir, stock_rsyncd, backupd_server, seed, params)
 
 
 def changed(spec: dict) -> dict:
@@ -225,3 +230,36 @@ def test_pull_new_and_xattr_only_change(pair, client):
         os.removexattr(module / "many.txt", b"user.n042")
         os.setxattr(module / "dir", b"user.new", b"N" * 70)
     p.compare(p.run(client, "-aXi", into="dst"), trees=(p.base / "dst-rsyncd", p.base / "dst-backupd"))
+
+
+NOBODY = {"uid": 65534, "gid": 65534}
+
+
+def test_non_root_session_keeps_only_user_names(pair, client, xattr_dir):
+    """A session as nobody: trusted.* and security.* are dropped, user.* kept, then changed."""
+    os.chmod(xattr_dir, 0o755)
+    p = pair(params=NOBODY)
+    src = write_tree(xattr_dir / "src", SOURCE)
+    p.compare(p.run(client, "-rltXi", f"{src}/"))
+    assert not any(n.startswith(("trusted.", "security.")) for a in xattrs_of(p.modules["backupd"]).values() for n in a)
+    src2 = write_tree(xattr_dir / "src2", changed(SOURCE))
+    p.compare(p.run(client, "-rltXi", f"{src2}/"))
+
+
+def test_non_root_read_only_entries_get_their_xattrs(pair, client, xattr_dir):
+    """Non-root: a mode 0555 directory and 0444 file still take an xattr-only change (rsync adds u+w for it)."""
+    os.chmod(xattr_dir, 0o755)
+    spec = {".": (None, {}), "ro": (None, {b"user.d": b"1"}), "ro/f": (b"f\n", {b"user.f": b"1"})}
+    p = pair(seed=spec, params=NOBODY)
+    for module in p.modules.values():
+        os.chmod(module / "ro/f", 0o444)
+        os.chmod(module / "ro", 0o555)
+    spec["ro"][1][b"user.d"], spec["ro/f"][1][b"user.f"] = b"2" * 40, b"2"
+    src = write_tree(xattr_dir / "src", spec)
+    os.chmod(src / "ro/f", 0o444)
+    os.chmod(src / "ro", 0o555)
+    p.compare(p.run(client, "-aXi", f"{src}/"))
+    history = p.modules["backupd"] / HISTORY
+    (day,) = os.listdir(history)
+    assert os.getxattr(history / day / "ro/f", b"user.f") == b"1"  # kept, with its old value, though ro/ is 0555
+    assert (history / day / "ro/f").read_bytes() == b"f\n"
