@@ -26,6 +26,7 @@ send_xattr_request(), recv_xattr_request(), rsync_xal_get(), rsync_xal_set()
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from backupd.errors import ProtocolError
@@ -106,15 +107,25 @@ def make_items(values: dict[bytes, bytes]) -> tuple[XattrItem, ...]:
 # ---------------------------------------------------------------- name rules (Linux)
 
 
-def keep_local_name(name: bytes, *, am_root: int, sender: bool, level: int) -> bool:
+NameExcluded = Callable[[bytes], bool]
+
+
+def keep_local_name(
+    name: bytes, *, am_root: int, sender: bool, level: int, excluded: NameExcluded | None = None
+) -> bool:
     """Whether a name read from a local file takes part (xattrs.c rsync_xal_get).
 
     ``am_root``: 1 root, 0 not root, -1 fake super; ``level`` the count of
     ``-X``. A sender skips ``system.*``, a non-root receiver everything
     outside ``user.*``; ``user.rsync.%*`` needs ``-XX`` to be sent, and the
     fake-super ``%stat``/``%aacl``/``%dacl`` are never compared under fake super.
+    ``excluded`` is given when xattr filter rules were seen (``saw_xattr_filter``):
+    then it alone decides, instead of the namespace rule.
     """
-    if sender or am_root:
+    if excluded is not None:
+        if excluded(name):
+            return False
+    elif sender or am_root:
         if name.startswith(SYSTEM_PREFIX):
             return False
     elif not name.startswith(USER_PREFIX):
@@ -127,9 +138,12 @@ def keep_local_name(name: bytes, *, am_root: int, sender: bool, level: int) -> b
     return True
 
 
-def keep_removable_name(name: bytes, *, am_root: int) -> bool:
+def keep_removable_name(name: bytes, *, am_root: int, excluded: NameExcluded | None = None) -> bool:
     """Whether a receiver may remove a local name the sender does not have (xattrs.c rsync_xal_set)."""
-    if am_root <= 0:
+    if excluded is not None:
+        if excluded(name):
+            return False
+    elif am_root <= 0:
         if not name.startswith(USER_PREFIX):
             return False
     elif name.startswith(SYSTEM_PREFIX):
@@ -144,14 +158,17 @@ def wire_name_out(name: bytes, *, am_root: int) -> bytes:
     return name
 
 
-def wire_name_in(name: bytes, *, am_root: int, level: int) -> bytes | None:
+def wire_name_in(name: bytes, *, am_root: int, level: int, excluded: NameExcluded | None = None) -> bytes | None:
     """The name a receiver keeps for a received one, or None to drop it (xattrs.c receive_xattr).
 
-    Non-root drops names outside ``user.*``, fake super keeps them as
-    ``user.rsync.<name>``; ``user.rsync.%*`` names are dropped without ``-XX``.
+    Names ``excluded`` by xattr filter rules are dropped. Non-root drops names
+    outside ``user.*`` (with xattr filter rules, or fake super, it keeps them
+    as ``user.rsync.<name>``); ``user.rsync.%*`` names are dropped without ``-XX``.
     """
+    if excluded is not None and excluded(name):
+        return None
     if am_root <= 0 and not name.startswith(USER_PREFIX):
-        if am_root == 0:
+        if am_root == 0 and excluded is None:
             return None
         name = RSYNC_PREFIX + name
     if level < 2 and name.startswith(RSYNC_PREFIX + b"%"):
@@ -202,8 +219,8 @@ class XattrDecoder:
     (see :func:`wire_name_in`); numbers stay those of the wire order.
     """
 
-    def __init__(self, *, am_root: int = 1, level: int = 1) -> None:
-        self.am_root, self.level = am_root, level
+    def __init__(self, *, am_root: int = 1, level: int = 1, excluded: NameExcluded | None = None) -> None:
+        self.am_root, self.level, self.excluded = am_root, level, excluded
         self.sets: list[XattrSet] = []
 
     def decode(self, read: Read) -> XattrSet:
@@ -244,7 +261,7 @@ class XattrDecoder:
         if raw[-1:] != b"\x00" or b"\x00" in raw[:-1]:
             raise ProtocolError("Invalid xattr name received (missing trailing \\0)")
         data = read(DIGEST_LEN if size > MAX_FULL_DATUM else size)
-        name = wire_name_in(raw[:-1], am_root=self.am_root, level=self.level)
+        name = wire_name_in(raw[:-1], am_root=self.am_root, level=self.level, excluded=self.excluded)
         if name is None:
             return None, name_len + size
         if size > MAX_FULL_DATUM:

@@ -28,7 +28,7 @@ from backupd.protocol.wire import NdxEncoder, encode_int32, encode_shortint, enc
 from backupd.roles.deletion import Deleter
 from backupd.roles.owners import owner_ids
 from backupd.roles.push import PushState
-from backupd.roles.xattr_sync import GeneratorXattrs, xattr_optim
+from backupd.roles.xattr_sync import GeneratorXattrs, xattr_name_filter, xattr_optim
 
 SCAN_CACHE_DIRS = 32
 # plain ints: IntFlag arithmetic costs a microsecond per operation, per file
@@ -75,6 +75,7 @@ class Generator:
                 level=self.opts.xattrs,
                 optim=xattr_optim(state.protocol, state.negotiated.compat_flags),
                 dry_run=self.opts.dry_run,
+                excluded=xattr_name_filter([state.module_filters, state.filters], "receiver"),
             )
             if self.opts.xattrs
             else None

@@ -22,6 +22,7 @@ from backupd.protocol.negotiate import Negotiated, file_list_options
 from backupd.protocol.server_args import TransferOptions
 from backupd.protocol.sums import Checksum
 from backupd.protocol.xattrs import XattrDecoder
+from backupd.roles.xattr_sync import xattr_name_filter
 from backupd.storage import HistoryStore, ModuleTree
 
 
@@ -89,18 +90,19 @@ def join_path(base: bytes, name: bytes) -> bytes:
 
 
 def read_file_list(
-    state_opts: TransferOptions, negotiated: Negotiated, protocol: int, read, *, am_root: int = 0
+    state_opts: TransferOptions, negotiated: Negotiated, protocol: int, read, *, am_root: int = 0, excluded=None
 ) -> tuple[list[FileEntry], int]:
     """Read the client's single file list and its id lists; return (sorted entries, io_error).
 
     With ``-X`` each entry is followed by its xattr block (flist.c
-    recv_file_entry -> receive_xattr); ``am_root`` decides which names are kept.
+    recv_file_entry -> receive_xattr); ``am_root`` and the xattr filter
+    ``excluded`` (None: no ``x`` rules) decide which names are kept.
 
     Raises:
         ProtocolError: an unsafe name or a malformed entry.
     """
     decoder = FlistDecoder(file_list_options(state_opts, negotiated, protocol))
-    xattrs = XattrDecoder(am_root=am_root, level=state_opts.xattrs) if state_opts.xattrs else None
+    xattrs = XattrDecoder(am_root=am_root, level=state_opts.xattrs, excluded=excluded) if state_opts.xattrs else None
     entries = []
     while (entry := decoder.read_entry(read)) is not None:
         if xattrs is not None:
@@ -359,7 +361,11 @@ def run_push(session, request, negotiated: Negotiated) -> ExitCode:
     session.input_buffered = True  # main.c do_server_recv: io_start_multiplex_in
     client_rules = decode_filter_list(read) if (opts.deleting or opts.prune_empty_dirs) else []
     is_root = os.geteuid() == 0
-    flist, io_error = read_file_list(opts, negotiated, request.protocol, read, am_root=int(is_root))
+    filters, module_filters = build_filters(client_rules), build_module_filters(module)
+    excluded = xattr_name_filter([module_filters, filters], "receiver")
+    flist, io_error = read_file_list(
+        opts, negotiated, request.protocol, read, am_root=int(is_root), excluded=excluded
+    )
     adjust_incoming(flist, module)
     history = HistoryStore(module.history_dir.encode()) if module.history else None
     tree = ModuleTree(
@@ -384,8 +390,8 @@ def run_push(session, request, negotiated: Negotiated) -> ExitCode:
                 negotiated.seed,
                 seed_fix=bool(negotiated.compat_flags & CompatFlags.CHKSUM_SEED_FIX),
             ),
-            filters=build_filters(client_rules),
-            module_filters=build_module_filters(module),
+            filters=filters,
+            module_filters=module_filters,
             protocol=request.protocol,
             io_error=io_error,
             is_root=is_root,

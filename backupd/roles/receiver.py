@@ -21,7 +21,7 @@ from backupd.protocol.wire import NdxDecoder, decode_int32, decode_shortint, dec
 from backupd.roles.channel import peer_exit
 from backupd.roles.owners import owner_ids
 from backupd.roles.push import PushState
-from backupd.roles.xattr_sync import ReceiverXattrs, xattr_optim
+from backupd.roles.xattr_sync import ReceiverXattrs, xattr_name_filter, xattr_optim
 
 MAX_PHASE = 2
 
@@ -70,6 +70,7 @@ class Receiver:
                 level=self.opts.xattrs,
                 optim=xattr_optim(state.protocol, state.negotiated.compat_flags),
                 dry_run=self.opts.dry_run,
+                excluded=xattr_name_filter([state.module_filters, state.filters], "receiver"),
             )
             if self.opts.xattrs
             else None

@@ -58,7 +58,7 @@ from backupd.protocol.wire import (
 )
 from backupd.roles.flist_builder import BuiltList, FlistBuilder, expand_globs, sanitize_arg
 from backupd.roles.sender_data import SourceFile, file_digest, open_source, send_literal, send_matched
-from backupd.roles.xattr_sync import SenderXattrs, session_am_root, xattr_optim
+from backupd.roles.xattr_sync import SenderXattrs, session_am_root, xattr_name_filter, xattr_optim
 from backupd.storage import HistoryStore, ModuleTree
 
 MAX_FILES_FROM_NAMES = 10_000_000   # names in one --files-from list
@@ -141,6 +141,7 @@ class PullState:
     module_numeric_ids: bool
     build_ms: int = 1
     xfer_ms: int = 0
+    xattr_filters: tuple = ()  # FilterLists with the ``x`` rules: the module's, the client's
     sent: set[int] = field(default_factory=set)
 
 
@@ -161,6 +162,8 @@ def run_pull(session, request, negotiated: Negotiated) -> ExitCode:
         tree = ModuleTree(module.path, module=module.name, history=history, root_fd=request.root_fd)
     except StorageError as exc:
         raise RsyncError(f"cannot open module {module.name}: {exc}", ExitCode.FILESELECT) from None
+    from backupd.roles.push import build_module_filters
+
     try:
         started = time.monotonic()
         built = _build_list(session, tree, request, negotiated, rules, names)
@@ -168,6 +171,7 @@ def run_pull(session, request, negotiated: Negotiated) -> ExitCode:
             opts=opts, negotiated=negotiated, protocol=request.protocol, tree=tree, built=built,
             module=module.name, writable=not request.read_only, module_numeric_ids=module.numeric_ids,
             build_ms=max(1, int((time.monotonic() - started) * 1000)),
+            xattr_filters=(build_module_filters(module), FilterList([r for r in rules if r.xattr])),
         )
         return Sender(session, state).run()
     finally:
@@ -240,6 +244,7 @@ class Sender:
                 level=opts.xattrs,
                 optim=xattr_optim(state.protocol, neg.compat_flags),
                 preserve={"links": opts.links, "devices": opts.devices, "specials": opts.specials},
+                excluded=xattr_name_filter(state.xattr_filters, "sender"),
             )
             if opts.xattrs
             else None

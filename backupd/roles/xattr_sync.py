@@ -48,6 +48,18 @@ def session_am_root() -> int:
     return 1 if os.geteuid() == 0 else 0
 
 
+def xattr_name_filter(lists, side: str | None):
+    """rsync's name_is_excluded(NAME_IS_XATTR) over the daemon's and the client's lists, or None.
+
+    None when no list has an ``x`` rule (``saw_xattr_filter`` off: the
+    namespace rules apply instead). ``lists``: FilterList or None each.
+    """
+    lists = [f for f in lists if f is not None]
+    if not any(f.has_xattr_rules for f in lists):
+        return None
+    return lambda name: any(f.xattr_excluded(name, side) for f in lists)
+
+
 def xattr_optim(protocol: int, compat_flags: int) -> bool:
     """rsync's ``want_xattr_optim``: protocol >= 31 and the client did not send ``x`` (compat.c)."""
     return protocol >= 31 and not compat_flags & CompatFlags.AVOID_XATTR_OPTIM
@@ -61,9 +73,9 @@ def exchanges(iflags: int, optim: bool) -> bool:
 class GeneratorXattrs:
     """Push generator: which entries differ, and the request after their header."""
 
-    def __init__(self, tree, *, am_root: int, level: int, optim: bool, dry_run: bool) -> None:
+    def __init__(self, tree, *, am_root: int, level: int, optim: bool, dry_run: bool, excluded=None) -> None:
         self.tree, self.optim, self.dry_run = tree, optim, dry_run
-        self.keep = partial(keep_local_name, am_root=am_root, sender=False, level=level)
+        self.keep = partial(keep_local_name, am_root=am_root, sender=False, level=level, excluded=excluded)
         self._done: set[tuple[int, int]] = set()  # (set ndx, num): asked for, or matched locally
         self._todo: set[tuple[int, int]] = set()
 
@@ -106,10 +118,10 @@ class GeneratorXattrs:
 class ReceiverXattrs:
     """Push receiver: values in, sets applied to staged files and live entries."""
 
-    def __init__(self, tree, *, am_root: int, level: int, optim: bool, dry_run: bool) -> None:
+    def __init__(self, tree, *, am_root: int, level: int, optim: bool, dry_run: bool, excluded=None) -> None:
         self.tree, self.optim, self.dry_run = tree, optim, dry_run
-        self.keep = partial(keep_local_name, am_root=am_root, sender=False, level=level)
-        self._removable = partial(keep_removable_name, am_root=am_root)
+        self.keep = partial(keep_local_name, am_root=am_root, sender=False, level=level, excluded=excluded)
+        self._removable = partial(keep_removable_name, am_root=am_root, excluded=excluded)
         self._values: dict[tuple[int, int], bytes] = {}
 
     def read_values(self, read, entry: FileEntry, iflags: int) -> None:
@@ -181,9 +193,11 @@ def _missing(names: list[bytes], path: bytes) -> list[str]:
 class SenderXattrs:
     """Pull sender: each entry's set into the file list, and the answers to requests."""
 
-    def __init__(self, tree, *, am_root: int, level: int, optim: bool, preserve: dict[str, bool]) -> None:
+    def __init__(
+        self, tree, *, am_root: int, level: int, optim: bool, preserve: dict[str, bool], excluded=None
+    ) -> None:
         self.tree, self.optim, self.preserve = tree, optim, preserve
-        self.keep = partial(keep_local_name, am_root=am_root, sender=True, level=level)
+        self.keep = partial(keep_local_name, am_root=am_root, sender=True, level=level, excluded=excluded)
         self.encoder = XattrEncoder(am_root=am_root)
         self.errors: list[str] = []
 

@@ -263,3 +263,23 @@ def test_non_root_read_only_entries_get_their_xattrs(pair, client, xattr_dir):
     (day,) = os.listdir(history)
     assert os.getxattr(history / day / "ro/f", b"user.f") == b"1"  # kept, with its old value, though ro/ is 0555
     assert (history / day / "ro/f").read_bytes() == b"f\n"
+
+
+FILTERED = {
+    ".": (None, {}),
+    "f.txt": (b"f\n", {b"user.keep": b"1", b"user.secret1": b"s" * 40, b"user.private": b"p", b"trusted.t": b"t"}),
+    "g.txt": (b"g\n", {b"user.secret2": b"x"}),
+}
+
+
+@pytest.mark.parametrize("params", [{}, {"filter": "-x user.private"}], ids=["client-rules", "module-rule-too"])
+def test_xattr_filter_rules_push_and_pull(pair, client, xattr_dir, params):
+    """``-x`` rules: excluded names are neither sent, kept nor removed (rsync saw_xattr_filter)."""
+    seed = {k: (c, dict(a)) for k, (c, a) in FILTERED.items()}
+    seed["f.txt"][1][b"user.secret1"] = b"old secret"
+    seed["g.txt"][1][b"user.private"] = b"module only"
+    p = pair(seed=seed, params=params)
+    src = write_tree(xattr_dir / "src", FILTERED)
+    p.compare(p.run(client, "-aXi", "--delete", "--filter=-x user.secret*", f"{src}/"))
+    p.compare(p.run(client, "-aXi", "--filter=-x user.secret*", into="dst"),
+              trees=(p.base / "dst-rsyncd", p.base / "dst-backupd"))
