@@ -283,3 +283,16 @@ def test_xattr_filter_rules_push_and_pull(pair, client, xattr_dir, params):
     p.compare(p.run(client, "-aXi", "--delete", "--filter=-x user.secret*", f"{src}/"))
     p.compare(p.run(client, "-aXi", "--filter=-x user.secret*", into="dst"),
               trees=(p.base / "dst-rsyncd", p.base / "dst-backupd"))
+
+
+def test_pull_dry_run_and_listing(pair, client):
+    p = pair(seed=SOURCE)
+    p.compare(p.run(client, "-aXi", into="dst"), trees=(p.base / "dst-rsyncd", p.base / "dst-backupd"))
+    for module in p.modules.values():
+        shutil.rmtree(module / HISTORY, ignore_errors=True)
+        os.setxattr(module / "big.bin", b"user.big", BIG[::-1])
+    p.compare(p.run(client, "-aXin", into="dst"), trees=(p.base / "dst-rsyncd", p.base / "dst-backupd"))
+    listed = p.run(client, "-rX", "--list-only")
+    assert listed["backupd"].returncode == listed["rsyncd"].returncode == 0, show(listed["backupd"])
+    names = [[ln.split()[-1] for ln in d.stdout.splitlines()] for d in (listed["rsyncd"], listed["backupd"])]
+    assert names[1] == names[0]
