@@ -170,17 +170,21 @@ class XattrAccess:
         Without history the live inode is updated in place. With history the
         file is copied (reflink if possible) with its mode, owner, times and
         other attributes into a staged file, ``wanted`` is applied there and
-        the copy is committed: the old inode moves to history unchanged.
-        Returns the failures as messages.
+        the copy is committed: the old inode moves to history unchanged. A
+        file with other hard links, or in a directory we may not write, is
+        copied into history instead and changed in place. Returns the
+        failures as messages.
         """
         if not self.tree.keeps_history(path):
             return self.set_in_place(path, wanted, removable)
         try:
             return self._replace(path, wanted, removable)
         except StorageError as exc:
-            if exc.errno not in (errno.EACCES, errno.EPERM):
+            if getattr(exc, "errno", None) not in (errno.EACCES, errno.EPERM, errno.EMLINK):
                 raise
-        self._keep_copy(path)  # no new name in a directory we may not write: a copy to history, then in place
+        # no new name in a directory we may not write, or other names share the inode (-H):
+        # a copy with the old attributes to history, then the change in place
+        self._keep_copy(path)
         return self.set_in_place(path, wanted, removable)
 
     def _replace(self, path: bytes, wanted: dict[bytes, bytes], removable: NameFilter) -> list[str]:
@@ -193,6 +197,8 @@ class XattrAccess:
                 st = os.fstat(src)
                 if not stat.S_ISREG(st.st_mode):
                     return [f"{show(path)}: no regular file to update"]
+                if st.st_nlink > 1:  # a new inode would split the hard links
+                    raise OSError(errno.EMLINK, "other hard links share the inode")
                 staged = self.tree.create_staged(path, 0o600)
                 try:
                     failed = _copy_into(src, staged, wanted, removable)
