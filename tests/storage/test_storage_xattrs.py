@@ -107,3 +107,15 @@ def test_history_is_out_of_reach(module):
         day = b"history-backup/" + NOW.strftime("%Y-%m-%d").encode()
         with pytest.raises(PathEscape):
             tree.xattrs.set_in_place(day + b"/f.txt", {}, USER)
+
+
+def test_hard_linked_file_is_changed_in_place_with_a_copy_in_history(module):
+    os.link(module / "f.txt", module / "g.txt")
+    ino = os.stat(module / "f.txt").st_ino
+    with tree_of(module) as tree:
+        assert tree.xattrs.update_file(b"f.txt", {b"user.new": b"2"}, USER) == []
+    assert os.stat(module / "f.txt").st_ino == os.stat(module / "g.txt").st_ino == ino
+    assert os.listxattr(module / "g.txt") == ["user.new"]
+    kept = module / "history-backup" / NOW.strftime("%Y-%m-%d") / "f.txt"
+    assert os.stat(kept).st_ino != ino and kept.read_bytes() == b"content\n"
+    assert os.getxattr(kept, b"user.old") == b"1" and os.getxattr(kept, b"user.big") == BIG
