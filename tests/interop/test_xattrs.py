@@ -316,3 +316,15 @@ def test_xattr_only_change_of_hard_linked_files(pair, client, xattr_dir):
     (day,) = os.listdir(history)
     (kept,) = os.listdir(history / day)  # a copy of the one name the change went through
     assert os.getxattr(history / day / kept, b"user.x") == b"1" * 40
+
+
+def test_non_root_with_xattr_rules_keeps_other_namespaces_as_rsync_names(pair, client, xattr_dir):
+    """Non-root and an ``x`` rule: trusted.*/security.* are kept as user.rsync.<name> (receive_xattr)."""
+    os.chmod(xattr_dir, 0o755)
+    p = pair(params=NOBODY)
+    src = write_tree(xattr_dir / "src", SOURCE)
+    p.compare(p.run(client, "-rltXi", "--delete", "--filter=-x user.none", f"{src}/"))
+    names = {n for a in xattrs_of(p.modules["backupd"]).values() for n in a}
+    assert "user.rsync.trusted.root-only" in names and "user.rsync.security.test" in names
+    p.compare(p.run(client, "-rltXi", "--filter=-x user.none", into="dst"),
+              trees=(p.base / "dst-rsyncd", p.base / "dst-backupd"))
