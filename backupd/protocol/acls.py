@@ -1,9 +1,8 @@
 """POSIX ACLs (``-A``) on the wire: the file-list blocks and their caches by index.
 
-Not wired into the roles yet (``-A`` is still refused); this is the codec the
-roles will use. Wire, per file-list entry that is not a symlink (before the
-xattr block): one block for the access ACL, and for a directory a second one
-for its default ACL, each with its own cache::
+Wire, per file-list entry that is not a symlink (before the xattr block): one
+block for the access ACL, and for a directory a second one for its default
+ACL, each with its own cache (roles/acl_sync.py uses it)::
 
     varint ndx        0: a new ACL follows; n > 0: the same ACL as cached ACL n-1 of this kind
     -- a new ACL:
@@ -183,3 +182,27 @@ def _read_names(read: Read) -> tuple[IdAccess, ...]:
         name = read(read(1)[0]) if xbits & XFLAG_NAME_FOLLOWS else None
         out.append(IdAccess(ident, _perms(xbits >> 2), bool(xbits & XFLAG_NAME_IS_USER), name))
     return tuple(out)
+
+
+def _names_key(acl: RsyncAcl) -> tuple:
+    return tuple((e.id, e.perms, e.is_user) for e in acl.names)
+
+
+def access_equal_enough(local: RsyncAcl, received: RsyncAcl, mode: int) -> bool:
+    """True if a local (full) access ACL needs no change for a received one (acls.c rsync_acl_equal_enough).
+
+    What the mode carries is left to the chmod; only a mask's presence, the
+    group entry under a mask and the named entries count.
+    """
+    if (local.mask_obj is None) != (received.mask_obj is None):
+        return False
+    if local.mask_obj is not None:
+        group = (mode >> 3) & 7 if received.group_obj is None else received.group_obj
+        if local.group_obj != group:
+            return False
+    return _names_key(local) == _names_key(received)
+
+
+def default_equal(local: RsyncAcl | None, received: RsyncAcl | None) -> bool:
+    """True if two default ACLs are the same (acls.c rsync_acl_equal)."""
+    return (local or RsyncAcl()).key() == (received or RsyncAcl()).key()

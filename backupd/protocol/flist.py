@@ -71,6 +71,7 @@ class FileEntry:
     hlink_group: int | None = None
     hlink_first: bool = False
     xattrs: XattrSet | None = None
+    acls: tuple | None = None  # (access RsyncAcl, default RsyncAcl or None) from the file list (-A)
 
     @property
     def is_dir(self) -> bool:
@@ -123,6 +124,7 @@ class FlistOptions:
     inc_recurse: bool = False
     numeric_ids: bool = False
     id0_names: bool = False
+    preserve_acls: bool = False  # -A: the id lists are sent even without -o/-g
 
 
 @dataclass
@@ -277,8 +279,8 @@ class FlistDecoder:
         Returns (uid -> name, gid -> name); also applied to the entries' names.
         """
         o = self.opts
-        users = self._read_id_list(read) if o.preserve_uid and not o.numeric_ids else {}
-        groups = self._read_id_list(read) if o.preserve_gid and not o.numeric_ids else {}
+        users = self._read_id_list(read) if (o.preserve_uid or o.preserve_acls) and not o.numeric_ids else {}
+        groups = self._read_id_list(read) if (o.preserve_gid or o.preserve_acls) and not o.numeric_ids else {}
         return users, groups
 
     def _read_id_list(self, read: Read) -> dict[int, bytes]:
@@ -414,7 +416,8 @@ class FlistEncoder:
         """uid then gid name lists for a non-incremental list (uidlist.c send_id_lists)."""
         o = self.opts
         out = []
-        for preserve, names in ((o.preserve_uid, users), (o.preserve_gid, groups)):
+        lists = ((o.preserve_uid or o.preserve_acls, users), (o.preserve_gid or o.preserve_acls, groups))
+        for preserve, names in lists:
             if not preserve or o.numeric_ids:
                 continue
             for ident, name in names.items():

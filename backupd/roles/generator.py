@@ -25,6 +25,7 @@ from backupd.protocol.constants import (
 from backupd.protocol.flist import FileEntry
 from backupd.protocol.sums import NULL_SUM_HEAD, Checksum, iter_sums_wire, sum_sizes
 from backupd.protocol.wire import NdxEncoder, encode_int32, encode_shortint, encode_vstring
+from backupd.roles.acl_sync import GeneratorAcls
 from backupd.roles.deletion import Deleter
 from backupd.roles.owners import owner_ids
 from backupd.roles.push import PushState
@@ -80,6 +81,7 @@ class Generator:
             if self.opts.xattrs
             else None
         )
+        self.acls = GeneratorAcls(state.tree, dry_run=self.opts.dry_run) if self.opts.acls else None
 
     # -- thread control ----------------------------------------------------------------
     def start(self) -> None:
@@ -211,8 +213,16 @@ class Generator:
         With -X the xattr comparison adds ``ITEM_REPORT_XATTR`` and its
         request follows the header (generator.c itemize).
         """
+        entry, path = self.state.flist[ndx], self.state.dest[ndx]
+        if self.acls is not None and (acl := self.acls.report(entry, path, bool(iflags & _IS_NEW))):
+            iflags |= acl
+            if entry.is_reg:  # set before the xattrs are compared, as rsync's set_file_attrs (dirs: at the end)
+                if not self.opts.dry_run and self.acls.access_changed:
+                    iflags &= ~_REPORT_PERMS  # the ACL set gave the file its mode (acls.c change_sacl_perms)
+                for message in self.acls.apply(entry, path, rewrite=True):
+                    self._file_error(message, entry)
         if self.xattrs is not None:
-            iflags |= self.xattrs.report(self.state.flist[ndx], self.state.dest[ndx], bool(iflags & _IS_NEW))
+            iflags |= self.xattrs.report(entry, path, bool(iflags & _IS_NEW))
         log_format = self.opts.log_format or ""
         if iflags & _SIGNIFICANT or "%i%I" in log_format:
             trailer = b"" if self.xattrs is None else self.xattrs.trailer(self.state.flist[ndx], iflags)
@@ -521,6 +531,8 @@ class Generator:
                 iflags |= _REPORT_TIME
         if self.xattrs is not None:
             iflags |= self.xattrs.report(entry, path, st is None)
+        if self.acls is not None:
+            iflags |= self.acls.report(entry, path, st is None)
         state.requested.add(ndx)
         header = self.ndx.encode(ndx) + encode_shortint(iflags & 0xFFFF)
         if self.xattrs is not None:
@@ -608,6 +620,9 @@ class Generator:
             elif created:
                 mode = entry.mode & 0o777 & ~state.umask
             mtime = entry.mtime_ns if opts.times and not opts.omit_dir_times else None
+            if self.acls is not None:
+                for message in self.acls.apply(entry, path, rewrite=False):
+                    self._file_error(message, entry)
             try:
                 if mtime is not None:  # rsync set_file_attrs: only when mtime_differs()
                     st = state.tree.lstat(path)

@@ -14,6 +14,7 @@ import stat
 from dataclasses import dataclass, field
 
 from backupd.errors import ExitCode, PathEscape, ProtocolError, RsyncError, StorageError
+from backupd.protocol.acls import AclDecoder
 from backupd.protocol.chmod import current_umask, parse_chmod
 from backupd.protocol.constants import MUNGE_PREFIX, CompatFlags, IoError, MsgCode
 from backupd.protocol.filters import decode_filter_list
@@ -22,6 +23,7 @@ from backupd.protocol.negotiate import Negotiated, file_list_options
 from backupd.protocol.server_args import TransferOptions
 from backupd.protocol.sums import Checksum
 from backupd.protocol.xattrs import XattrDecoder
+from backupd.roles.acl_sync import map_acl_ids
 from backupd.roles.xattr_sync import xattr_name_filter
 from backupd.storage import HistoryStore, ModuleTree
 
@@ -103,8 +105,11 @@ def read_file_list(
     """
     decoder = FlistDecoder(file_list_options(state_opts, negotiated, protocol))
     xattrs = XattrDecoder(am_root=am_root, level=state_opts.xattrs, excluded=excluded) if state_opts.xattrs else None
+    acls = AclDecoder() if state_opts.acls else None
     entries = []
     while (entry := decoder.read_entry(read)) is not None:
+        if acls is not None and not entry.is_link:
+            entry.acls = acls.decode(read, entry.mode, entry.is_dir)
         if xattrs is not None:
             entry.xattrs = xattrs.decode(read)
         if entry.name != b".":
@@ -113,6 +118,8 @@ def read_file_list(
             raise ProtocolError("file-list entry '.' is not a directory")
         entries.append(entry)
     users, groups = decoder.read_id_lists(read)
+    if acls is not None and not state_opts.numeric_ids:
+        map_acl_ids(entries, users, groups)
     for entry in entries:
         if entry.uid is not None and entry.user_name is None:
             entry.user_name = users.get(entry.uid)

@@ -18,6 +18,7 @@ from backupd.protocol.constants import NDX_DONE, IoError, ItemFlags, MsgCode
 from backupd.protocol.sums import decode_sum_head
 from backupd.protocol.tokens import BlockMatch, Literal, make_token_reader
 from backupd.protocol.wire import NdxDecoder, decode_int32, decode_shortint, decode_vstring, encode_int32
+from backupd.roles.acl_sync import apply_staged
 from backupd.roles.channel import peer_exit
 from backupd.roles.owners import owner_ids
 from backupd.roles.push import PushState
@@ -231,6 +232,9 @@ class Receiver:
             mode = entry.mode & 0o777 & ~state.umask
         if opts.executability and not opts.perms and entry.mode & 0o111:
             mode |= (mode & 0o444) >> 2
+        if opts.acls:  # ACLs, then xattrs (rsync.c set_file_attrs)
+            for message in apply_staged(entry, staged, mode):
+                self._file_error(message)
         if self.xattrs is not None:
             for message in self.xattrs.apply_staged(entry, path, staged):
                 self._file_error(message)

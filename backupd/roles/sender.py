@@ -56,6 +56,7 @@ from backupd.protocol.wire import (
     encode_varlong,
     encode_vstring,
 )
+from backupd.roles.acl_sync import SenderAcls
 from backupd.roles.flist_builder import BuiltList, FlistBuilder, expand_globs, sanitize_arg
 from backupd.roles.sender_data import SourceFile, file_digest, open_source, send_literal, send_matched
 from backupd.roles.xattr_sync import SenderXattrs, session_am_root, xattr_name_filter, xattr_optim
@@ -249,6 +250,7 @@ class Sender:
             if opts.xattrs
             else None
         )
+        self.acls = SenderAcls(state.tree) if opts.acls else None
 
     def _write(self, data: bytes) -> None:
         self.written += len(data)
@@ -294,6 +296,8 @@ class Sender:
         buf = bytearray()
         for item in self.items:
             buf += encoder.encode_entry(item.entry)
+            if self.acls is not None:
+                buf += self.acls.encode(item.entry, item.source)
             if self.xattrs is not None:
                 buf += self.xattrs.encode(item.entry, item.source)
             if len(buf) >= FLIST_FLUSH:
@@ -301,6 +305,8 @@ class Sender:
                 buf.clear()
         if self.xattrs is not None:
             self._xattr_errors()
+        for text in self.acls.errors if self.acls is not None else ():
+            self._file_error(text)
         neg, ignore = self.state.negotiated, self.opts.ignore_errors
         safe = self.state.protocol >= 31 or bool(neg.compat_flags & CompatFlags.SAFE_FLIST)
         buf += encoder.encode_end(self.io_error if safe and not ignore else 0)
@@ -322,6 +328,9 @@ class Sender:
             users.update(_id_names({e.uid for e in entries if e.uid}, _user))
         if self.opts.group:
             groups.update(_id_names({e.gid for e in entries if e.gid}, _group))
+        if self.acls is not None:  # the ids named in ACLs travel in the same lists (uidlist.c add_uid)
+            users.update(_id_names(self.acls.user_ids - {0}, _user))
+            groups.update(_id_names(self.acls.group_ids - {0}, _group))
         return users, groups
 
     # -- requests ----------------------------------------------------------------------

@@ -156,6 +156,12 @@ class StagedFile:
         """
         return apply_xattrs(self.fileno(), wanted, removable)
 
+    def set_acls(self, access, mode: int) -> list[str]:
+        """Give the temp file the received access ACL for its final ``mode`` (before the rename)."""
+        from backupd.storage.acls import apply_acls
+
+        return apply_acls(self.fileno(), access, None, mode)
+
     def tell(self) -> int:
         """Bytes written so far."""
         self._check_open()

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from backupd.errors import StorageError
+from backupd.storage.acls import AclAccess
 from backupd.storage.fsops import (
     DIR_READ_FLAGS,
     TMP_TRIES,
@@ -412,6 +413,11 @@ class ModuleTree:
     def xattrs(self) -> XattrAccess:
         """The entries' extended attributes (storage/xattrs.py)."""
         return XattrAccess(self)
+
+    @property
+    def acls(self) -> AclAccess:
+        """The entries' POSIX ACLs (storage/acls.py)."""
+        return AclAccess(self)
 
     def check_writable(self, path: bytes) -> None:
         """Raise PathEscape unless a client may change the attributes of ``path`` (not in history)."""

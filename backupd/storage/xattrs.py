@@ -157,38 +157,50 @@ class XattrAccess:
 
         Returns the failures as messages; a missing entry is one failure.
         """
+        return self.apply_at(path, lambda target: apply_xattrs_owned(target, wanted, removable))
+
+    def apply_at(self, path: bytes, apply: Callable[[int | bytes], list[str]]) -> list[str]:
+        """Run ``apply(target)`` on the live entry (its fd, or a path not followed); failures as messages."""
         self.tree.check_writable(path)
         try:
-            done = self._at(path, lambda target: apply_xattrs_owned(target, wanted, removable))
+            done = self._at(path, apply)
         except StorageError as exc:
             return [str(exc)]
         return [f"{show(path)}: entry vanished"] if done is None else done
 
     def update_file(self, path: bytes, wanted: dict[bytes, bytes], removable: NameFilter) -> list[str]:
-        """An xattr-only change of regular file ``path``, the old version kept in history.
+        """An xattr-only change of regular file ``path``, the old version kept in history (see :meth:`rewrite`)."""
+        return self.rewrite(
+            path,
+            lambda target: apply_xattrs_owned(target, wanted, removable),
+            skip=lambda name: name in wanted or removable(name),
+        )
 
-        Without history the live inode is updated in place. With history the
+    def rewrite(self, path: bytes, apply: Callable[[int], list[str]], *, skip: NameFilter) -> list[str]:
+        """An attribute-only change of regular file ``path`` by ``apply(fd)``, the old version kept in history.
+
+        Without history the live inode is changed in place. With history the
         file is copied (reflink if possible) with its mode, owner, times and
-        other attributes into a staged file, ``wanted`` is applied there and
-        the copy is committed: the old inode moves to history unchanged. A
-        file with other hard links, or in a directory we may not write, is
-        copied into history instead and changed in place. Returns the
-        failures as messages.
+        attributes (but the names ``skip`` says) into a staged file, ``apply``
+        runs there and the copy is committed: the old inode moves to history
+        unchanged. A file with other hard links, or in a directory we may not
+        write, is copied into history instead and changed in place. Returns
+        the failures as messages.
         """
         if not self.tree.keeps_history(path):
-            return self.set_in_place(path, wanted, removable)
+            return self.apply_at(path, apply)
         try:
-            return self._replace(path, wanted, removable)
+            return self._replace(path, apply, skip)
         except StorageError as exc:
             if getattr(exc, "errno", None) not in (errno.EACCES, errno.EPERM, errno.EMLINK):
                 raise
         # no new name in a directory we may not write, or other names share the inode (-H):
         # a copy with the old attributes to history, then the change in place
         self._keep_copy(path)
-        return self.set_in_place(path, wanted, removable)
+        return self.apply_at(path, apply)
 
-    def _replace(self, path: bytes, wanted: dict[bytes, bytes], removable: NameFilter) -> list[str]:
-        """A copy of ``path`` with ``wanted`` committed over it (the old inode goes to history)."""
+    def _replace(self, path: bytes, apply, skip: NameFilter) -> list[str]:
+        """A copy of ``path`` changed by ``apply`` committed over it (the old inode goes to history)."""
         comps = split_path(path, self.tree.module)
         with fs_errors(self.tree.module, path):
             with self.tree.parent_of(comps, path) as (parent_fd, name):
@@ -201,7 +213,7 @@ class XattrAccess:
                     raise OSError(errno.EMLINK, "other hard links share the inode")
                 staged = self.tree.create_staged(path, 0o600)
                 try:
-                    failed = _copy_into(src, staged, wanted, removable)
+                    failed = apply(_copy_into(src, staged, skip))
                     staged.commit(
                         mtime_ns=st.st_mtime_ns, mode=stat.S_IMODE(st.st_mode), uid=st.st_uid, gid=st.st_gid
                     )
@@ -233,6 +245,10 @@ class XattrAccess:
                 finally:
                     os.close(fd)
 
+    def at(self, path: bytes, fn):
+        """``fn(target)`` on the entry (its fd for a file or directory, else a path); None if missing."""
+        return self._at(path, fn)
+
     def _at(self, path: bytes, fn):
         tree = self.tree
         comps = split_path(path, tree.module)
@@ -251,8 +267,8 @@ class XattrAccess:
                 return None
 
 
-def _copy_into(src_fd: int, staged: StagedFile, wanted: dict[bytes, bytes], removable: NameFilter) -> list[str]:
-    """Content (reflink, else copy) and every attribute of ``src_fd`` into ``staged``, then ``wanted``."""
+def _copy_into(src_fd: int, staged: StagedFile, skip: NameFilter) -> int:
+    """Content (reflink, else copy) and the attributes but ``skip`` of ``src_fd`` into ``staged``; its fd."""
     out = staged.fileno()
     try:
         fcntl.ioctl(out, _FICLONE, src_fd)
@@ -265,10 +281,10 @@ def _copy_into(src_fd: int, staged: StagedFile, wanted: dict[bytes, bytes], remo
             offset += sent
     staged.note_written(os.fstat(src_fd).st_size)
     for name, value in read_xattrs(src_fd, lambda n: True).items():
-        if name in wanted or removable(name):
+        if skip(name):
             continue
         try:
             os.setxattr(out, name, value)  # what is not ours to change (security.*, ACLs) goes along
         except OSError:
             pass
-    return apply_xattrs(out, wanted, removable)
+    return out
