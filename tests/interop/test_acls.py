@@ -120,3 +120,13 @@ def test_push_content_and_acl_changes_dry_run_and_new_dirs(pair, client, xattr_d
     assert acls_of(p.modules["backupd"]) == before
     p.compare(p.run(client, "-aAXi", f"{src}/"))
     compare_acls(*p.modules.values())
+
+
+def test_push_inplace_with_acls(pair, client, xattr_dir):
+    p = pair(seed=SOURCE)
+    spec = dict(SOURCE)
+    spec["small.txt"] = (b"other content\n", SOURCE["small.txt"][1])
+    src = write_tree(xattr_dir / "src", spec)
+    set_acls(src, ACLS)
+    p.compare(p.run(client, "-aAXi", "--inplace", f"{src}/"))
+    compare_acls(*p.modules.values())

@@ -328,3 +328,11 @@ def test_non_root_with_xattr_rules_keeps_other_namespaces_as_rsync_names(pair, c
     assert "user.rsync.trusted.root-only" in names and "user.rsync.security.test" in names
     p.compare(p.run(client, "-rltXi", "--filter=-x user.none", into="dst"),
               trees=(p.base / "dst-rsyncd", p.base / "dst-backupd"))
+
+
+def test_push_inplace(pair, client, xattr_dir):
+    p = pair(seed=SOURCE)
+    spec = changed(SOURCE)
+    spec["big.bin"] = (b"rewritten in place\n" * 50, spec["big.bin"][1])
+    src = write_tree(xattr_dir / "src", spec)
+    p.compare(p.run(client, "-aXi", "--inplace", f"{src}/"))
