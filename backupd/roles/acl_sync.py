@@ -97,6 +97,8 @@ class GeneratorAcls:
         mode = stat.S_IMODE(entry.mode)
         if rewrite:
             return self.tree.acls.update_file(path, access, None, mode)
+        if not self.report(entry, path, False):  # already as sent (set_acl compares first)
+            return []
         return self.tree.acls.set_in_place(path, access, default if entry.is_dir else None, mode)
 
 
