@@ -794,6 +794,28 @@ class FilterList:
             self._by_side[side] = found
         return found
 
+    @property
+    def has_xattr_rules(self) -> bool:
+        """True if any rule (``x`` modifier) filters xattr names (rsync ``saw_xattr_filter``)."""
+        return any(r.xattr for r in _flatten(self._entries, []))
+
+    def xattr_excluded(self, name: bytes, side: Side) -> bool:
+        """True if the first ``x`` rule for ``side`` matching xattr ``name`` excludes it.
+
+        Source: rsync exclude.c name_is_excluded(NAME_IS_XATTR) / rule_matches():
+        only ``x`` rules take part, matched against the whole name.
+        """
+        key = ("x", side)
+        found = self._by_side.get(key)  # type: ignore[call-overload]
+        if found is None:
+            found = tuple((r, _matcher(r)) for r in _flatten(self._entries, [])
+                          if r.xattr and r.kind in ("include", "exclude") and r.applies_to(side))
+            self._by_side[key] = found  # type: ignore[index]
+        for rule, match in found:
+            if name and match(name, False, None):
+                return rule.kind == "exclude"
+        return False
+
     def matches(self, path: bytes, is_dir: bool, *, side: Side,
                 skip_perishable: bool = False) -> FilterRule | None:
         """The first rule acting on ``side`` whose pattern matches, or None.

@@ -21,6 +21,7 @@ from backupd.protocol.wire import (
     encode_varint,
     encode_varlong,
 )
+from backupd.protocol.xattrs import XattrSet
 
 MAX_FLIST_ENTRIES = 50_000_000
 # plain ints: IntFlag arithmetic costs a microsecond per operation on this hot path
@@ -49,7 +50,8 @@ class FileEntry:
     ``mtime`` in seconds since the epoch, ``mtime_nsec`` 0..999999999, ``size``
     in bytes; ``uid``/``gid`` None when not preserved. ``xflags`` keeps the
     TOP_DIR / NO_CONTENT_DIR bits as sent. ``hlink_group`` is the wire index of
-    the first member of a hard-link group (-H), or None.
+    the first member of a hard-link group (-H), or None. ``xattrs`` is the
+    entry's set of extended attributes from the file list (-X), or None.
     """
 
     name: bytes
@@ -68,6 +70,8 @@ class FileEntry:
     xflags: int = 0
     hlink_group: int | None = None
     hlink_first: bool = False
+    xattrs: XattrSet | None = None
+    acls: tuple | None = None  # (access RsyncAcl, default RsyncAcl or None) from the file list (-A)
 
     @property
     def is_dir(self) -> bool:
@@ -120,6 +124,7 @@ class FlistOptions:
     inc_recurse: bool = False
     numeric_ids: bool = False
     id0_names: bool = False
+    preserve_acls: bool = False  # -A: the id lists are sent even without -o/-g
 
 
 @dataclass
@@ -274,8 +279,8 @@ class FlistDecoder:
         Returns (uid -> name, gid -> name); also applied to the entries' names.
         """
         o = self.opts
-        users = self._read_id_list(read) if o.preserve_uid and not o.numeric_ids else {}
-        groups = self._read_id_list(read) if o.preserve_gid and not o.numeric_ids else {}
+        users = self._read_id_list(read) if (o.preserve_uid or o.preserve_acls) and not o.numeric_ids else {}
+        groups = self._read_id_list(read) if (o.preserve_gid or o.preserve_acls) and not o.numeric_ids else {}
         return users, groups
 
     def _read_id_list(self, read: Read) -> dict[int, bytes]:
@@ -411,7 +416,8 @@ class FlistEncoder:
         """uid then gid name lists for a non-incremental list (uidlist.c send_id_lists)."""
         o = self.opts
         out = []
-        for preserve, names in ((o.preserve_uid, users), (o.preserve_gid, groups)):
+        lists = ((o.preserve_uid or o.preserve_acls, users), (o.preserve_gid or o.preserve_acls, groups))
+        for preserve, names in lists:
             if not preserve or o.numeric_ids:
                 continue
             for ident, name in names.items():

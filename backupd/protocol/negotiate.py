@@ -147,4 +147,5 @@ def file_list_options(opts: TransferOptions, negotiated: Negotiated, protocol: i
         inc_recurse=bool(flags & CompatFlags.INC_RECURSE),
         numeric_ids=opts.numeric_ids,
         id0_names=bool(flags & CompatFlags.ID0_NAMES),
+        preserve_acls=opts.acls,
     )

@@ -101,6 +101,8 @@ class TransferOptions:
     cvs_exclude: bool = False
     alt_dest_type: str | None = None
     alt_dest_dirs: list[bytes] = field(default_factory=list)
+    xattrs: int = 0
+    acls: bool = False
 
     @property
     def compression_on(self) -> bool:
@@ -136,6 +138,9 @@ def _letter_table() -> dict[str, Callable[[TransferOptions], None]]:
     def devices_specials(o: TransferOptions) -> None:
         o.devices = o.specials = True
 
+    def acls(o: TransferOptions) -> None:
+        o.acls = o.perms = True  # -A implies -p (options.c)
+
     table = {
         "v": counter("verbose"), "q": lambda o: None, "b": setter("backup"), "u": setter("update"),
         "n": setter("dry_run"), "l": setter("links"), "d": setter("dirs"), "K": setter("keep_dirlinks"),
@@ -146,13 +151,13 @@ def _letter_table() -> dict[str, Callable[[TransferOptions], None]]:
         "r": setter("recursive"), "c": setter("checksum"), "I": setter("ignore_times"),
         "R": setter("relative"), "x": counter("one_file_system"), "S": setter("sparse"),
         "z": setter("compress"), "s": setter("protect_args"), "P": setter("partial"),
-        "C": setter("cvs_exclude"),
+        "C": setter("cvs_exclude"), "X": counter("xattrs"), "A": acls,
     }
     return table
 
 
 _LETTERS = _letter_table()
-_REFUSED_LETTERS = {"A": "-A (--acls)", "X": "-X (--xattrs)", "U": "-U (--atimes)", "N": "-N (--crtimes)"}
+_REFUSED_LETTERS = {"U": "-U (--atimes)", "N": "-N (--crtimes)"}
 _REFUSED_LONG = {
     "iconv", "copy-devices", "write-devices", "usermap",
     "groupmap", "chown", "fake-super", "super", "only-write-batch", "read-batch", "write-batch",
@@ -384,6 +389,7 @@ LETTER_NAMES = {
     "o": "owner", "g": "group", "D": "devices", "t": "times", "p": "perms", "E": "executability",
     "r": "recursive", "c": "checksum", "I": "ignore-times", "R": "relative", "x": "one-file-system",
     "S": "sparse", "z": "compress", "P": "partial", "s": "secluded-args", "C": "cvs-exclude",
+    "X": "xattrs", "A": "acls",
 }
 
 

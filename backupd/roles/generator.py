@@ -25,10 +25,12 @@ from backupd.protocol.constants import (
 from backupd.protocol.flist import FileEntry
 from backupd.protocol.sums import NULL_SUM_HEAD, Checksum, iter_sums_wire, sum_sizes
 from backupd.protocol.wire import NdxEncoder, encode_int32, encode_shortint, encode_vstring
+from backupd.roles.acl_sync import GeneratorAcls
 from backupd.roles.alt_dest import AltBasis, AltDest, Outcome
 from backupd.roles.deletion import Deleter
 from backupd.roles.owners import owner_ids
 from backupd.roles.push import PushState
+from backupd.roles.xattr_sync import GeneratorXattrs, xattr_name_filter, xattr_optim
 
 SCAN_CACHE_DIRS = 32
 # plain ints: IntFlag arithmetic costs a microsecond per operation, per file
@@ -72,6 +74,19 @@ class Generator:
         self.alt = AltDest(self) if state.alt_dirs else None  # --link/copy/compare-dest
         self._alt_basis: dict[int, AltBasis] = {}
         self._hlink_done: dict[int, int] = {}  # -H with alternates: group -> ndx of its written leader
+        self.xattrs = (
+            GeneratorXattrs(
+                state.tree,
+                am_root=int(state.is_root),
+                level=self.opts.xattrs,
+                optim=xattr_optim(state.protocol, state.negotiated.compat_flags),
+                dry_run=self.opts.dry_run,
+                excluded=xattr_name_filter([state.module_filters, state.filters], "receiver"),
+            )
+            if self.opts.xattrs
+            else None
+        )
+        self.acls = GeneratorAcls(state.tree, dry_run=self.opts.dry_run) if self.opts.acls else None
 
     # -- thread control ----------------------------------------------------------------
     def start(self) -> None:
@@ -204,10 +219,25 @@ class Generator:
         self.log.warning("{}: {}", os.fsdecode(entry.name), message)
 
     def _itemize(self, ndx: int, iflags: int) -> None:
-        """Send ndx + iflags for a non-transfer item when it changed or -ii asks."""
+        """Send ndx + iflags for a non-transfer item when it changed or -ii asks.
+
+        With -X the xattr comparison adds ``ITEM_REPORT_XATTR`` and its
+        request follows the header (generator.c itemize).
+        """
+        entry, path = self.state.flist[ndx], self.state.dest[ndx]
+        if self.acls is not None and (acl := self.acls.report(entry, path, bool(iflags & _IS_NEW))):
+            iflags |= acl
+            if entry.is_reg:  # set before the xattrs are compared, as rsync's set_file_attrs (dirs: at the end)
+                if not self.opts.dry_run and self.acls.access_changed:
+                    iflags &= ~_REPORT_PERMS  # the ACL set gave the file its mode (acls.c change_sacl_perms)
+                for message in self.acls.apply(entry, path, rewrite=True):
+                    self._file_error(message, entry)
+        if self.xattrs is not None:
+            iflags |= self.xattrs.report(entry, path, bool(iflags & _IS_NEW))
         log_format = self.opts.log_format or ""
         if iflags & _SIGNIFICANT or "%i%I" in log_format:
-            self.out.write(self.ndx.encode(ndx) + encode_shortint(iflags))
+            trailer = b"" if self.xattrs is None else self.xattrs.trailer(self.state.flist[ndx], iflags)
+            self.out.write(self.ndx.encode(ndx) + encode_shortint(iflags) + trailer)
 
     def _process_dir(self, ndx: int, entry: FileEntry, path: bytes, delete_during: bool) -> None:
         tree, dry = self.state.tree, self.opts.dry_run
@@ -582,10 +612,16 @@ class Generator:
                 iflags |= _REPORT_CHANGE
             if not opts.times:
                 iflags |= _REPORT_TIME
+        if self.xattrs is not None:
+            iflags |= self.xattrs.report(entry, path, st is None)
+        if self.acls is not None:
+            iflags |= self.acls.report(entry, path, st is None)
         state.requested.add(ndx)
         header = self.ndx.encode(ndx) + encode_shortint(iflags & 0xFFFF)
-        if alt is not None:
+        if alt is not None:  # io.c write_ndx_and_attrs: basis type, then the xattr request
             header += bytes((alt.index,))
+        if self.xattrs is not None:
+            header += self.xattrs.trailer(entry, iflags)
         if opts.dry_run:
             self.out.write(header)
             return
@@ -642,6 +678,8 @@ class Generator:
                 return
             elif st is not None and (st.st_dev, st.st_ino) == (lead_st.st_dev, lead_st.st_ino):
                 return
+            # xattrs compare with what was there before the link (hlink.c)
+            xreport = 0 if self.xattrs is None else self.xattrs.report(entry, path, st is None)
             if not self.opts.dry_run:
                 tree.hardlink(target, path)
                 self._noted(path)
@@ -653,7 +691,9 @@ class Generator:
                     return
                 if alt_st is not None:
                     iflags = self.alt.item_flags(entry, alt_st, _LOCAL_CHANGE | _XNAME_FOLLOWS, xname=xname)
-            self.out.write(self.ndx.encode(ndx) + encode_shortint(iflags) + encode_vstring(xname))
+            iflags |= xreport
+            trailer = b"" if self.xattrs is None else self.xattrs.trailer(entry, iflags)
+            self.out.write(self.ndx.encode(ndx) + encode_shortint(iflags) + encode_vstring(xname) + trailer)
         except StorageError as exc:
             self._file_error(str(exc), entry)
 
@@ -709,6 +749,9 @@ class Generator:
             elif created:
                 mode = entry.mode & 0o777 & ~state.umask
             mtime = entry.mtime_ns if opts.times and not opts.omit_dir_times else None
+            if self.acls is not None:
+                for message in self.acls.apply(entry, path, rewrite=False):
+                    self._file_error(message, entry)
             try:
                 if mtime is not None:  # rsync set_file_attrs: only when mtime_differs()
                     st = state.tree.lstat(path)

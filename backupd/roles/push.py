@@ -14,6 +14,7 @@ import stat
 from dataclasses import dataclass, field
 
 from backupd.errors import ExitCode, PathEscape, ProtocolError, RsyncError, StorageError
+from backupd.protocol.acls import AclDecoder
 from backupd.protocol.chmod import current_umask, parse_chmod
 from backupd.protocol.constants import MUNGE_PREFIX, CompatFlags, IoError, MsgCode
 from backupd.protocol.filters import decode_filter_list
@@ -21,6 +22,9 @@ from backupd.protocol.flist import FileEntry, FlistDecoder, check_wire_name, sor
 from backupd.protocol.negotiate import Negotiated, file_list_options
 from backupd.protocol.server_args import TransferOptions
 from backupd.protocol.sums import Checksum
+from backupd.protocol.xattrs import XattrDecoder
+from backupd.roles.acl_sync import map_acl_ids
+from backupd.roles.xattr_sync import xattr_name_filter
 from backupd.storage import HistoryStore, ModuleTree
 
 
@@ -90,22 +94,34 @@ def join_path(base: bytes, name: bytes) -> bytes:
 
 
 def read_file_list(
-    state_opts: TransferOptions, negotiated: Negotiated, protocol: int, read
+    state_opts: TransferOptions, negotiated: Negotiated, protocol: int, read, *, am_root: int = 0, excluded=None
 ) -> tuple[list[FileEntry], int]:
     """Read the client's single file list and its id lists; return (sorted entries, io_error).
+
+    With ``-X`` each entry is followed by its xattr block (flist.c
+    recv_file_entry -> receive_xattr); ``am_root`` and the xattr filter
+    ``excluded`` (None: no ``x`` rules) decide which names are kept.
 
     Raises:
         ProtocolError: an unsafe name or a malformed entry.
     """
     decoder = FlistDecoder(file_list_options(state_opts, negotiated, protocol))
+    xattrs = XattrDecoder(am_root=am_root, level=state_opts.xattrs, excluded=excluded) if state_opts.xattrs else None
+    acls = AclDecoder() if state_opts.acls else None
     entries = []
     while (entry := decoder.read_entry(read)) is not None:
+        if acls is not None and not entry.is_link:
+            entry.acls = acls.decode(read, entry.mode, entry.is_dir)
+        if xattrs is not None:
+            entry.xattrs = xattrs.decode(read)
         if entry.name != b".":
             check_wire_name(entry.name)
         elif not entry.is_dir:
             raise ProtocolError("file-list entry '.' is not a directory")
         entries.append(entry)
     users, groups = decoder.read_id_lists(read)
+    if acls is not None and not state_opts.numeric_ids:
+        map_acl_ids(entries, users, groups)
     for entry in entries:
         if entry.uid is not None and entry.user_name is None:
             entry.user_name = users.get(entry.uid)
@@ -356,7 +372,12 @@ def run_push(session, request, negotiated: Negotiated) -> ExitCode:
     read = session.inbox.read
     session.input_buffered = True  # main.c do_server_recv: io_start_multiplex_in
     client_rules = decode_filter_list(read) if (opts.deleting or opts.prune_empty_dirs) else []
-    flist, io_error = read_file_list(opts, negotiated, request.protocol, read)
+    is_root = os.geteuid() == 0
+    filters, module_filters = build_filters(client_rules), build_module_filters(module)
+    excluded = xattr_name_filter([module_filters, filters], "receiver")
+    flist, io_error = read_file_list(
+        opts, negotiated, request.protocol, read, am_root=int(is_root), excluded=excluded
+    )
     adjust_incoming(flist, module)
     history = HistoryStore(module.history_dir.encode()) if module.history else None
     tree = ModuleTree(
@@ -381,11 +402,11 @@ def run_push(session, request, negotiated: Negotiated) -> ExitCode:
                 negotiated.seed,
                 seed_fix=bool(negotiated.compat_flags & CompatFlags.CHKSUM_SEED_FIX),
             ),
-            filters=build_filters(client_rules),
-            module_filters=build_module_filters(module),
+            filters=filters,
+            module_filters=module_filters,
             protocol=request.protocol,
             io_error=io_error,
-            is_root=os.geteuid() == 0,
+            is_root=is_root,
         )
         state.umask = current_umask()
         plan_destination(

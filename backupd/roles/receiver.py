@@ -18,10 +18,12 @@ from backupd.protocol.constants import NDX_DONE, IoError, ItemFlags, MsgCode
 from backupd.protocol.sums import decode_sum_head
 from backupd.protocol.tokens import BlockMatch, Literal, make_token_reader
 from backupd.protocol.wire import NdxDecoder, decode_int32, decode_shortint, decode_vstring, encode_int32
+from backupd.roles.acl_sync import apply_staged
 from backupd.roles.alt_dest import alt_path
 from backupd.roles.channel import peer_exit
 from backupd.roles.owners import owner_ids
 from backupd.roles.push import PushState
+from backupd.roles.xattr_sync import ReceiverXattrs, xattr_name_filter, xattr_optim
 
 MAX_PHASE = 2
 FNAMECMP_FNAME = 0x80  # rsync.h: the basis is the destination file itself
@@ -64,6 +66,18 @@ class Receiver:
         self.inbox.on_message = self._on_message
         self.files_received = 0
         self.bytes_literal = 0
+        self.xattrs = (
+            ReceiverXattrs(
+                state.tree,
+                am_root=int(state.is_root),
+                level=self.opts.xattrs,
+                optim=xattr_optim(state.protocol, state.negotiated.compat_flags),
+                dry_run=self.opts.dry_run,
+                excluded=xattr_name_filter([state.module_filters, state.filters], "receiver"),
+            )
+            if self.opts.xattrs
+            else None
+        )
 
     def _on_message(self, code: MsgCode, payload: bytes) -> None:
         """Messages from the client sender (rsync io.c read_a_msg)."""
@@ -99,7 +113,11 @@ class Receiver:
             basis_type = read(1)[0] if iflags & ItemFlags.BASIS_TYPE_FOLLOWS else FNAMECMP_FNAME
             if iflags & ItemFlags.XNAME_FOLLOWS:
                 decode_vstring(read, 4096)
+            if self.xattrs is not None:
+                self.xattrs.read_values(read, self.state.flist[ndx], iflags)
             if not iflags & ItemFlags.TRANSFER:
+                if self.xattrs is not None and self.xattrs.applies_to_live(iflags):
+                    self._xattrs_live(ndx)
                 continue
             self._check_transfer(ndx, phase)
             if not self.opts.dry_run:
@@ -221,6 +239,12 @@ class Receiver:
         state, opts = self.state, self.opts
         st = state.tree.lstat(path)
         mode = new_file_mode(state, entry, st)
+        if opts.acls:  # ACLs, then xattrs (rsync.c set_file_attrs)
+            for message in apply_staged(entry, staged, mode):
+                self._file_error(message)
+        if self.xattrs is not None:
+            for message in self.xattrs.apply_staged(entry, path, staged):
+                self._file_error(message)
         try:
             staged.commit(mtime_ns=entry.mtime_ns if opts.times else None, mode=mode, **owner_ids(state, entry))
         except (StorageError, FileError) as exc:
@@ -231,6 +255,16 @@ class Receiver:
         ops_logging.file_received(self, entry, path, st)  # ops hook: transfer log line, counters
         if opts.remove_source_files:
             self.out.send_msg(MsgCode.SUCCESS, encode_int32(ndx))
+
+    def _xattrs_live(self, ndx: int) -> None:
+        """An attribute-only change: the entry's xattrs onto the live entry (receiver.c set_file_attrs)."""
+        entry, path = self.state.flist[ndx], self.state.dest[ndx]
+        try:
+            failed = self.xattrs.apply_live(entry, path)
+        except (StorageError, FileError) as exc:
+            failed = [str(exc)]
+        for message in failed:
+            self._file_error(message)
 
     def _verification_failed(self, ndx: int, entry, phase: int) -> None:
         name = os.fsdecode(entry.name)

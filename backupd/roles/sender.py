@@ -56,8 +56,10 @@ from backupd.protocol.wire import (
     encode_varlong,
     encode_vstring,
 )
+from backupd.roles.acl_sync import SenderAcls
 from backupd.roles.flist_builder import BuiltList, FlistBuilder, expand_globs, sanitize_arg
 from backupd.roles.sender_data import SourceFile, file_digest, open_source, send_literal, send_matched
+from backupd.roles.xattr_sync import SenderXattrs, session_am_root, xattr_name_filter, xattr_optim
 from backupd.storage import HistoryStore, ModuleTree
 
 MAX_FILES_FROM_NAMES = 10_000_000   # names in one --files-from list
@@ -140,6 +142,7 @@ class PullState:
     module_numeric_ids: bool
     build_ms: int = 1
     xfer_ms: int = 0
+    xattr_filters: tuple = ()  # FilterLists with the ``x`` rules: the module's, the client's
     sent: set[int] = field(default_factory=set)
 
 
@@ -156,6 +159,8 @@ def run_pull(session, request, negotiated: Negotiated) -> ExitCode:
         tree = ModuleTree(module.path, module=module.name, history=history, root_fd=request.root_fd)
     except StorageError as exc:
         raise RsyncError(f"cannot open module {module.name}: {exc}", ExitCode.FILESELECT) from None
+    from backupd.roles.push import build_module_filters
+
     try:
         names = None
         if opts.files_from not in (None, b"-"):
@@ -175,6 +180,7 @@ def run_pull(session, request, negotiated: Negotiated) -> ExitCode:
             opts=opts, negotiated=negotiated, protocol=request.protocol, tree=tree, built=built,
             module=module.name, writable=not request.read_only, module_numeric_ids=module.numeric_ids,
             build_ms=max(1, int((time.monotonic() - started) * 1000)),
+            xattr_filters=(build_module_filters(module), FilterList([r for r in rules if r.xattr])),
         )
         return Sender(session, state).run()
     finally:
@@ -271,6 +277,20 @@ class Sender:
         self.io_error = state.built.io_error
         self.errors = state.built.errors
         self.written = 0
+        opts = state.opts
+        self.xattrs = (
+            SenderXattrs(
+                state.tree,
+                am_root=session_am_root(),
+                level=opts.xattrs,
+                optim=xattr_optim(state.protocol, neg.compat_flags),
+                preserve={"links": opts.links, "devices": opts.devices, "specials": opts.specials},
+                excluded=xattr_name_filter(state.xattr_filters, "sender"),
+            )
+            if opts.xattrs
+            else None
+        )
+        self.acls = SenderAcls(state.tree) if opts.acls else None
 
     def _write(self, data: bytes) -> None:
         self.written += len(data)
@@ -316,9 +336,17 @@ class Sender:
         buf = bytearray()
         for item in self.items:
             buf += encoder.encode_entry(item.entry)
+            if self.acls is not None:
+                buf += self.acls.encode(item.entry, item.source)
+            if self.xattrs is not None:
+                buf += self.xattrs.encode(item.entry, item.source)
             if len(buf) >= FLIST_FLUSH:
                 self._write(bytes(buf))
                 buf.clear()
+        if self.xattrs is not None:
+            self._xattr_errors()
+        for text in self.acls.errors if self.acls is not None else ():
+            self._file_error(text)
         neg, ignore = self.state.negotiated, self.opts.ignore_errors
         safe = self.state.protocol >= 31 or bool(neg.compat_flags & CompatFlags.SAFE_FLIST)
         buf += encoder.encode_end(self.io_error if safe and not ignore else 0)
@@ -340,6 +368,9 @@ class Sender:
             users.update(_id_names({e.uid for e in entries if e.uid}, _user))
         if self.opts.group:
             groups.update(_id_names({e.gid for e in entries if e.gid}, _group))
+        if self.acls is not None:  # the ids named in ACLs travel in the same lists (uidlist.c add_uid)
+            users.update(_id_names(self.acls.user_ids - {0}, _user))
+            groups.update(_id_names(self.acls.group_ids - {0}, _group))
         return users, groups
 
     # -- requests ----------------------------------------------------------------------
@@ -378,6 +409,9 @@ class Sender:
                 continue
             iflags, attrs = self._read_attrs()
             entry = self.items[ndx].entry
+            if self.xattrs is not None:
+                attrs += self.xattrs.answer(self.read, entry, self.items[ndx].source, iflags, self.opts.dry_run)
+                self._xattr_errors()
             if iflags & ItemFlags.TRANSFER and not entry.is_reg:
                 raise ProtocolError(f"received request to transfer non-regular file: {ndx} [sender]")
             if not iflags & ItemFlags.TRANSFER or self.opts.dry_run:
@@ -386,6 +420,12 @@ class Sender:
             if phase == 2:
                 raise ProtocolError("got transfer request in phase 2 [sender]")
             self._transfer(ndx, attrs)
+
+    def _xattr_errors(self) -> None:
+        """Report what could not be read (rsync: FERROR_XFER, io_error general)."""
+        for text in self.xattrs.errors:
+            self._file_error(text)
+        self.xattrs.errors.clear()
 
     def _read_attrs(self) -> tuple[int, bytes]:
         """iflags, then the basis type and xname if flagged; returns them re-encoded for the echo."""

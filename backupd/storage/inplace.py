@@ -107,6 +107,20 @@ class InplaceFile:
         finally:
             self._close()
 
+    def set_xattrs(self, wanted: dict[bytes, bytes], removable) -> list[str]:
+        """The live file's extended attributes made ``wanted`` (as StagedFile.set_xattrs)."""
+        from backupd.storage.xattrs import apply_xattrs_owned
+
+        self._check_open()
+        return apply_xattrs_owned(self._fd, wanted, removable)
+
+    def set_acls(self, access, mode: int) -> list[str]:
+        """The received access ACL on the live file, for its final ``mode`` (as StagedFile.set_acls)."""
+        from backupd.storage.acls import apply_acls
+
+        self._check_open()
+        return apply_acls(self._fd, access, None, mode)
+
     def keep_partial(self) -> None:
         """``--partial``: what was written stays (it already is the live file)."""
         self._close()

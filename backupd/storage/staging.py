@@ -32,6 +32,7 @@ from backupd.storage.fsops import (
     open_dir,
     show,
 )
+from backupd.storage.xattrs import apply_xattrs
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -136,6 +137,30 @@ class StagedFile:
         self._file.write(view[first:last])
         if last < len(view):
             self._file.seek(len(view) - last, os.SEEK_CUR)
+
+    def fileno(self) -> int:
+        """The temp file's fd, its buffer flushed (for a copy made by the kernel)."""
+        self._check_open()
+        self._file.flush()
+        return self._file.fileno()
+
+    def note_written(self, size: int) -> None:
+        """The fd was written to ``size`` bytes behind the buffer's back: move the position there."""
+        self._file.seek(size)
+
+    def set_xattrs(self, wanted: dict[bytes, bytes], removable) -> list[str]:
+        """Give the temp file the attributes ``wanted`` before it is renamed into place.
+
+        ``removable(name)`` says which other names may go. Returns the
+        failures as messages (rsync goes on without the attribute).
+        """
+        return apply_xattrs(self.fileno(), wanted, removable)
+
+    def set_acls(self, access, mode: int) -> list[str]:
+        """Give the temp file the received access ACL for its final ``mode`` (before the rename)."""
+        from backupd.storage.acls import apply_acls
+
+        return apply_acls(self.fileno(), access, None, mode)
 
     def tell(self) -> int:
         """Bytes written so far."""

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from backupd.errors import StorageError
+from backupd.storage.acls import AclAccess
 from backupd.storage.fsops import (
     DIR_READ_FLAGS,
     TMP_TRIES,
@@ -53,6 +54,7 @@ from backupd.storage.fsops import (
 )
 from backupd.storage.inplace import InplaceFile
 from backupd.storage.staging import Basis, StagedFile
+from backupd.storage.xattrs import XattrAccess
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -411,6 +413,30 @@ class ModuleTree:
             kept_comps = split_path(kept, self.module)
             with self._parent(kept_comps, kept) as (fd, name):
                 return count_tree(fd, name, _lstat(fd, name))
+
+    # -- for storage.xattrs ------------------------------------------------
+
+    @property
+    def xattrs(self) -> XattrAccess:
+        """The entries' extended attributes (storage/xattrs.py)."""
+        return XattrAccess(self)
+
+    @property
+    def acls(self) -> AclAccess:
+        """The entries' POSIX ACLs (storage/acls.py)."""
+        return AclAccess(self)
+
+    def check_writable(self, path: bytes) -> None:
+        """Raise PathEscape unless a client may change the attributes of ``path`` (not in history)."""
+        self._guard(split_path(path, self.module), path, False)
+
+    def keeps_history(self, path: bytes) -> bool:
+        """True when replacing ``path`` keeps its old version in history."""
+        return self._keeps_history(split_path(path, self.module))
+
+    def parent_of(self, comps: tuple[bytes, ...], path: bytes):
+        """Context manager: ``(fd of the parent dir, final name)`` of ``comps``; raises OSError/PathEscape."""
+        return self._parent(comps, path)
 
     # -- shared with StagedFile -------------------------------------------
 

@@ -641,15 +641,24 @@ def test_zstd_new_file_just_over_256k_from_327(backupd_target, rsync_clients, tm
     assert_trees_equal(src, backupd_target.module)
 
 
-@pytest.mark.parametrize("option", ["-X", "-A"])
+@pytest.mark.parametrize("option", ["-U"])
 def test_unsupported_option_refused_with_code_4(make_targets, client, source, option):
     ours = make_targets(("backupd",))["backupd"]
-    stock = make_targets(("rsyncd",), params={"refuse options": "xattrs acls"})["rsyncd"]
+    stock = make_targets(("rsyncd",), params={"refuse options": "atimes"})["rsyncd"]
     done = ours.push(client, "-a", option, f"{source}/")
     stock_done = stock.push(client, "-a", option, f"{source}/")
     assert stock_done.returncode == 4, show(stock_done)
     assert done.returncode == 4, show(done)
-    name = {"-X": "xattrs", "-A": "acls"}[option]
+    name = {"-U": "atimes"}[option]
     assert name in done.stderr or option in done.stderr, show(done)
     assert "code 4" in done.stderr, show(done)
     assert os.listdir(ours.module) == []
+
+
+def test_refuse_options_xattrs_refuses_x_as_rsyncd(make_targets, client, source):
+    targets = make_targets(params={"refuse options": "xattrs"})
+    done = {kind: t.push(client, "-aX", f"{source}/") for kind, t in targets.items()}
+    assert done["backupd"].returncode == done["rsyncd"].returncode != 0, show(done["backupd"])
+    refused = [line for line in done["rsyncd"].stderr.splitlines() if "refuse" in line]
+    assert refused and all(line in done["backupd"].stderr for line in refused), show(done["backupd"])
+    assert os.listdir(targets["backupd"].module) == []

@@ -11,8 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from backupd.errors import Unsupported
 from backupd.protocol.mux import MuxDecoder
-from backupd.protocol.server_args import TransferOptions, has_protected_args, parse_server_args
+from backupd.protocol.server_args import TransferOptions, has_protected_args, parse_server_args_lenient
 from backupd.protocol.wire import ByteReader, decode_vstring
 
 CAPTURES = Path(__file__).resolve().parent.parent / "data" / "captures"
@@ -52,7 +53,9 @@ def client_side(name: str) -> ClientSide:
         while arg := _read_until(r, b"\0"):
             second.append(arg)
         argv += second[1:]
-    opts = parse_server_args(argv)
+    opts, error = parse_server_args_lenient(argv)
+    if error is not None and not isinstance(error, Unsupported):  # -A captures: refused, still parsed
+        raise error
     if "v" in opts.capabilities and opts.checksum_choice is None:
         decode_vstring(r.read)
     if "v" in opts.capabilities and opts.compression_on and opts.compress_choice is None:

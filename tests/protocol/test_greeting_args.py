@@ -102,7 +102,7 @@ def test_server_args(argv, checks):
 @pytest.mark.parametrize(
     ("argv", "error", "code"),
     [
-        ([b"--server", b"-vlogDtprXe.iLsfxCIvu", b".", b"mod/"], Unsupported, ExitCode.UNSUPPORTED),
+        ([b"--server", b"-vlogDtprUe.iLsfxCIvu", b".", b"mod/"], Unsupported, ExitCode.UNSUPPORTED),
         ([b"--server", b"-vlogDtpre.iLsfxCIvu", b"--acls", b".", b"mod/"], Unsupported, ExitCode.UNSUPPORTED),
         ([b"--server", b"-re.iLsfxCIvu", b"--bogus-option", b".", b"mod/"], RsyncError, ExitCode.SYNTAX),
         ([b"--server", b"-re.iLsfxCIvu", b"--timeout=abc", b".", b"mod/"], RsyncError, ExitCode.SYNTAX),
@@ -122,9 +122,21 @@ def test_bad_args_are_refused_with_the_right_exit_code(argv, error, code):
 
 
 def test_lenient_parse_keeps_capabilities_for_the_error_path():
-    opts, error = parse_server_args_lenient([b"--server", b"-vlogDtprXze.iLsfxCIvu", b".", b"mod/"])
+    opts, error = parse_server_args_lenient([b"--server", b"-vlogDtprUze.iLsfxCIvu", b".", b"mod/"])
     assert isinstance(error, Unsupported)
     assert opts.capabilities == ".iLsfxCIvu" and opts.compress
+
+
+@pytest.mark.parametrize(("cluster", "level"), [(b"-logDtpre.iLsfxCIvu", 0), (b"-logDtpXre.iLsfxCIvu", 1),
+                                                (b"-logDtpXXre.iLsfxCIvu", 2)])
+def test_xattrs_letter_counts(cluster, level):
+    opts = parse_server_args([b"--server", cluster, b".", b"mod/"])
+    assert opts.xattrs == level and opts.recursive
+
+
+def test_acls_imply_perms():
+    opts = parse_server_args([b"--server", b"-rAe.iLsfxCIvu", b".", b"mod/"])
+    assert opts.acls and opts.perms
 
 
 def test_unbackslash():

@@ -1,0 +1,84 @@
+"""A directory on a file system that holds user xattrs with values over 4 KiB (ext4 does not).
+
+``xattr_base`` (session fixture): ``$BACKUPD_XATTR_DIR`` if set; else the
+pytest tmp dir if it takes such values; else, as root with ``mkfs.xfs``, a
+loop-mounted XFS image (unmounted at the end of the session); else the test
+is skipped (failed in CI). Import the fixture into a test module to use it.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import in_ci
+
+BIG = 6000  # bytes: over ext4's one-block limit
+
+
+def big_values_ok(path: Path) -> bool:
+    """True if a file under ``path`` takes a ``user.*`` value of BIG bytes."""
+    probe = path / ".xattr-probe"
+    probe.write_bytes(b"")
+    try:
+        os.setxattr(probe, b"user.probe", b"x" * BIG)
+        return True
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.E2BIG, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ERANGE):
+            return False
+        raise
+    finally:
+        probe.unlink()
+
+
+def _unavailable(why: str):
+    if in_ci():
+        pytest.fail(f"no file system for big xattrs: {why}")
+    pytest.skip(f"no file system for big xattrs: {why}")
+
+
+@pytest.fixture(scope="session")
+def xattr_base(tmp_path_factory):
+    """A fresh directory whose file system takes big ``user.*`` xattrs."""
+    env = os.environ.get("BACKUPD_XATTR_DIR")
+    if env:
+        base = Path(env) / f"run-{os.getpid()}"
+        base.mkdir(parents=True, exist_ok=True)
+        yield base
+        shutil.rmtree(base, ignore_errors=True)
+        return
+    tmp = tmp_path_factory.mktemp("xattr-fs")
+    if big_values_ok(tmp):
+        yield tmp
+        return
+    if os.geteuid() != 0 or shutil.which("mkfs.xfs") is None:
+        _unavailable("tmp is not one, and no root + mkfs.xfs for a loop-mounted XFS")
+    image, mnt = tmp / "xfs.img", tmp / "mnt"
+    mnt.mkdir()
+    with open(image, "wb") as f:
+        f.truncate(512 << 20)
+    made = subprocess.run(["mkfs.xfs", "-q", str(image)], capture_output=True, text=True, timeout=60)
+    mounted = made.returncode == 0 and subprocess.run(
+        ["mount", "-o", "loop", str(image), str(mnt)], capture_output=True, timeout=60
+    ).returncode == 0
+    if not mounted:
+        _unavailable(f"mkfs.xfs/mount failed: {made.stderr.strip()}")
+    try:
+        os.chmod(mnt, 0o755)
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True, timeout=60)
+
+
+@pytest.fixture
+def xattr_dir(xattr_base, request) -> Path:
+    """A fresh directory per test under ``xattr_base``."""
+    path = xattr_base / request.node.name.replace("/", "_").replace("[", "-").replace("]", "")[:80]
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir()
+    return path
