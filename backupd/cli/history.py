@@ -199,11 +199,13 @@ def prune(
 
 
 def _prune_one(mod: ModuleConfig, now: datetime, days: int | None, dry_run: bool) -> bool:
+    from backupd.storage.catalog import module_catalog_file
     from backupd.storage.prune import apply_prune, plan_prune
 
     keep = mod.history_keep_days if days is None else days
     try:
-        plan = plan_prune(mod.path, now, keep, history_dir=mod.history_dir, module=mod.name)
+        plan = plan_prune(mod.path, now, keep, history_dir=mod.history_dir, module=mod.name,
+                          catalog_file=module_catalog_file(mod) if mod.catalog else None)
     except (StorageError, OSError) as exc:
         typer.echo(f"backupd: module {mod.name}: {exc}", err=True)
         return False

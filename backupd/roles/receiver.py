@@ -192,7 +192,10 @@ class Receiver:
             else:
                 break
         sent = read(self.state.checksum.digest_len)
-        return good and hasher.digest() == sent
+        ok = good and hasher.digest() == sent
+        if ok and staged.staged is not None:  # the catalog keeps the checksum the transfer verified
+            staged.staged.xfer_sum = (self.state.checksum.name, sent.hex())
+        return ok
 
     def _block(self, head, basis, index: int):
         if not 0 <= index < head.count:
