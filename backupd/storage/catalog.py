@@ -1,9 +1,9 @@
 """The version catalog of a module: every version's live interval, metadata and checksums.
 
 One SQLite database per module, in WAL mode, outside the module tree (so no
-pull can list it and no push can reach it): ``<catalog dir>/<module>.sqlite``
+pull can list it and no push can reach it): ``<catalog dir>/<module>/catalog.sqlite``
 (the module setting ``catalog dir``), else
-``<state dir>/catalog-<module>-<hash of the module path>.sqlite`` with the
+``<state dir>/catalog-<module>-<hash of the module path>/catalog.sqlite`` with the
 state dir ``$BACKUPD_STATE_DIR``, ``/var/lib/backupd`` as root, or
 ``$XDG_STATE_HOME/backupd`` (``~/.local/state/backupd``).
 
@@ -105,13 +105,19 @@ def default_state_dir() -> Path:
 
 
 def catalog_file(name: str, path: Path | str, catalog_dir: Path | None = None) -> Path:
-    """The catalog database of module ``name`` served from ``path``."""
+    """The catalog database of module ``name`` served from ``path``.
+
+    ``<catalog dir>/<name>/catalog.sqlite``, else
+    ``<state dir>/catalog-<name>-<hash of the real module path>/catalog.sqlite``:
+    a directory per module, so a module with its own ``uid`` can own it
+    (SQLite makes its ``-wal`` and ``-shm`` files beside the database).
+    """
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "_"
     if catalog_dir is not None:
-        return Path(catalog_dir) / f"{safe}.sqlite"
+        return Path(catalog_dir) / safe / "catalog.sqlite"
     real = os.path.realpath(os.fspath(path)).encode("utf-8", "surrogateescape")
     tag = hashlib.sha256(real).hexdigest()[:12]
-    return default_state_dir() / f"catalog-{safe}-{tag}.sqlite"
+    return default_state_dir() / f"catalog-{safe}-{tag}" / "catalog.sqlite"
 
 
 def module_catalog_file(module) -> Path:
