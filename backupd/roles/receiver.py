@@ -105,6 +105,8 @@ class Receiver:
                 self._receive_file(ndx, phase)
         if self.ndx.decode(read) != NDX_DONE:
             raise ProtocolError("Invalid packet at end of run")
+        if self.state.tree.catalog is not None:  # this session's versions are in the catalog before the client ends
+            self.state.tree.catalog.flush()
         self.state.events.put(("goodbye", None))
 
     def _check_ndx(self, ndx: int) -> None:

@@ -40,6 +40,7 @@ import hashlib
 import os
 import sqlite3
 import stat
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -183,7 +184,8 @@ class Catalog:
             self.db = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
         else:
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            self.db = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
+            self.db = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000,
+                                      check_same_thread=False)  # a writer's lock serializes its threads
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.executescript(SCHEMA)
@@ -248,10 +250,14 @@ class Catalog:
 class CatalogWriter:
     """Records one session's commits in the catalog, in batched transactions.
 
-    Called by ``ModuleTree`` (``made_live``, ``retired``, ``attrs``) inside
-    the commit path; never raises into it: a failing catalog is logged
-    once through ``on_error`` and dropped (the tree stays the truth, and the
-    next start reconciles the two).
+    Called by ``ModuleTree`` inside the commit path. The ops of an install
+    are recorded before its rename (``pending=True``) and become ready for
+    the next batch only when the tree calls :meth:`settle` after the rename
+    (:meth:`discard` if it failed), so a committed batch never describes a
+    rename that did not happen. Thread safe (the generator and the receiver
+    of a push both write). Never raises into the commit path: a failing
+    catalog is reported once through ``on_error`` and dropped (the tree
+    stays the truth; the next start reconciles the two).
 
     Args:
         db_path: the module's catalog file.
@@ -264,53 +270,80 @@ class CatalogWriter:
         self.batch_ops = batch_ops
         self.on_error = on_error
         self._ops: list[tuple] = []
+        self._pending: dict[int, list[tuple]] = {}
+        self._lock = threading.Lock()
         self._catalog: Catalog | None = None
         self.failed = False
 
     def made_live(self, path: bytes, st: os.stat_result, when_ns: int, *, xxh128: str | None = None,
-                  xfer_sum: str | None = None, xfer_sum_kind: str | None = None) -> None:
+                  xfer_sum: str | None = None, xfer_sum_kind: str | None = None, pending: bool = False) -> None:
         """A new version of ``path`` (lstat ``st``) becomes live at ``when_ns``."""
         self._add(("live", path, kind_of(st.st_mode), when_ns, st.st_size, st.st_mode, st.st_mtime_ns,
-                   st.st_ino, xxh128, xfer_sum, xfer_sum_kind))
+                   st.st_ino, xxh128, xfer_sum, xfer_sum_kind), pending)
 
-    def retired(self, path: bytes, st: os.stat_result, when_ns: int, history: bytes | None) -> None:
+    def retired(self, path: bytes, st: os.stat_result, when_ns: int, history: bytes | None, *,
+                pending: bool = False) -> None:
         """The live version of ``path`` (lstat ``st``) went to ``history`` at ``when_ns``.
 
         A directory retires with everything below it (moved as a whole).
         """
-        self._add(("retire", path, st.st_ino, when_ns, history, stat.S_ISDIR(st.st_mode)))
+        self._add(("retire", path, st.st_ino, when_ns, history, stat.S_ISDIR(st.st_mode)), pending)
 
-    def attrs(self, path: bytes, mode: int | None, mtime_ns: int | None) -> None:
-        """The live version's mode or mtime changed in place (no new version)."""
-        self._add(("attrs", path, mode, mtime_ns))
+    def attrs(self, path: bytes, mode: int | None, mtime_ns: int | None, when_ns: int) -> None:
+        """The live version's mode or mtime changed in place at ``when_ns``.
 
-    def _add(self, op: tuple) -> None:
+        Recorded as a new row (same inode, same stored bytes) when they
+        differ from the open row's, so "as of T" keeps the attributes of T.
+        """
+        self._add(("attrs", path, mode, mtime_ns, when_ns), False)
+
+    def settle(self) -> None:
+        """The calling thread's pending ops happened (the rename is done): ready for a batch."""
+        with self._lock:
+            self._ops += self._pending.pop(threading.get_ident(), [])
+            full = len(self._ops) >= self.batch_ops
+        if full:
+            self.flush()
+
+    def discard(self) -> None:
+        """The calling thread's pending ops did not happen (the rename failed)."""
+        with self._lock:
+            self._pending.pop(threading.get_ident(), None)
+
+    def _add(self, op: tuple, pending: bool) -> None:
         if self.failed:
             return
-        self._ops.append(op)
-        if len(self._ops) >= self.batch_ops:
+        with self._lock:
+            if pending:
+                self._pending.setdefault(threading.get_ident(), []).append(op)
+                return
+            self._ops.append(op)
+            full = len(self._ops) >= self.batch_ops
+        if full:
             self.flush()
 
     def flush(self) -> None:
-        """Apply the recorded ops in one transaction."""
-        if not self._ops or self.failed:
-            return
-        ops, self._ops = self._ops, []
-        try:
-            if self._catalog is None:
-                self._catalog = Catalog(self.db_path)
-            apply_ops(self._catalog.db, ops)
-        except (sqlite3.Error, OSError) as exc:
-            self.failed = True
-            if self.on_error is not None:
-                self.on_error(exc)
+        """Apply the ready ops in one transaction."""
+        with self._lock:
+            if not self._ops or self.failed:
+                return
+            ops, self._ops = self._ops, []
+            try:
+                if self._catalog is None:
+                    self._catalog = Catalog(self.db_path)
+                apply_ops(self._catalog.db, ops)
+            except (sqlite3.Error, OSError) as exc:
+                self.failed = True
+                if self.on_error is not None:
+                    self.on_error(exc)
 
     def close(self) -> None:
         """Flush and close; idempotent."""
         self.flush()
-        if self._catalog is not None:
-            self._catalog.close()
-            self._catalog = None
+        with self._lock:
+            if self._catalog is not None:
+                self._catalog.close()
+                self._catalog = None
 
 
 def apply_ops(db: sqlite3.Connection, ops: list[tuple]) -> None:
@@ -349,20 +382,33 @@ def _apply_retire(db, path, ino, when, history, is_dir) -> None:
     if not done.rowcount:
         db.execute("INSERT INTO versions(path, type, live_to, ino, history, approx) VALUES (?, ?, ?, ?, ?, 1)",
                    (path, "dir" if is_dir else "file", when, ino, history))
+    # earlier attribute-only rows of this version were stored at the live path: now in history too
+    db.execute("UPDATE versions SET history = ? WHERE path = ? AND ino = ? AND history IS NULL",
+               (history, path, ino))
     if is_dir:
-        below = db.execute("SELECT id, path FROM versions WHERE path >= ? AND path < ? AND live_to IS NULL",
+        below = db.execute("SELECT id, path FROM versions WHERE path >= ? AND path < ? AND history IS NULL",
                            (path + b"/", path + b"0")).fetchall()
         for row_id, child in below:
             moved = history + bytes(child)[len(path):] if history else None
-            db.execute("UPDATE versions SET live_to = ?, history = ? WHERE id = ?", (when, moved, row_id))
+            db.execute("UPDATE versions SET live_to = COALESCE(live_to, ?), history = ? WHERE id = ?",
+                       (when, moved, row_id))
 
 
-def _apply_attrs(db, path, mode, mtime_ns) -> None:
-    if mode is not None:
-        db.execute("UPDATE versions SET mode = (mode & ~4095) | ? WHERE path = ? AND live_to IS NULL",
-                   (stat.S_IMODE(mode), path))
-    if mtime_ns is not None:
-        db.execute("UPDATE versions SET mtime_ns = ? WHERE path = ? AND live_to IS NULL", (mtime_ns, path))
+def _apply_attrs(db, path, mode, mtime_ns, when) -> None:
+    found = db.execute(f"SELECT {', '.join(COLUMNS)} FROM versions WHERE path = ? AND live_to IS NULL "
+                       "ORDER BY live_from DESC LIMIT 1", (path,)).fetchone()
+    if found is None:
+        return
+    row = _row(found)
+    new_mode = row.mode if mode is None else (row.mode & ~0o7777) | stat.S_IMODE(mode)
+    new_mtime = row.mtime_ns if mtime_ns is None else mtime_ns
+    if (new_mode, new_mtime) == (row.mode, row.mtime_ns):
+        return
+    db.execute("UPDATE versions SET live_to = ? WHERE id = ?", (when, row.id))
+    db.execute("INSERT INTO versions(path, type, live_from, size, mode, mtime_ns, ino, xxh128, xfer_sum, "
+               "xfer_sum_kind, approx) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+               (path, row.type, when, row.size, new_mode, new_mtime, row.ino, row.xxh128, row.xfer_sum,
+                row.xfer_sum_kind, row.approx))
 
 
 _APPLY = {"live": _apply_live, "retire": _apply_retire, "attrs": _apply_attrs}

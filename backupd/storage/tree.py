@@ -343,7 +343,8 @@ class ModuleTree:
                 if mtime_ns is not None:
                     os.utime(name, ns=(st.st_atime_ns, mtime_ns), dir_fd=fd, follow_symlinks=False)
             if self.catalog is not None and self._keeps_history(comps):
-                self.catalog.attrs(join_path(comps), None if stat.S_ISLNK(st.st_mode) else mode, mtime_ns)
+                self.catalog.attrs(join_path(comps), None if stat.S_ISLNK(st.st_mode) else mode, mtime_ns,
+                                   self._when())
 
     def create_staged(self, path: bytes, mode: int, *, allow_history: bool = False, sparse: bool = False) -> StagedFile:
         """Start new content for file ``path`` (parent must exist); see StagedFile.
@@ -448,20 +449,27 @@ class ModuleTree:
                 st = None
             when = self._when() if keeps else 0
             kept = self._displace(parent_fd, comps, st) if st is not None else None
-            if keeps:
+            if not keeps:
+                os.rename(temp, name, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
+                return
+            try:
                 self._record_install(parent_fd, temp, comps, st, kept, when, digest, xfer_sum)
-            os.rename(temp, name, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
+                os.rename(temp, name, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
+            except BaseException:
+                self.catalog.discard()
+                raise
+            self.catalog.settle()
 
     def _record_install(self, parent_fd, temp, comps, old, kept, when, digest, xfer_sum) -> None:
         """Catalog ops of one install: the old version retired, the new one live."""
         path = join_path(comps)
         if old is not None:
-            self.catalog.retired(path, old, when, kept)
+            self.catalog.retired(path, old, when, kept, pending=True)
         new = _lstat(parent_fd, temp)
         if digest is None:
             digest = hash_entry_at(parent_fd, temp, new)
         kind, value = xfer_sum if xfer_sum else (None, None)
-        self.catalog.made_live(path, new, when, xxh128=digest, xfer_sum=value, xfer_sum_kind=kind)
+        self.catalog.made_live(path, new, when, xxh128=digest, xfer_sum=value, xfer_sum_kind=kind, pending=True)
 
     def _record_new(self, parent_fd: int, name: bytes, comps: tuple[bytes, ...]) -> None:
         """Catalog op of a directory just made."""
