@@ -14,7 +14,7 @@ import os
 import sqlite3
 import sys
 import time
-from datetime import date, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -41,24 +41,14 @@ OptPathArg = Annotated[str, typer.Argument(help="path inside the module (default
 
 
 def parse_at(text: str, now: datetime | None = None) -> datetime:
-    """A local naive datetime for T (see the module docstring).
+    """A local naive datetime for T (``catalog.parse_instant``).
 
     Raises:
         typer.BadParameter: nothing ``dateparser`` understands either.
     """
-    text = text.strip()
-    try:
-        if len(text) == 10:
-            return datetime.combine(date.fromisoformat(text), datetime.max.time()).replace(microsecond=0)
-        return datetime.fromisoformat(text.replace(" ", "T", 1))
-    except ValueError:
-        pass
-    import dateparser
+    from backupd.storage.catalog import parse_instant
 
-    settings = {"PREFER_DATES_FROM": "past", "RETURN_AS_TIMEZONE_AWARE": False}
-    if now is not None:
-        settings["RELATIVE_BASE"] = now
-    parsed = dateparser.parse(text, settings=settings)
+    parsed = parse_instant(text, now)
     if parsed is None:
         raise typer.BadParameter(f"{text!r}: want an ISO date or date-time, or e.g. '2 hours ago'")
     return parsed

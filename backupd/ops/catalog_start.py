@@ -21,6 +21,7 @@ from backupd.config.model import DaemonConfig, ModuleConfig
 from backupd.errors import BackupdError
 from backupd.storage.catalog import module_catalog_file
 from backupd.storage.reconcile import reconcile_module
+from backupd.storage.snapshot import discard_all
 
 
 def reconcile_all(config: DaemonConfig) -> dict[str, int]:
@@ -33,6 +34,7 @@ def reconcile_all(config: DaemonConfig) -> dict[str, int]:
     for module in config.modules.values():
         if not (module.history and module.catalog) or not Path(module.path).is_dir():
             continue
+        discard_all(module)  # snapshot views of sessions that were killed
         try:
             plan = reconcile_module(module, log=logger.warning)
             _hand_over(module)

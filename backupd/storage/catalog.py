@@ -44,7 +44,7 @@ import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 
 import xxhash
@@ -92,6 +92,29 @@ def time_ns(when: datetime) -> int:
 def at_bound(when: datetime) -> int:
     """Exclusive bound (ns) of "at ``when``": the end of the second it names."""
     return (int(when.timestamp()) + 1) * NS
+
+
+def parse_instant(text: str, now: datetime | None = None) -> datetime | None:
+    """T as a local naive datetime, or None when it is not a time.
+
+    An ISO date means the end of that day (23:59:59), an ISO date-time
+    itself; anything else goes to ``dateparser`` ("2 hours ago",
+    "yesterday 18:00"), relative to ``now`` when given.
+    """
+    text = text.strip()
+    try:
+        if len(text) == 10:
+            return datetime.combine(date.fromisoformat(text), datetime.max.time()).replace(microsecond=0)
+        parsed = datetime.fromisoformat(text.replace(" ", "T", 1))
+        return parsed.astimezone().replace(tzinfo=None) if parsed.tzinfo else parsed
+    except ValueError:
+        pass
+    import dateparser  # only here: its import costs ~0.3 s
+
+    settings = {"PREFER_DATES_FROM": "past", "RETURN_AS_TIMEZONE_AWARE": False}
+    if now is not None:
+        settings["RELATIVE_BASE"] = now
+    return dateparser.parse(text, settings=settings)
 
 
 def default_state_dir() -> Path:

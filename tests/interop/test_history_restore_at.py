@@ -100,6 +100,12 @@ def test_restore_at_t_gives_the_tree_live_at_t(client, make_targets, tmp_path):
             instants.append((math.floor(ended) + 1, tree))                # inside the interval
     assert len(instants) >= 6, instants
     for n, (second, want) in enumerate(instants):
+        view = tmp_path / f"view{n}"                                      # a plain pull of the view mod@T
+        iso = datetime.fromtimestamp(second).strftime("%Y-%m-%dT%H:%M:%S")
+        assert_ok(client.run("-a", target.server.url(f"mod@{iso}"), f"{view}/"))
+        got = scan_tree(view)
+        got.pop(b".")
+        assert got == want, f"pull of mod@{iso} (instant {n})"
         out = tmp_path / f"at{n}"
         done = backupd("restore", "mod", ".", "--at", stamp(second), "--to", out, "--config", conf)
         if not want:
@@ -115,6 +121,9 @@ def test_restore_at_t_gives_the_tree_live_at_t(client, make_targets, tmp_path):
             assert scan_tree(tmp_path / f"f1-{n}")[b"f1"] == want[b"f1"]
         else:                                                             # after deletion: nothing
             assert one.returncode == 1 and "nothing was live" in one.stderr
+
+    refused = client.run("-a", f"{src}/", target.server.url(f"mod@{stamp(instants[1][0])[:10]}"))
+    assert refused.returncode != 0 and "read-only snapshot view" in refused.stderr, refused.stderr
 
     first, second = pushes[0][2], pushes[1][2]
     diff = backupd("history", "diff", "mod", stamp(math.floor(pushes[0][1])), stamp(math.floor(pushes[1][1])),
