@@ -21,6 +21,8 @@ Repairs:
   suffix, else its ctime on the folder's day, else the day's start),
   ``live_from`` the previous version's end (else its mtime), ``approx``.
 - ``attrs``: a live row whose entry's mode or mtime changed in place.
+- ``from``: a closed row without ``live_from`` (the version was retired
+  before any row described it going live): the previous version's end.
 
 Directories in history are containers unless a row names them (a directory
 moved whole); only non-directories there become rows of their own.
@@ -157,6 +159,10 @@ def plan_reconcile(tree: ModuleTree, catalog: Catalog, history_dir: bytes | str,
             ends.setdefault(row.path, []).append(row.live_to)
     for row in rows:
         _check_row(row, live, history, by_ino, used, open_live, plan, now_ns)
+        if row.live_from is None and row.live_to is not None:   # retired before its row was ever written
+            earlier = [t for t in ends.get(row.path, []) if t < row.live_to]
+            plan.repairs.append(Repair("from", row.path, "interval start unknown: the previous version's end",
+                                       row.id, (max(earlier) if earlier else row.live_to,)))
     _add_unlisted(tree, live, history, used, open_live, ends, plan)
     return plan
 
@@ -282,6 +288,8 @@ _APPLY = {
                                         (*r.values, r.row_id)),
     "lost": lambda db, r: db.execute("UPDATE versions SET missing = 1, live_to = COALESCE(live_to, ?) WHERE id = ?",
                                      (r.values[0], r.row_id)),
+    "from": lambda db, r: db.execute("UPDATE versions SET live_from = ?, approx = 1 WHERE id = ?",
+                                     (*r.values, r.row_id)),
     "live": _insert,
     "history": _insert,
 }

@@ -227,3 +227,18 @@ def test_restore_into_the_live_module_keeps_the_replaced_version(env):
         assert [r.live_to is None for r in rows] == [False, False, True]
         kept = rows[1].history
     assert (module / os.fsdecode(kept)).read_bytes() == b"broken"
+
+
+def test_two_sessions_flushing_in_either_order_agree(tmp_path):
+    """Session A makes f live, session B replaces it; B's batch reaches the catalog first."""
+    (tmp_path / "f").write_bytes(b"v1")
+    st = os.lstat(tmp_path / "f")
+    db = tmp_path / "c.sqlite"
+    a, b = CatalogWriter(db), CatalogWriter(db)
+    a.made_live(b"f", st, 10 * NS, xxh128="aa")
+    b.retired(b"f", st, 20 * NS, b"history-backup/d/f")
+    b.close()
+    a.close()
+    with Catalog(db) as catalog:
+        (row,) = catalog.rows()
+    assert (row.live_from, row.live_to, row.history, row.xxh128) == (10 * NS, 20 * NS, b"history-backup/d/f", "aa")
