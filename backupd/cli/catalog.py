@@ -54,6 +54,9 @@ def parse_at(text: str, now: datetime | None = None) -> datetime:
     return parsed
 
 
+NS = 1_000_000_000
+
+
 def _stamp(ns: int | None) -> str:
     return "-" if ns is None else datetime.fromtimestamp(ns / 1e9).strftime("%Y-%m-%d %H:%M:%S")
 
@@ -75,7 +78,8 @@ def _row_json(row) -> dict:
     return {"path": os.fsdecode(row.path), "type": row.type, "live_from": _stamp(row.live_from),
             "live_to": None if row.live_to is None else _stamp(row.live_to), "size": row.size,
             "mode": f"{row.mode & 0o7777:04o}", "mtime": _stamp(row.mtime_ns), "xxh128": row.xxh128,
-            "stored": os.fsdecode(row.stored), "approximate": bool(row.approx), "missing": bool(row.missing)}
+            "stored": os.fsdecode(row.stored), "approximate": bool(row.approx), "missing": bool(row.missing),
+            "restore_at": _stamp(row.live_to - NS if row.live_to is not None else row.live_from)}  # a --at T giving it
 
 
 # ---------------------------------------------------------------- history ls / days / diff

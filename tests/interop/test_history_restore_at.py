@@ -165,7 +165,7 @@ def test_verify_finds_bit_rot_and_a_deleted_version(make_targets, rsync_clients,
     assert sorted((f["kind"], f["path"]) for f in report["findings"]) == [("mismatch", "f1"), ("missing", "d/g")]
 
 
-def _kill_during_push(client, target, src: Path, delay_s: float) -> None:
+def _kill_during_push(client, target, src: Path, delay_s: float) -> int:
     argv = [*client.argv_prefix, "-a", "--delete", f"{src}/", target.url()]
     env = {k: v for k, v in os.environ.items() if not k.startswith("RSYNC_")}
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -173,7 +173,7 @@ def _kill_during_push(client, target, src: Path, delay_s: float) -> None:
     time.sleep(delay_s)
     os.killpg(target.server.proc.pid, signal.SIGKILL)
     target.server.proc.wait(timeout=10)
-    proc.wait(timeout=60)
+    return proc.wait(timeout=60)
 
 
 def test_sigkill_mid_push_then_restart_catalog_and_tree_agree(make_targets, backupd_server, rsync_clients,
@@ -182,6 +182,7 @@ def test_sigkill_mid_push_then_restart_catalog_and_tree_agree(make_targets, back
     target = make_targets(("backupd",), params={"catalog dir": tmp_path / "catalogs"})["backupd"]
     conf, module, src = target.server.config_path, target.module, tmp_path / "src"
     rng = random.Random(12)
+    codes = []
     for i in range(400):
         write(src / f"d{i % 7}" / f"f{i}", f"round 0 file {i}\n", T0)
     assert_ok(target.push(client, "-a", f"{src}/"))
@@ -191,7 +192,7 @@ def test_sigkill_mid_push_then_restart_catalog_and_tree_agree(make_targets, back
                 (src / f"d{i % 7}" / f"f{i}").unlink(missing_ok=True)
             else:
                 write(src / f"d{i % 7}" / f"f{i}", f"round {rnd} file {i} " * rng.randint(1, 30), T0 + rnd)
-        _kill_during_push(client, target, src, rng.uniform(0.05, 0.6))
+        codes.append(_kill_during_push(client, target, src, rng.uniform(0.05, 0.6)))
         target.server = backupd_server(conf, port=target.server.port)   # start: reconcile
         again = backupd("history", "reindex", "mod", "--config", conf)
         assert again.returncode == 0, again.stderr
@@ -205,5 +206,6 @@ def test_sigkill_mid_push_then_restart_catalog_and_tree_agree(make_targets, back
         got.pop(b".")
         assert {p: (e.kind, e.digest, e.mode, e.mtime_ns) for p, e in got.items() if e.kind != "dir"} == {
             p: (e.kind, e.digest, e.mode, e.mtime_ns) for p, e in want.items() if e.kind != "dir"}
+    assert any(code != 0 for code in codes), f"no kill landed mid-push: client exits {codes}"
     checked = backupd("verify", "mod", "--config", conf)
     assert checked.returncode == 0, checked.stdout + checked.stderr

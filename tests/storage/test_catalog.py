@@ -242,3 +242,18 @@ def test_two_sessions_flushing_in_either_order_agree(tmp_path):
     with Catalog(db) as catalog:
         (row,) = catalog.rows()
     assert (row.live_from, row.live_to, row.history, row.xxh128) == (10 * NS, 20 * NS, b"history-backup/d/f", "aa")
+
+
+def test_verify_since_skips_versions_retired_before_it(env):
+    module, clock, db, tree = env
+    clock.tick(1)
+    with tree() as t:
+        put(t, b"a", b"old")
+    t2 = clock.tick(10)
+    with tree() as t:
+        put(t, b"a", b"new")
+    (module / "history-backup" / "2024-05-17" / "a").unlink()    # the version retired at t2
+    with tree(catalog=False) as t, Catalog(db) as catalog:
+        assert [f.kind for f in verify_module(t, catalog).findings] == ["missing"]
+        later = verify_module(t, catalog, since_ns=time_ns(t2) + NS)
+    assert later.findings == [] and later.checked == 1
