@@ -306,13 +306,15 @@ class CatalogWriter:
                    st.st_ino, xxh128, xfer_sum, xfer_sum_kind), pending)
 
     def retired(self, path: bytes, st: os.stat_result, when_ns: int, history: bytes | None, *,
-                pending: bool = False) -> None:
+                pending: bool = False, copy_ino: int | None = None) -> None:
         """The live version of ``path`` (lstat ``st``) went to ``history`` at ``when_ns``.
 
         A directory retires with everything below it (moved as a whole).
+        ``copy_ino``: the version was copied, not linked (``--inplace``), so
+        its stored inode is the copy's.
         """
         self._add(("retire", path, st.st_ino, when_ns, history, kind_of(st.st_mode), st.st_size, st.st_mode,
-                   st.st_mtime_ns), pending)
+                   st.st_mtime_ns, copy_ino), pending)
 
     def attrs(self, path: bytes, mode: int | None, mtime_ns: int | None, when_ns: int) -> None:
         """The live version's mode or mtime changed in place at ``when_ns``.
@@ -409,17 +411,18 @@ def _apply_live(db, state, path, kind, when, size, mode, mtime_ns, ino, xxh, xsu
         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", (path, kind, when, size, mode, mtime_ns, ino, xxh, xsum, xkind))
 
 
-def _apply_retire(db, state, path, ino, when, history, kind, size, mode, mtime_ns) -> None:
+def _apply_retire(db, state, path, ino, when, history, kind, size, mode, mtime_ns, copy_ino=None) -> None:
     is_dir = kind == "dir"
-    done = db.execute("UPDATE versions SET live_to = ?, history = ? WHERE path = ? AND ino = ? AND live_to IS NULL",
-                      (when, history, path, ino))
+    stored = ino if copy_ino is None else copy_ino
+    done = db.execute("UPDATE versions SET live_to = ?, history = ?, ino = ? WHERE path = ? AND ino = ? "
+                      "AND live_to IS NULL", (when, history, stored, path, ino))
     if not done.rowcount:   # its row is not written yet (another session's batch), or it predates the catalog
         state["placeholders"] = True
         db.execute("INSERT INTO versions(path, type, live_to, size, mode, mtime_ns, ino, history, approx) "
-                   "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1)", (path, kind, when, size, mode, mtime_ns, ino, history))
+                   "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1)", (path, kind, when, size, mode, mtime_ns, stored, history))
     # earlier attribute-only rows of this version were stored at the live path: now in history too
-    db.execute("UPDATE versions SET history = ? WHERE path = ? AND ino = ? AND history IS NULL",
-               (history, path, ino))
+    db.execute("UPDATE versions SET history = ?, ino = ? WHERE path = ? AND ino = ? AND history IS NULL",
+               (history, stored, path, ino))
     if is_dir:
         below = db.execute("SELECT id, path FROM versions WHERE path >= ? AND path < ? AND history IS NULL",
                            (path + b"/", path + b"0")).fetchall()

@@ -386,10 +386,24 @@ class ModuleTree:
                     raise StorageError(f"module {self.module}: {show(path)}: not a regular file")
                 with self._entry_lock(fd, comps):
                     if self._keeps_history(comps):
-                        self.history.preserve_at(fd, comps, st, copy=True)
+                        when = self._when()
+                        kept = self.history.preserve_at(fd, comps, st, copy=True)
+                        if self.catalog is not None:
+                            copy = self.lstat(kept)
+                            self.catalog.retired(join_path(comps), st, when, kept,
+                                                 copy_ino=copy.st_ino if copy is not None else None)
                     return InplaceFile(self, os.open(comps[-1], flags, dir_fd=fd), path, mode, sparse=sparse)
             finally:
                 os.close(fd)
+
+    def record_inplace(self, path: bytes, st: os.stat_result, digest: str | None,
+                       xfer_sum: tuple[str, str] | None) -> None:
+        """Catalog op of an ``--inplace`` rewrite just finished (the live inode is the new version)."""
+        comps = split_path(path, self.module)
+        if self.catalog is not None and self._keeps_history(comps):
+            kind, value = xfer_sum if xfer_sum else (None, None)
+            self.catalog.made_live(join_path(comps), st, self._when(), xxh128=digest, xfer_sum=value,
+                                   xfer_sum_kind=kind)
 
     def delete(self, path: bytes, *, allow_history: bool = False) -> DeleteCounts:
         """Remove the entry at ``path``: into history (one move) or for real.

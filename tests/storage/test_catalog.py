@@ -257,3 +257,20 @@ def test_verify_since_skips_versions_retired_before_it(env):
         assert [f.kind for f in verify_module(t, catalog).findings] == ["missing"]
         later = verify_module(t, catalog, since_ns=time_ns(t2) + NS)
     assert later.findings == [] and later.checked == 1
+
+
+def test_inplace_rewrite_is_a_new_version_and_the_copy_is_stored(env, tmp_path):
+    module, clock, db, tree = env
+    t1 = clock.tick(1)
+    with tree() as t:
+        put(t, b"f", b"first content")
+    t2 = clock.tick(2)
+    with tree() as t:
+        f = t.open_inplace(b"f", 0o600)
+        f.write(b"second")
+        f.commit(mtime_ns=1_700_000_100 * NS, mode=0o644)
+    with tree(catalog=False) as t, Catalog(db) as catalog:
+        assert plan_reconcile(t, catalog, "history-backup", 0).repairs == []
+        assert verify_module(t, catalog).findings == []
+    assert restored(tmp_path, db, module, b"f", t1, "one") == {"f": b"first content"}
+    assert restored(tmp_path, db, module, b"f", t2, "two") == {"f": b"second"}
