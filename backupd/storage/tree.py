@@ -100,6 +100,7 @@ class ModuleTree:
     ) -> None:
         self.module = module
         self.catalog = catalog if history is not None else None
+        self._touched: set[bytes] = set()   # directories whose entries changed (catalog: their final mtime)
         self.fsync = fsync  # fsync staged files before the rename (rsync --fsync)
         self.root = root if isinstance(root, bytes) else os.fsencode(os.fspath(root))
         self._root_fd = -1
@@ -120,6 +121,7 @@ class ModuleTree:
     def close(self) -> None:
         """Flush the catalog, close the root fd; idempotent."""
         if self.catalog is not None:
+            self._record_touched_dirs()
             self.catalog.close()
             self.catalog = None
         if self._root_fd >= 0:
@@ -432,6 +434,7 @@ class ModuleTree:
                     kept = self.history.move_at(fd, comps, st)
                     if self.catalog is not None:
                         self.catalog.retired(join_path(comps), st, when, kept)
+                        self._touched.add(join_path(comps[:-1]))
             finally:
                 os.close(fd)
             if not stat.S_ISDIR(st.st_mode):
@@ -477,6 +480,7 @@ class ModuleTree:
     def _record_install(self, parent_fd, temp, comps, old, kept, when, digest, xfer_sum) -> None:
         """Catalog ops of one install: the old version retired, the new one live."""
         path = join_path(comps)
+        self._touched.add(join_path(comps[:-1]))
         if old is not None:
             self.catalog.retired(path, old, when, kept, pending=True)
         new = _lstat(parent_fd, temp)
@@ -489,6 +493,23 @@ class ModuleTree:
         """Catalog op of a directory just made."""
         if self.catalog is not None and self._keeps_history(comps):
             self.catalog.made_live(join_path(comps), _lstat(parent_fd, name), self._when())
+            self._touched.update((join_path(comps), join_path(comps[:-1])))
+
+    def _record_touched_dirs(self) -> None:
+        """Record the final mode and mtime of every directory this session changed.
+
+        The kernel moves a directory's mtime when entries come and go, and
+        rsync leaves a same-second one alone, so set_attrs alone misses it.
+        """
+        when = self._when() if self._touched else 0
+        for path in sorted(self._touched):
+            try:
+                st = self.lstat(path) if path else None
+            except StorageError:
+                continue
+            if st is not None and stat.S_ISDIR(st.st_mode):
+                self.catalog.attrs(path, st.st_mode, st.st_mtime_ns, when)
+        self._touched.clear()
 
     def _when(self) -> int:
         """Now (ns), by the history's clock, so catalog times and day folders agree."""
