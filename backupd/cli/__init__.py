@@ -40,6 +40,7 @@ def _root(
 
 def _register() -> None:
     from backupd.cli import (  # noqa: F401 - registers their commands
+        catalog,
         history,
         pusher,  # noqa: F401 - watch, push, status
         serve,

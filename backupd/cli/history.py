@@ -1,4 +1,4 @@
-"""``backupd history ls``, ``backupd restore`` and ``backupd prune``: history from the shell.
+"""``backupd prune`` and the helpers every history command shares (``catalog.py`` has the rest).
 
 Each reads the same configuration as ``serve`` (``--config``, else the
 embedded default under ``--data-dir``) and works on the module folders
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
-from datetime import date, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -27,7 +27,6 @@ ConfigOpt = Annotated[Path | None, typer.Option("--config", help=CONFIG_HELP)]
 DataDirOpt = Annotated[Path, typer.Option("--data-dir", help="where the embedded default keeps its module")]
 ModuleArg = Annotated[str, typer.Argument(help="module name")]
 PathArg = Annotated[str, typer.Argument(help="path inside the module")]
-AT_HELP = "YYYY-MM-DD (that day's newest version) or 'YYYY-MM-DD HH:MM[:SS]' (the newest before it)"
 DAYS_HELP = "keep this many days (default: each module's 'history keep days'; 0 = keep all)"
 DEFAULT_DATA_DIR = Path("backupd-data")
 
@@ -79,103 +78,6 @@ def _fail(message: str, code: int = 1) -> SystemExit:
     return SystemExit(code)
 
 
-# ---------------------------------------------------------------- history ls
-
-
-@history_app.command("ls")
-def history_ls(module: ModuleArg, path: PathArg, config: ConfigOpt = None,
-               data_dir: DataDirOpt = DEFAULT_DATA_DIR) -> None:
-    """Every version of PATH: the current one, then history newest first."""
-    from backupd.storage import ModuleTree
-    from backupd.storage.versions import find_versions
-
-    mod = _module(_config(config, data_dir), module)
-    try:
-        with ModuleTree(mod.path, module=mod.name) as tree:
-            versions = find_versions(tree, _wire_path(path), mod.history_dir)
-    except StorageError as exc:
-        raise _fail(str(exc)) from None
-    if not versions:
-        raise _fail(f"{path}: no current version and nothing in {mod.history_dir}/ of module {module}")
-    typer.echo(f"{'DATE':10} {'TIME':8}  {'SIZE':>14}  {'MODIFIED':19}  VERSION")
-    for v in versions:
-        typer.echo(_version_line(v))
-
-
-def _version_line(v) -> str:
-    if v.current:
-        when, clock = "current", ""
-    else:
-        when = v.day.isoformat()
-        clock = v.archived.strftime("%H:%M:%S") if v.archived is not None else "--:--:--"
-    modified = datetime.fromtimestamp(v.mtime_ns / 1e9).strftime("%Y-%m-%d %H:%M:%S")
-    size = _size(v.size) if v.kind == "file" else v.kind
-    return f"{when:10} {clock:8}  {size:>14}  {modified:19}  {os.fsdecode(v.path)}"
-
-
-# ---------------------------------------------------------------- restore
-
-
-def parse_at(text: str) -> date | datetime:
-    """``YYYY-MM-DD`` -> a date; ``YYYY-MM-DD HH:MM[:SS]`` or with ``T`` -> a local datetime.
-
-    Raises:
-        typer.BadParameter: anything else.
-    """
-    text = text.strip()
-    try:
-        if len(text) == 10:
-            return date.fromisoformat(text)
-        return datetime.fromisoformat(text.replace(" ", "T", 1))
-    except ValueError:
-        raise typer.BadParameter(f"{text!r}: want YYYY-MM-DD or 'YYYY-MM-DD HH:MM[:SS]'") from None
-
-
-@app.command()
-def restore(
-    module: ModuleArg,
-    path: PathArg,
-    at: Annotated[str, typer.Option("--at", help=AT_HELP)],
-    to: Annotated[Path, typer.Option("--to", help="directory to copy the version into (created if missing)")],
-    force: Annotated[bool, typer.Option("--force", help="replace what is already there")] = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="show which version goes where, write nothing")] = False,
-    config: ConfigOpt = None,
-    data_dir: DataDirOpt = DEFAULT_DATA_DIR,
-) -> None:
-    """Copy a version of PATH out of the module's history into --to DIR."""
-    from backupd.storage import ModuleTree
-    from backupd.storage.versions import find_versions, pick_version, restore_target, restore_version
-
-    when = parse_at(at)
-    cfg = _config(config, data_dir)
-    mod = _module(cfg, module)
-    try:
-        with ModuleTree(mod.path, module=mod.name) as tree:
-            versions = find_versions(tree, _wire_path(path), mod.history_dir)
-            chosen = pick_version(versions, when)
-            if chosen is None:
-                days = sorted({v.day.isoformat() for v in versions if v.day is not None})
-                shown = ", ".join(days) or "none"
-                raise _fail(f"{path}: no version in history for {at} (days with versions: {shown})")
-            target = restore_target(tree, chosen, to)
-            if dry_run:
-                exists = " (exists: --force would replace it)" if os.path.lexists(target) else ""
-                typer.echo(f"would restore {os.fsdecode(chosen.path)} -> {target}{exists}; dry run, nothing written")
-                return
-            if force and os.path.lexists(target):
-                inside = _module_containing(cfg, target)
-                if inside is not None:
-                    raise _fail(f"{target} is live data of module {inside.name}: "
-                                "--force there would replace it without keeping it in history; restore to "
-                                "another directory and push it back, so the replaced version is kept")
-            target = restore_version(tree, chosen, to, force=force)
-    except FileExistsError as exc:
-        raise _fail(f"{exc.strerror}") from None
-    except (StorageError, OSError) as exc:
-        raise _fail(str(exc)) from None
-    typer.echo(f"restored {os.fsdecode(chosen.path)} -> {target}")
-
-
 # ---------------------------------------------------------------- prune
 
 
@@ -199,11 +101,13 @@ def prune(
 
 
 def _prune_one(mod: ModuleConfig, now: datetime, days: int | None, dry_run: bool) -> bool:
+    from backupd.storage.catalog import module_catalog_file
     from backupd.storage.prune import apply_prune, plan_prune
 
     keep = mod.history_keep_days if days is None else days
     try:
-        plan = plan_prune(mod.path, now, keep, history_dir=mod.history_dir, module=mod.name)
+        plan = plan_prune(mod.path, now, keep, history_dir=mod.history_dir, module=mod.name,
+                          catalog_file=module_catalog_file(mod) if mod.catalog else None)
     except (StorageError, OSError) as exc:
         typer.echo(f"backupd: module {mod.name}: {exc}", err=True)
         return False

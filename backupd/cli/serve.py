@@ -45,6 +45,9 @@ def serve(
         from backupd.transport.stdio import serve_stdio
 
         sys.exit(int(serve_stdio(cfg)))
+    from backupd.ops.catalog_start import reconcile_all
+
+    reconcile_all(cfg)  # a crash left the tree ahead of the catalog: repaired and logged
     reload = None if config is None else functools.partial(load_config, config)
     _serve_tcp(cfg, port if port is not None else cfg.port, address or cfg.address, creds, metrics_address, reload)
 

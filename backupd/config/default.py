@@ -96,6 +96,7 @@ def _default_config(base: Path) -> DaemonConfig:
         secrets_file=base / "secrets",
         history=True,
         history_keep_days=DEFAULT_KEEP_DAYS,
+        catalog_dir=base / "state",
     )
     return DaemonConfig(modules={DEFAULT_MODULE: module}, port=DEFAULT_PORT, address=DEFAULT_ADDRESS)
 

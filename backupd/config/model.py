@@ -64,6 +64,10 @@ class ModuleConfig:
     history: bool = True
     history_dir: str = "history-backup"
     history_keep_days: int = 7
+    # the version catalog (storage/catalog.py): on with history; its directory
+    # (None: the state dir, see catalog.default_state_dir), never inside the module
+    catalog: bool = True
+    catalog_dir: Path | None = None
 
 
 @dataclass(frozen=True)

@@ -291,6 +291,8 @@ PARAMS: tuple[Param, ...] = (
     _m("history", to_bool),
     _m("history dir", to_history_dir),
     _m("history keep days", int_range(0, None)),
+    _m("catalog", to_bool),
+    _m("catalog dir", to_path),
     _m("fsync", to_bool),
     _g("handshake timeout", int_range(1, 3600), "handshake_timeout_s"),
     _g("ssh port", _PORT),

@@ -23,6 +23,7 @@ from loguru import logger
 
 from backupd.config.model import DaemonConfig, ModuleConfig
 from backupd.errors import StorageError
+from backupd.storage.catalog import module_catalog_file
 from backupd.storage.prune import PruneResult, apply_prune, plan_prune
 
 PRUNE_CHECK_S = float(os.environ.get("BACKUPD_PRUNE_CHECK_S") or 60.0)   # "has the day changed?"
@@ -40,7 +41,8 @@ def prune_module(module: ModuleConfig, now: datetime, keep_days: int | None = No
     days = module.history_keep_days if keep_days is None else keep_days
     if not module.history or days <= 0:
         return None
-    plan = plan_prune(module.path, now, days, history_dir=module.history_dir, module=module.name)
+    plan = plan_prune(module.path, now, days, history_dir=module.history_dir, module=module.name,
+                      catalog_file=module_catalog_file(module) if module.catalog else None)
     return apply_prune(plan)
 
 

@@ -26,6 +26,7 @@ from backupd.protocol.xattrs import XattrDecoder
 from backupd.roles.acl_sync import map_acl_ids
 from backupd.roles.xattr_sync import xattr_name_filter
 from backupd.storage import HistoryStore, ModuleTree
+from backupd.storage.catalog import session_writer
 
 
 @dataclass
@@ -381,7 +382,8 @@ def run_push(session, request, negotiated: Negotiated) -> ExitCode:
     adjust_incoming(flist, module)
     history = HistoryStore(module.history_dir.encode()) if module.history else None
     tree = ModuleTree(
-        module.path, module=module.name, history=history, fsync=module.fsync or opts.fsync, root_fd=request.root_fd
+        module.path, module=module.name, history=history, fsync=module.fsync or opts.fsync, root_fd=request.root_fd,
+        catalog=session_writer(module, lambda exc: session.log.warning("catalog of module {}: {}", module.name, exc)),
     )
     try:
         dest_dir = strip_module(opts.paths[0], module.name)

@@ -124,6 +124,8 @@ class Receiver:
                 self._receive_file(ndx, phase, self._basis_path(ndx, basis_type))
         if self.ndx.decode(read) != NDX_DONE:
             raise ProtocolError("Invalid packet at end of run")
+        if self.state.tree.catalog is not None:  # this session's versions are in the catalog before the client ends
+            self.state.tree.catalog.flush()
         self.state.events.put(("goodbye", None))
 
     def _check_ndx(self, ndx: int) -> None:
@@ -224,7 +226,10 @@ class Receiver:
             else:
                 break
         sent = read(self.state.checksum.digest_len)
-        return good and hasher.digest() == sent
+        ok = good and hasher.digest() == sent
+        if ok and staged.staged is not None:  # the catalog keeps the checksum the transfer verified
+            staged.staged.xfer_sum = (self.state.checksum.name, sent.hex())
+        return ok
 
     def _block(self, head, basis, index: int):
         if not 0 <= index < head.count:

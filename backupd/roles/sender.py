@@ -61,6 +61,7 @@ from backupd.roles.flist_builder import BuiltList, FlistBuilder, expand_globs, s
 from backupd.roles.sender_data import SourceFile, file_digest, open_source, send_literal, send_matched
 from backupd.roles.xattr_sync import SenderXattrs, session_am_root, xattr_name_filter, xattr_optim
 from backupd.storage import HistoryStore, ModuleTree
+from backupd.storage.catalog import session_writer
 
 MAX_FILES_FROM_NAMES = 10_000_000   # names in one --files-from list
 MAX_SUM_COUNT = 1 << 26             # blocks in one sum head (8 TiB at 128 KiB blocks)
@@ -156,7 +157,8 @@ def run_pull(session, request, negotiated: Negotiated) -> ExitCode:
     _check_options(opts, request.read_only)
     history = HistoryStore(module.history_dir.encode()) if module.history else None
     try:
-        tree = ModuleTree(module.path, module=module.name, history=history, root_fd=request.root_fd)
+        writer = session_writer(module) if opts.remove_source_files else None  # deletes go to history
+        tree = ModuleTree(module.path, module=module.name, history=history, root_fd=request.root_fd, catalog=writer)
     except StorageError as exc:
         raise RsyncError(f"cannot open module {module.name}: {exc}", ExitCode.FILESELECT) from None
     from backupd.roles.push import build_module_filters

@@ -49,6 +49,8 @@ from backupd.protocol.server_args import (
 from backupd.protocol.sums import SUPPORTED_CHECKSUMS
 from backupd.protocol.wire import decode_vstring, encode_int32, encode_varint, encode_vstring
 from backupd.roles.channel import Inbox, Outbox
+from backupd.roles.snapshot_view import open_view, split_view_name
+from backupd.storage.snapshot import discard as discard_view
 from backupd.transport.privileges import resolve_identity, switch_to
 from backupd.transport.stream import Stream, abort
 
@@ -115,6 +117,8 @@ class Session:
         # (noop_io_until_death), before it the process exits unread and the kernel resets
         self.input_buffered = False
         self.reset_on_close = False
+        self.view_name: str | None = None  # MODULE@T served (snapshot_view.py), and its scratch dir
+        self.view_dir = None
 
     # -- the pre-binary handshake ---------------------------------------------------------
     def handshake(self) -> ModuleRequest | None:
@@ -145,7 +149,9 @@ class Session:
         if line.startswith(b"#"):
             raise DaemonRefusal(f"Unknown command '{line.decode('utf-8', 'replace')}'")
         name = line.decode("utf-8", "replace")
-        module = self.ctx.config.modules.get(name)
+        module, view_at = self.ctx.config.modules.get(name), None
+        if module is None and (view := split_view_name(name, self.ctx.config.modules)) is not None:
+            module, view_at = view   # MODULE@T: snapshot_view.py
         if module is None:
             raise DaemonRefusal(f"Unknown module '{name}'")
         ops_metrics.session_module(self, module)  # ops hook: metrics labels, transfer log
@@ -153,6 +159,9 @@ class Session:
         self._claim_slot(module)
         user, read_only = self._authenticate(module, peer)
         self._report(AUTHENTICATED)
+        if view_at is not None:
+            module, self.view_dir = open_view(module, view_at, self.ctx.session_id, self.log)
+            read_only, self.view_name = True, name
         root_fd = self._enter_module(module)
         self.stream.sendall(b"@RSYNCD: OK\n")
         argv = self._read_args()
@@ -426,6 +435,8 @@ class Session:
 
             return run_pull(self, request, negotiated)
         if request.read_only:
+            if self.view_name is not None:
+                raise RsyncError(f"ERROR: module {self.view_name} is a read-only snapshot view", ExitCode.SYNTAX)
             raise RsyncError("ERROR: module is read only", ExitCode.SYNTAX)
         return run_push(self, request, negotiated)
 
@@ -469,6 +480,8 @@ class Session:
         if self.request is not None and self.request.root_fd is not None:
             os.close(self.request.root_fd)
             self.request.root_fd = None
+        discard_view(self.view_dir)
+        self.view_dir = None
 
     def _close_politely(self) -> None:
         try:

@@ -17,6 +17,7 @@ import time
 from typing import TYPE_CHECKING
 
 import numpy as np
+import xxhash
 
 from backupd.errors import StorageError
 from backupd.storage.fsops import change_owner, fs_errors, show
@@ -45,11 +46,16 @@ class InplaceFile:
         self._fd = fd
         self._pos = 0
         self._done = False
+        # the catalog's xxh128 of the new bytes (written in order from offset 0, then truncated)
+        self._hash = xxhash.xxh128() if tree.catalog is not None else None
+        self.xfer_sum: tuple[str, str] | None = None  # (checksum name, hex) the transfer verified
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Write ``data`` at the current offset (a basis view is copied first: it may alias the file)."""
         self._check_open()
         chunk = bytes(data) if isinstance(data, memoryview) else data
+        if self._hash is not None:
+            self._hash.update(chunk)
         with fs_errors(self._tree.module, self.path):
             if self.sparse:
                 self._write_sparse(memoryview(chunk).cast("B"))
@@ -104,6 +110,8 @@ class InplaceFile:
                     os.utime(self._fd, ns=(time.time_ns(), mtime_ns))
                 if self._tree.fsync:
                     os.fsync(self._fd)
+                if self._hash is not None:
+                    self._tree.record_inplace(self.path, os.fstat(self._fd), self._hash.hexdigest(), self.xfer_sum)
         finally:
             self._close()
 

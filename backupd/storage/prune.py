@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 import re
+import sqlite3
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -87,6 +88,7 @@ class PrunePlan:
     remove: tuple[DayFolder, ...] = ()
     keep: tuple[DayFolder, ...] = ()
     ignored: tuple[tuple[bytes, str], ...] = ()
+    catalog_file: Path | None = None   # the module's catalog: rows of removed folders go too
 
     @property
     def files(self) -> int:
@@ -113,6 +115,7 @@ class PruneResult:
     files: int = 0
     dirs: int = 0
     size: int = 0
+    rows: int = 0
     errors: list[str] = field(default_factory=list)
 
 
@@ -184,7 +187,8 @@ def _as_tree(tree_or_root: ModuleTree | Path | str | bytes, module: str) -> tupl
 
 
 def plan_prune(tree_or_root: ModuleTree | Path | str | bytes, now: datetime, keep_days: int, *,
-               history_dir: bytes | str = b"history-backup", module: str = "") -> PrunePlan:
+               history_dir: bytes | str = b"history-backup", module: str = "",
+               catalog_file: Path | None = None) -> PrunePlan:
     """Decide which day folders of a module's history are older than ``keep_days``.
 
     Reads only: lists the history folder and walks each day folder to count
@@ -196,6 +200,8 @@ def plan_prune(tree_or_root: ModuleTree | Path | str | bytes, now: datetime, kee
         keep_days: days of history kept; 0 keeps everything.
         history_dir: the history folder, relative to the module root.
         module: module name for messages.
+        catalog_file: the module's catalog (``catalog.py``), if it has one:
+            apply removes the rows of each folder with it.
 
     Raises:
         ValueError: negative ``keep_days``.
@@ -208,7 +214,7 @@ def plan_prune(tree_or_root: ModuleTree | Path | str | bytes, now: datetime, kee
     try:
         remove, keep, ignored = _classify(tree, hist, cutoff)
         return PrunePlan(module or tree.module, tree.root, hist, now, keep_days, cutoff,
-                         tuple(remove), tuple(keep), tuple(ignored))
+                         tuple(remove), tuple(keep), tuple(ignored), catalog_file)
     finally:
         if owned:
             tree.close()
@@ -248,7 +254,10 @@ def apply_prune(plan: PrunePlan, *, progress: ProgressFn | None = None) -> Prune
     A folder is removed only if it is still a directory (not a symlink)
     directly in the history folder with a date before the plan's cutoff.
     ``progress(n)`` is called with the number of entries removed since the
-    previous call (the folders, the directories and files inside).
+    previous call (the folders, the directories and files inside). With a
+    catalog, a folder's rows are deleted (and committed) just before the
+    folder: a crash in between leaves files without rows, which the next
+    start's reconcile re-adds and the next prune removes.
 
     Raises:
         PathEscape: the history folder became a symlink.
@@ -263,10 +272,24 @@ def apply_prune(plan: PrunePlan, *, progress: ProgressFn | None = None) -> Prune
             return result
         try:
             for folder in plan.remove:
+                _forget_rows(plan, folder, result)
                 _remove_folder(fd, folder, plan, result, progress)
         finally:
             os.close(fd)
     return result
+
+
+def _forget_rows(plan: PrunePlan, folder: DayFolder, result: PruneResult) -> None:
+    """Delete the catalog rows of the versions stored in ``folder``."""
+    if plan.catalog_file is None or parse_day(folder.name) is None or not os.path.exists(plan.catalog_file):
+        return
+    from backupd.storage.catalog import Catalog
+
+    try:
+        with Catalog(plan.catalog_file) as catalog:
+            result.rows += catalog.forget_history(plan.history_dir + b"/" + folder.name)
+    except (sqlite3.Error, OSError) as exc:
+        result.errors.append(f"catalog {plan.catalog_file}: {exc}")
 
 
 def _remove_folder(hist_fd: int, folder: DayFolder, plan: PrunePlan, result: PruneResult,

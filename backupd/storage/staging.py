@@ -22,6 +22,7 @@ import time
 from typing import TYPE_CHECKING
 
 import numpy as np
+import xxhash
 
 from backupd.errors import StorageError
 from backupd.storage.fsops import (
@@ -82,10 +83,15 @@ class StagedFile:
         self.temp_name, fd = create_temp(parent_fd, comps[-1])
         self._file = open(fd, "wb", buffering=WRITE_BUFFER)  # noqa: SIM115 - closed in finish
         self._done = False
+        # the catalog's xxh128 of the stored bytes, hashed as they are written
+        self._hash = xxhash.xxh128() if tree.catalog is not None else None
+        self.xfer_sum: tuple[str, str] | None = None  # (checksum name, hex) the transfer verified
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Append ``data`` (buffered; any size)."""
         self._check_open()
+        if self._hash is not None:
+            self._hash.update(data)
         with fs_errors(self._tree.module, self.path):
             if self.sparse:
                 self._write_sparse(data)
@@ -228,7 +234,9 @@ class StagedFile:
             with fs_errors(self._tree.module, self.path):
                 self._seal(mode, mtime_ns, uid, gid)
                 self._check_parent()
-                self._tree.install(self._parent_fd, self.temp_name, self._comps, self.path)
+                digest = self._hash.hexdigest() if self._hash is not None else None
+                self._tree.install(self._parent_fd, self.temp_name, self._comps, self.path,
+                                   digest=digest, xfer_sum=self.xfer_sum)
         except BaseException:
             self.abort()
             raise

@@ -33,8 +33,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
+import xxhash
+
 from backupd.errors import StorageError
 from backupd.storage.acls import AclAccess
+from backupd.storage.catalog import hash_entry_at, time_ns
 from backupd.storage.fsops import (
     DIR_READ_FLAGS,
     TMP_TRIES,
@@ -44,6 +47,7 @@ from backupd.storage.fsops import (
     count_tree,
     escape_error,
     fs_errors,
+    join_path,
     listdir_fd,
     open_dir,
     open_step,
@@ -59,6 +63,7 @@ from backupd.storage.xattrs import XattrAccess
 if TYPE_CHECKING:
     from types import TracebackType
 
+    from backupd.storage.catalog import CatalogWriter
     from backupd.storage.history import HistoryStore
 
 
@@ -77,6 +82,9 @@ class ModuleTree:
         fsync: fsync staged files before they are renamed into place.
         root_fd: the module directory already opened (before the session
             switched to the module's uid); the tree keeps a duplicate.
+        catalog: records each version made live or retired (``catalog.py``);
+            only with history, and never for paths inside it. Flushed and
+            closed by :meth:`close`.
 
     Raises:
         StorageError: the root cannot be opened as a directory.
@@ -90,8 +98,11 @@ class ModuleTree:
         history: HistoryStore | None = None,
         fsync: bool = True,
         root_fd: int | None = None,
+        catalog: CatalogWriter | None = None,
     ) -> None:
         self.module = module
+        self.catalog = catalog if history is not None else None
+        self._touched: set[bytes] = set()   # directories whose entries changed (catalog: their final mtime)
         self.fsync = fsync  # fsync staged files before the rename (rsync --fsync)
         self.root = root if isinstance(root, bytes) else os.fsencode(os.fspath(root))
         self._root_fd = -1
@@ -110,7 +121,11 @@ class ModuleTree:
         return self._root_fd
 
     def close(self) -> None:
-        """Close the root fd; idempotent."""
+        """Flush the catalog, close the root fd; idempotent."""
+        if self.catalog is not None:
+            self._record_touched_dirs()
+            self.catalog.close()
+            self.catalog = None
         if self._root_fd >= 0:
             os.close(self._root_fd)
             self._root_fd = -1
@@ -212,6 +227,8 @@ class ModuleTree:
             except FileExistsError:
                 if not (exist_ok and stat.S_ISDIR(_lstat(fd, name).st_mode)):
                     raise
+            else:
+                self._record_new(fd, name, comps)
 
     def makedirs(self, path: bytes, mode: int, *, allow_history: bool = False) -> None:
         """Create ``path`` and missing parents (implied dirs); existing dirs are kept."""
@@ -220,11 +237,13 @@ class ModuleTree:
         with fs_errors(self.module, path):
             fd = os.dup(self._root_fd)
             try:
-                for name in comps:
+                for i, name in enumerate(comps):
                     try:
                         os.mkdir(name, mode, dir_fd=fd)
                     except FileExistsError:
                         pass
+                    else:
+                        self._record_new(fd, name, comps[: i + 1])
                     next_fd = open_step(fd, name, self.module, path)
                     os.close(fd)
                     fd = next_fd
@@ -248,7 +267,7 @@ class ModuleTree:
                 pass  # missing, or not a symlink
             tmp = self._temp_symlink(fd, name, target)
             try:
-                self.install(fd, tmp, comps, path)
+                self.install(fd, tmp, comps, path, digest=_digest(target) if self.catalog else None)
             except BaseException:
                 _unlink_quietly(fd, tmp)
                 raise
@@ -334,6 +353,9 @@ class ModuleTree:
                     chmod_at(fd, name, mode)
                 if mtime_ns is not None:
                     os.utime(name, ns=(st.st_atime_ns, mtime_ns), dir_fd=fd, follow_symlinks=False)
+            if self.catalog is not None and self._keeps_history(comps):
+                self.catalog.attrs(join_path(comps), None if stat.S_ISLNK(st.st_mode) else mode, mtime_ns,
+                                   self._when())
 
     def create_staged(self, path: bytes, mode: int, *, allow_history: bool = False, sparse: bool = False) -> StagedFile:
         """Start new content for file ``path`` (parent must exist); see StagedFile.
@@ -375,10 +397,24 @@ class ModuleTree:
                     raise StorageError(f"module {self.module}: {show(path)}: not a regular file")
                 with self._entry_lock(fd, comps):
                     if self._keeps_history(comps):
-                        self.history.preserve_at(fd, comps, st, copy=True)
+                        when = self._when()
+                        kept = self.history.preserve_at(fd, comps, st, copy=True)
+                        if self.catalog is not None:
+                            copy = self.lstat(kept)
+                            self.catalog.retired(join_path(comps), st, when, kept,
+                                                 copy_ino=copy.st_ino if copy is not None else None)
                     return InplaceFile(self, os.open(comps[-1], flags, dir_fd=fd), path, mode, sparse=sparse)
             finally:
                 os.close(fd)
+
+    def record_inplace(self, path: bytes, st: os.stat_result, digest: str | None,
+                       xfer_sum: tuple[str, str] | None) -> None:
+        """Catalog op of an ``--inplace`` rewrite just finished (the live inode is the new version)."""
+        comps = split_path(path, self.module)
+        if self.catalog is not None and self._keeps_history(comps):
+            kind, value = xfer_sum if xfer_sum else (None, None)
+            self.catalog.made_live(join_path(comps), st, self._when(), xxh128=digest, xfer_sum=value,
+                                   xfer_sum_kind=kind)
 
     def delete(self, path: bytes, *, allow_history: bool = False) -> DeleteCounts:
         """Remove the entry at ``path``: into history (one move) or for real.
@@ -403,7 +439,11 @@ class ModuleTree:
                         return DeleteCounts()
                     if not self._keeps_history(comps):
                         return remove_tree(fd, comps[-1], st)
+                    when = self._when()
                     kept = self.history.move_at(fd, comps, st)
+                    if self.catalog is not None:
+                        self.catalog.retired(join_path(comps), st, when, kept)
+                        self._touched.add(join_path(comps[:-1]))
             finally:
                 os.close(fd)
             if not stat.S_ISDIR(st.st_mode):
@@ -440,20 +480,73 @@ class ModuleTree:
 
     # -- shared with StagedFile -------------------------------------------
 
-    def install(self, parent_fd: int, temp: bytes, comps: tuple[bytes, ...], path: bytes) -> None:
+    def install(self, parent_fd: int, temp: bytes, comps: tuple[bytes, ...], path: bytes, *,
+                digest: str | None = None, xfer_sum: tuple[str, str] | None = None) -> None:
         """Rename ``temp`` over entry ``comps[-1]`` of ``parent_fd``, history first.
 
-        For storage's own use (StagedFile, symlink); raises OSError.
+        For storage's own use (StagedFile, symlink); raises OSError. With a
+        catalog, the retired and the new version are recorded before the
+        rename: ``digest`` is the xxh128 of the new entry's bytes (read from
+        ``temp`` when not given), ``xfer_sum`` ``(checksum name, hex)`` the
+        whole-file checksum the transfer verified.
         """
         name = comps[-1]
+        keeps = self.catalog is not None and self._keeps_history(comps)
         with self._entry_lock(parent_fd, comps):
             try:
                 st = _lstat(parent_fd, name)
             except FileNotFoundError:
                 st = None
-            if st is not None:
-                self._displace(parent_fd, comps, st)
-            os.rename(temp, name, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
+            when = self._when() if keeps else 0
+            kept = self._displace(parent_fd, comps, st) if st is not None else None
+            if not keeps:
+                os.rename(temp, name, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
+                return
+            try:
+                self._record_install(parent_fd, temp, comps, st, kept, when, digest, xfer_sum)
+                os.rename(temp, name, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
+            except BaseException:
+                self.catalog.discard()
+                raise
+            self.catalog.settle()
+
+    def _record_install(self, parent_fd, temp, comps, old, kept, when, digest, xfer_sum) -> None:
+        """Catalog ops of one install: the old version retired, the new one live."""
+        path = join_path(comps)
+        self._touched.add(join_path(comps[:-1]))
+        if old is not None:
+            self.catalog.retired(path, old, when, kept, pending=True)
+        new = _lstat(parent_fd, temp)
+        if digest is None:
+            digest = hash_entry_at(parent_fd, temp, new)
+        kind, value = xfer_sum if xfer_sum else (None, None)
+        self.catalog.made_live(path, new, when, xxh128=digest, xfer_sum=value, xfer_sum_kind=kind, pending=True)
+
+    def _record_new(self, parent_fd: int, name: bytes, comps: tuple[bytes, ...]) -> None:
+        """Catalog op of a directory just made."""
+        if self.catalog is not None and self._keeps_history(comps):
+            self.catalog.made_live(join_path(comps), _lstat(parent_fd, name), self._when())
+            self._touched.update((join_path(comps), join_path(comps[:-1])))
+
+    def _record_touched_dirs(self) -> None:
+        """Record the final mode and mtime of every directory this session changed.
+
+        The kernel moves a directory's mtime when entries come and go, and
+        rsync leaves a same-second one alone, so set_attrs alone misses it.
+        """
+        when = self._when() if self._touched else 0
+        for path in sorted(self._touched):
+            try:
+                st = self.lstat(path) if path else None
+            except StorageError:
+                continue
+            if st is not None and stat.S_ISDIR(st.st_mode):
+                self.catalog.attrs(path, st.st_mode, st.st_mtime_ns, when)
+        self._touched.clear()
+
+    def _when(self) -> int:
+        """Now (ns), by the history's clock, so catalog times and day folders agree."""
+        return time_ns(self.history.now())
 
     @contextmanager
     def _entry_lock(self, parent_fd: int, comps: tuple[bytes, ...]) -> Iterator[None]:
@@ -490,20 +583,23 @@ class ModuleTree:
         finally:
             os.close(fd)  # releases the lock
 
-    def _displace(self, parent_fd: int, comps: tuple[bytes, ...], st: os.stat_result) -> None:
+    def _displace(self, parent_fd: int, comps: tuple[bytes, ...], st: os.stat_result) -> bytes | None:
         """Make way for a rename over ``comps[-1]`` without losing the old entry.
 
         File or symlink: linked (or copied) into history and left in place
         for the atomic rename. Directory, device, special: moved to history.
         Without history only a directory needs removing.
+
+        Returns:
+            The history path the old entry went to (None without history).
         """
         if not self._keeps_history(comps):
             if stat.S_ISDIR(st.st_mode):
                 remove_tree(parent_fd, comps[-1], st)
-        elif stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode):
-            self.history.preserve_at(parent_fd, comps, st)
-        else:
-            self.history.move_at(parent_fd, comps, st)
+            return None
+        if stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode):
+            return self.history.preserve_at(parent_fd, comps, st)
+        return self.history.move_at(parent_fd, comps, st)
 
     def _keeps_history(self, comps: tuple[bytes, ...]) -> bool:
         return self.history is not None and not self.history.contains(comps)
@@ -568,6 +664,10 @@ def _scan_fd(dir_fd: int) -> dict[bytes, os.stat_result]:
             except FileNotFoundError:
                 continue
     return out
+
+
+def _digest(data: bytes) -> str:
+    return xxhash.xxh128(data).hexdigest()
 
 
 def _unlink_quietly(dir_fd: int, name: bytes) -> None:

@@ -58,7 +58,7 @@ USAGE_ERRORS = [
     (("serve", "--port", "99999"), "--port"),
     (("serve", "--port", "-1"), "--port"),
     (("history", "ls"), "Missing argument"),
-    (("restore", "backup", "f", "--to", "/nonexistent-out", "--at", "yesterday"), "'yesterday'"),
+    (("restore", "backup", "f", "--to", "/nonexistent-out", "--at", "xyzzy"), "'xyzzy'"),  # 'yesterday' is a time
     (("prune", "--days", "-3"), "--days"),
     (("watch",), "Missing option '--config'"),
 ]

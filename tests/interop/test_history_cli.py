@@ -39,6 +39,8 @@ def test_deleted_file_comes_back_by_restore_and_by_pull(client, backupd_target, 
         set_mtime(path, T0)
     started = time.time()
     assert_ok(backupd_target.push(client, "-a", f"{src}/"))
+    at = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(time.time()))  # the report is live at this second
+    time.sleep(1.1)
     (src / "docs" / "report.txt").unlink()
     set_mtime(src / "docs", T0 + 10)
     assert_ok(backupd_target.push(client, "-a", "--delete", f"{src}/"))
@@ -53,26 +55,29 @@ def test_deleted_file_comes_back_by_restore_and_by_pull(client, backupd_target, 
     assert "current" not in listed.stdout
 
     out = tmp_path / "restored"
-    dry = backupd("restore", "mod", "docs/report.txt", "--at", day, "--to", out, "--dry-run", "--config", conf)
+    gone = backupd("restore", "mod", "docs/report.txt", "--at", day, "--to", out, "--config", conf)
+    assert gone.returncode == 1 and "nothing was live" in gone.stderr, gone.stderr  # deleted by the day's end
+    dry = backupd("restore", "mod", "docs/report.txt", "--at", at, "--to", out, "--dry-run", "--config", conf)
     assert dry.returncode == 0, dry.stderr
     assert f"-> {out / 'report.txt'}" in dry.stdout and "nothing written" in dry.stdout
     assert not out.exists(), "restore --dry-run created its target directory"
-    done = backupd("restore", "mod", "docs/report.txt", "--at", day, "--to", out, "--config", conf)
+    done = backupd("restore", "mod", "docs/report.txt", "--at", at, "--to", out, "--config", conf)
     assert done.returncode == 0, done.stderr
     assert (out / "report.txt").read_text() == "the first report\n"
     assert os.stat(out / "report.txt").st_mtime_ns == T0 * 10**9
-    again = backupd("restore", "mod", "docs/report.txt", "--at", day, "--to", out, "--config", conf)
+    again = backupd("restore", "mod", "docs/report.txt", "--at", at, "--to", out, "--config", conf)
     assert again.returncode == 1 and "--force" in again.stderr
     (out / "report.txt").write_text("changed locally\n")
-    forced = backupd("restore", "mod", "docs/report.txt", "--at", day, "--to", out, "--force", "--config", conf)
+    forced = backupd("restore", "mod", "docs/report.txt", "--at", at, "--to", out, "--force", "--config", conf)
     assert forced.returncode == 0 and (out / "report.txt").read_text() == "the first report\n"
-    # --force onto live data of the module would lose the live version: refused, nothing changed
+    # --force onto live data of the module is a versioned change: the replaced version goes to history
     live = backupd_target.module / "keep.txt"
     (backupd_target.module / "report.txt").write_text("live, newer\n")
-    into = backupd("restore", "mod", "docs/report.txt", "--at", day, "--to", backupd_target.module, "--force",
+    into = backupd("restore", "mod", "docs/report.txt", "--at", at, "--to", backupd_target.module, "--force",
                    "--config", conf)
-    assert into.returncode == 1 and "live data of module mod" in into.stderr, into.stderr
-    assert (backupd_target.module / "report.txt").read_text() == "live, newer\n"
+    assert into.returncode == 0, into.stderr
+    assert (backupd_target.module / "report.txt").read_text() == "the first report\n"
+    assert b"live, newer\n" in backupd_target.versions("report.txt")
     assert live.read_text() == "stays\n"
 
     pulled = tmp_path / "pulled"
