@@ -16,7 +16,8 @@ as the channel's exit status. Shells, other commands, subsystems (sftp),
 pty, port/agent/X11 forwarding are refused (one line on stderr, exit status
 1, or the SSH refusal for forwarding); env requests are accepted by asyncssh
 and never reach a session. A client address that no module's ``hosts
-allow``/``hosts deny`` admits is disconnected before it can authenticate.
+allow``/``hosts deny`` admits is disconnected before it can authenticate
+(a host that some module admits gets the daemon's refusal for the others).
 
 The server runs in its own process with its own event loop
 (``start_ssh_process``), forked by ``backupd serve`` next to the TCP listener.
@@ -162,7 +163,7 @@ class SshLogin(asyncssh.SSHServer):
         self._fd: int | None = None
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
-        """Check the address against the modules' host rules before any authentication."""
+        """Note the peer and the connection's descriptor (closed in every worker)."""
         self.conn = conn
         peer = conn.get_extra_info("peername")
         self.addr = peer[0] if peer else "?"
@@ -170,9 +171,6 @@ class SshLogin(asyncssh.SSHServer):
         if sock is not None:
             self._fd = sock.fileno()
             self.daemon.inherited.add(self._fd)
-        if not self.daemon.host_allowed(self.addr):
-            logger.warning("SSH connection from {} refused: no module allows this host", self.addr)
-            conn.disconnect(asyncssh.DISC_HOST_NOT_ALLOWED_TO_CONNECT, f"access denied from {self.addr}")
 
     def connection_lost(self, exc: Exception | None) -> None:
         """Forget the connection's descriptor."""
@@ -181,7 +179,16 @@ class SshLogin(asyncssh.SSHServer):
             self._fd = None
 
     def begin_auth(self, username: str) -> bool:
-        """Load the user's authorized_keys; authentication is always required."""
+        """Host rules first, then the user's authorized_keys; authentication is always required.
+
+        A client address that no module admits is disconnected here, after the
+        key exchange (so the client can print the reason) and before any
+        authentication attempt.
+        """
+        if not self.daemon.host_allowed(self.addr):
+            logger.warning("SSH connection from {} refused: no module allows this host", self.addr)
+            self.conn.disconnect(asyncssh.DISC_HOST_NOT_ALLOWED_TO_CONNECT, f"access denied from {self.addr}")
+            return True
         self.keys = load_authorized_keys(self.daemon.config.ssh_authorized_keys, username)
         return True
 
@@ -247,15 +254,30 @@ class SshLogin(asyncssh.SSHServer):
 class _Pump(asyncio.Protocol):
     """The listener's end of a worker's socketpair: worker output -> SSH channel."""
 
-    def __init__(self, channel: RsyncChannel) -> None:
-        self.channel = channel
-
     def data_received(self, data: bytes) -> None:
         self.channel.chan.write(data)
 
+    def __init__(self, channel: RsyncChannel) -> None:
+        self.channel = channel
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+
     def eof_received(self) -> bool:
+        """The worker has said everything (its shutdown(SHUT_WR) after the final goodbye).
+
+        EOF to the client, as the worker's shutdown does on TCP, and EOF back to
+        the worker: it waits for the client's end (draining, as on TCP), but a
+        protocol-30 client reads its one NDX_DONE and then waits for ssh to
+        exit, so that end never comes while the channel is open. Whatever the
+        client still sends is dropped, as sshd drops it after rsync exits.
+        """
+        self.channel.chan.write_eof()
+        if self.transport is not None and self.transport.can_write_eof():
+            self.transport.write_eof()
         self.channel.stream_ended()
-        return True  # the worker may still drain what the client sends
+        return True
 
     def pause_writing(self) -> None:
         self.channel.chan.pause_reading()
@@ -343,11 +365,11 @@ class RsyncChannel(asyncssh.SSHServerSession):
     def data_received(self, data: bytes, datatype) -> None:  # noqa: D102
         if self.pump is None:
             self.early.append(data)
-        else:
+        elif not self._ended and not self.pump.is_closing():
             self.pump.write(data)
 
     def eof_received(self) -> bool:  # noqa: D102
-        if self.pump is not None and not self.pump.is_closing():
+        if self.pump is not None and not self._ended and not self.pump.is_closing():
             self.pump.write_eof()
         return True
 
