@@ -390,3 +390,75 @@ def test_host_key_is_made_once_with_mode_600(ssh_server):
     key = server.work / "host_key"
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
     assert "fingerprint SHA256:" in server.log.log()
+
+
+# ---------------------------------------------------------------- a killed client, passwords
+
+
+def test_client_killed_mid_push_leaves_old_or_new_version(ssh_server, rsync_clients, tmp_path):
+    client = rsync_clients["3.5.0"]
+    server = ssh_server()
+    src = tmp_path / "src"
+    src.mkdir()
+    big = src / "big.bin"
+    big.write_bytes(os.urandom(32 << 20))
+    assert_ok(server.rsync(client, "shell", "alice", "-a", f"{src}/", server.url("shell", "alice")))
+    old = (server.module / "big.bin").read_bytes()
+    big.write_bytes(os.urandom(32 << 20))
+    new = big.read_bytes()
+    argv = [*client.argv_prefix, "-a", "--bwlimit=8m", "-e", server.rsh("alice"), f"{src}/",
+            server.url("shell", "alice")]
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        for _ in range(400):  # the receiver's temp file shows the transfer is under way
+            if any(n.startswith(".big.bin.") for n in os.listdir(server.module)):
+                break
+            time.sleep(0.025)
+        else:
+            raise AssertionError("no temp file appeared")
+        time.sleep(0.5)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+    for _ in range(200):  # the worker sees the channel close and ends
+        if server.log.log().count("session ended with code") >= 2:
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError("the session did not end after the client was killed:\n" + server.log.log())
+    now = (server.module / "big.bin").read_bytes()
+    assert now in (old, new), "torn file"
+    if now == new:
+        assert [p.read_bytes() for p in (server.module / HISTORY).rglob("big.bin*")] == [old]
+    assert not [n for n in os.listdir(server.module) if n.startswith(".big.bin.")]
+    assert_ok(server.rsync(client, "shell", "alice", "-a", f"{src}/", server.url("shell", "alice")))
+    assert (server.module / "big.bin").read_bytes() == new
+
+
+def _password_login(port: int, user: str, password: str) -> str:
+    """Log in with a password (asyncssh client: OpenSSH needs a tty for it); what a shell request gets."""
+    import asyncio
+
+    import asyncssh
+
+    async def attempt() -> str:
+        try:
+            async with asyncssh.connect("127.0.0.1", port, username=user, password=password, known_hosts=None,
+                                        client_keys=None, agent_path=None, preferred_auth="password") as conn:
+                done = await conn.run("cat /etc/passwd", check=False)
+                return f"exit {done.exit_status}: {done.stderr.strip()}"
+        except asyncssh.PermissionDenied:
+            return "permission denied"
+
+    return asyncio.run(asyncio.wait_for(attempt(), 30))
+
+
+def test_password_auth_is_off_by_default_and_uses_the_secrets_file(ssh_server):
+    off = ssh_server()
+    assert _password_login(off.ssh_port, "alice", SECRETS["alice"]) == "permission denied"
+    on = ssh_server(global_params={"ssh password auth": True})
+    assert _password_login(on.ssh_port, "alice", "wrong") == "permission denied"
+    assert _password_login(on.ssh_port, "carol", SECRETS["carol"]) == "permission denied"  # not in auth users
+    got = _password_login(on.ssh_port, "alice", SECRETS["alice"])
+    assert got.startswith("exit 1: backupd: command refused"), got  # logged in; still only rsync runs
