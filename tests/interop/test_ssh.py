@@ -462,3 +462,28 @@ def test_password_auth_is_off_by_default_and_uses_the_secrets_file(ssh_server):
     assert _password_login(on.ssh_port, "carol", SECRETS["carol"]) == "permission denied"  # not in auth users
     got = _password_login(on.ssh_port, "alice", SECRETS["alice"])
     assert got.startswith("exit 1: backupd: command refused"), got  # logged in; still only rsync runs
+
+
+def test_pusher_full_sync_over_ssh(ssh_server, tmp_path):
+    """``backupd push`` with a ``transport: ssh`` target: the stock client over -e ssh, history kept."""
+    import sys
+
+    import yaml
+
+    server = ssh_server()
+    known = tmp_path / "known_hosts"
+    known.write_text(f"[127.0.0.1]:{server.ssh_port} " + (server.work / "host_key.pub").read_text())
+    src = make_tree(tmp_path / "src", {"a.txt": "one\n", "d": {"b.txt": "two\n"}})
+    target = {"url": f"rsync://alice@127.0.0.1:{server.ssh_port}/{MODULE}/sub", "transport": "ssh",
+              "identity_file": str(server.keys["alice"]), "known_hosts": str(known)}
+    config = tmp_path / "pusher.yaml"
+    config.write_text(yaml.safe_dump({"state_dir": str(tmp_path / "state"),
+                                      "sources": [{"path": str(src), "targets": [target]}]}))
+    since = time.time()
+    for content in ("one\n", "changed\n"):
+        (src / "a.txt").write_text(content)
+        done = subprocess.run([sys.executable, "-m", "backupd", "push", "--config", str(config)],
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert_trees_equal(src, server.module / "sub", check_dir_mtimes=False)
+    assert (server.module / HISTORY / _today(since) / "sub" / "a.txt").read_text() == "one\n"
