@@ -131,6 +131,8 @@ def test_push_then_delete_push_keeps_history(ssh_server, rsync_client, stdlib_tr
     server = ssh_server()
     src = copy_tree(stdlib_trees["subset"], tmp_path / "src")
     make_tree(src, SEED)
+    for path in sorted(src.rglob("*"), reverse=True) + [src]:  # whole seconds, as rsync compares them
+        set_mtime(path, T0)
     since = time.time()
     assert_ok(server.rsync(rsync_client, form, "alice", "-a", f"{src}/", server.url(form, "alice")))
     assert_trees_equal(src, server.module, mtime_precision_ns=rsync_client.mtime_precision_ns)
@@ -138,6 +140,7 @@ def test_push_then_delete_push_keeps_history(ssh_server, rsync_client, stdlib_tr
     (src / "change.txt").write_text("second version, longer\n")
     (src / "gone.txt").unlink()
     shutil.rmtree(src / "json")
+    set_mtime(src, T0 + 100)  # rsync compares mtimes in whole seconds: this push may run in the same second
     assert_ok(server.rsync(rsync_client, form, "alice", "-a", "--delete", f"{src}/", server.url(form, "alice")))
     assert_trees_equal(src, server.module, mtime_precision_ns=rsync_client.mtime_precision_ns)
     day = server.module / HISTORY / _today(since)
@@ -184,6 +187,7 @@ def test_delta_repush_of_a_large_file_sends_mostly_matched_data(ssh_server, rsyn
     with open(big, "r+b") as f:
         f.seek(4 << 20)
         f.write(b"changed in the middle")
+    set_mtime(big, T0 + 100)  # the same size: only another mtime (in whole seconds) makes rsync look
     done = assert_ok(server.rsync(client, "shell", "alice", "-a", "--no-whole-file", "--stats", f"{src}/",
                                   server.url("shell", "alice")))
     stats = parse_stats(done.stdout)
