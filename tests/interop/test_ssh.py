@@ -491,3 +491,20 @@ def test_pusher_full_sync_over_ssh(ssh_server, tmp_path):
         assert done.returncode == 0, done.stdout + done.stderr
         assert_trees_equal(src, server.module / "sub", check_dir_mtimes=False)
     assert (server.module / HISTORY / _today(since) / "sub" / "a.txt").read_text() == "one\n"
+
+
+def test_embedded_default_prints_a_working_ssh_command(backupd_server, tmp_path):
+    ssh_port = free_port()
+    server = backupd_server(None, args=("--ssh-port", str(ssh_port)))
+    _wait_port(ssh_port)
+    data = server.cwd / "backupd-data"
+    lines = [line for line in server.log().splitlines() if line.startswith("rsync -a -e 'ssh")]
+    assert len(lines) == 1, server.log()
+    assert f"ssh -p {ssh_port} -i {data}/ssh_client_ed25519 -o UserKnownHostsFile={data}/known_hosts" in lines[0]
+    assert lines[0].endswith(" ./yourdir/ backup@127.0.0.1:backup/")
+    assert stat.S_IMODE((data / "ssh_client_ed25519").stat().st_mode) == 0o600
+    make_tree(tmp_path / "yourdir", {"f.txt": "pushed over ssh\n"})
+    command = lines[0].replace("ssh -p", "ssh -o BatchMode=yes -p", 1)  # the known_hosts line makes it strict-safe
+    done = subprocess.run(command, shell=True, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert (data / "backup" / "f.txt").read_text() == "pushed over ssh\n"
