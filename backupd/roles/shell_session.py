@@ -20,10 +20,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from backupd.config.model import ModuleConfig
-from backupd.errors import DaemonRefusal, ExitCode
+from backupd.errors import DaemonRefusal, ExitCode, ProtocolError
 from backupd.ops import metrics as ops_metrics
 from backupd.protocol.constants import MAX_PROTOCOL, MIN_PROTOCOL
-from backupd.protocol.server_args import parse_server_args_lenient
+from backupd.protocol.server_args import has_protected_args, parse_server_args_lenient
 from backupd.protocol.wire import decode_int32, encode_int32
 from backupd.roles.session import (
     AUTH_FAILED,
@@ -91,6 +91,8 @@ class ShellSession(Session):
                 ``max connections``, a user the module's ``auth users`` refuse.
         """
         with handshake_deadline(self.ctx.config.handshake_timeout_s):
+            if has_protected_args([b"rsync", *self.argv]):
+                self.argv = self.argv + self._read_protected_args()
             opts, error = parse_server_args_lenient(self.argv)
             self._opts = opts
             protocol = self._exchange_protocol()
@@ -106,6 +108,25 @@ class ShellSession(Session):
             root_fd = self._enter_module(module)
             self.log = self.log.bind(module=module.name)
             return ModuleRequest(module, self.user, read_only, protocol, opts, error, root_fd)
+
+    def _read_protected_args(self) -> list[bytes]:
+        """``-s`` (``--secluded-args``): the real arguments come first on the stream.
+
+        Wire: NUL-terminated words, ``rsync`` first (dropped here), an empty
+        word ends the list; the rest (``.`` and the paths) follows the
+        command line's options. Source: rsync main.c main() (``am_server &&
+        protect_args``: read_args()), as the daemon's second argument list.
+
+        Raises:
+            ProtocolError: over 1024 arguments or one over 4096 bytes.
+        """
+        words = []
+        for _ in range(1025):
+            word = self.inbox.read_until_nul(4096)
+            if not word:
+                return words[1:] if words and words[0] == b"rsync" else words
+            words.append(word)
+        raise ProtocolError("secluded argument list over 1024 arguments")
 
     def _exchange_protocol(self) -> int:
         """Write our version, read the client's (int32 each); the session speaks the lower.

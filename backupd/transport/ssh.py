@@ -38,6 +38,7 @@ from loguru import logger
 
 from backupd.config.access import PeerName, allow_access
 from backupd.config.model import DaemonConfig
+from backupd.protocol.server_args import has_protected_args
 from backupd.roles.session import run_session
 from backupd.roles.shell_session import run_shell_session
 from backupd.transport.ssh_auth import FailureLog, load_authorized_keys, password_matches
@@ -61,9 +62,12 @@ def parse_command(command: str) -> tuple[str, list[bytes]]:
     first). The client quotes arguments for a POSIX shell (rsync 3.2.4+
     backslash-escapes them), so the words are split as a shell would.
 
+    With ``-s`` (``--secluded-args``) the command holds options only; the
+    real arguments come first on the channel.
+
     Raises:
-        Refused: anything that is not ``rsync --server ... . PATH...`` or
-            exactly ``rsync --server --daemon .``.
+        Refused: anything that is not ``rsync --server ... . PATH...``,
+            ``rsync --server -s...`` or exactly ``rsync --server --daemon .``.
     """
     shown = command if len(command) <= 80 else command[:77] + "..."
     try:
@@ -72,14 +76,17 @@ def parse_command(command: str) -> tuple[str, list[bytes]]:
         words = []
     if len(words) < 3 or os.path.basename(words[0]) != "rsync" or words[1] != "--server":
         raise Refused(f"backupd: command refused: {shown!r}; this server only runs rsync --server")
+    argv = [os.fsencode(w) for w in words[1:]]
     options = words[2 : words.index(".")] if "." in words[2:] else None
     if options is None:
+        if all(w.startswith("-") for w in words[2:]) and has_protected_args([b"rsync", *argv]):
+            return "shell", argv  # -s: the arguments follow on the channel (shell_session reads them)
         raise Refused(f"backupd: command refused: {shown!r} names no '.' before its paths")
     if "--daemon" in options:
         if words[1:] != ["--server", "--daemon", "."]:
             raise Refused(f"backupd: command refused: {shown!r}; daemon mode is 'rsync --server --daemon .'")
         return "daemon", []
-    return "shell", [os.fsencode(w) for w in words[1:]]
+    return "shell", argv
 
 
 class SshDaemon:

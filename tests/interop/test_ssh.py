@@ -508,3 +508,20 @@ def test_embedded_default_prints_a_working_ssh_command(backupd_server, tmp_path)
     done = subprocess.run(command, shell=True, cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert (data / "backup" / "f.txt").read_text() == "pushed over ssh\n"
+
+
+def test_secluded_args_push_and_pull(ssh_server, rsync_client, tmp_path):
+    """``-s``: the command line holds options only; paths (spaces, non-UTF-8) come on the channel."""
+    server = ssh_server()
+    odd = os.fsdecode(b"caf\xe9 \xff.txt")
+    src = make_tree(tmp_path / "src", {"a b": {"c d.txt": "spaced\n"}, odd: "latin-1 name\n"})
+    for path in sorted(src.rglob("*"), reverse=True) + [src]:
+        set_mtime(path, T0)
+    push = server.url("shell", "alice", "in dir/")
+    assert_ok(server.rsync(rsync_client, "shell", "alice", "-s", "-a", f"{src}/", push))
+    assert_trees_equal(src, server.module / "in dir", mtime_precision_ns=rsync_client.mtime_precision_ns)
+    dst = tmp_path / "dst"
+    assert_ok(server.rsync(rsync_client, "shell", "bob", "-s", "-a", server.url("shell", "bob", "in dir/"), f"{dst}/"))
+    assert_trees_equal(src, dst, mtime_precision_ns=rsync_client.mtime_precision_ns)
+    escape = server.rsync(rsync_client, "shell", "alice", "-s", "-a", f"{src}/", server.url("shell", "alice", "../x/"))
+    assert escape.returncode == 5 and "tries to leave its module" in escape.stderr, show(escape)

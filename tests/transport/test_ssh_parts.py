@@ -29,6 +29,8 @@ from backupd.transport.ssh_auth import (
          [b"--server", b"--sender", b"-logDtpre.iLsfxCIvu", b".", b"mod/a b"])),
         ("/usr/bin/rsync --server -r . 'mod/it''s'", ("shell", [b"--server", b"-r", b".", b"mod/its"])),
         ("rsync --server --daemon .", ("daemon", [])),
+        ("rsync --server --sender -slogDtpre.iLsfxCIvu",
+         ("shell", [b"--server", b"--sender", b"-slogDtpre.iLsfxCIvu"])),
     ],
 )
 def test_rsync_server_commands_are_accepted(command, want):
@@ -43,6 +45,7 @@ def test_rsync_server_commands_are_accepted(command, want):
         "rsync --version",
         "rsync --server",
         "rsync --server -r mod/",  # no "." before the paths
+        "rsync --server -s mod/",  # -s: options only on the command line
         "rsync --server --daemon --config=/etc/passwd .",
         "rsync --server --daemon . extra",
         "rsync --server 'unbalanced",
