@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import sys
@@ -11,6 +12,7 @@ import typer
 from loguru import logger
 
 from backupd.cli import app
+from backupd.errors import ConfigError
 from backupd.ops.logging import setup_logging
 
 
@@ -25,6 +27,7 @@ def serve(
         Path("backupd-data"), "--data-dir", help="where the embedded default keeps its module"
     ),
     metrics_address: str = typer.Option(None, "--metrics-address", help="serve Prometheus metrics on HOST:PORT"),
+    ssh_port: int = typer.Option(None, "--ssh-port", min=0, max=65535, help="SSH port for rsync -e ssh (0 = off)"),
 ) -> None:
     """Serve rsync clients: every overwritten or deleted file is kept in history."""
     from backupd.config.load import load_config, module_path_problems
@@ -49,10 +52,40 @@ def serve(
 
     reconcile_all(cfg)  # a crash left the tree ahead of the catalog: repaired and logged
     reload = None if config is None else functools.partial(load_config, config)
-    _serve_tcp(cfg, port if port is not None else cfg.port, address or cfg.address, creds, metrics_address, reload)
+    if ssh_port is not None:
+        cfg = dataclasses.replace(cfg, ssh_port=ssh_port)
+    ssh = _prepare_ssh(cfg, data_dir if config is None else None, address or cfg.address, reload)
+    _serve_tcp(cfg, port if port is not None else cfg.port, address or cfg.address, creds, metrics_address, reload, ssh)
 
 
-def _serve_tcp(cfg, port: int, address: str | None, creds, metrics_address: str | None = None, reload=None) -> None:
+def _prepare_ssh(cfg, data_dir: Path | None, address: str | None, reload):
+    """The SSH listener (bound, not started) and the embedded default's hint, or None when off."""
+    if not cfg.ssh_port:
+        return None
+    from backupd.transport.ssh import SshDaemon, bind_ssh
+    from backupd.transport.ssh_auth import HOST_KEY_NAME, ensure_client_key, ensure_host_key
+
+    host = cfg.ssh_address or address
+    if data_dir is not None:  # the embedded default: keys and authorized_keys under backupd-data/
+        base = data_dir.absolute()
+        keys = base / "authorized_keys" / "%u"
+        cfg = dataclasses.replace(cfg, ssh_host_key=base / HOST_KEY_NAME, ssh_authorized_keys=keys)
+    key_path = cfg.ssh_host_key or (cfg.source.parent if cfg.source else Path.cwd()) / HOST_KEY_NAME
+    try:
+        host_key = ensure_host_key(key_path)
+        hint = ensure_client_key(data_dir.absolute(), host_key, host, cfg.ssh_port) if data_dir is not None else None
+        sockets = bind_ssh(host, cfg.ssh_port)
+    except (OSError, ConfigError) as exc:
+        typer.echo(f"backupd: SSH on {host or '*'}:{cfg.ssh_port}: {exc}", err=True)
+        raise typer.Exit(10) from None
+    if cfg.ssh_authorized_keys is None and not cfg.ssh_password_auth:
+        logger.warning("SSH: neither 'ssh authorized keys' nor 'ssh password auth' is set: nobody can log in")
+    logger.info("backupd SSH listening on {}:{}", host or "*", cfg.ssh_port)
+    return SshDaemon(cfg, sockets, host_key, reload=reload), hint
+
+
+def _serve_tcp(cfg, port: int, address: str | None, creds, metrics_address: str | None = None, reload=None,
+               ssh=None) -> None:
     from backupd.transport.tcp import DaemonServer
     from backupd.transport.worker import preload_session_modules
 
@@ -63,6 +96,11 @@ def _serve_tcp(cfg, port: int, address: str | None, creds, metrics_address: str 
     except OSError as exc:
         typer.echo(f"backupd: cannot listen on {address or '*'}:{port}: {exc.strerror}", err=True)
         raise typer.Exit(10) from None
+    if ssh is not None:
+        from backupd.transport.ssh import start_ssh_process
+
+        ssh[0].slot_fd = server.slot_fd
+        server.sidecars[start_ssh_process(ssh[0], server.listeners)] = "SSH listener"
     exporter = _start_metrics(metrics_address, cfg, server)  # ops hook: backupd/ops/metrics.py
     if cfg.pid_file is not None:
         cfg.pid_file.write_text(f"{os.getpid()}\n")
@@ -74,6 +112,9 @@ def _serve_tcp(cfg, port: int, address: str | None, creds, metrics_address: str 
             typer.echo(f"Created module 'backup' in {cfg.modules['backup'].path} with user '{creds.user}'.")
         typer.echo("Push a folder to it with:")
         typer.echo(push_command_hint(cfg, creds, port=port, address=address))
+        if ssh is not None and ssh[1] is not None:
+            typer.echo("or over SSH with:")
+            typer.echo(ssh[1])
     sys.stdout.flush()
     from backupd.ops.retention import PRUNE_CHECK_S, daily_prune_job  # history retention, once a day
 

@@ -85,8 +85,12 @@ class DaemonConfig:
     # backupd's own: greeting, module line and auth must complete within this
     # many seconds (a deadline for the whole pre-auth phase, not per read)
     handshake_timeout_s: int = 60
+    # the SSH transport (transport/ssh.py): off when the port is None or 0;
+    # `ssh authorized keys` may hold OpenSSH's %u (the login name)
     ssh_port: int | None = None
+    ssh_address: str | None = None
     ssh_host_key: Path | None = None
     ssh_authorized_keys: Path | None = None
+    ssh_password_auth: bool = False
     source: Path | None = None
     warnings: tuple[str, ...] = ()

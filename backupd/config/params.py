@@ -296,8 +296,10 @@ PARAMS: tuple[Param, ...] = (
     _m("fsync", to_bool),
     _g("handshake timeout", int_range(1, 3600), "handshake_timeout_s"),
     _g("ssh port", _PORT),
+    _g("ssh address", to_opt_str),
     _g("ssh host key", to_path),
     _g("ssh authorized keys", to_path),
+    _g("ssh password auth", to_bool),
     # rsyncd module parameters accepted and ignored
     _ignored("name"),
     _ignored("charset"),

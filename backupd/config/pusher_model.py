@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote, unquote
@@ -17,6 +18,7 @@ from urllib.parse import quote, unquote
 from backupd.errors import ConfigError
 
 RSYNC_PORT = 873
+SSH_PORT = 22
 _URL = re.compile(r"^rsync://(?:(?P<user>[^@/]+)@)?(?P<host>\[[^\]]+\]|[^:/]+)(?::(?P<port>\d+))?/(?P<rest>.*)$")
 
 
@@ -34,6 +36,11 @@ class Target:
     port: int = RSYNC_PORT
     user: str | None = None
     password_file: Path | None = None
+    # "ssh": push with ``rsync -e 'ssh -p PORT [-i identity_file]' SRC user@host:module/path``
+    # (backupd's SSH transport); ``port`` is then the SSH port
+    transport: str = "rsync"
+    identity_file: Path | None = None
+    known_hosts: Path | None = None  # ssh: the server's host key (else the user's ~/.ssh/known_hosts)
 
     @property
     def url(self) -> str:
@@ -48,25 +55,47 @@ class Target:
         parts = [p for p in (self.path, remote_subdir.strip("/")) if p]
         tail = "".join(f"/{p}" for p in parts)
         who = f"{self.user}@" if self.user else ""
+        if self.transport == "ssh":
+            return f"{who}{self.host}:{self.module}{tail}/"
         return f"rsync://{who}{self.host}:{self.port}/{self.module}{tail}/"
 
+    def rsh(self) -> str | None:
+        """The ``-e`` remote shell of an SSH target (BatchMode: never a prompt), else None."""
+        if self.transport != "ssh":
+            return None
+        identity = f" -i {shlex.quote(str(self.identity_file))}" if self.identity_file is not None else ""
+        known = f" -o UserKnownHostsFile={shlex.quote(str(self.known_hosts))}" if self.known_hosts else ""
+        return f"ssh -p {self.port}{identity}{known} -o BatchMode=yes"
 
-def parse_target_url(url: str, password_file: Path | None = None, where: str = "") -> Target:
+
+def parse_target_url(
+    url: str, password_file: Path | None = None, where: str = "", *, transport: str = "rsync",
+    identity_file: Path | None = None, known_hosts: Path | None = None,
+) -> Target:
     """Parse ``rsync://[user@]host[:port]/module[/subdir]`` into a :class:`Target`.
 
+    With ``transport="ssh"`` the port is the SSH port (22 when the URL has
+    none) and the push goes over ``rsync -e ssh``.
+
     Raises:
-        ConfigError: not an rsync:// URL or no module named (``where`` prefixes it).
+        ConfigError: not an rsync:// URL, no module named, or an unknown
+            transport (``where`` prefixes it).
     """
+    if transport not in ("rsync", "ssh"):
+        raise ConfigError(f"{where}target {url!r}: transport {transport!r} is not 'rsync' or 'ssh'")
     match = _URL.match(url.strip())
     rest = match["rest"].strip("/") if match else ""
     if not match or not rest:
         raise ConfigError(f"{where}target {url!r}: expected rsync://[user@]host[:port]/module[/subdir]")
     module, _, path = rest.partition("/")
     user = unquote(match["user"]) if match["user"] else None
-    port = int(match["port"]) if match["port"] else RSYNC_PORT
+    port = int(match["port"]) if match["port"] else (SSH_PORT if transport == "ssh" else RSYNC_PORT)
     if not 0 < port < 65536:
         raise ConfigError(f"{where}target {url!r}: port {port} outside 1..65535")
-    return Target(match["host"], module, path.strip("/"), port, user, password_file)
+    if transport == "ssh":
+        password_file = None  # rsync: "--password-file ... may only be used when accessing an rsync daemon"
+    return Target(match["host"], module, path.strip("/"), port, user, password_file, transport, identity_file,
+                  known_hosts)
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ under a top-level ``pusher:`` key, beside a server's ``global``/``modules``)::
         targets:
           - rsync://rsync@10.0.0.5/backup1
           - {url: "rsync://rsync@10.0.0.6:8730/backup1", password_file: /etc/other.pass}
+          - {url: "rsync://rsync@10.0.0.7:2222/backup1", transport: ssh, identity_file: /etc/backupd/id_ed25519}
 
 Durations are seconds, or strings with a unit: ``90s``, ``30m``, ``12h``, ``3d``.
 Errors name ``file:line: key.path``; unknown keys are warnings.
@@ -242,11 +243,18 @@ class _Reader:
         if isinstance(value, str):
             value = {"url": value}
         data = self.mapping(value, path)
-        self.check_keys(data, {"url", "password_file"}, path)
+        self.check_keys(data, {"url", "password_file", "transport", "identity_file", "known_hosts"}, path)
         if not isinstance(data.get("url"), str):
             raise self.fail(path, "a target needs a url")
-        password_file = self.get(data, "password_file", path, self.path_value, default_pw)
-        return parse_target_url(data["url"], password_file, f"{self.where(path)}: ")
+        transport = data.get("transport", "rsync")
+        if transport not in ("rsync", "ssh"):
+            raise self.fail((*path, "transport"), f"expected 'rsync' or 'ssh', not {transport!r}")
+        identity = self.get(data, "identity_file", path, self.path_value, None)
+        known = self.get(data, "known_hosts", path, self.path_value, None)
+        password_file = None if transport == "ssh" else self.get(data, "password_file", path, self.path_value,
+                                                                  default_pw)
+        return parse_target_url(data["url"], password_file, f"{self.where(path)}: ", transport=transport,
+                                identity_file=identity, known_hosts=known)
 
 
 def parse_duration(value: object) -> float:

@@ -60,6 +60,8 @@ RSYNCD_VARS = {  # name: (default, meaning)
     "RSYNCD_TRANSFER_LOGGING": ("no", "log one line per file"),
     "RSYNCD_LOG_FORMAT": ("%o %h [%a] %m (%u) %f %l", "its log format"),
     "RSYNCD_LOG_FILE": ("(stderr)", "log file"),
+    "RSYNCD_SSH_PORT": ("0", "SSH port for rsync -e ssh (0 = off)"),
+    "RSYNCD_SSH_KEYS": ("/etc/backupd/authorized_keys/%u", "OpenSSH authorized_keys per user (%u): mount them"),
     "KEEP_HISTORY_BACKUP_DAYS": ("7", "history retention in days (0 = forever)"),
 }
 SERSYNC_VARS = {
@@ -330,6 +332,8 @@ def _plan_rsyncd(e: _Env, config_dir: Path, metrics: str | None, run_as, host: H
             "KEEP_HISTORY_BACKUP_DAYS is ignored with USE_CONF_FILE: set 'history keep days' in the config"
         )
     port_arg = ["--port", str(port)] if e.given("RSYNCD_PORT") else []
+    if e.given("RSYNCD_SSH_PORT"):
+        port_arg += ["--ssh-port", str(e.number("RSYNCD_SSH_PORT", 0, 0, 65535))]
     argv = prefix + _backupd("serve", "--config", str(mounted), *port_arg, *tail)
     return Plan("rsyncd", tuple(argv), mounted, warnings=tuple(e.warnings))
 
@@ -412,6 +416,11 @@ def _rsyncd_config(e: _Env, module: str, user: str, data: Path, port: int, keep_
     }
     if e.given("RSYNCD_LOG_FILE"):
         glob["log_file"] = e.text("RSYNCD_LOG_FILE")
+    ssh_port = e.number("RSYNCD_SSH_PORT", 0, 0, 65535)
+    if ssh_port:  # the SSH transport: host key kept with the rendered config, keys from the mount
+        glob["ssh_port"] = ssh_port
+        glob["ssh_host_key"] = str(secrets.parent / "ssh_host_ed25519_key")
+        glob["ssh_authorized_keys"] = e.text("RSYNCD_SSH_KEYS", "/etc/backupd/authorized_keys/%u")
     return {"global": glob, "modules": {module: settings}}
 
 

@@ -49,6 +49,7 @@ _UNREACHABLE = {
     ExitCode.TIMEOUT, ExitCode.CONTIMEOUT, ExitCode.FILEIO, ExitCode.MALLOC,
 }
 KILLED = -9  # our own timeout killed the run
+SSH_FAILED = 255  # a `transport: ssh` target: ssh could not connect or log in
 
 
 def classify_exit(code: int) -> ExitClass:
@@ -57,7 +58,7 @@ def classify_exit(code: int) -> ExitClass:
         return ExitClass.OK
     if code in (ExitCode.PARTIAL, ExitCode.DEL_LIMIT):
         return ExitClass.PARTIAL
-    if code < 0 or code in _UNREACHABLE:
+    if code < 0 or code in _UNREACHABLE or code == SSH_FAILED:
         return ExitClass.UNREACHABLE
     return ExitClass.FATAL
 
@@ -84,6 +85,8 @@ def _common(config: PusherConfig, target: Target, exclude_file: Path | None, ful
         args.append(f"--bwlimit={config.bwlimit}")
     if target.password_file is not None:
         args.append(f"--password-file={target.password_file}")
+    if (rsh := target.rsh()) is not None:
+        args += ["-e", rsh]
     extra = [a for a in config.extra_args if not (full and a in APPEND_ARGS)]  # a full sync repairs all
     return [*args, "--stats", *extra]
 

@@ -156,7 +156,8 @@ class Generator:
         self._touch_up_dirs()
         if opts.deleting:
             self.deleter.send_del_stats(self.ndx)
-        self.out.write(self.ndx.encode(NDX_DONE))
+        if st.protocol >= 31:  # generator.c generate_files(): the late-delete DONE is protocol 31+
+            self.out.write(self.ndx.encode(NDX_DONE))
         self._wait("goodbye")
         self.out.write(self.ndx.encode(NDX_DONE))
         self.out.flush()

@@ -122,7 +122,9 @@ class Receiver:
             self._check_transfer(ndx, phase)
             if not self.opts.dry_run:
                 self._receive_file(ndx, phase, self._basis_path(ndx, basis_type))
-        if self.ndx.decode(read) != NDX_DONE:
+        # protocol 31+: the client echoes the generator's last DONE (main.c read_final_goodbye);
+        # a protocol-30 client reads one DONE and says nothing more
+        if self.state.protocol >= 31 and self.ndx.decode(read) != NDX_DONE:
             raise ProtocolError("Invalid packet at end of run")
         if self.state.tree.catalog is not None:  # this session's versions are in the catalog before the client ends
             self.state.tree.catalog.flush()

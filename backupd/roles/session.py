@@ -24,7 +24,7 @@ from loguru import logger
 
 from backupd import __version__
 from backupd.config.access import PeerName, allow_access
-from backupd.config.model import DaemonConfig, ModuleConfig
+from backupd.config.model import AuthUser, DaemonConfig, ModuleConfig
 from backupd.errors import (
     EXIT_TEXT,
     BackupdError,
@@ -286,27 +286,18 @@ class Session:
         except (ConfigError, OSError) as exc:
             self.log.error("secrets file of module {}: {}", module.name, exc)
             return None
-        groups: list[str] | None = None
-        for entry in module.auth_users:  # the first rule that matches decides (rsync authenticate.c auth_server)
-            matched_group = None
-            if entry.is_group:
-                groups = sorted(_user_groups(user)) if groups is None else groups
-                matched_group = next((g for g in groups if fnmatch.fnmatchcase(g, entry.name)), None)
-                if matched_group is None:
-                    continue
-            elif not fnmatch.fnmatchcase(user, entry.name):
-                continue
-            if entry.access == "deny" or user.startswith("#"):
-                return None
-            # check_secret: the user's own line, or with a group rule that group's "@group:" line;
-            # a name starting with '@' is never a user line (a user "@daemon" cannot use "@daemon:")
-            passwords = [] if user.startswith("@") else [secrets.get(user)]
-            if matched_group is not None:
-                passwords.append(secrets.get("@" + matched_group))
-            for password in passwords:
-                if password is not None and gr.check_response(digest, password.encode(), challenge, response):
-                    return entry.access or ""
+        rule = match_auth_rule(module, user)
+        if rule is None:
             return None
+        entry, matched_group = rule
+        # check_secret: the user's own line, or with a group rule that group's "@group:" line;
+        # a name starting with '@' is never a user line (a user "@daemon" cannot use "@daemon:")
+        passwords = [] if user.startswith("@") else [secrets.get(user)]
+        if matched_group is not None:
+            passwords.append(secrets.get("@" + matched_group))
+        for password in passwords:
+            if password is not None and gr.check_response(digest, password.encode(), challenge, response):
+                return entry.access or ""
         return None
 
     def _read_args(self) -> list[bytes]:
@@ -453,7 +444,7 @@ class Session:
         if self.outbox is None:
             return code
         text = str(exc)
-        if not exc.bare and not text.startswith(("ERROR", "rsync")):
+        if not exc.bare and not text.startswith(("ERROR", "rsync", "@ERROR")):
             text = f"rsync: [{self.role}] {text}"
         self.outbox.send_msg(MsgCode.ERROR, (text.rstrip("\n") + "\n").encode("utf-8", "replace"))
         if self.role == "sender" and not self.input_buffered:
@@ -508,6 +499,30 @@ def _dash_path_arg(paths: list[bytes], module: str) -> str | None:
         rest = arg[len(prefix):] if arg.startswith(prefix) else arg
         if rest.startswith(b"-") and rest not in (b"-", b"--"):
             return rest.decode("utf-8", "replace")
+    return None
+
+
+def match_auth_rule(module: ModuleConfig, user: str) -> tuple[AuthUser, str | None] | None:
+    """The ``auth users`` rule that decides for ``user``, and the group it matched, or None (refused).
+
+    The first rule whose name (or, for ``@group``, one of the user's group
+    names) matches by wildcard decides; a ``:deny`` rule or a user name
+    starting with ``#`` refuses. Passwords are not checked here. Source:
+    rsync authenticate.c auth_server().
+    """
+    groups: list[str] | None = None
+    for entry in module.auth_users:
+        matched_group = None
+        if entry.is_group:
+            groups = sorted(_user_groups(user)) if groups is None else groups
+            matched_group = next((g for g in groups if fnmatch.fnmatchcase(g, entry.name)), None)
+            if matched_group is None:
+                continue
+        elif not fnmatch.fnmatchcase(user, entry.name):
+            continue
+        if entry.access == "deny" or user.startswith("#"):
+            return None
+        return entry, matched_group
     return None
 
 
@@ -575,4 +590,4 @@ def run_session(stream: Stream, ctx: SessionContext) -> ExitCode:
     return code
 
 
-__all__ = ["BackupdError", "ModuleRequest", "Session", "SessionContext", "run_session"]
+__all__ = ["BackupdError", "ModuleRequest", "Session", "SessionContext", "match_auth_rule", "run_session"]

@@ -87,6 +87,7 @@ class DaemonServer:
         self.listeners: list[socket.socket] = []
         self._stop = False
         self.periodic: list[tuple[float, Callable[[], None]]] = []
+        self.sidecars: dict[int, str] = {}  # pid -> name: the SSH listener process; signalled with us
         self._next_run: list[float] = []
 
     def bind(self) -> None:
@@ -123,8 +124,16 @@ class DaemonServer:
         self._stop = True
 
     def request_reload(self, *_args) -> None:
-        """Re-read the configuration before the next accept (SIGHUP handler)."""
+        """Re-read the configuration before the next accept (SIGHUP handler); sidecars re-read theirs."""
         self._reload_pending = True
+        self._signal_sidecars(signal.SIGHUP)
+
+    def _signal_sidecars(self, sig: int) -> None:
+        for pid in self.sidecars:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
 
     def reload(self) -> bool:
         """Re-read the configuration now; new sessions get it, running ones keep theirs.
@@ -180,7 +189,9 @@ class DaemonServer:
             self._run_periodic()
         for sock in self.listeners:
             sock.close()
-        self._wait_children(10.0)
+        self._signal_sidecars(signal.SIGTERM)
+        self.children.update(dict.fromkeys(self.sidecars, time.monotonic()))
+        self._wait_children(10.0 + 2.0 * bool(self.sidecars))
 
     def _accept(self, listener: socket.socket) -> None:
         try:
@@ -287,6 +298,9 @@ class DaemonServer:
             if pid == 0:
                 return
             self.children.pop(pid, None)
+            if pid in self.sidecars:
+                (logger.info if self._stop else logger.error)(
+                    "{} (pid {}) exited with status {:#x}", self.sidecars.pop(pid), pid, status)
             for entry in [p for p in self.preauth.values() if p.pid == pid]:
                 self._forget_preauth(entry.status_fd)
             if os.WIFSIGNALED(status):

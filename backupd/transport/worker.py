@@ -42,6 +42,7 @@ def fork_session(
     close_fds: Iterable[int] = (),
     auth_fail_delay_s: float = AUTH_FAIL_DELAY_S,
     slot_fd: int | None = None,
+    runner: Callable[[socket.socket, SessionContext], ExitCode] = run_session,
 ) -> int:
     """Fork a child that runs one session on ``conn``; return its pid (parent side).
 
@@ -57,6 +58,8 @@ def fork_session(
         close_fds: the listener's other descriptors, closed in the child.
         auth_fail_delay_s: how long the child waits before refusing a wrong login.
         slot_fd: the listener's lock file for ``max connections``.
+        runner: what runs the session on ``conn`` (the SSH transport's
+            remote-shell sessions pass ``shell_session.run_shell_session``).
     """
     session_id = uuid.uuid4().hex[:8]
     pid = os.fork()
@@ -68,16 +71,22 @@ def fork_session(
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.signal(signal.SIGHUP, signal.SIG_DFL)
+        signal.set_wakeup_fd(-1)  # an asyncio parent's (transport/ssh.py) self-pipe
         for listener in listeners:
             listener.close()
         for fd in close_fds:
-            os.close(fd)
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if fd != conn.fileno():
+                try:
+                    os.close(fd)
+                except OSError:  # already closed
+                    pass
+        if conn.family in (socket.AF_INET, socket.AF_INET6):
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         ctx = SessionContext(config=config, peer_addr=peer_addr, session_id=session_id,
                              on_event=_event_writer(status_fd), auth_fail_delay_s=auth_fail_delay_s,
                              slot_fd=slot_fd)
         logger.bind(session=session_id).info("connection from {}", peer_addr)
-        code = run_session(conn, ctx)
+        code = runner(conn, ctx)
         logger.bind(session=session_id).info("session ended with code {}", int(code))
     except BaseException:  # the child must never return into the listener's loop
         logger.exception("session {} crashed", session_id)

@@ -507,3 +507,15 @@ def test_healthcheck_fails_when_nothing_listens():
         == 1
     )
     assert healthcheck({"RUN_MODE": "sersync", "METRICS_ADDRESS": ""}) == 0
+
+
+def test_rsyncd_ssh_port_turns_on_the_ssh_transport(box):
+    off = parse_yaml_conf(rendered(plan_from_env(rsyncd_env(box), ROOT), "backupd.yaml").text)
+    assert not off.ssh_port
+    plan = plan_from_env(rsyncd_env(box, RSYNCD_SSH_PORT="2222", RSYNCD_SSH_KEYS="/keys/%u"), ROOT)
+    cfg = parse_yaml_conf(rendered(plan, "backupd.yaml").text, source=box / "etc" / "backupd.yaml")
+    assert (cfg.ssh_port, cfg.ssh_authorized_keys) == (2222, Path("/keys/%u"))
+    assert cfg.ssh_host_key == box / "etc" / "ssh_host_ed25519_key"  # kept on the /etc/backupd volume
+    default = plan_from_env(rsyncd_env(box, RSYNCD_SSH_PORT="2222"), ROOT)
+    keys = parse_yaml_conf(rendered(default, "backupd.yaml").text).ssh_authorized_keys
+    assert keys == Path("/etc/backupd/authorized_keys/%u")

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from backupd.config.pusher_model import PusherConfig, SourceConfig, Target
+from backupd.errors import ConfigError
 from backupd.pusher.coalesce import Batch, Change, Kind
 from backupd.pusher.excludes import ExcludeRules, rsync_anchored
 from backupd.pusher.queue import TargetQueue
@@ -145,3 +146,18 @@ def test_exit_classes(code, cls):
 def test_a_refused_login_or_module_is_not_a_network_problem(errors, cls):
     result = RsyncResult(code=5, seconds=0.1, bytes_sent=0, files_sent=0, log_tail="", errors=errors)
     assert result.exit_class is cls
+
+
+def test_ssh_target_pushes_with_rsh_and_no_password_file(tmp_path):
+    from backupd.config.pusher_model import parse_target_url
+
+    target = parse_target_url("rsync://u@h:2222/mod/sub", Path("/pw"), transport="ssh", identity_file=Path("/k e"),
+                              known_hosts=Path("/kh"))
+    argv = full_sync_argv(CONFIG, SOURCE, target)
+    assert argv[argv.index("-e") + 1] == "ssh -p 2222 -i '/k e' -o UserKnownHostsFile=/kh -o BatchMode=yes"
+    assert argv[-1] == "u@h:mod/sub/alias/"
+    assert not any(a.startswith("--password-file") for a in argv)
+    assert parse_target_url("rsync://h/mod", transport="ssh").port == 22
+    assert classify_exit(255) == ExitClass.UNREACHABLE  # ssh could not connect or log in
+    with pytest.raises(ConfigError, match="transport"):
+        parse_target_url("rsync://h/mod", transport="ftp")
