@@ -264,7 +264,9 @@ class FlistDecoder:
         if (o.preserve_devices and entry.is_device) or (o.preserve_specials and entry.is_special and o.protocol < 31):
             if not xflags & _SAME_RDEV_MAJOR:
                 prev.rdev_major = decode_varint(read)
-            entry.rdev_major, entry.rdev_minor = prev.rdev_major, decode_varint(read)
+            minor = decode_varint(read)
+            if entry.is_device:  # a special's is only the historical filler (recv_file_entry)
+                entry.rdev_major, entry.rdev_minor = prev.rdev_major, minor
         if o.preserve_links and entry.is_link:
             n = decode_varint(read)
             if not 0 < n < MAX_PATH_LEN:
@@ -363,6 +365,8 @@ class FlistEncoder:
             xflags |= _SAME_MODE
         if o.preserve_devices and entry.is_device and entry.rdev_major == prev.rdev_major:
             xflags |= _SAME_RDEV_MAJOR
+        elif o.preserve_specials and entry.is_special and o.protocol < 31:
+            xflags |= _SAME_RDEV_MAJOR  # flist.c send_file_entry: a special's rdev is (last major, 0)
         if not o.preserve_uid or (entry.uid == prev.uid and prev.name):
             xflags |= _SAME_UID
         if not o.preserve_gid or (entry.gid == prev.gid and prev.name):
@@ -388,7 +392,7 @@ class FlistEncoder:
         if (o.preserve_devices and entry.is_device) or (o.preserve_specials and entry.is_special and o.protocol < 31):
             if not xflags & _SAME_RDEV_MAJOR:
                 out.append(encode_varint(entry.rdev_major))
-            out.append(encode_varint(entry.rdev_minor))
+            out.append(encode_varint(entry.rdev_minor if entry.is_device else 0))
         if o.preserve_links and entry.is_link:
             target = entry.link_target or b""
             out.append(encode_varint(len(target)) + target)

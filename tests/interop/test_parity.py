@@ -249,17 +249,12 @@ DIRLINK_SEED = {
 DIRLINK_SRC = {"link": Dir({"new": _f(b"new\n"), "old": _f(b"old2\n", T0 + 4)}, mode=0o755, mtime=T0)}
 
 
-KEEP_DIRLINKS_XFAIL = pytest.mark.xfail(
-    strict=True,
-    reason="not fixed: -K needs the module tree to follow a receiver-side symlink to a directory "
-    "(ModuleTree refuses symlinked parents), so backupd still replaces it with a real dir",
-)
 
 
 @pytest.mark.parametrize(
     "extra",
     [
-        pytest.param(["-K"], marks=KEEP_DIRLINKS_XFAIL),
+        ["-K"],
         [],
         ["-K", "--delete"],  # rsyncd too deletes the link (it is not in the list) and makes a dir
     ],
