@@ -35,6 +35,8 @@ def test_push_runs_the_pre_sync_command_then_one_full_sync(targets, tmp_path, rs
         assert_trees_equal(src, target.module, ignore=["history-backup", "skip.tmp"], check_dir_mtimes=False)
         assert (target.module / "dump.sql").read_text() == "dumped\n"
         assert not (target.module / "skip.tmp").exists()
+    rows = json.loads(backupd("status", "--config", str(config), "--json").stdout)
+    assert len(rows) == 2 and all(r["last_success"] and r["failures"] == 0 for r in rows), rows  # cron push shows
 
 
 def test_push_fails_when_a_target_is_down(tmp_path):
@@ -42,6 +44,8 @@ def test_push_fails_when_a_target_is_down(tmp_path):
     sources = [{"path": str(src), "targets": ["rsync://127.0.0.1:1/mod"]}]
     done = backupd("push", "--config", str(write_config(tmp_path / "p.yaml", tmp_path / "s", sources)))
     assert done.returncode == 10, done.stderr  # rsync's "error in socket IO"
+    [row] = json.loads(backupd("status", "--config", str(tmp_path / "p.yaml"), "--json").stdout)
+    assert row["last_success"] is None and row["failures"] == 1 and "push exit 10" in row["last_error"], row
 
 
 def test_scheduled_full_sync_without_watching(targets, tmp_path, rsync_clients):
