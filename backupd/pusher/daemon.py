@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 from loguru import logger
 
-from backupd.config.pusher_model import PusherConfig, SourceConfig
+from backupd.config.pusher_model import PusherConfig, SourceConfig, run_logs_dir
 from backupd.errors import BackupdError
 from backupd.pusher.coalesce import Change, Kind, PathEvent, coalesce, merge
 from backupd.pusher.excludes import ExcludeRules
@@ -417,7 +417,9 @@ async def push_once(config: PusherConfig) -> int:
         for target in source.targets:
             seq_before = _last_seq(config, source, target)
             argv = full_sync_argv(config, source, target, exclude_file)
-            result = await run_rsync(argv, config.state_dir / "push.rsync.log", config.full_sync_timeout_s)
+            logs = run_logs_dir(config)
+            logs.mkdir(parents=True, exist_ok=True)
+            result = await run_rsync(argv, logs / "push.rsync.log", config.full_sync_timeout_s)
             logger.info("full sync {} -> {}: {} files, {} bytes, {:.2f} s, exit {}", source.path, target.url,
                         result.files_sent, result.bytes_sent, result.seconds, exit_text(result.code))
             record_push(config, source, target, result, seq_before)

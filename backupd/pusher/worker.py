@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 from loguru import logger
 
-from backupd.config.pusher_model import Target, target_key
+from backupd.config.pusher_model import Target, run_logs_dir, target_key
 from backupd.pusher.coalesce import Change, Kind, plan_batch
 from backupd.pusher.failpaths import failing_paths, in_batch
 from backupd.pusher.queue import TargetQueue
@@ -66,7 +66,9 @@ class TargetWorker:
         state = pusher.config.state_dir
         self.files_from = state / f"{self.key}.files"
         self.excludes = state / f"{self.key}.exclude"
-        self.log_path = state / f"{self.key}.rsync.log"
+        logs = run_logs_dir(pusher.config)
+        logs.mkdir(parents=True, exist_ok=True)
+        self.log_path = logs / f"{self.key}.rsync.log"
 
     # ------------------------------------------------------------ loop
 

@@ -113,3 +113,20 @@ def test_status_and_metrics_show_depth_lag_and_last_success(targets, tmp_path, r
         finally:
             server.shutdown()
         assert "backupd_pusher_queue_depth{" in served and "backupd_pusher_lag_seconds{" in served
+
+
+def test_sersync_logs_dir_holds_the_rsync_logs(targets, tmp_path, rsync_clients):
+    import asyncio
+
+    from backupd.config.sersync_conf import parse_sersync_conf
+    from backupd.pusher.daemon import push_once
+
+    src = make_tree(tmp_path / "src", {"a": "1"})
+    port = targets["rsyncd"].server.port
+    conf = (f"listen_dir=('{src}')\nrsyncd_mod=('mod={src}')\nrsyncd_ip=('mod=127.0.0.1:{port}')\n"
+            f"state_dir={tmp_path}/state\nlogs_dir={tmp_path}/logs\n")
+    config = parse_sersync_conf(conf)
+    assert config.logs_dir == tmp_path / "logs"
+    assert asyncio.run(push_once(config)) == 0
+    assert "=== " in (tmp_path / "logs/push.rsync.log").read_text()
+    assert not (tmp_path / "state/push.rsync.log").exists()
