@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 
 PARTIALS_BEFORE_FULL = 3
 IDLE_CHECK_S = 1.0  # how often an idle worker looks at leadership and its queue
+PROBE_S = 2.0  # an unreachable target is probed (TCP connect) this often during its backoff
 
 
 class TargetWorker:
@@ -63,6 +64,8 @@ class TargetWorker:
         self.retry_at = 0.0
         self.last_batch_start = 0.0
         self.full_generation = 0
+        self.unreachable = False
+        self.last_probe = 0.0
         state = pusher.config.state_dir
         self.files_from = state / f"{self.key}.files"
         self.excludes = state / f"{self.key}.exclude"
@@ -84,6 +87,9 @@ class TargetWorker:
             await self._idle(IDLE_CHECK_S)
         elif now < self.retry_at:
             await asyncio.sleep(min(self.retry_at - now, IDLE_CHECK_S))
+            if self.unreachable and time.monotonic() - self.last_probe >= PROBE_S and await self._probe():
+                logger.info("{} answers again: retrying now", self.label)
+                self.retry_at = 0.0
         elif owed := self.queue.full_owed():
             await self.full_sync(owed)
         elif due := self.queue.failing_due(time.time_ns()):
@@ -254,7 +260,19 @@ class TargetWorker:
         self.pusher.metrics.bytes_sent.labels(self.source.label, self.label).inc(result.bytes_sent)
         return result
 
+    async def _probe(self) -> bool:
+        """True if the target's daemon port accepts a TCP connection (within 2 s)."""
+        self.last_probe = time.monotonic()
+        try:
+            _reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(self.target.host.strip("[]"), self.target.port), 2.0)
+        except (OSError, TimeoutError):
+            return False
+        writer.close()
+        return True
+
     def _succeeded(self) -> None:
+        self.unreachable = False
         self.failures = self.partials = 0
         self.retry_at = 0.0
         self.queue.set(last_success_ns=time.time_ns(), failures=0, last_error=None)
@@ -268,6 +286,8 @@ class TargetWorker:
                 self.partials = 0
                 self.queue.request_full()
         delay = self._backoff(self.failures)
+        self.unreachable = result.exit_class is ExitClass.UNREACHABLE
+        self.last_probe = time.monotonic()
         if result.exit_class is ExitClass.FATAL:
             delay = self.config.retry_max_s
         self.retry_at = time.monotonic() + delay

@@ -130,3 +130,22 @@ def test_an_immutable_path_waits_in_the_fail_queue_until_fixed(targets, tmp_path
         # fixed on the target: the path's own retry settles it
         assert wait_until(lambda: all(x["failing"] == 0 for x in _status(config)), 20), _status(config)
         assert not wait_converged(src, targets.values(), 20)
+
+
+def test_a_returning_target_is_caught_up_without_waiting_out_the_backoff(targets, tmp_path, rsync_clients):
+    target = targets["rsyncd"]
+    src = make_tree(tmp_path / "src", {"seed.txt": "seed\n"})
+    sources = [{"path": str(src), "targets": [target.url]}]
+    # the first failure alone backs off 60 s: only probing the target catches up sooner
+    config = write_config(tmp_path / "pusher.yaml", tmp_path / "state", sources, delay_s=0.3,
+                          queue={"retry_min_s": 60.0, "retry_max_s": 300.0})
+    with PusherThread(load_pusher_yaml(config)):
+        assert not wait_converged(src, [target], 30)
+        target.server.stop()
+        (src / "while-down.txt").write_text("queued while the target is down\n")
+        assert wait_until(lambda: _status(config)[0]["failures"] >= 1, 20), _status(config)
+        target.server = target.restart()
+        back = time.monotonic()
+        assert not wait_converged(src, [target], 15)
+        print(f"caught up {time.monotonic() - back:.2f} s after the target returned")
+        assert wait_until(lambda: _status(config)[0]["failures"] == 0, 5)
