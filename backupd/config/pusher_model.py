@@ -154,8 +154,14 @@ class PusherConfig:
     ha: HaConfig | None = None
     metrics_address: str = "127.0.0.1"
     metrics_port: int | None = None
+    logs_dir: Path | None = None  # the per-target rsync logs (sersync.conf logs_dir); None: state_dir
     source: Path | None = field(default=None, compare=False)
     warnings: tuple[str, ...] = field(default=(), compare=False)
+
+
+def run_logs_dir(config: PusherConfig) -> Path:
+    """Where the per-target rsync logs go: ``logs_dir``, else ``state_dir``."""
+    return config.logs_dir if config.logs_dir is not None else config.state_dir
 
 
 def target_key(source: SourceConfig, target: Target) -> str:

@@ -4,6 +4,7 @@ Shape (all keys optional but ``state_dir`` and ``sources``; may also sit
 under a top-level ``pusher:`` key, beside a server's ``global``/``modules``)::
 
     state_dir: /var/lib/backupd/pusher   # queues and states (SQLite)
+    logs_dir: /var/log/backupd           # per-target rsync logs (default: state_dir)
     delay_s: 5                           # the coalescing window
     realtime: true                       # false: full syncs only
     full_sync: {at_start: true, interval: 3d, timeout: 12h}
@@ -50,7 +51,7 @@ from backupd.errors import ConfigError
 
 KeyPath = tuple[str, ...]
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-_TOP = {"state_dir", "delay_s", "realtime", "full_sync", "pre_sync_command", "rsync", "queue",
+_TOP = {"state_dir", "logs_dir", "delay_s", "realtime", "full_sync", "pre_sync_command", "rsync", "queue",
         "ha", "metrics", "sources"}
 _SECTION_KEYS = {
     "full_sync": {"at_start", "interval", "interval_s", "timeout", "timeout_s"},
@@ -176,6 +177,7 @@ class _Reader:
         config = PusherConfig(
             sources=sources,
             state_dir=self.get(root, "state_dir", (), self.path_value),
+            logs_dir=self.get(root, "logs_dir", (), self.path_value, None),
             delay_s=self.get(root, "delay_s", (), parse_duration, 5.0),
             realtime=self.get(root, "realtime", (), _boolean, True),
             full_sync_at_start=self.get(full, "at_start", ("full_sync",), _boolean, True),

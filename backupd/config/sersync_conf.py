@@ -30,6 +30,7 @@ Variables (the scripts' meaning; units as there):
                            runs before each full sync of that dir
 ``work_dir``               default ``/usr/local/sersync``; the pusher keeps its
                            queues in ``$work_dir/state`` (``state_dir`` overrides)
+``logs_dir``               where the per-target rsync logs go (default: ``state_dir``)
 =========================  ====================================================
 """
 
@@ -300,6 +301,7 @@ def _build(values: dict[str, Value], lines: dict[str, int], label: str, source: 
     config = PusherConfig(
         sources=sources,
         state_dir=Path(scalar("state_dir")) if scalar("state_dir") else work_dir / "state",
+        logs_dir=Path(scalar("logs_dir")) if scalar("logs_dir") else None,
         delay_s=number("real_time_sync_delay", 5.0),
         realtime=flag("real_time_sync_enable", True),
         full_sync_at_start=flag("full_rsync_first_enable", True),

@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 from loguru import logger
 
-from backupd.config.pusher_model import PusherConfig, SourceConfig
+from backupd.config.pusher_model import PusherConfig, SourceConfig, run_logs_dir
 from backupd.errors import BackupdError
 from backupd.pusher.coalesce import Change, Kind, PathEvent, coalesce, merge
 from backupd.pusher.excludes import ExcludeRules
@@ -415,11 +415,45 @@ async def push_once(config: PusherConfig) -> int:
         if exclude:
             exclude_file = write_list(config.state_dir / "push.exclude", exclude.anchored(os.fsencode(source.path)))
         for target in source.targets:
+            seq_before = _last_seq(config, source, target)
             argv = full_sync_argv(config, source, target, exclude_file)
-            result = await run_rsync(argv, config.state_dir / "push.rsync.log", config.full_sync_timeout_s)
+            logs = run_logs_dir(config)
+            logs.mkdir(parents=True, exist_ok=True)
+            result = await run_rsync(argv, logs / "push.rsync.log", config.full_sync_timeout_s)
             logger.info("full sync {} -> {}: {} files, {} bytes, {:.2f} s, exit {}", source.path, target.url,
                         result.files_sent, result.bytes_sent, result.seconds, exit_text(result.code))
+            record_push(config, source, target, result, seq_before)
             if result.exit_class is not ExitClass.OK:
                 logger.warning("{}", result.log_tail.strip())
                 worst = result.code if result.code > 0 else 1
     return worst
+
+
+def _last_seq(config: PusherConfig, source: SourceConfig, target) -> int:
+    queue = TargetQueue(queue_path(config.state_dir, source, target))
+    try:
+        return queue.last_seq()
+    finally:
+        queue.close()
+
+
+def record_push(config: PusherConfig, source: SourceConfig, target, result, seq: int) -> None:
+    """Show a ``backupd push`` run in the target's queue status (LAST_SUCCESS, failures, last error).
+
+    A successful run also settles what was queued before it started (``seq``)
+    and any owed full sync, as a daemon full sync would.
+    """
+    queue = TargetQueue(queue_path(config.state_dir, source, target))
+    try:
+        now = time.time_ns()
+        if result.exit_class is ExitClass.OK:
+            queue.ack_through(seq)
+            queue.clear_failing()
+            queue.set(last_success_ns=now, last_full_ns=now, failures=0, last_error=None,
+                      full_done=int(queue.get("full_requested", 0)))
+        else:
+            shown = list(result.errors) or result.log_tail.strip().splitlines()[-3:]
+            queue.set(last_attempt_ns=now, failures=int(queue.get("failures", 0)) + 1,
+                      last_error=f"push exit {exit_text(result.code)}: {' | '.join(shown)}"[:2000])
+    finally:
+        queue.close()

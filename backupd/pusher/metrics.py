@@ -37,6 +37,16 @@ class PusherMetrics:
         self.failures = Gauge(
             "backupd_pusher_consecutive_failures", "Failed rsync runs in a row to a target.", _PAIR, registry=reg
         )
+        self.failing = Gauge(
+            "backupd_pusher_failing_paths", "Paths in a target's fail queue (retried on their own).", _PAIR,
+            registry=reg,
+        )
+        self.failing_path = Gauge(
+            "backupd_pusher_failing_path_failures",
+            "Failed runs of one failing path (the first ones), with its last error line.",
+            (*_PAIR, "path", "error"), registry=reg,
+        )
+        self._shown_failing: dict[tuple[str, str], set[tuple[str, str]]] = {}
         self.source_state = Gauge(
             "backupd_pusher_source_state", "1 for the state a source is in.", ("source", "state"), registry=reg
         )
@@ -57,6 +67,13 @@ class PusherMetrics:
             self.last_success.labels(source, target).set(status.last_success_ns / 1e9)
         self.full_sync_owed.labels(source, target).set(1 if status.full_owed else 0)
         self.failures.labels(source, target).set(status.failures)
+        self.failing.labels(source, target).set(status.failing)
+        shown = {(path, error) for path, _n, error in status.failing_paths}
+        for gone in self._shown_failing.get((source, target), set()) - shown:
+            self.failing_path.remove(source, target, *gone)
+        for path, failures, error in status.failing_paths:
+            self.failing_path.labels(source, target, path, error).set(failures)
+        self._shown_failing[(source, target)] = shown
 
     def show_state(self, source: str, state: SourceState) -> None:
         """Set the one-hot state gauge of a source."""

@@ -9,6 +9,7 @@ Tables::
 
     pending(path BLOB PRIMARY KEY, kind, is_dir, force, seq, first_ns)
     meta(key TEXT PRIMARY KEY, value)
+    failing(path BLOB PRIMARY KEY, kind, is_dir, force, failures, retry_ns, first_ns, last_error)
 
 ``seq`` grows with every write to a row: a batch settles a row only if it was
 not written again after the batch was planned (``ack``); a full sync settles
@@ -16,12 +17,17 @@ every row written before it started (``ack_through``). ``first_ns`` is when
 the oldest unpushed change of that path was queued (lag). Full syncs are
 owed while ``full_requested > full_done`` (counters, so a request made during
 a full sync is not lost).
+
+``failing`` is the fail queue (sersync's per-file retry list): paths a run
+named in its error lines leave ``pending`` (the rest of the batch is
+settled) and are retried on their own, ``retry_ns`` on, with a backoff that
+doubles per failure; a later successful run of the path removes it.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +39,11 @@ CREATE TABLE IF NOT EXISTS pending (
     force INTEGER NOT NULL, seq INTEGER NOT NULL, first_ns INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS pending_seq ON pending(seq);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value);
+CREATE TABLE IF NOT EXISTS failing (
+    path BLOB PRIMARY KEY, kind INTEGER NOT NULL, is_dir INTEGER NOT NULL, force INTEGER NOT NULL,
+    failures INTEGER NOT NULL, retry_ns INTEGER NOT NULL, first_ns INTEGER NOT NULL, last_error TEXT);
 """
+SHOWN_FAILING = 20  # failing paths listed in status (all are counted)
 _CHUNK = 500  # parameters per IN (...) query
 
 
@@ -49,6 +59,8 @@ class QueueStatus:
     failures: int
     full_owed: bool
     last_full_ns: int | None
+    failing: int = 0
+    failing_paths: tuple[tuple[str, int, str], ...] = ()  # (path, failures, last error line), first ones
 
 
 class TargetQueue:
@@ -170,7 +182,70 @@ class TargetQueue:
             failures=int(meta.get("failures", 0)),
             full_owed=int(meta.get("full_requested", 0)) > int(meta.get("full_done", 0)),
             last_full_ns=meta.get("last_full_ns"),
+            failing=self.db.execute("SELECT count(*) FROM failing").fetchone()[0],
+            failing_paths=failing_rows(self.db),
         )
+
+    # ------------------------------------------------------------ the fail queue
+
+    def fail(self, failed: Mapping[bytes, tuple[Change, str]], seqs: Mapping[bytes, int], now_ns: int,
+             backoff: Callable[[int], float]) -> None:
+        """Move paths a run failed on into the fail queue (one transaction).
+
+        Args:
+            failed: ``{path: (its change, the error line naming it)}``.
+            seqs: the pending seqs the run was planned with (a row written
+                again since stays pending too).
+            now_ns: now, ns since the epoch (the retry time counts from it).
+            backoff: seconds before the next retry after ``n`` failures.
+        """
+        with self._tx():
+            for path, (change, line) in failed.items():
+                row = self.db.execute("SELECT failures, first_ns, retry_ns FROM failing WHERE path = ?",
+                                      (path,)).fetchone()
+                failures, first, retry = (row[0] + 1, row[1], row[2]) if row else (1, now_ns, 0)
+                retry = max(retry, now_ns + int(backoff(failures) * 1e9))
+                self.db.execute("INSERT OR REPLACE INTO failing VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                                (path, int(change.kind), change.is_dir, change.force, failures, retry, first,
+                                 line[:1000]))
+                if path in seqs:
+                    self.db.execute("DELETE FROM pending WHERE path = ? AND seq = ?", (path, seqs[path]))
+
+    def failing_due(self, now_ns: int) -> dict[bytes, Change]:
+        """The failing paths whose retry time has come, with their changes."""
+        rows = self.db.execute("SELECT path, kind, is_dir, force FROM failing WHERE retry_ns <= ?", (now_ns,))
+        return {bytes(p): Change(Kind(k), bool(d), bool(f)) for p, k, d, f in rows}
+
+    def next_failing_retry_ns(self) -> int | None:
+        """When the next failing path is due (ns since the epoch), None if none fails."""
+        return self.db.execute("SELECT min(retry_ns) FROM failing").fetchone()[0]
+
+    def clear_failing(self, paths: Iterable[bytes] | None = None, keep: Iterable[bytes] = ()) -> None:
+        """Forget failing paths a run settled (with None: all but ``keep``, a full sync did)."""
+        with self._tx():
+            if paths is None:
+                kept = set(keep)
+                every = [bytes(r[0]) for r in self.db.execute("SELECT path FROM failing").fetchall()]
+                self.db.executemany("DELETE FROM failing WHERE path = ?", ((p,) for p in every if p not in kept))
+            else:
+                self.db.executemany("DELETE FROM failing WHERE path = ?", ((p,) for p in paths))
+
+    def failing_count(self) -> int:
+        """Number of paths in the fail queue."""
+        return self.db.execute("SELECT count(*) FROM failing").fetchone()[0]
+
+
+def failing_rows(db: sqlite3.Connection) -> tuple[tuple[str, int, str], ...]:
+    """The first SHOWN_FAILING failing paths of a queue database: ``(path, failures, last error)``.
+
+    A queue file made before the fail queue existed has no such table: ``()``.
+    """
+    try:
+        rows = db.execute("SELECT path, failures, last_error FROM failing ORDER BY path LIMIT ?",
+                          (SHOWN_FAILING,)).fetchall()
+    except sqlite3.OperationalError:
+        return ()
+    return tuple((bytes(p).decode(errors="replace"), n, e or "") for p, n, e in rows)
 
 
 class _Transaction:

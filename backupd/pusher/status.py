@@ -14,6 +14,7 @@ from datetime import datetime
 from pathlib import Path
 
 from backupd.config.pusher_model import PusherConfig
+from backupd.pusher.queue import failing_rows
 from backupd.pusher.state_store import queue_path
 
 
@@ -30,6 +31,8 @@ class TargetStatus:
     full_sync_owed: bool
     failures: int
     last_error: str | None
+    failing: int = 0  # paths in the fail queue
+    failing_paths: tuple[tuple[str, int, str], ...] = ()  # (path, failures, last error line), the first ones
 
 
 def _ro(path: Path) -> sqlite3.Connection | None:
@@ -61,10 +64,13 @@ def collect_status(config: PusherConfig, now_ns: int | None = None) -> list[Targ
 def _target_status(config, source, target, state: str, now_ns: int) -> TargetStatus:
     db = _ro(queue_path(config.state_dir, source, target))
     meta: dict = {}
-    depth, oldest = 0, None
+    depth, oldest, failing, shown = 0, None, 0, ()
     if db is not None:
         meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
         depth, oldest = db.execute("SELECT count(*), min(first_ns) FROM pending").fetchone()
+        shown = failing_rows(db)
+        if shown:
+            failing = db.execute("SELECT count(*) FROM failing").fetchone()[0]
         db.close()
     return TargetStatus(
         source=os.fspath(source.path),
@@ -76,21 +82,27 @@ def _target_status(config, source, target, state: str, now_ns: int) -> TargetSta
         full_sync_owed=int(meta.get("full_requested", 0)) > int(meta.get("full_done", 0)),
         failures=int(meta.get("failures", 0)),
         last_error=meta.get("last_error"),
+        failing=failing,
+        failing_paths=shown,
     )
 
 
 def format_status(rows: list[TargetStatus]) -> str:
-    """A plain table, one target per line, with its last error under it."""
-    head = ("SOURCE", "STATE", "TARGET", "PENDING", "LAG_S", "LAST_SUCCESS", "FULL_OWED", "FAILURES")
+    """A plain table, one target per line; its last error and failing paths under it."""
+    head = ("SOURCE", "STATE", "TARGET", "PENDING", "LAG_S", "LAST_SUCCESS", "FULL_OWED", "FAILURES", "FAILING")
     lines = [head]
     for r in rows:
         lines.append((r.source, r.state, r.target, str(r.depth), f"{r.lag_s:.1f}", r.last_success or "never",
-                      "yes" if r.full_sync_owed else "no", str(r.failures)))
+                      "yes" if r.full_sync_owed else "no", str(r.failures), str(r.failing)))
     widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
     text = ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in lines]
     for r in rows:
         if r.last_error:
             text.append(f"  {r.target}: last error: {r.last_error}")
+        for path, failures, line in r.failing_paths:
+            text.append(f"  {r.target}: failing path {path} ({failures} failures): {line}")
+        if r.failing > len(r.failing_paths):
+            text.append(f"  {r.target}: ... and {r.failing - len(r.failing_paths)} more failing paths")
     return "\n".join(text)
 
 

@@ -6,6 +6,14 @@ the oldest pending change is ``delay_s`` old, plan a :class:`Batch` from the
 whole pending set and run it. Failures back off (``retry_min_s`` doubling up
 to ``retry_max_s``); three partial runs (exit 23/25) in a row turn into a full
 sync. Each run is logged: paths, bytes, seconds, target, exit.
+
+The fail queue: a partial run whose error lines each name a path
+(``failpaths.py``) settles the rest of its batch and moves only those paths
+to the queue's ``failing`` table; they are retried on their own (a batch of
+just them, when due, backing off per path), so one path the target never
+accepts does not hold back the others or escalate to full syncs. A full
+sync failing only on such paths counts as done (the source leaves
+INITIAL_SYNC/RESCAN) and keeps them failing.
 """
 
 from __future__ import annotations
@@ -17,8 +25,9 @@ from typing import TYPE_CHECKING
 
 from loguru import logger
 
-from backupd.config.pusher_model import Target, target_key
-from backupd.pusher.coalesce import Kind, plan_batch
+from backupd.config.pusher_model import Target, run_logs_dir, target_key
+from backupd.pusher.coalesce import Change, Kind, plan_batch
+from backupd.pusher.failpaths import failing_paths, in_batch
 from backupd.pusher.queue import TargetQueue
 from backupd.pusher.targets import (
     ExitClass,
@@ -35,6 +44,7 @@ if TYPE_CHECKING:
 
 PARTIALS_BEFORE_FULL = 3
 IDLE_CHECK_S = 1.0  # how often an idle worker looks at leadership and its queue
+PROBE_S = 2.0  # an unreachable target is probed (TCP connect) this often during its backoff
 
 
 class TargetWorker:
@@ -54,10 +64,14 @@ class TargetWorker:
         self.retry_at = 0.0
         self.last_batch_start = 0.0
         self.full_generation = 0
+        self.unreachable = False
+        self.last_probe = 0.0
         state = pusher.config.state_dir
         self.files_from = state / f"{self.key}.files"
         self.excludes = state / f"{self.key}.exclude"
-        self.log_path = state / f"{self.key}.rsync.log"
+        logs = run_logs_dir(pusher.config)
+        logs.mkdir(parents=True, exist_ok=True)
+        self.log_path = logs / f"{self.key}.rsync.log"
 
     # ------------------------------------------------------------ loop
 
@@ -73,8 +87,13 @@ class TargetWorker:
             await self._idle(IDLE_CHECK_S)
         elif now < self.retry_at:
             await asyncio.sleep(min(self.retry_at - now, IDLE_CHECK_S))
+            if self.unreachable and time.monotonic() - self.last_probe >= PROBE_S and await self._probe():
+                logger.info("{} answers again: retrying now", self.label)
+                self.retry_at = 0.0
         elif owed := self.queue.full_owed():
             await self.full_sync(owed)
+        elif due := self.queue.failing_due(time.time_ns()):
+            await self.retry_failing(due)
         elif (depth := self.queue.depth()) > self.config.max_pending:
             logger.warning("{}: {} paths pending (> {}): a full sync instead", self.label, depth,
                            self.config.max_pending)
@@ -128,10 +147,59 @@ class TargetWorker:
         )
         if result.exit_class is ExitClass.OK:
             self.queue.ack(batch.covered, seqs)
+            self.queue.clear_failing(batch.covered)
             self._succeeded()
-        else:
+        elif not self._settle_partial(result, batch.files, batch.covered, changes, seqs):
             self._failed(result, "batch")
         return result
+
+    async def retry_failing(self, due: dict[bytes, Change]) -> RsyncResult | None:
+        """Retry the fail queue's due paths on their own, in one run."""
+        batch = plan_batch(due)
+        write_list(self.files_from, batch.files)
+        argv = batch_argv(self.config, self.source.config, self.target, batch, self.files_from, None)
+        result = await self._run(argv, "retry", None)
+        if result is None:
+            return None
+        logger.info("retry of {} failing paths to {}: {:.2f} s, exit {}", len(batch.files), self.label,
+                    result.seconds, exit_text(result.code))
+        if result.exit_class is ExitClass.OK:
+            self.queue.clear_failing(due)
+            self._succeeded()
+        elif result.exit_class is not ExitClass.PARTIAL:
+            self._failed(result, "retry")  # the target, not the paths: the worker backs off
+        elif not self._settle_partial(result, batch.files, batch.covered, due, {}):
+            line = (list(result.errors) or [f"exit {exit_text(result.code)}"])[0]
+            self.queue.fail({p: (c, line) for p, c in due.items()}, {}, time.time_ns(), self._backoff)
+        return result
+
+    def _settle_partial(self, result: RsyncResult, files, covered, changes: dict[bytes, Change],
+                        seqs: dict[bytes, int]) -> bool:
+        """A partial run that names its failing paths: settle the rest, fail queue those. False if not."""
+        if result.exit_class is not ExitClass.PARTIAL:
+            return False
+        failed = failing_paths(result.errors, in_batch(files))
+        if failed is None:
+            return False
+        rest = [p for p in covered if p not in failed]
+        self.queue.ack(rest, seqs)
+        self.queue.clear_failing(rest)
+        self.queue.fail({p: (self._change_of(p, changes), line) for p, line in failed.items()}, seqs,
+                        time.time_ns(), self._backoff)
+        self._succeeded()
+        logger.warning("{}: {} paths failed, kept in the fail queue: {}", self.label, len(failed),
+                       " | ".join(list(failed.values())[:5]))
+        return True
+
+    def _change_of(self, path: bytes, changes: dict[bytes, Change]) -> Change:
+        """The change to retry a failing path with (a path below a sent tree: its own update)."""
+        if path in changes:
+            return changes[path]
+        return Change(Kind.UPDATE, os.path.isdir(os.path.join(self.source.root, path)))
+
+    def _backoff(self, failures: int) -> float:
+        """Seconds to wait after ``failures`` failures in a row: retry_min_s doubling up to retry_max_s."""
+        return min(self.config.retry_max_s, self.config.retry_min_s * 2 ** (max(failures, 1) - 1))
 
     async def full_sync(self, owed: int) -> RsyncResult | None:
         """One full sync settling full-sync request ``owed`` and everything queued before it."""
@@ -147,14 +215,27 @@ class TargetWorker:
             return None
         logger.info("full sync to {}: {} files sent, {} bytes, {:.2f} s, exit {}", self.label,
                     result.files_sent, result.bytes_sent, result.seconds, exit_text(result.code))
-        if result.exit_class is ExitClass.OK:
+        failed = None
+        if result.exit_class is ExitClass.PARTIAL:
+            failed = failing_paths(result.errors, self._in_source)
+        if result.exit_class is ExitClass.OK or failed:
             self.queue.ack_through(seq)
             self.queue.set(full_done=owed, last_full_ns=time.time_ns())
+            self.queue.clear_failing(keep=failed or ())
+            if failed:
+                self.queue.fail({p: (self._change_of(p, {}), line) for p, line in failed.items()}, {},
+                                time.time_ns(), self._backoff)
+                logger.warning("full sync to {}: done but for {} failing paths: {}", self.label, len(failed),
+                               " | ".join(list(failed.values())[:5]))
             self._succeeded()
             self.source.target_full_synced(generation)
         else:
             self._failed(result, "full sync")
         return result
+
+    def _in_source(self, path: bytes) -> bool:
+        """``known`` for a full sync: the path exists in the source."""
+        return os.path.lexists(os.path.join(self.source.root, path))
 
     async def _run(self, argv: list[str], kind: str, timeout_s: float | None) -> RsyncResult | None:
         """Run rsync unless leadership is gone; None when it could not run or was aborted."""
@@ -179,7 +260,19 @@ class TargetWorker:
         self.pusher.metrics.bytes_sent.labels(self.source.label, self.label).inc(result.bytes_sent)
         return result
 
+    async def _probe(self) -> bool:
+        """True if the target's daemon port accepts a TCP connection (within 2 s)."""
+        self.last_probe = time.monotonic()
+        try:
+            _reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(self.target.host.strip("[]"), self.target.port), 2.0)
+        except (OSError, TimeoutError):
+            return False
+        writer.close()
+        return True
+
     def _succeeded(self) -> None:
+        self.unreachable = False
         self.failures = self.partials = 0
         self.retry_at = 0.0
         self.queue.set(last_success_ns=time.time_ns(), failures=0, last_error=None)
@@ -192,7 +285,9 @@ class TargetWorker:
                 logger.warning("{}: {} partial runs in a row: a full sync next", self.label, self.partials)
                 self.partials = 0
                 self.queue.request_full()
-        delay = min(self.config.retry_max_s, self.config.retry_min_s * 2 ** (self.failures - 1))
+        delay = self._backoff(self.failures)
+        self.unreachable = result.exit_class is ExitClass.UNREACHABLE
+        self.last_probe = time.monotonic()
         if result.exit_class is ExitClass.FATAL:
             delay = self.config.retry_max_s
         self.retry_at = time.monotonic() + delay

@@ -86,25 +86,37 @@ class Target:
 
 
 @pytest.fixture
-def targets(backupd_server, stock_rsyncd, tmp_path_factory) -> dict[str, Target]:
-    """``{"backupd": Target, "rsyncd": Target}``, each module an empty writable dir."""
-    out = {}
-    for kind in ("backupd", "rsyncd"):
-        module = tmp_path_factory.mktemp(f"{kind}-mod")
-        module.chmod(0o755)  # like a source made with mkdir
-        port = free_port()
-        if kind == "backupd":
-            conf = {"global": {"reverse_lookup": False},
-                    "modules": {MODULE: {"path": module, "read_only": False, "numeric_ids": True,
-                                         "munge_symlinks": False}}}
+def make_targets(backupd_server, stock_rsyncd, tmp_path_factory) -> Callable[..., dict[str, Target]]:
+    """Factory: ``make_targets(**params)`` -> ``{"backupd": Target, "rsyncd": Target}``, each module an
+    empty writable dir with the extra module ``params`` (rsyncd.conf names, e.g. ``exclude="x"``).
+    """
 
-            def start(conf=conf, port=port):
-                return backupd_server(conf, port=port)
-        else:
-            def start(module=module, port=port):
-                return stock_rsyncd({MODULE: {"path": module, "read_only": False}}, port=port)
-        out[kind] = Target(kind, start(), module, start)
-    return out
+    def make(**params) -> dict[str, Target]:
+        out = {}
+        for kind in ("backupd", "rsyncd"):
+            module = tmp_path_factory.mktemp(f"{kind}-mod")
+            module.chmod(0o755)  # like a source made with mkdir
+            port = free_port()
+            if kind == "backupd":
+                conf = {"global": {"reverse_lookup": False},
+                        "modules": {MODULE: {"path": module, "read_only": False, "numeric_ids": True,
+                                             "munge_symlinks": False, **params}}}
+
+                def start(conf=conf, port=port):
+                    return backupd_server(conf, port=port)
+            else:
+                def start(module=module, port=port):
+                    return stock_rsyncd({MODULE: {"path": module, "read_only": False, **params}}, port=port)
+            out[kind] = Target(kind, start(), module, start)
+        return out
+
+    return make
+
+
+@pytest.fixture
+def targets(make_targets) -> dict[str, Target]:
+    """``{"backupd": Target, "rsyncd": Target}``, each module an empty writable dir."""
+    return make_targets()
 
 
 def history_files(module: Path) -> dict[str, list[bytes]]:

@@ -35,6 +35,8 @@ def test_push_runs_the_pre_sync_command_then_one_full_sync(targets, tmp_path, rs
         assert_trees_equal(src, target.module, ignore=["history-backup", "skip.tmp"], check_dir_mtimes=False)
         assert (target.module / "dump.sql").read_text() == "dumped\n"
         assert not (target.module / "skip.tmp").exists()
+    rows = json.loads(backupd("status", "--config", str(config), "--json").stdout)
+    assert len(rows) == 2 and all(r["last_success"] and r["failures"] == 0 for r in rows), rows  # cron push shows
 
 
 def test_push_fails_when_a_target_is_down(tmp_path):
@@ -42,6 +44,8 @@ def test_push_fails_when_a_target_is_down(tmp_path):
     sources = [{"path": str(src), "targets": ["rsync://127.0.0.1:1/mod"]}]
     done = backupd("push", "--config", str(write_config(tmp_path / "p.yaml", tmp_path / "s", sources)))
     assert done.returncode == 10, done.stderr  # rsync's "error in socket IO"
+    [row] = json.loads(backupd("status", "--config", str(tmp_path / "p.yaml"), "--json").stdout)
+    assert row["last_success"] is None and row["failures"] == 1 and "push exit 10" in row["last_error"], row
 
 
 def test_scheduled_full_sync_without_watching(targets, tmp_path, rsync_clients):
@@ -109,3 +113,20 @@ def test_status_and_metrics_show_depth_lag_and_last_success(targets, tmp_path, r
         finally:
             server.shutdown()
         assert "backupd_pusher_queue_depth{" in served and "backupd_pusher_lag_seconds{" in served
+
+
+def test_sersync_logs_dir_holds_the_rsync_logs(targets, tmp_path, rsync_clients):
+    import asyncio
+
+    from backupd.config.sersync_conf import parse_sersync_conf
+    from backupd.pusher.daemon import push_once
+
+    src = make_tree(tmp_path / "src", {"a": "1"})
+    port = targets["rsyncd"].server.port
+    conf = (f"listen_dir=('{src}')\nrsyncd_mod=('mod={src}')\nrsyncd_ip=('mod=127.0.0.1:{port}')\n"
+            f"state_dir={tmp_path}/state\nlogs_dir={tmp_path}/logs\n")
+    config = parse_sersync_conf(conf)
+    assert config.logs_dir == tmp_path / "logs"
+    assert asyncio.run(push_once(config)) == 0
+    assert "=== " in (tmp_path / "logs/push.rsync.log").read_text()
+    assert not (tmp_path / "state/push.rsync.log").exists()
