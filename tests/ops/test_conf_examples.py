@@ -92,7 +92,7 @@ def test_dockerfile_documents_the_entrypoint_it_runs():
     text = (REPO / "container" / "Dockerfile").read_text()
     assert "COPY container/entrypoint.sh /usr/local/bin/backupd-entrypoint" in text
     assert re.search(r'^ENTRYPOINT \["/usr/local/bin/backupd-entrypoint"\]$', text, re.M)
-    assert re.search(r"^EXPOSE 873 9873$", text, re.M)
+    assert re.search(r"^EXPOSE 873 9873 2222$", text, re.M)  # daemon, metrics, SSH
     assert '"backupd.ops.entrypoint", "healthcheck"' in text
     assert re.search(r'^VOLUME \["/data", "/etc/backupd", "/var/lib/backupd"\]$', text, re.M)
     documented = set(re.findall(r"\b[A-Z][A-Z0-9]+(?:_[A-Z0-9]+)+\b", text))
