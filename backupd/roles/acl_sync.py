@@ -15,7 +15,6 @@ generator.c itemize, rsync.c set_file_attrs.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import grp
 import pwd
 import stat
@@ -24,17 +23,9 @@ from backupd.errors import StorageError
 from backupd.protocol.acls import AclEncoder, RsyncAcl, access_equal_enough, default_equal
 from backupd.protocol.constants import ItemFlags
 from backupd.protocol.flist import FileEntry
+from backupd.roles.owners import lookup_id
 
 REPORT_ACL = int(ItemFlags.REPORT_ACL)
-
-
-@functools.lru_cache(maxsize=4096)
-def _lookup_name(lookup, attr: str, name: bytes) -> int | None:
-    """Local id of a user or group name (as roles/owners.py; that module imports push.py)."""
-    try:
-        return getattr(lookup(name.decode("utf-8", "replace")), attr)
-    except KeyError:
-        return None
 
 
 def has_acls(entry: FileEntry) -> bool:
@@ -52,7 +43,7 @@ def map_acl_ids(entries: list[FileEntry], users: dict[int, bytes], groups: dict[
             name = (users if entry.is_user else groups).get(entry.id)
             found = None
             if name:
-                found = _lookup_name(pwd.getpwnam, "pw_uid", name) if entry.is_user else _lookup_name(
+                found = lookup_id(pwd.getpwnam, "pw_uid", name) if entry.is_user else lookup_id(
                     grp.getgrnam, "gr_gid", name)
             cache[key] = entry.id if found is None else found
         return cache[key]

@@ -30,7 +30,7 @@ from backupd.roles.alt_dest import AltBasis, AltDest, Outcome
 from backupd.roles.deletion import Deleter
 from backupd.roles.owners import owner_ids
 from backupd.roles.push import PushState
-from backupd.roles.xattr_sync import GeneratorXattrs, xattr_name_filter, xattr_optim
+from backupd.roles.xattr_sync import GeneratorXattrs, for_push
 
 SCAN_CACHE_DIRS = 32
 # plain ints: IntFlag arithmetic costs a microsecond per operation, per file
@@ -74,18 +74,7 @@ class Generator:
         self.alt = AltDest(self) if state.alt_dirs else None  # --link/copy/compare-dest
         self._alt_basis: dict[int, AltBasis] = {}
         self._hlink_done: dict[int, int] = {}  # -H with alternates: group -> ndx of its written leader
-        self.xattrs = (
-            GeneratorXattrs(
-                state.tree,
-                am_root=int(state.is_root),
-                level=self.opts.xattrs,
-                optim=xattr_optim(state.protocol, state.negotiated.compat_flags),
-                dry_run=self.opts.dry_run,
-                excluded=xattr_name_filter([state.module_filters, state.filters], "receiver"),
-            )
-            if self.opts.xattrs
-            else None
-        )
+        self.xattrs = for_push(GeneratorXattrs, state)
         self.acls = GeneratorAcls(state.tree, dry_run=self.opts.dry_run) if self.opts.acls else None
 
     # -- thread control ----------------------------------------------------------------

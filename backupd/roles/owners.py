@@ -9,9 +9,12 @@ from __future__ import annotations
 import functools
 import grp
 import pwd
+from typing import TYPE_CHECKING
 
 from backupd.protocol.flist import FileEntry
-from backupd.roles.push import PushState
+
+if TYPE_CHECKING:
+    from backupd.roles.push import PushState
 
 
 def owner_ids(state: PushState, entry: FileEntry) -> dict:
@@ -30,12 +33,12 @@ def owner_ids(state: PushState, entry: FileEntry) -> dict:
 def _map_id(ident: int, name: bytes | None, numeric: bool, lookup, attr: str) -> int:
     if numeric or not name:
         return ident
-    local = _lookup_name(lookup, attr, name)
+    local = lookup_id(lookup, attr, name)
     return ident if local is None else local
 
 
 @functools.lru_cache(maxsize=4096)
-def _lookup_name(lookup, attr: str, name: bytes) -> int | None:
+def lookup_id(lookup, attr: str, name: bytes) -> int | None:
     """Local id of a user or group name (cached: each lookup reads /etc/passwd)."""
     try:
         return getattr(lookup(name.decode("utf-8", "replace")), attr)

@@ -77,14 +77,7 @@ def strip_module(arg: bytes, module: str) -> bytes:
         rest = arg[len(name) :]
     else:
         raise RsyncError(f"path {arg!r} is not inside module {module}", ExitCode.SYNTAX)
-    parts: list[bytes] = []
-    for part in rest.split(b"/"):
-        if part == b"..":
-            if parts:
-                parts.pop()
-        elif part and part != b".":
-            parts.append(part)
-    return b"/".join(parts) or b"."
+    return sanitize_path(rest, 0).rstrip(b"/") or b"."
 
 
 def join_path(base: bytes, name: bytes) -> bytes:

@@ -23,7 +23,7 @@ from backupd.roles.alt_dest import alt_path
 from backupd.roles.channel import peer_exit
 from backupd.roles.owners import owner_ids
 from backupd.roles.push import PushState
-from backupd.roles.xattr_sync import ReceiverXattrs, xattr_name_filter, xattr_optim
+from backupd.roles.xattr_sync import ReceiverXattrs, for_push
 
 MAX_PHASE = 2
 FNAMECMP_FNAME = 0x80  # rsync.h: the basis is the destination file itself
@@ -66,18 +66,7 @@ class Receiver:
         self.inbox.on_message = self._on_message
         self.files_received = 0
         self.bytes_literal = 0
-        self.xattrs = (
-            ReceiverXattrs(
-                state.tree,
-                am_root=int(state.is_root),
-                level=self.opts.xattrs,
-                optim=xattr_optim(state.protocol, state.negotiated.compat_flags),
-                dry_run=self.opts.dry_run,
-                excluded=xattr_name_filter([state.module_filters, state.filters], "receiver"),
-            )
-            if self.opts.xattrs
-            else None
-        )
+        self.xattrs = for_push(ReceiverXattrs, state)
 
     def _on_message(self, code: MsgCode, payload: bytes) -> None:
         """Messages from the client sender (rsync io.c read_a_msg)."""

@@ -70,6 +70,25 @@ def exchanges(iflags: int, optim: bool) -> bool:
     return bool(iflags & _REPORT_XATTR) and not (optim and iflags & _LINKED == _LINKED)
 
 
+def for_push(kind, state):
+    """``kind`` (GeneratorXattrs or ReceiverXattrs) set up for a push's ``state``; None without -X.
+
+    Both sides of a push share the session's settings: root or not, the -X
+    level, the xattr optimisation the protocol allows, and the receiver-side
+    ``-x`` rules of the module and the client.
+    """
+    if not state.opts.xattrs:
+        return None
+    return kind(
+        state.tree,
+        am_root=int(state.is_root),
+        level=state.opts.xattrs,
+        optim=xattr_optim(state.protocol, state.negotiated.compat_flags),
+        dry_run=state.opts.dry_run,
+        excluded=xattr_name_filter([state.module_filters, state.filters], "receiver"),
+    )
+
+
 class GeneratorXattrs:
     """Push generator: which entries differ, and the request after their header."""
 

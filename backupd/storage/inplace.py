@@ -16,12 +16,11 @@ import stat
 import time
 from typing import TYPE_CHECKING
 
-import numpy as np
 import xxhash
 
 from backupd.errors import StorageError
 from backupd.storage.fsops import change_owner, fs_errors, show
-from backupd.storage.staging import SPARSE_BLOCK
+from backupd.storage.staging import SPARSE_BLOCK, block_runs
 
 if TYPE_CHECKING:
     from backupd.storage.tree import ModuleTree
@@ -77,20 +76,12 @@ class InplaceFile:
         head = min(len(view), -self._pos % SPARSE_BLOCK)
         self._pwrite(view[:head])
         view = view[head:]
-        count = len(view) // SPARSE_BLOCK
-        if count:
-            words = np.frombuffer(view[: count * SPARSE_BLOCK], dtype=np.uint64).reshape(count, -1)
-            zero = ~words.any(axis=1)
-            cuts = np.flatnonzero(zero[1:] != zero[:-1]) + 1
-            start = 0
-            for end in [*cuts.tolist(), count]:
-                piece = view[start * SPARSE_BLOCK : end * SPARSE_BLOCK]
-                if zero[start] and _punch_hole(self._fd, self._pos, len(piece)):
-                    self._pos += len(piece)
-                else:
-                    self._pwrite(piece)
-                start = end
-        self._pwrite(view[count * SPARSE_BLOCK :])
+        for piece, zero in block_runs(view):
+            if zero and _punch_hole(self._fd, self._pos, len(piece)):
+                self._pos += len(piece)
+            else:
+                self._pwrite(piece)
+        self._pwrite(view[len(view) // SPARSE_BLOCK * SPARSE_BLOCK :])
 
     def commit(
         self, *, mtime_ns: int | None = None, mode: int | None = None, uid: int | None = None, gid: int | None = None

@@ -19,6 +19,7 @@ import mmap
 import os
 import stat
 import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -42,6 +43,24 @@ if TYPE_CHECKING:
 
 WRITE_BUFFER = 256 * 1024  # bytes buffered before a write(2)
 SPARSE_BLOCK = 4096  # -S: an aligned block of this many zero bytes becomes a hole
+
+
+def block_runs(view: memoryview) -> Iterator[tuple[memoryview, bool]]:
+    """The whole SPARSE_BLOCK blocks at the start of ``view`` as runs: (piece, all zeros).
+
+    Consecutive zero blocks (and consecutive data blocks) come as one piece,
+    found with NumPy; the tail under one block is not included.
+    """
+    count = len(view) // SPARSE_BLOCK
+    if not count:
+        return
+    words = np.frombuffer(view[: count * SPARSE_BLOCK], dtype=np.uint64).reshape(count, -1)
+    zero = ~words.any(axis=1)
+    cuts = np.flatnonzero(zero[1:] != zero[:-1]) + 1
+    start = 0
+    for end in [*cuts.tolist(), count]:
+        yield view[start * SPARSE_BLOCK : end * SPARSE_BLOCK], bool(zero[start])
+        start = end
 
 
 class StagedFile:
@@ -114,20 +133,12 @@ class StagedFile:
         if head:
             self._write_trimmed(view[:head])
             view = view[head:]
-        count = len(view) // SPARSE_BLOCK
-        if count:
-            words = np.frombuffer(view[: count * SPARSE_BLOCK], dtype=np.uint64).reshape(count, -1)
-            zero = ~words.any(axis=1)
-            cuts = np.flatnonzero(zero[1:] != zero[:-1]) + 1
-            start = 0
-            for end in [*cuts.tolist(), count]:
-                piece = view[start * SPARSE_BLOCK : end * SPARSE_BLOCK]
-                if zero[start]:
-                    self._file.seek(len(piece), os.SEEK_CUR)
-                else:
-                    self._file.write(piece)
-                start = end
-        self._write_trimmed(view[count * SPARSE_BLOCK :])
+        for piece, zero in block_runs(view):
+            if zero:
+                self._file.seek(len(piece), os.SEEK_CUR)
+            else:
+                self._file.write(piece)
+        self._write_trimmed(view[len(view) // SPARSE_BLOCK * SPARSE_BLOCK :])
 
     def _write_trimmed(self, view: memoryview) -> None:
         """Seek over the leading and trailing zeros of ``view``, write what is between."""
