@@ -564,9 +564,10 @@ def tree_differences(
         if ea.kind != "symlink":
             checks.append(("mode", ea.mode, eb.mode, f"{ea.mode:04o} vs {eb.mode:04o}"))
         if ea.kind != "dir" or check_dir_mtimes:
-            # a directory's mtime only in whole seconds: rsync's same_time() leaves a
-            # directory whose mtime is within the second (touch_up_dirs, mtime_differs)
-            precision = max(mtime_precision_ns, 1_000_000_000) if ea.kind == "dir" else mtime_precision_ns
+            # a directory's or symlink's mtime only in whole seconds: rsync's same_time() leaves
+            # one whose mtime is within the second (touch_up_dirs, set_file_attrs mtime_differs)
+            coarse = ea.kind in ("dir", "link", "symlink")
+            precision = max(mtime_precision_ns, 1_000_000_000) if coarse else mtime_precision_ns
             qa, qb = ea.mtime_ns // precision, eb.mtime_ns // precision
             checks.append(("mtime", qa, qb, f"{ea.mtime_ns} vs {eb.mtime_ns} ns"))
         if check_owner:

@@ -368,7 +368,11 @@ class Generator:
             if not self.opts.dry_run:
                 tree.symlink(entry.link_target, path)
                 self._changed(path)
-                tree.set_attrs(path, mtime_ns=entry.mtime_ns if self.opts.times else None, **self._owner(entry))
+                mtime = entry.mtime_ns if self.opts.times else None
+                made = tree.lstat(path) if mtime is not None else None
+                if made is not None and self._same_mtime(entry, made):
+                    mtime = None  # rsync set_file_attrs: a new link within the same second keeps its time
+                tree.set_attrs(path, mtime_ns=mtime, **self._owner(entry))
             iflags = _LOCAL_CHANGE | _IS_NEW
             if st is not None:  # retargeted: the change, and the new link's time (itemize of the old one)
                 iflags = _LOCAL_CHANGE | _REPORT_CHANGE | (self._attr_changes(entry, st) & _REPORT_TIME)
