@@ -27,8 +27,8 @@ from backupd.protocol.constants import CHUNK_SIZE
 from backupd.protocol.sums import (
     Buffer,
     Checksum,
-    SumHead,
     StrongSums,
+    SumHead,
     block_sums1,
     checksum1_ref,
     rolling_sums1,

@@ -254,7 +254,8 @@ class Generator:
             if st is not None and not dry:
                 self.deleter.count(tree.delete(path))
             if not dry:
-                tree.mkdir(path, 0o700 | (entry.mode & 0o7777))
+                # a concurrent push may have made it: recv_generator lets EEXIST pass
+                tree.mkdir(path, 0o700 | (entry.mode & 0o7777), exist_ok=True)
                 self._changed(path)
             iflags = _IS_NEW | _LOCAL_CHANGE
         if iflags & _IS_NEW and self.alt is not None:

@@ -282,7 +282,7 @@ def _make_path(state: PushState, target: bytes) -> int:
         if state.opts.dry_run:
             continue
         try:
-            state.tree.mkdir(path, 0o777)
+            state.tree.mkdir(path, 0o777, exist_ok=True)  # util1.c make_path allows EEXIST
         except (StorageError, OSError) as exc:
             raise _mkdir_error(state, target, exc) from None
     return made

@@ -44,7 +44,7 @@ class ServerPairs:
         if key not in self.pairs:
             self.pairs[key] = self._start(scenario, history, len(self.pairs))
         servers, base = self.pairs[key]
-        for kind, server in servers.items():  # a crashed server is restarted
+        for _kind, server in servers.items():  # a crashed server is restarted
             if server.proc is None or server.proc.poll() is not None:
                 server.start()
         return servers, base

@@ -16,7 +16,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from backupd.errors import ExitCode, ProtocolError, Unsupported
-from backupd.protocol import tokens, zstd_stream
+from backupd.protocol import zstd_stream
 from backupd.protocol.match import match_tokens
 from backupd.protocol.sums import (
     NULL_SUM_HEAD,
