@@ -62,7 +62,8 @@ def _prepare_ssh(cfg, data_dir: Path | None, address: str | None, reload):
     """The SSH listener (bound, not started) and the embedded default's hint, or None when off."""
     if not cfg.ssh_port:
         return None
-    from backupd.transport.ssh import SshDaemon, bind_ssh
+    from backupd.transport.listen import bind_listeners
+    from backupd.transport.ssh import SshDaemon
     from backupd.transport.ssh_auth import HOST_KEY_NAME, ensure_client_key, ensure_host_key
 
     host = cfg.ssh_address or address
@@ -74,7 +75,7 @@ def _prepare_ssh(cfg, data_dir: Path | None, address: str | None, reload):
     try:
         host_key = ensure_host_key(key_path)
         hint = ensure_client_key(data_dir.absolute(), host_key, host, cfg.ssh_port) if data_dir is not None else None
-        sockets = bind_ssh(host, cfg.ssh_port)
+        sockets = bind_listeners(host, cfg.ssh_port)
     except (OSError, ConfigError) as exc:
         typer.echo(f"backupd: SSH on {host or '*'}:{cfg.ssh_port}: {exc}", err=True)
         raise typer.Exit(10) from None

@@ -436,33 +436,6 @@ def _reverse_name(addr: str) -> str | None:
         return None
 
 
-def bind_ssh(address: str | None, port: int) -> list[socket.socket]:
-    """Listening sockets for the SSH port (one address, or IPv4 and IPv6 wildcards).
-
-    Raises:
-        OSError: the address is in use or not available.
-    """
-    hosts = [address] if address else ["0.0.0.0", "::"]
-    sockets = []
-    for host in hosts:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            sock.close()
-            if address is None and len(hosts) > 1 and sockets:
-                continue
-            raise
-        sock.listen(128)
-        sock.setblocking(False)
-        sockets.append(sock)
-    return sockets
-
-
 def start_ssh_process(daemon: SshDaemon, close: list[socket.socket]) -> int:
     """Fork the SSH listener process; returns its pid. ``close``: the TCP listeners, closed in it."""
     pid = os.fork()

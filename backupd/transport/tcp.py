@@ -7,7 +7,6 @@ sessions run, and a failing session cannot take it down.
 
 from __future__ import annotations
 
-import errno
 import os
 import selectors
 import signal
@@ -23,6 +22,7 @@ from backupd.config.load import module_path_problems
 from backupd.config.model import DaemonConfig
 from backupd.protocol.greeting import encode_error, encode_greeting
 from backupd.roles.session import AUTH_FAIL_DELAY_S
+from backupd.transport.listen import bind_listeners
 from backupd.transport.slots import anonymous_lock_file
 from backupd.transport.worker import fork_session
 
@@ -96,23 +96,7 @@ class DaemonServer:
         Raises:
             OSError: the address is in use or not available.
         """
-        hosts = [self.address] if self.address else ["0.0.0.0", "::"]
-        for host in hosts:
-            family = socket.AF_INET6 if ":" in host else socket.AF_INET
-            sock = socket.socket(family, socket.SOCK_STREAM)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            try:
-                sock.bind((host, self.port))
-            except OSError as exc:
-                sock.close()
-                if self.address is None and exc.errno == errno.EADDRNOTAVAIL:
-                    continue
-                raise
-            sock.listen(128)
-            sock.setblocking(False)
-            self.listeners.append(sock)
+        self.listeners.extend(bind_listeners(self.address, self.port))
 
     def add_periodic(self, interval_s: float, job: Callable[[], None]) -> None:
         """Run ``job`` every ``interval_s`` seconds in the listener (keep it short)."""
