@@ -1,9 +1,11 @@
-"""A directory on a file system that holds user xattrs with values over 4 KiB (ext4 does not).
+"""File systems the tests need and /tmp may lack: big xattrs (ext4 holds user xattrs up to 4 KiB), reflinks.
 
 ``xattr_base`` (session fixture): ``$BACKUPD_XATTR_DIR`` if set; else the
 pytest tmp dir if it takes such values; else, as root with ``mkfs.xfs``, a
 loop-mounted XFS image (unmounted at the end of the session); else the test
-is skipped (failed in CI). Import the fixture into a test module to use it.
+is skipped (failed in CI). ``reflink_base``: the same for shared extents
+(FICLONERANGE), on a loop XFS made with ``reflink=1``. Import a fixture into
+a test module to use it.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from backupd.storage.reflink import clone_align
 from tests.helpers import in_ci
 
 BIG = 6000  # bytes: over ext4's one-block limit
@@ -36,10 +39,10 @@ def big_values_ok(path: Path) -> bool:
         probe.unlink()
 
 
-def _unavailable(why: str):
+def _unavailable(what: str, why: str):
     if in_ci():
-        pytest.fail(f"no file system for big xattrs: {why}")
-    pytest.skip(f"no file system for big xattrs: {why}")
+        pytest.fail(f"no file system for {what}: {why}")
+    pytest.skip(f"no file system for {what}: {why}")
 
 
 @pytest.fixture(scope="session")
@@ -56,23 +59,47 @@ def xattr_base(tmp_path_factory):
     if big_values_ok(tmp):
         yield tmp
         return
+    yield from _loop_xfs(tmp, "big xattrs", [])
+
+
+def _loop_xfs(tmp: Path, what: str, mkfs_args: list[str]):
+    """Yield a loop-mounted XFS (512 MiB image under ``tmp``), unmounted afterwards; skip (fail in CI) without."""
     if os.geteuid() != 0 or shutil.which("mkfs.xfs") is None:
-        _unavailable("tmp is not one, and no root + mkfs.xfs for a loop-mounted XFS")
+        _unavailable(what, "tmp is not one, and no root + mkfs.xfs for a loop-mounted XFS")
     image, mnt = tmp / "xfs.img", tmp / "mnt"
     mnt.mkdir()
     with open(image, "wb") as f:
         f.truncate(512 << 20)
-    made = subprocess.run(["mkfs.xfs", "-q", str(image)], capture_output=True, text=True, timeout=60)
+    made = subprocess.run(["mkfs.xfs", "-q", *mkfs_args, str(image)], capture_output=True, text=True, timeout=60)
     mounted = made.returncode == 0 and subprocess.run(
         ["mount", "-o", "loop", str(image), str(mnt)], capture_output=True, timeout=60
     ).returncode == 0
     if not mounted:
-        _unavailable(f"mkfs.xfs/mount failed: {made.stderr.strip()}")
+        _unavailable(what, f"mkfs.xfs/mount failed: {made.stderr.strip()}")
     try:
         os.chmod(mnt, 0o755)
         yield mnt
     finally:
         subprocess.run(["umount", str(mnt)], capture_output=True, timeout=60)
+
+
+def reflinks_ok(path: Path) -> bool:
+    """True if files under ``path`` can share extents (FICLONERANGE works)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        return clone_align(fd) > 0
+    finally:
+        os.close(fd)
+
+
+@pytest.fixture(scope="session")
+def reflink_base(tmp_path_factory):
+    """A fresh directory on a file system with reflinks: tmp if it has them, else a loop XFS (reflink=1)."""
+    tmp = tmp_path_factory.mktemp("reflink-fs")
+    if reflinks_ok(tmp):
+        yield tmp
+        return
+    yield from _loop_xfs(tmp, "reflinks", ["-m", "reflink=1"])
 
 
 @pytest.fixture

@@ -51,11 +51,31 @@ def serve(
     from backupd.ops.catalog_start import reconcile_all
 
     reconcile_all(cfg)  # a crash left the tree ahead of the catalog: repaired and logged
+    _log_reflinks(cfg)
     reload = None if config is None else functools.partial(load_config, config)
     if ssh_port is not None:
         cfg = dataclasses.replace(cfg, ssh_port=ssh_port)
     ssh = _prepare_ssh(cfg, data_dir if config is None else None, address or cfg.address, reload)
     _serve_tcp(cfg, port if port is not None else cfg.port, address or cfg.address, creds, metrics_address, reload, ssh)
+
+
+def _log_reflinks(cfg) -> None:
+    """Say per writable module whether deltas are reflinked (storage.reflink) or copied."""
+    from backupd.storage.reflink import clone_align
+
+    for module in cfg.modules.values():
+        if module.read_only:
+            continue
+        try:
+            fd = os.open(module.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            continue  # module_path_problems said why
+        try:
+            align = clone_align(fd)
+        finally:
+            os.close(fd)
+        how = f"on ({align}-byte blocks shared with the basis)" if align else "off (matched blocks are copied)"
+        logger.info("module {}: reflinked deltas {}", module.name, how)
 
 
 def _prepare_ssh(cfg, data_dir: Path | None, address: str | None, reload):

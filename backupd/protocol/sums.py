@@ -163,7 +163,7 @@ def _sqrt_block_len(file_len: int) -> int:
 
 
 def sum_sizes(
-    file_len: int, digest_len: int, *, block_size: int | None = None, redo: bool = False
+    file_len: int, digest_len: int, *, block_size: int | None = None, redo: bool = False, align: int = 0
 ) -> SumHead:
     """Choose the sum head for a basis of ``file_len`` bytes, as a 3.5.0 generator does.
 
@@ -177,6 +177,11 @@ def sum_sizes(
         digest_len: full digest length of the negotiated checksum.
         block_size: the client's ``-B`` value, if any.
         redo: phase 1 (csum_length == SUM_LENGTH): full-length strong sums.
+        align: a power of two, or 0. When the block length rsync would choose
+            is at least ``align`` and the client gave no ``-B``, it is rounded
+            up to a multiple of ``align`` (at most 131072), so that matched
+            blocks can be reflinked (backupd's choice; any length is valid
+            on the wire).
 
     Raises:
         ValueError: negative length, ``block_size`` outside 1..131072, or
@@ -189,6 +194,8 @@ def sum_sizes(
     if file_len == 0:
         return NULL_SUM_HEAD
     block_len = block_size if block_size is not None else _sqrt_block_len(file_len)
+    if align and block_size is None and block_len >= align:
+        block_len = min(-(-block_len // align) * align, MAX_BLOCK_SIZE)
     cap = min(SUM_LENGTH, digest_len)
     if redo:
         s2_len = cap

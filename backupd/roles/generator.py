@@ -633,7 +633,9 @@ class Generator:
             return NULL_SUM_HEAD.encode()
         with basis:
             digest_len = self.state.checksum.digest_len
-            head = sum_sizes(basis.size, digest_len, block_size=opts.block_size, redo=redo)
+            head = sum_sizes(
+                basis.size, digest_len, block_size=opts.block_size, redo=redo, align=self._clone_align()
+            )
             if opts.append and not redo:
                 return head.encode()
             parts = [head.encode()]
@@ -641,6 +643,13 @@ class Generator:
                 parts.append(piece)
                 basis.release()  # the sums of a GB file must not leave it all in our RSS
             return b"".join(parts)
+
+    def _clone_align(self) -> int:
+        """Reflinked deltas: the alignment for block lengths (0 unless the receiver will clone)."""
+        opts = self.opts
+        if opts.sparse or opts.inplace or opts.append:
+            return 0
+        return self.state.tree.clone_align
 
     def _link_followers(self, ready) -> None:
         """-H: make the other members of a group hard links to their leader (hlink.c finish_hard_link).

@@ -47,9 +47,21 @@ class _Sink:
         try:
             self.staged.write(data)
         except StorageError as exc:
-            self.error = exc
-            self.staged.abort()
-            self.staged = None
+            self._failed(exc)
+
+    def write_block(self, basis, offset: int, data) -> None:
+        """A matched block of ``basis`` at ``offset``: reflinked where the staged file can."""
+        if self.staged is None:
+            return
+        try:
+            self.staged.write_block(basis, offset, data)
+        except StorageError as exc:
+            self._failed(exc)
+
+    def _failed(self, exc: StorageError) -> None:
+        self.error = exc
+        self.staged.abort()
+        self.staged = None
 
 
 class Receiver:
@@ -213,7 +225,7 @@ class Receiver:
                     continue
                 hasher.update(data)
                 tokens.see_block(data)
-                staged.write(data)
+                staged.write_block(basis, token.index * head.block_len, data)
             else:
                 break
         sent = read(self.state.checksum.digest_len)

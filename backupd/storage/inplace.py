@@ -61,6 +61,10 @@ class InplaceFile:
             else:
                 self._pwrite(memoryview(chunk))
 
+    def write_block(self, basis, offset: int, data: memoryview) -> None:
+        """A matched basis block: written like literal data (the live inode is the basis)."""
+        self.write(data)
+
     def _pwrite(self, view: memoryview) -> None:
         while view:
             written = os.pwrite(self._fd, view, self._pos)

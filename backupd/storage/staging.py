@@ -34,6 +34,7 @@ from backupd.storage.fsops import (
     open_dir,
     show,
 )
+from backupd.storage.reflink import CloneRun
 from backupd.storage.xattrs import apply_xattrs
 
 if TYPE_CHECKING:
@@ -79,6 +80,9 @@ class StagedFile:
         sparse: ``-S``: runs of zeros are skipped with a seek instead of
             written, so whole blocks of them stay holes (rsync fileio.c
             write_sparse).
+        clone_align: the block size matched basis blocks are cloned in
+            (``storage.reflink``), 0 when they are copied (no reflinks in
+            this module, or ``-S``).
     """
 
     def __init__(
@@ -105,6 +109,8 @@ class StagedFile:
         # the catalog's xxh128 of the stored bytes, hashed as they are written
         self._hash = xxhash.xxh128() if tree.catalog is not None else None
         self.xfer_sum: tuple[str, str] | None = None  # (checksum name, hex) the transfer verified
+        self.clone_align = 0 if sparse else tree.clone_align
+        self._run: CloneRun | None = None  # matched blocks not yet cloned
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Append ``data`` (buffered; any size)."""
@@ -112,10 +118,49 @@ class StagedFile:
         if self._hash is not None:
             self._hash.update(data)
         with fs_errors(self._tree.module, self.path):
+            if self._run is not None:
+                self._issue_run()
             if self.sparse:
                 self._write_sparse(data)
             else:
                 self._file.write(data)
+
+    def write_block(self, basis: Basis, offset: int, data: memoryview) -> None:
+        """Append ``data``, the basis's bytes at ``offset``: cloned when aligned, else copied.
+
+        A clone is deferred so that consecutive blocks become one run.
+
+        Raises:
+            StorageError: as :meth:`write`.
+        """
+        align = self.clone_align
+        at = self.tell()
+        if not align or basis.fd < 0 or (at | offset | len(data)) % align:
+            self.write(data)
+            return
+        if self._hash is not None:
+            self._hash.update(data)
+        if self._run is not None and self._run.extends(basis, offset, at):
+            self._run.length += len(data)
+            return
+        with fs_errors(self._tree.module, self.path):
+            if self._run is not None:
+                self._issue_run()
+            self._run = CloneRun(basis, basis.fd, offset, at, len(data))
+
+    def _issue_run(self) -> None:
+        """Clone the pending run at the file's position (copy it if this file system refuses)."""
+        run, self._run = self._run, None
+        try:
+            self._file.flush()
+            if run.issue(self._file.fileno()):
+                self._file.seek(run.dst_offset + run.length)
+                return
+            self.clone_align = 0  # refused here: copy from now on
+            for piece in run.chunks():
+                self._file.write(piece)
+        finally:
+            run.close()
 
     def _write_sparse(self, data: bytes | bytearray | memoryview) -> None:
         """Write ``data``, seeking over zeros (the file's length is fixed at seal).
@@ -158,6 +203,9 @@ class StagedFile:
     def fileno(self) -> int:
         """The temp file's fd, its buffer flushed (for a copy made by the kernel)."""
         self._check_open()
+        if self._run is not None:
+            with fs_errors(self._tree.module, self.path):
+                self._issue_run()
         self._file.flush()
         return self._file.fileno()
 
@@ -180,9 +228,9 @@ class StagedFile:
         return apply_acls(self.fileno(), access, None, mode)
 
     def tell(self) -> int:
-        """Bytes written so far."""
+        """Bytes written so far (blocks waiting to be cloned included)."""
         self._check_open()
-        return self._file.tell()
+        return self._file.tell() + (self._run.length if self._run is not None else 0)
 
     def commit(
         self, *, mtime_ns: int | None, mode: int | None = None, uid: int | None = None, gid: int | None = None
@@ -215,6 +263,9 @@ class StagedFile:
         if self._done:
             return
         self._done = True
+        if self._run is not None:
+            self._run.close()
+            self._run = None
         try:
             self._file.close()
         except OSError:
@@ -256,6 +307,8 @@ class StagedFile:
 
     def _seal(self, mode: int, mtime_ns: int | None, uid: int | None, gid: int | None) -> None:
         """Flush, set attributes on the temp file, fsync, close."""
+        if self._run is not None:
+            self._issue_run()
         self._file.flush()
         fd = self._file.fileno()
         if self.sparse:  # a hole at the end: the seek did not extend the file
@@ -297,9 +350,12 @@ class Basis:
     Attributes:
         size: bytes, from fstat at open.
         stat: the fstat of the opened file.
+        fd: the open file (owned; closed by :meth:`close`), -1 once closed;
+            the source of reflinked blocks.
     """
 
     def __init__(self, fd: int, st: os.stat_result) -> None:
+        self.fd = fd
         self.stat = st
         self.size = st.st_size
         self._map = mmap.mmap(fd, self.size, access=mmap.ACCESS_READ) if self.size else None
@@ -328,9 +384,13 @@ class Basis:
             raise
         try:
             st = os.fstat(fd)
-            return cls(fd, st) if stat.S_ISREG(st.st_mode) else None
-        finally:
-            os.close(fd)  # mmap keeps its own reference
+            if stat.S_ISREG(st.st_mode):
+                return cls(fd, st)
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+        return None
 
     def view(self, offset: int, length: int) -> memoryview:
         """Bytes ``[offset, offset + length)``, zero-copy.
@@ -360,7 +420,10 @@ class Basis:
                 pass
 
     def close(self) -> None:
-        """Unmap (deferred while slices from ``view()`` are alive)."""
+        """Unmap (deferred while slices from ``view()`` are alive) and close the fd; idempotent."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
         self._view.release()
         if self._map is not None:
             try:

@@ -57,6 +57,7 @@ from backupd.storage.fsops import (
     temp_name,
 )
 from backupd.storage.inplace import InplaceFile
+from backupd.storage.reflink import clone_align
 from backupd.storage.staging import Basis, StagedFile
 from backupd.storage.xattrs import XattrAccess
 
@@ -112,8 +113,17 @@ class ModuleTree:
             else:
                 self._root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self.history = history
+        self.reflink = True  # clone matched blocks where the file system can (False: always copy)
+        self._clone_align: int | None = None
         if history is not None:
             history.bind(self._root_fd, module)
+
+    @property
+    def clone_align(self) -> int:
+        """Block size for reflinked deltas in this module (``storage.reflink``), 0 without; probed once."""
+        if self._clone_align is None:
+            self._clone_align = clone_align(self._root_fd) if self.reflink else 0
+        return self._clone_align
 
     @property
     def root_fd(self) -> int:

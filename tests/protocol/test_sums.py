@@ -403,3 +403,13 @@ def test_block_sums_are_kept_compact():
     assert int(sum1[1]) == int.from_bytes(wire[20:24], "little")
     assert StrongSums.of(sum2, 2) == [s[:2] for s in sum2[:count]]
     assert sum2.array()[3] == sum2[3].rstrip(b"\0")   # NumPy S16: trailing NULs dropped
+
+
+def test_sum_sizes_align_rounds_large_block_lengths_up_for_reflinks():
+    plain = sum_sizes(24 << 20, 16)
+    aligned = sum_sizes(24 << 20, 16, align=4096)
+    assert plain.block_len == 5016 and aligned.block_len == 8192
+    assert aligned.count == -(-(24 << 20) // 8192) and aligned.remainder == (24 << 20) % 8192
+    assert sum_sizes(1 << 20, 16, align=4096) == sum_sizes(1 << 20, 16)  # below one block: rsync's choice
+    assert sum_sizes(24 << 20, 16, align=4096, block_size=5000).block_len == 5000  # -B wins
+    assert sum_sizes(1 << 40, 16, align=4096).block_len == 131072  # never over MAX_BLOCK_SIZE
