@@ -89,6 +89,9 @@ def _count_lead_ones(lead: int) -> int:
     return extra
 
 
+_LEAD_ONES = bytes(_count_lead_ones(lead) for lead in range(256))  # lead byte -> extra bytes
+
+
 def decode_varint(read: Read) -> int:
     """Read an rsync varint as a signed int32.
 
@@ -96,9 +99,9 @@ def decode_varint(read: Read) -> int:
         ProtocolError: a lead byte announcing more than 4 extra bytes (F8-FF).
     """
     lead = read(1)[0]
-    extra = _count_lead_ones(lead)
-    if extra == 0:
+    if lead < 0x80:  # one byte: most values on the wire
         return lead
+    extra = _LEAD_ONES[lead]
     if extra > 4:
         raise ProtocolError(f"bad varint lead byte {lead:#04x}")
     low = read(extra)
@@ -133,8 +136,11 @@ def decode_varlong(read: Read, min_bytes: int) -> int:
         ProtocolError: more than 8 value bytes announced.
     """
     head = read(min_bytes)
-    lead, low = head[0], head[1:]
-    extra = _count_lead_ones(lead)
+    lead = head[0]
+    if lead < 0x80:  # no extra bytes: the value is head[1:] with lead on top
+        return int.from_bytes(head[1:], "little") | lead << (8 * (min_bytes - 1))
+    low = head[1:]
+    extra = _LEAD_ONES[lead]
     if extra:
         if min_bytes - 1 + extra > 8:
             raise ProtocolError(f"bad varlong lead byte {lead:#04x}")
