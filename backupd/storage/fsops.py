@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import errno
 import os
-import secrets
 import stat
 import string
 from collections.abc import Iterator
@@ -32,6 +31,8 @@ O_PATH = getattr(os, "O_PATH", os.O_RDONLY)
 DIR_WALK_FLAGS = O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 DIR_READ_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 TMP_SUFFIX_CHARS = (string.ascii_letters + string.digits).encode()
+# random byte -> suffix char in one translate() (8 of 62 chars a little likelier; O_EXCL makes names safe anyway)
+_TMP_SUFFIX_MAP = bytes(TMP_SUFFIX_CHARS[i % len(TMP_SUFFIX_CHARS)] for i in range(256))
 TMP_MAX_NAME = NAME_MAX - 1 - len(b".XXXXXX") - 1  # 246: rsync get_tmpname()
 TMP_TRIES = 100
 
@@ -169,7 +170,7 @@ def temp_name(basename: bytes) -> bytes:
     prefixed = b"." + name
     if prefixed.endswith(b"."):
         prefixed = prefixed[:-1]
-    rand = bytes(secrets.choice(TMP_SUFFIX_CHARS) for _ in range(6))
+    rand = os.urandom(6).translate(_TMP_SUFFIX_MAP)
     return prefixed + b"." + rand
 
 
