@@ -2,12 +2,14 @@
 
 A batch is one run per target per window::
 
-    rsync -a -R --files-from=LIST --from0 --delete-missing-args
+    rsync -a -R --files-from=LIST --from0 --delete-missing-args --modify-window=-1
           [-r --delete] [--force] [--exclude-from=EXCL]
           [--timeout=N] [--bwlimit=X] [--password-file=F] --stats EXTRA... SRC/ DEST/
 
 (``-r --delete``: the batch holds a directory to send with its content;
-``--force``: it deletes or replaces a directory, see ``coalesce.py``). A full
+``--force``: it deletes or replaces a directory, see ``coalesce.py``;
+``--modify-window=-1``: see ``NS_QUICK_CHECK``, unless the extra args set
+their own window). A full
 sync is ``rsync -a --delete --force [--exclude-from=EXCL] ... SRC/ DEST/``.
 ``--from0`` also makes the exclude file NUL-separated. Exit 24 (files
 vanished before they could be sent) is a success: the next event settles them.
@@ -28,6 +30,11 @@ from pathlib import Path
 from backupd.config.pusher_model import APPEND_ARGS, PusherConfig, SourceConfig, Target
 from backupd.errors import EXIT_TEXT, ExitCode
 from backupd.pusher.coalesce import Batch
+
+# A batch compares mtimes to the nanosecond (receiver 3.1.3+): a path changed again within the second
+# of its last push, with its size unchanged, is sent again instead of being skipped by the whole-second
+# quick check (a write racing the previous run leaves the target with the content but an older mtime).
+NS_QUICK_CHECK = "--modify-window=-1"
 
 
 class ExitClass(Enum):
@@ -102,6 +109,8 @@ def batch_argv(
 ) -> list[str]:
     """The argv of one batch run (see the module docstring)."""
     argv = [config.rsync_binary, "-a", "-R", f"--files-from={files_from}", "--from0", "--delete-missing-args"]
+    if not any(a.startswith(("--modify-window", "-@")) for a in config.extra_args):
+        argv.append(NS_QUICK_CHECK)
     if batch.recursive:
         argv += ["-r", "--delete"]
     if batch.force:

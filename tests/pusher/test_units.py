@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -120,11 +121,13 @@ def test_batch_argv_adds_r_and_force_only_when_needed():
     plain = Batch((b"f",), recursive=False, force=False, covered=(b"f",))
     argv = batch_argv(CONFIG, SOURCE, TARGET, plain, Path("/l"), Path("/x"))
     assert argv == ["rsync", "-a", "-R", "--files-from=/l", "--from0", "--delete-missing-args",
-                    "--timeout=30", "--bwlimit=50M", "--password-file=/pw", "--stats", "--partial",
-                    "/data/src/", "rsync://u@h:8730/mod/sub/alias/"]
+                    "--modify-window=-1", "--timeout=30", "--bwlimit=50M", "--password-file=/pw", "--stats",
+                    "--partial", "/data/src/", "rsync://u@h:8730/mod/sub/alias/"]
     both = Batch((b"d", b"t"), recursive=True, force=True, covered=(b"d", b"t"))
     argv = batch_argv(CONFIG, SOURCE, TARGET, both, Path("/l"), Path("/x"))
-    assert argv[6:10] == ["-r", "--delete", "--force", "--exclude-from=/x"]
+    assert argv[7:11] == ["-r", "--delete", "--force", "--exclude-from=/x"]
+    own = dataclasses.replace(CONFIG, extra_args=("-@1",))  # the user's own window wins
+    assert "--modify-window=-1" not in batch_argv(own, SOURCE, TARGET, plain, Path("/l"))
     full = full_sync_argv(CONFIG, SOURCE, TARGET, Path("/x"))
     assert full[:6] == ["rsync", "-a", "--delete", "--force", "--from0", "--exclude-from=/x"]
 
