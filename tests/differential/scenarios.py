@@ -266,6 +266,15 @@ scenario("delete-missing-args",
          write_list("client/list", ["a.txt", "gone.txt"]),
          push("-ai", "--files-from=list", "--delete-missing-args"),
          client=src_tree(), seed=mod_tree(**{"gone.txt": File(b"g\n", mtime=T0)}))
+scenario("delete-missing-args-full-dir",  # a non-empty dir named: only --force removes it (delete_item)
+         write_list("client/list", ["a.txt", "zdir"]),
+         push("-ai", "--files-from=list", "--delete-missing-args"),
+         push("-ai", "--files-from=list", "--delete-missing-args", "--force"),
+         client=src_tree(), seed=mod_tree())
+scenario("delete-missing-args-full-dir-r",  # with -r as the pusher's batches run it
+         write_list("client/list", ["a.txt", "zdir"]),
+         push("-ai", "-r", "--files-from=list", "--delete-missing-args"),
+         client=src_tree(), seed=mod_tree())
 scenario("delete-dry-run-after", push("-ain", "--delete-after"), client=src_tree(),
          seed=mod_tree())
 scenario("delete-twice", push("-ai", "--delete"), remove("client/src/sub"),
