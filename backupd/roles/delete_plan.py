@@ -50,11 +50,14 @@ class Listed:
     ``mode`` is the entry's lstat ``st_mode`` (only the type bits matter).
     ``children`` is what a directory holds (any order), or None when it was
     not read: the plan needs it only for a directory it may remove.
+    ``unreadable``: the directory could not be listed (the reader recorded
+    the error); it stays, as rsync's rmdir then finds it not empty.
     """
 
     name: bytes
     mode: int
     children: tuple[Listed, ...] | None = None
+    unreadable: bool = False
 
     @property
     def is_dir(self) -> bool:
@@ -240,7 +243,7 @@ def plan_missing(
     Raises:
         ValueError: a directory came without its children.
     """
-    if item.is_dir and not force and _children(item, rel):
+    if item.is_dir and (item.unreadable or not force and _children(item, rel)):
         return DeletePlan((Note(rel),))
     planner = _Planner(rules, max_delete_left)
     planner.entry(rel, path, item, MISSING_ARG)
@@ -292,6 +295,9 @@ class _Planner:
         if not item.is_dir:
             self._leaf(rel, path, item, reason, nested=False)
             return
+        if item.unreadable:
+            self.steps.append(Note(rel))
+            return
         items = self._items(rel, path, item)
         fits = self.left is None or self.left >= len(items) + 1
         if fits and not any(protected for _, _, protected in items):
@@ -317,6 +323,9 @@ class _Planner:
             child_rel, child_path = join_rel(rel, child.name), join_rel(path, child.name)
             if self.rules.protected(child_rel, child_path, child.is_dir, inside=True):
                 empty = False
+            elif child.is_dir and child.unreadable:
+                self.steps.append(Note(child_rel))
+                empty = False
             elif not child.is_dir:
                 empty = self._leaf(child_rel, child_path, child, reason, nested=True) and empty
             else:
@@ -338,8 +347,8 @@ class _Planner:
         out = []
         for child in reverse_order(_children(item, rel)):
             child_rel, child_path = join_rel(rel, child.name), join_rel(path, child.name)
-            if child.is_dir:
+            if child.is_dir and not child.unreadable:
                 out += self._items(child_rel, child_path, child)
-            protected = self.rules.protected(child_rel, child_path, child.is_dir, inside=True)
+            protected = child.unreadable or self.rules.protected(child_rel, child_path, child.is_dir, inside=True)
             out.append((child_rel, child.is_dir, protected))
         return out

@@ -106,7 +106,7 @@ class Deleter:
 
         For a directory that makes room for another type (delete_item DEL_MAKE_ROOM).
         """
-        item = self._read_item(rel, path, b"", stat.S_IFDIR)
+        item = self._read_item(rel, path, b"", stat.S_IFDIR, tolerant=False)
         return contents_in_order(rel, item)
 
     # -- reading -------------------------------------------------------------------------
@@ -114,18 +114,33 @@ class Deleter:
         scan = self.state.tree.scan_dir(path)
         return [] if scan is None else list(scan.items())
 
-    def _read_item(self, rel: bytes, path: bytes, name: bytes, mode: int, depth: int = 0) -> Listed:
+    def _read_item(
+        self, rel: bytes, path: bytes, name: bytes, mode: int, depth: int = 0, *, tolerant: bool = True
+    ) -> Listed:
         """``Listed`` for entry ``name`` at ``path``: a directory with everything below it.
 
+        ``tolerant``: a directory that cannot be listed is recorded as a
+        per-file error and marked unreadable (the plan keeps it), as rsync's
+        delete_dir_contents goes on after a failed opendir.
+
         Raises:
-            StorageError: the directory nests deeper than MAX_DEPTH levels, or cannot be read.
+            StorageError: the directory nests deeper than MAX_DEPTH levels, or
+                (not ``tolerant``) cannot be read.
         """
         if not stat.S_ISDIR(mode):
             return Listed(name, mode)
         if depth > MAX_DEPTH:
             raise StorageError(f"directory {os.fsdecode(rel)!r} nests deeper than {MAX_DEPTH} levels")
+        try:
+            scan = self._scan(path)
+        except StorageError as exc:
+            if not tolerant:
+                raise
+            self.errors.record(str(exc), path)
+            return Listed(name, mode, unreadable=True)
         children = tuple(
-            self._read_item(join_rel(rel, n), join_rel(path, n), n, st.st_mode, depth + 1) for n, st in self._scan(path)
+            self._read_item(join_rel(rel, n), join_rel(path, n), n, st.st_mode, depth + 1, tolerant=tolerant)
+            for n, st in scan
         )
         return Listed(name, mode, children)
 

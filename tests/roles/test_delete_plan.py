@@ -167,6 +167,15 @@ def test_make_room_contents_ignore_rules_and_list_deepest_first():
     assert contents_in_order(b"x", tree) == [(b"x/s/b", False), (b"x/s", True), (b"x/a", False)]
 
 
+def test_an_unreadable_directory_stays_with_a_note_and_keeps_its_parent():
+    plan = plan_deletions(b".", b".", [Listed(b"u", D, unreadable=True), f(b"z")], set(), NO_RULES, None)
+    assert plan.steps[0] == Note(b"u") and deleted(plan) == [b"z"]
+    tree = d(b"x", f(b"a"), Listed(b"u", D, unreadable=True))
+    plan = plan_deletions(b".", b".", [tree], set(), NO_RULES, None)
+    assert deleted(plan) == [b"x/a"] and notes(plan) == [b"x/u", b"x"]
+    assert plan_missing(b"u", b"u", Listed(b"u", D, unreadable=True), NO_RULES, None, force=True).steps == (Note(b"u"),)
+
+
 def test_a_directory_to_remove_without_its_listing_is_refused():
     with pytest.raises(ValueError, match="listing was not read"):
         plan_deletions(b".", b".", [Listed(b"x", D)], set(), NO_RULES, None)

@@ -43,11 +43,17 @@ class FailingTree(ModuleTree):
     """A module tree whose delete of one path fails, as a permission error would."""
 
     fail: bytes = b""
+    fail_scan: bytes = b""
 
     def delete(self, path: bytes, **kw):
         if path == self.fail:
             raise StorageError(f"module m: {path.decode()}: Permission denied")
         return super().delete(path, **kw)
+
+    def scan_dir(self, path: bytes):
+        if path == self.fail_scan:
+            raise StorageError(f"module m: {path.decode()}: Permission denied")
+        return super().scan_dir(path)
 
 
 class Log:
@@ -152,3 +158,15 @@ def test_make_room_contents_are_read_deepest_first(tmp_path, depth):
     root, state, out, deleter = make(tmp_path, files, top())
     got = deleter.room_contents(b"x", b"x")
     assert got[0] == (b"x/n/n/n/f", False) and got[-1] == (b"x/n", True) and len(got) == depth + 1
+
+
+def test_an_unreadable_directory_is_one_error_and_stays_while_the_rest_goes(tmp_path):
+    root, state, out, deleter = make(tmp_path, FILES, top(b"keep"))
+    state.tree.fail_scan = b"gone/s"
+    deleter.apply(deleter.plan_dir(state.flist[0], b"."))
+    assert out.of(MsgCode.ERROR_XFER) == [b"rsync: [generator] module m: gone/s: Permission denied\n"]
+    assert state.file_errors == 1
+    assert (root / "gone/s/b").read_bytes() == b"b"
+    assert out.of(MsgCode.DELETED) == [b"gone/empty\0", b"gone/a", b"old2", b"old1"]
+    assert out.of(MsgCode.INFO) == [b"cannot delete non-empty directory: gone/s\n",
+                                    b"cannot delete non-empty directory: gone\n"]
