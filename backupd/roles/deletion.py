@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import stat
+from typing import TYPE_CHECKING
 
 from backupd.errors import StorageError
 from backupd.ops import logging as ops_logging
@@ -34,7 +35,9 @@ from backupd.roles.delete_plan import (
     plan_missing,
 )
 from backupd.roles.errors import FileErrors
-from backupd.roles.push import PushState
+
+if TYPE_CHECKING:  # push.py is the orchestrator above the roles: no import cycle at run time
+    from backupd.roles.push import PushState
 
 MAX_DEPTH = 512  # nesting of a directory to delete, as read for its plan
 
