@@ -390,7 +390,7 @@ def file_received(receiver, entry, path: bytes, old: os.stat_result | None) -> N
 def file_deleted(generator, rel: bytes, is_dir: bool, items) -> None:
     """Hook, generator delete: count ``rel`` and ``items`` (its contents); log each as ``del.``.
 
-    ``items`` are ``(rel, is_dir, protected)`` tuples, deepest first, as the
+    ``items`` are ``(rel, is_dir, ...)`` tuples, deepest first, as the
     generator sends MSG_DELETED for them; names are relative to the transfer
     root (``%n``), ``%f`` adds the destination dir inside the module. Nothing
     is counted or logged on --dry-run (log.c log_delete()). Never raises.
@@ -400,7 +400,7 @@ def file_deleted(generator, rel: bytes, is_dir: bool, items) -> None:
     try:
         record = metrics.session_record(generator.out)
         module = record.module if record is not None else None
-        entries = [(r, d) for r, d, _ in items] + [(rel, is_dir)]
+        entries = [(item[0], item[1]) for item in items] + [(rel, is_dir)]
         metrics.files_deleted(module.name if module else "-", len(entries))
         if module is None or not module.transfer_logging:
             return

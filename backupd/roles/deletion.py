@@ -1,35 +1,57 @@
-"""Deleting what the client no longer has, for a push: into history, reported like rsync.
+"""Deleting what the client no longer has, for a push: read, plan, apply, report like rsync.
 
-Which names go is rsync's rule (generator.c delete_in_dir(), delete.c
-delete_item()): entries of a content directory that the file list does not
-name and no filter rule protects. Each one is moved into the module's
-history (a directory as a whole) and reported to the client as MSG_DELETED;
-the counts go out as NDX_DEL_STATS. Source: rsync-protocol-b.md §8.
+The decision is ``roles/delete_plan`` (pure): this module reads what it
+needs from the module tree (a directory's listing, and what an extraneous
+directory holds), asks for a ``DeletePlan`` and applies it: each removal
+moves into the module's history (a directory as a whole when it may go
+whole; gone for real with ``history = no``) and is reported to the client
+as MSG_DELETED; the counts go out as NDX_DEL_STATS. With ``--dry-run`` the
+plan is reported and not applied. Source: rsync generator.c
+delete_in_dir(), delete.c delete_item(), main.c write_del_stats();
+rsync-protocol-b.md §8.
 """
 
 from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from backupd.errors import StorageError
 from backupd.ops import logging as ops_logging
 from backupd.protocol.constants import NDX_DEL_STATS, IoError, MsgCode
-from backupd.protocol.flist import FileEntry, sort_key
+from backupd.protocol.flist import FileEntry
 from backupd.protocol.wire import NdxEncoder, encode_varint
-from backupd.roles.push import PushState, join_path
+from backupd.roles.delete_plan import (
+    DeletePlan,
+    DeleteRules,
+    Listed,
+    Note,
+    Removal,
+    contents_in_order,
+    extraneous,
+    join_rel,
+    plan_deletions,
+    plan_missing,
+)
+from backupd.roles.errors import FileErrors
+
+if TYPE_CHECKING:  # push.py is the orchestrator above the roles: no import cycle at run time
+    from backupd.roles.push import PushState
+
+MAX_DEPTH = 512  # nesting of a directory to delete, as read for its plan
 
 
 class Deleter:
-    """Runs in the generator's thread; ``file_error(message, entry)`` records failures."""
+    """Runs in the generator's thread; per-file failures go to ``errors`` (the generator's recorder)."""
 
-    def __init__(self, state: PushState, out, log, file_error: Callable[[str, FileEntry], None]) -> None:
+    def __init__(self, state: PushState, out, log, errors: FileErrors) -> None:
         self.state = state
         self.opts = state.opts
         self.out = out
         self.log = log
-        self.file_error = file_error
+        self.errors = errors
+        self.rules = DeleteRules(state.filters, state.module_filters, state.tree.is_history_path)
         self.deleted = {"files": 0, "dirs": 0, "symlinks": 0, "devices": 0, "specials": 0}
         self.deletions_left = self.opts.max_delete if self.opts.max_delete is not None else -1
         self.deletions_skipped = 0
@@ -42,22 +64,20 @@ class Deleter:
             return False
         return True
 
+    @property
+    def _budget(self) -> int | None:
+        return None if self.deletions_left < 0 else self.deletions_left
+
+    # -- the three callers ---------------------------------------------------------------
     def delete_missing(self, ndx: int, entry: FileEntry, path: bytes) -> None:
         """--delete-missing-args: remove what a mode-0 entry (a missing source arg) names."""
         if not self.opts.delete_missing_args or path == self.state.dest_dir:
             return
-        tree = self.state.tree
-        st = tree.lstat(path)
+        st = self.state.tree.lstat(path)
         if st is None:
             return
-        if stat.S_ISDIR(st.st_mode) and not self.opts.force and tree.listdir(path):
-            # delete_item() without DEL_RECURSE: only --force removes a non-empty directory
-            self.out.send_msg(
-                MsgCode.INFO,
-                f"cannot delete non-empty directory: {os.fsdecode(entry.name)}\n".encode("utf-8", "replace"),
-            )
-            return
-        self.delete(entry.name, path)
+        item = self._read_item(entry.name, path, entry.name.rpartition(b"/")[2], st.st_mode)
+        self.apply(plan_missing(entry.name, path, item, self.rules, self._budget, force=self.opts.force))
 
     def delete_pass(self) -> None:
         """Sweep every content directory of the list (--delete-before/-after/-delay)."""
@@ -69,151 +89,101 @@ class Deleter:
                     self.delete_in_dir(ndx, entry, path)
 
     def delete_in_dir(self, ndx: int, entry: FileEntry, path: bytes) -> None:
-        """Delete what the directory holds and the file list does not (generator.c delete_in_dir).
+        """Delete what the directory holds and the file list does not (generator.c delete_in_dir)."""
+        self.apply(self.plan_dir(entry, path))
 
-        The directory's entries are visited in reverse file-list order, as rsync does.
-        """
-        state = self.state
+    def plan_dir(self, entry: FileEntry, path: bytes) -> DeletePlan:
+        """Read directory ``path`` (of file-list directory ``entry``) and plan its deletions; changes nothing."""
+        rel = b"." if entry.name in (b".", b"") else entry.name
         keep = self._children.get(_parent_key(entry.name), set())
-        for name, child_st in self._listing(path):
-            if name in keep:
-                continue
-            child_path = join_path(path, name)
-            if state.tree.is_history_path(child_path):
-                continue
-            rel = join_path(b"" if entry.name == b"." else entry.name, name)
-            is_dir = stat.S_ISDIR(child_st.st_mode)
-            if state.filters is not None and state.filters.protected_from_delete(rel, is_dir, perishable_ok=False):
-                continue
-            if state.daemon_excluded(child_path, is_dir):
-                continue
-            self.delete(rel, child_path, is_dir)
+        listing = []
+        for name, st in self._scan(path):
+            item = Listed(name, st.st_mode)
+            if item.is_dir and extraneous(rel, path, item, keep, self.rules):
+                item = self._read_item(join_rel(rel, name), join_rel(path, name), name, st.st_mode)
+            listing.append(item)
+        return plan_deletions(rel, path, listing, keep, self.rules, self._budget)
 
-    def _listing(self, path: bytes) -> list[tuple[bytes, os.stat_result]]:
-        """(name, lstat) of a directory's entries in reverse rsync file-list order (get_dirlist)."""
-        tree, out = self.state.tree, []
-        for name in tree.listdir(path):
-            st = tree.lstat(join_path(path, name))
-            if st is not None:
-                out.append((name, st))
-        out.sort(key=lambda item: sort_key(item[0], stat.S_ISDIR(item[1].st_mode)), reverse=True)
-        return out
+    def room_contents(self, rel: bytes, path: bytes) -> list[tuple[bytes, bool]]:
+        """``(rel, is_dir)`` of what directory ``path`` holds, in the order rsync reports it deleted.
 
-    def delete(self, rel: bytes, path: bytes, is_dir: bool | None = None) -> None:
-        """Delete one extraneous entry into history, reporting it like rsync (delete.c delete_item).
-
-        A directory's contents go first, deepest first and in reverse order
-        within each directory, then the directory. Every entry counts against
-        --max-delete; at the limit an entry is skipped and a directory that
-        keeps something ("cannot delete non-empty directory: X") stays, as
-        does one with something inside protected by a filter rule. When all
-        of it may go, it moves into history as a whole (one move).
+        For a directory that makes room for another type (delete_item DEL_MAKE_ROOM).
         """
-        tree = self.state.tree
-        if is_dir is None:
-            st = tree.lstat(path)
-            if st is None:
-                return
-            is_dir = stat.S_ISDIR(st.st_mode)
-        if not is_dir:
-            self._delete_leaf(rel, path, False)
-            return
-        items = self._dir_items(rel, path)
-        fits = self.deletions_left < 0 or self.deletions_left >= len(items) + 1
-        if fits and not any(protected for _, _, protected in items):
-            self._delete_whole(rel, path, items)
-        elif self._delete_contents(rel, path):
-            self._delete_leaf(rel, path, True)
+        item = self._read_item(rel, path, b"", stat.S_IFDIR, tolerant=False)
+        return contents_in_order(rel, item)
 
-    def _delete_whole(self, rel: bytes, path: bytes, items: list[tuple[bytes, bool, bool]]) -> None:
+    # -- reading -------------------------------------------------------------------------
+    def _scan(self, path: bytes) -> list[tuple[bytes, os.stat_result]]:
+        scan = self.state.tree.scan_dir(path)
+        return [] if scan is None else list(scan.items())
+
+    def _read_item(
+        self, rel: bytes, path: bytes, name: bytes, mode: int, depth: int = 0, *, tolerant: bool = True
+    ) -> Listed:
+        """``Listed`` for entry ``name`` at ``path``: a directory with everything below it.
+
+        ``tolerant``: a directory that cannot be listed is recorded as a
+        per-file error and marked unreadable (the plan keeps it), as rsync's
+        delete_dir_contents goes on after a failed opendir.
+
+        Raises:
+            StorageError: the directory nests deeper than MAX_DEPTH levels, or
+                (not ``tolerant``) cannot be read.
+        """
+        if not stat.S_ISDIR(mode):
+            return Listed(name, mode)
+        if depth > MAX_DEPTH:
+            raise StorageError(f"directory {os.fsdecode(rel)!r} nests deeper than {MAX_DEPTH} levels")
+        try:
+            scan = self._scan(path)
+        except StorageError as exc:
+            if not tolerant:
+                raise
+            self.errors.record(str(exc), path)
+            return Listed(name, mode, unreadable=True)
+        children = tuple(
+            self._read_item(join_rel(rel, n), join_rel(path, n), n, st.st_mode, depth + 1, tolerant=tolerant)
+            for n, st in scan
+        )
+        return Listed(name, mode, children)
+
+    # -- applying ------------------------------------------------------------------------
+    def apply(self, plan: DeletePlan) -> None:
+        """Carry out ``plan`` in order and report it as rsync does (delete.c delete_item).
+
+        A removal that fails is recorded as a per-file error and keeps what
+        it would have removed; a directory planned to go after it then stays
+        with rsync's "cannot delete non-empty directory" note. The budget
+        counts only what was removed. --dry-run reports without removing.
+        """
+        kept: list[bytes] = []
+        for step in plan.steps:
+            if isinstance(step, Note):
+                self.out.send_msg(MsgCode.INFO, step.text)
+            elif kept and step.is_dir and any(p.startswith(step.path + b"/") for p in kept):
+                for _ in range(2 if step.nested else 1):  # delete_dir_contents, then rmdir's ENOTEMPTY
+                    self.out.send_msg(MsgCode.INFO, Note(step.rel).text)
+                kept.append(step.path)
+            elif not self._remove(step):
+                kept.append(step.path)
+        self.deletions_skipped += plan.skipped
+
+    def _remove(self, step: Removal) -> bool:
         if not self.opts.dry_run:
             try:
-                self.count(self.state.tree.delete(path))
+                self.count(self.state.tree.delete(step.path))
             except StorageError as exc:
-                self._delete_failed(exc)
-                return
-        if self.deletions_left > 0:
-            self.deletions_left -= len(items) + 1
-        for item_rel, item_is_dir, _ in items:
-            self.out.send_msg(MsgCode.DELETED, item_rel + (b"\0" if item_is_dir else b""))
-        self.out.send_msg(MsgCode.DELETED, rel + b"\0")
-        self.log.debug("deleted {}", os.fsdecode(rel))
-        ops_logging.file_deleted(self, rel, True, items)  # ops hook: transfer log "del.", counters
-
-    def _delete_leaf(self, rel: bytes, path: bytes, is_dir: bool) -> bool:
-        """One file or emptied directory: the --max-delete check, then the delete (delete_item)."""
-        if self.deletions_left == 0:
-            self.deletions_skipped += 1
-            return False
-        if not self.opts.dry_run:
-            try:
-                self.count(self.state.tree.delete(path))
-            except StorageError as exc:
-                self._delete_failed(exc)
+                self.errors.record(f"delete failed: {exc}", step.path)
                 return False
         if self.deletions_left > 0:
-            self.deletions_left -= 1
-        self.out.send_msg(MsgCode.DELETED, rel + (b"\0" if is_dir else b""))
-        self.log.debug("deleted {}", os.fsdecode(rel))
-        ops_logging.file_deleted(self, rel, is_dir, [])
+            self.deletions_left -= step.spent
+        for rel, is_dir in step.reported:
+            self.out.send_msg(MsgCode.DELETED, rel + (b"\0" if is_dir else b""))
+        self.log.debug("deleted {} ({})", os.fsdecode(step.rel), step.reason)
+        ops_logging.file_deleted(self, step.rel, step.is_dir, step.contents)  # transfer log "del.", counters
         return True
 
-    def _delete_failed(self, exc: StorageError) -> None:
-        self.state.file_errors += 1
-        self.out.send_msg(MsgCode.ERROR_XFER, f"rsync: [generator] delete failed: {exc}\n".encode("utf-8", "replace"))
-
-    def _delete_contents(self, rel: bytes, path: bytes) -> bool:
-        """Empty a directory item by item (delete.c delete_dir_contents); True if it is empty now."""
-        empty = True
-        for name, st in self._listing(path):
-            child_rel, child_path = join_path(rel, name), join_path(path, name)
-            child_is_dir = stat.S_ISDIR(st.st_mode)
-            if self._protected(child_rel, child_path, child_is_dir):
-                empty = False
-                continue
-            if child_is_dir:
-                inner_empty = self._delete_contents(child_rel, child_path)
-                if self.deletions_left == 0:
-                    self.deletions_skipped += 1
-                    empty = False
-                elif not inner_empty:
-                    self._not_empty(child_rel)  # rmdir: ENOTEMPTY
-                    empty = False
-                elif not self._delete_leaf(child_rel, child_path, True):
-                    empty = False
-            elif not self._delete_leaf(child_rel, child_path, False):
-                empty = False
-        if not empty:
-            self._not_empty(rel)
-        return empty
-
-    def _not_empty(self, rel: bytes) -> None:
-        self.out.send_msg(
-            MsgCode.INFO, f"cannot delete non-empty directory: {os.fsdecode(rel)}\n".encode("utf-8", "replace")
-        )
-
-    def _protected(self, rel: bytes, path: bytes, is_dir: bool) -> bool:
-        state = self.state
-        if state.filters is not None and state.filters.protected_from_delete(rel, is_dir, perishable_ok=True):
-            return True
-        return state.daemon_excluded(path, is_dir)
-
-    def _dir_items(self, rel: bytes, path: bytes, depth: int = 0) -> list[tuple[bytes, bool, bool]]:
-        """Everything inside a directory in rsync's delete order: (rel, is_dir, protected).
-
-        Reverse file-list order within each directory, a directory's contents before it.
-        """
-        if depth > 512:
-            raise StorageError(f"directory {os.fsdecode(rel)!r} nests deeper than 512 levels")
-        out = []
-        for name, st in self._listing(path):
-            child_rel, child_path = join_path(rel, name), join_path(path, name)
-            child_is_dir = stat.S_ISDIR(st.st_mode)
-            if child_is_dir:
-                out += self._dir_items(child_rel, child_path, depth + 1)
-            out.append((child_rel, child_is_dir, self._protected(child_rel, child_path, child_is_dir)))
-        return out
-
+    # -- counts --------------------------------------------------------------------------
     def count(self, counts) -> None:
         """Add a storage DeleteCounts to the totals sent as NDX_DEL_STATS."""
         for key in self.deleted:
@@ -227,9 +197,8 @@ class Deleter:
                 f"Deletions stopped due to --max-delete limit ({self.deletions_skipped} skipped)\n".encode(),
             )
         d = self.deleted
-        total_files = d["files"]
         out = ndx.encode(NDX_DEL_STATS)
-        for value in (total_files, d["dirs"], d["symlinks"], d["devices"], d["specials"]):
+        for value in (d["files"], d["dirs"], d["symlinks"], d["devices"], d["specials"]):
             out += encode_varint(min(value, 0x7FFFFFFF))
         self.out.write(out)
 

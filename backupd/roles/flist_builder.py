@@ -34,6 +34,7 @@ from backupd.protocol.constants import MUNGE_PREFIX, IoError, MsgCode, XmitFlags
 from backupd.protocol.filters import MAX_MERGE_FILE_SIZE, FilterList
 from backupd.protocol.flist import FileEntry, sort_key
 from backupd.protocol.server_args import TransferOptions
+from backupd.roles.errors import ErrorTally, FileErrors
 from backupd.storage import ModuleTree
 from backupd.storage.fsops import DIR_READ_FLAGS, open_dir, split_path
 
@@ -247,16 +248,15 @@ class FlistBuilder:
         self.recurse = opts.recursive
         self.xfer_dirs = opts.dirs or opts.recursive or opts.list_only or opts.files_from is not None
         self.items: list[Listed] = []
-        self.io_error = 0
-        self.errors = 0
+        self.errors = FileErrors(
+            lambda code, data: report(code, data.decode("utf-8")), None, "sender", ErrorTally(), io_flag=IoError.GENERAL
+        )
         self._root_dev = tree.lstat(b"").st_dev
         self._merge_cache: dict[bytes, FilterList | None] = {}
 
     # -- messages ----------------------------------------------------------------------
     def _error(self, text: str, bits: int = IoError.GENERAL) -> None:
-        self.io_error |= bits
-        self.errors += 1
-        self.report(MsgCode.ERROR_XFER, f"rsync: [sender] {text}\n")
+        self.errors.record(text, io_flag=bits)
 
     def _shown(self, path: bytes) -> str:
         return f'"{os.fsdecode(path or b".")}" (in {self.module})'
@@ -285,7 +285,7 @@ class FlistBuilder:
         implied_sent: set[bytes] = set()
         for fbuf, base in todo:
             self._add_arg(split_arg(fbuf, base, relative), relative, implied_sent)
-        return BuiltList(self._sorted(), self.io_error, self.errors)
+        return BuiltList(self._sorted(), self.errors.tally.io_error, self.errors.tally.file_errors)
 
     def _add_arg(self, arg: _Arg, relative: bool, implied_sent: set[bytes]) -> None:
         filters = self._filters_for(arg.root)
@@ -446,7 +446,7 @@ class FlistBuilder:
             os.close(fd)
 
     def _vanished(self, path: bytes) -> None:
-        self.io_error |= IoError.VANISHED
+        self.errors.flag(IoError.VANISHED)
         self.report(MsgCode.WARNING, f"file has vanished: {self._shown(path)}\n")
 
     # -- entries -----------------------------------------------------------------------

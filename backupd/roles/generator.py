@@ -27,7 +27,9 @@ from backupd.protocol.sums import NULL_SUM_HEAD, Checksum, iter_sums_wire, sum_s
 from backupd.protocol.wire import NdxEncoder, encode_int32, encode_shortint, encode_vstring
 from backupd.roles.acl_sync import GeneratorAcls
 from backupd.roles.alt_dest import AltBasis, AltDest, Outcome
+from backupd.roles.delete_plan import Note
 from backupd.roles.deletion import Deleter
+from backupd.roles.errors import FileErrors
 from backupd.roles.owners import owner_ids
 from backupd.roles.push import PushState
 from backupd.roles.xattr_sync import GeneratorXattrs, for_push
@@ -63,7 +65,8 @@ class Generator:
         self.log = session.log
         self.ndx = NdxEncoder()
         self.error: RsyncError | None = None
-        self.deleter = Deleter(state, self.out, self.log, self._file_error)
+        self.errors = FileErrors(self.out.send_msg, self.log, "generator", state)
+        self.deleter = Deleter(state, self.out, self.log, self.errors)
         self._scans: OrderedDict[bytes, dict | None] = OrderedDict()
         self._thread = threading.Thread(target=self._run, name="generator", daemon=True)
         self._dirs: list[tuple[int, bytes, bool]] = []
@@ -194,19 +197,14 @@ class Generator:
         rsyncd's "Skipping any contents" line.
         """
         what = "directory" if entry.is_dir else "file"
-        message = f'ERROR: daemon refused to receive {what} "{os.fsdecode(entry.name)}"\n'
-        self.state.file_errors += 1
-        self.out.send_msg(MsgCode.ERROR_XFER, message.encode("utf-8", "replace"))
-        self.log.warning("{}", message.rstrip())
+        self.errors.record(f'ERROR: daemon refused to receive {what} "{os.fsdecode(entry.name)}"', prefixed=False)
         self.state.skip.add(ndx)
         if entry.is_dir:
             self.out.send_msg(MsgCode.ERROR, b"*** Skipping any contents from this failed directory ***\n")
             self._refused_dirs.append(path)
 
     def _file_error(self, message: str, entry: FileEntry) -> None:
-        self.state.file_errors += 1
-        self.out.send_msg(MsgCode.ERROR_XFER, f"rsync: [generator] {message}\n".encode("utf-8", "replace"))
-        self.log.warning("{}: {}", os.fsdecode(entry.name), message)
+        self.errors.record(message, entry.name)
 
     def _itemize(self, ndx: int, iflags: int) -> None:
         """Send ndx + iflags for a non-transfer item when it changed or -ii asks.
@@ -427,18 +425,12 @@ class Generator:
         """
         tree, rel = self.state.tree, entry.name
         if stat.S_ISDIR(st.st_mode):
-            items = self.deleter._dir_items(rel, path)
+            items = self.deleter.room_contents(rel, path)
             if items and not (self.opts.deleting or self.opts.force):
-                name = os.fsdecode(rel)
-                self.out.send_msg(
-                    MsgCode.INFO, f"cannot delete non-empty directory: {name}\n".encode("utf-8", "replace")
-                )
-                self.out.send_msg(
-                    MsgCode.ERROR_XFER, f"could not make way for new {what}: {name}\n".encode("utf-8", "replace")
-                )
-                self.state.file_errors += 1
+                self.out.send_msg(MsgCode.INFO, Note(rel).text)
+                self.errors.record(f"could not make way for new {what}: {os.fsdecode(rel)}", prefixed=False)
                 return False
-            for item_rel, item_is_dir, _ in items:
+            for item_rel, item_is_dir in items:
                 self.out.send_msg(MsgCode.DELETED, item_rel + (b"\0" if item_is_dir else b""))
         if not self.opts.dry_run:
             counts = tree.delete(path)

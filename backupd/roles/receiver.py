@@ -21,6 +21,7 @@ from backupd.protocol.wire import NdxDecoder, decode_int32, decode_shortint, dec
 from backupd.roles.acl_sync import apply_staged
 from backupd.roles.alt_dest import alt_path
 from backupd.roles.channel import peer_exit
+from backupd.roles.errors import FileErrors
 from backupd.roles.owners import owner_ids
 from backupd.roles.push import PushState
 from backupd.roles.xattr_sync import ReceiverXattrs, for_push
@@ -79,13 +80,14 @@ class Receiver:
         self.files_received = 0
         self.bytes_literal = 0
         self.xattrs = for_push(ReceiverXattrs, state)
+        self.errors = FileErrors(self.out.send_msg, self.log, "receiver", state, io_flag=IoError.GENERAL)
 
     def _on_message(self, code: MsgCode, payload: bytes) -> None:
         """Messages from the client sender (rsync io.c read_a_msg)."""
         if code == MsgCode.ERROR_EXIT:
             raise peer_exit(payload)
         if code == MsgCode.IO_ERROR and len(payload) == 4:
-            self.state.io_error |= int.from_bytes(payload, "little") & 7
+            self.errors.flag(int.from_bytes(payload, "little") & 7)
         elif code == MsgCode.NO_SEND and len(payload) == 4:
             self.log.info("client could not send ndx {}", int.from_bytes(payload, "little"))
         elif code in (MsgCode.INFO, MsgCode.WARNING, MsgCode.ERROR, MsgCode.ERROR_XFER):
@@ -298,11 +300,8 @@ class Receiver:
         staged.abort()
 
     def _file_error(self, message: str) -> None:
-        self.state.file_errors += 1
-        self.state.io_error |= IoError.GENERAL
-        text = message if message.startswith("ERROR") else f"rsync: [receiver] {message}"
-        self.out.send_msg(MsgCode.ERROR_XFER, (text + "\n").encode("utf-8", "replace"))
-        self.log.warning(message)
+        """One per-file error: 23 at the end, and no --delete-after (io_error general)."""
+        self.errors.record(message, prefixed=not message.startswith("ERROR"))
 
 
 def new_file_mode(state: PushState, entry, st) -> int:

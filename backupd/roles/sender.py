@@ -57,6 +57,7 @@ from backupd.protocol.wire import (
     encode_vstring,
 )
 from backupd.roles.acl_sync import SenderAcls
+from backupd.roles.errors import ErrorTally, FileErrors
 from backupd.roles.flist_builder import BuiltList, FlistBuilder, expand_globs, sanitize_arg
 from backupd.roles.sender_data import SourceFile, file_digest, open_source, send_literal, send_matched
 from backupd.roles.xattr_sync import SenderXattrs, session_am_root, xattr_name_filter, xattr_optim
@@ -276,8 +277,8 @@ class Sender:
             self.writer = make_token_writer(neg.compression, neg.compress_level)
         except ValueError as exc:
             raise Unsupported(f"compression: {exc}") from None
-        self.io_error = state.built.io_error
-        self.errors = state.built.errors
+        tally = ErrorTally(io_error=state.built.io_error, file_errors=state.built.errors)
+        self.errors = FileErrors(self.out.send_msg, self.log, "sender", tally, io_flag=IoError.GENERAL)
         self.written = 0
         opts = state.opts
         self.xattrs = (
@@ -323,7 +324,7 @@ class Sender:
         return self._exit_code()
 
     def _exit_code(self) -> ExitCode:
-        if self.io_error & IoError.GENERAL or self.errors:
+        if self.io_error & IoError.GENERAL or self.errors.tally.file_errors:
             return ExitCode.PARTIAL
         if self.io_error & IoError.VANISHED:
             return ExitCode.VANISHED
@@ -493,7 +494,7 @@ class Sender:
             src = None
         else:
             if src is None:
-                self.io_error |= IoError.VANISHED
+                self.errors.flag(IoError.VANISHED)
                 text = f"file has vanished: {self._shown(source)}\n"
                 self.out.send_msg(MsgCode.WARNING, text.encode("utf-8", "replace"))
         if src is None:
@@ -501,9 +502,12 @@ class Sender:
         return src
 
     def _file_error(self, text: str) -> None:
-        self.io_error |= IoError.GENERAL
-        self.errors += 1
-        self.out.send_msg(MsgCode.ERROR_XFER, f"rsync: [sender] {text}\n".encode("utf-8", "replace"))
+        self.errors.record(text)
+
+    @property
+    def io_error(self) -> int:
+        """The IOERR_* bits so far: the file list's, then the transfer's (rsync io_error)."""
+        return self.errors.tally.io_error
 
     # -- after the loop ----------------------------------------------------------------
     def _stats(self) -> bytes:
@@ -547,9 +551,7 @@ class Sender:
                 raise StorageError("changed since it was sent")
             self.state.tree.delete(item.source)
         except StorageError as exc:
-            self.errors += 1
-            text = f"rsync: [sender] not removing {self._shown(item.source)}: {exc}\n"
-            self.out.send_msg(MsgCode.ERROR_XFER, text.encode("utf-8", "replace"))
+            self.errors.record(f"not removing {self._shown(item.source)}: {exc}", item.source, io_flag=0)
 
     def _shown(self, path: bytes) -> str:
         return f'"{os.fsdecode(path or b".")}" (in {self.state.module})'
