@@ -146,6 +146,11 @@ class Lease:
         )
         return None if row is None else (row[0], int(row[1]), float(row[2]))
 
+    async def backlog(self) -> int:
+        """Rows in our group's journal (changes appended, not yet drained by a leader)."""
+        row = await self._one("SELECT count(*) FROM backupd_journal WHERE grp = %(grp)s")
+        return int(row[0]) if row else 0
+
     async def append(self, source: str, changes: Mapping[bytes, Change]) -> None:
         """Append a source's coalesced changes to the journal (one round trip per 1000)."""
         rows = [

@@ -152,6 +152,8 @@ class StallingProxy:
                 client, _ = self.listener.accept()
             except TimeoutError:
                 continue
+            except OSError:  # closed by close()
+                return
             upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
             self.socks += [client, upstream]
             for a, b in ((client, upstream), (upstream, client)):
