@@ -384,10 +384,14 @@ class Pusher:
     async def _heartbeat_loop(self) -> None:
         """Rewrite the heartbeat file every HEARTBEAT_S (status and the HEALTHCHECK read it)."""
         while True:
+            beat = self.heartbeat()
             try:
-                write_heartbeat(self.config.state_dir, self.heartbeat())
+                write_heartbeat(self.config.state_dir, beat)
             except OSError as exc:
                 logger.warning("heartbeat not written: {}", exc)
+            if self.spill is not None:
+                self.metrics.show_ha(beat.epoch, beat.journal_backlog,
+                                     {k: v + self.spill.count(k) for k, v in beat.unjournaled.items()})
             await asyncio.sleep(HEARTBEAT_S)
 
     def heartbeat(self) -> Heartbeat:

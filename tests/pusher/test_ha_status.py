@@ -20,7 +20,7 @@ import uuid
 import psycopg
 import pytest
 
-from tests.helpers import make_tree
+from tests.helpers import free_port, make_tree, scrape_metrics
 from tests.pusher.conftest import wait_converged, wait_until, write_config
 from tests.pusher.test_ha import LEASE_S, StallingProxy
 
@@ -66,11 +66,13 @@ def test_status_shows_role_epoch_backlog_spill_and_heartbeat(postgres, targets, 
     proxy = StallingProxy(port)
     hold_lease(postgres, group, epoch=7, seconds=3600)
     src = make_tree(tmp_path / "src", {"seed": "before"})
+    mport = free_port()
     config = write_config(
         tmp_path / "b.yaml", tmp_path / "state-b",
         [{"path": str(src), "targets": [t.url for t in targets.values()]}],
         ha={"dsn": postgres.replace(f"port={port}", f"port={proxy.port}"), "node_id": "b", "group": group,
             "lease_s": LEASE_S},
+        metrics={"address": "127.0.0.1", "port": mport},
     )
     try:
         node = spawn_watch(config, name="b")
@@ -96,6 +98,9 @@ def test_status_shows_role_epoch_backlog_spill_and_heartbeat(postgres, targets, 
         text = status_text(config)
         assert f"daemon: alive, pid {node.proc.pid}" in text and "role standby" in text
         assert "UNJOURNALED" in text
+        unjournaled = ("backupd_pusher_unjournaled", (("source", str(src)),))
+        got = wait_until(lambda: (m := scrape_metrics(mport)).get(unjournaled, 0) >= 20 and m, 5)
+        assert got and got[("backupd_pusher_lease_epoch", ())] == 0
 
         node.kill()  # kill -9 while the changes sit in the spill
         rows = wait_until(lambda: (r := status(config)) and not r[0]["daemon_alive"] and r, 15)
@@ -117,5 +122,7 @@ def test_status_shows_role_epoch_backlog_spill_and_heartbeat(postgres, targets, 
         assert not wait_converged(src, targets.values(), 60), again.text()[-3000:]
         assert wait_until(lambda: status(config)[0]["journal_backlog"] == 0, 10), status(config)
         assert "role leader, epoch 8, journal backlog 0" in status_text(config)
+        got = wait_until(lambda: (m := scrape_metrics(mport))[("backupd_pusher_journal_backlog", ())] == 0 and m, 5)
+        assert got and got[("backupd_pusher_lease_epoch", ())] == 8
     finally:
         proxy.close()
