@@ -24,7 +24,7 @@ from backupd.errors import BackupdError
 from backupd.pusher.coalesce import Change, Kind, PathEvent, coalesce, merge
 from backupd.pusher.excludes import ExcludeRules
 from backupd.pusher.heartbeat import HEARTBEAT_S, Heartbeat, write_heartbeat
-from backupd.pusher.lease import RESCAN_KIND, Lease, database_errors
+from backupd.pusher.lease import RESCAN_KIND, Lease, bounded, database_errors
 from backupd.pusher.metrics import PusherMetrics
 from backupd.pusher.queue import TargetQueue
 from backupd.pusher.source_state import Loss, SourceState, on_full_sync_done, on_loss, on_start
@@ -256,12 +256,12 @@ class Pusher:
                 if self.lease is None:
                     await self.flush()
                 else:  # a hung database must not hold events or the loop: bounded like every lease call
-                    await asyncio.wait_for(self.flush(), self.config.ha.lease_s / 3)
+                    await bounded(self.flush(), self.config.ha.lease_s / 3, self.tasks)
                     if self.may_push():
-                        await asyncio.wait_for(self.drain_journal(), self.config.ha.lease_s / 3)
+                        await bounded(self.drain_journal(), self.config.ha.lease_s / 3, self.tasks)
             except TimeoutError:
                 logger.warning("journal unavailable: no answer within {:.1f} s", self.config.ha.lease_s / 3)
-                await self._drop_lease_connection()
+                self._drop_lease_connection()
                 await asyncio.sleep(1.0)
             except self.db_errors as exc:
                 logger.warning("journal unavailable: {}", exc)
@@ -344,23 +344,20 @@ class Pusher:
         while True:
             started = time.monotonic()
             try:
-                await asyncio.wait_for(self._ha_step(started), self._db_call_budget(started))
+                await bounded(self._ha_step(started), self._db_call_budget(started), self.tasks)
             except TimeoutError:
                 logger.warning("lease database did not answer within {:.1f} s", time.monotonic() - started)
-                await self._drop_lease_connection()
+                self._drop_lease_connection()
             except (*self.db_errors, OSError) as exc:
                 logger.warning("lease database unavailable: {}", exc)
-                await self._drop_lease_connection()
+                self._drop_lease_connection()
             if self.epoch is not None and time.monotonic() >= self.valid_until - ha.lease_s / 6:
                 self._step_down("lease not renewed in time")
             await asyncio.sleep(max(0.05, ha.lease_s / 3 - (time.monotonic() - started)))
 
-    async def _drop_lease_connection(self) -> None:
-        """Close the lease connection (its state is unknown), without waiting on a stalled peer."""
-        try:
-            await asyncio.wait_for(self.lease.close(), 1.0)
-        except (TimeoutError, *self.db_errors, OSError):
-            self.lease.conn = None
+    def _drop_lease_connection(self) -> None:
+        """Forget the lease connection (its state is unknown); it is closed in the background."""
+        self.lease.abandon(self.tasks)
 
     async def _ha_step(self, started: float) -> None:
         if self.epoch is None:

@@ -45,7 +45,8 @@ class TargetStatus:
     role: str = "none"  # leader / standby / none (no HA); of the last heartbeat
     epoch: int | None = None  # the lease epoch while leader
     journal_backlog: int | None = None  # rows in the HA group's journal at the daemon's last count
-    unjournaled: int = 0  # changes of this source not in the journal yet: spilled + in memory
+    unjournaled: int = 0  # changes of this source not in the journal yet: spilled + events in memory
+    spilled: int = 0  # of those, kept on local disk (journal-spill.sqlite): they survive a kill -9
 
 
 def _ro(path: Path) -> sqlite3.Connection | None:
@@ -81,9 +82,9 @@ def collect_status(config: PusherConfig, now_ns: int | None = None) -> list[Targ
 
 def _daemon_fields(config: PusherConfig, beat: Heartbeat | None, alive: bool, label: str) -> dict:
     """The daemon's part of a row; ``unjournaled`` counts memory only while the daemon lives."""
-    unjournaled = spilled_count(config.state_dir, label) if config.ha is not None else 0
+    spilled = unjournaled = spilled_count(config.state_dir, label) if config.ha is not None else 0
     if beat is None:
-        return {"unjournaled": unjournaled, "role": "none" if config.ha is None else "-"}
+        return {"unjournaled": unjournaled, "spilled": spilled, "role": "none" if config.ha is None else "-"}
     if alive:
         unjournaled += beat.unjournaled.get(label, 0)
     return {
@@ -94,6 +95,7 @@ def _daemon_fields(config: PusherConfig, beat: Heartbeat | None, alive: bool, la
         "epoch": beat.epoch if alive else None,
         "journal_backlog": beat.journal_backlog,
         "unjournaled": unjournaled,
+        "spilled": spilled,
     }
 
 

@@ -114,3 +114,34 @@ def test_a_worker_stops_even_when_a_step_swallows_the_cancellation():
         return fake.steps
 
     assert asyncio.run(main()) >= 2
+
+
+def test_bounded_returns_on_time_when_the_call_holds_on_to_its_cancellation():
+    """As psycopg does mid-query: the first cancel starts a 5 s server-side cancel; a second one ends it."""
+    from backupd.pusher.lease import bounded
+
+    ended = []
+
+    async def stubborn():
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            try:
+                await asyncio.sleep(5)  # "cancelling the query in the server"
+            finally:
+                ended.append(time.monotonic())
+            raise
+
+    async def main():
+        background: set = set()
+        start = time.monotonic()
+        with pytest.raises(TimeoutError):
+            await bounded(stubborn(), 0.3, background)
+        returned = time.monotonic() - start
+        assert background  # the reaper keeps cancelling it
+        await asyncio.wait(background, timeout=5)
+        assert await bounded(asyncio.sleep(0, result=7), 1.0, background) == 7
+        return returned, ended[0] - start
+
+    returned, gone = asyncio.run(main())
+    assert returned < 0.6 and gone < 1.5, (returned, gone)
