@@ -4,11 +4,18 @@ All decisions are in ``plan_from_env`` (no writes, no exec), so they are
 tested without Docker; ``apply_plan`` writes the files, ``main`` execs.
 ``container/entrypoint.sh`` only runs ``python -m backupd.ops.entrypoint``.
 
-``RUN_MODE=rsyncd`` (default) renders ``$BACKUPD_CONFIG_DIR/backupd.yaml``
-(one writable module) and ``rsyncd.secrets``, then execs ``backupd serve``.
+``RUN_MODE=rsyncd`` renders ``$BACKUPD_CONFIG_DIR/backupd.yaml`` (one
+writable module) and ``rsyncd.secrets``, then execs ``backupd serve``.
 ``RUN_MODE=sersync`` renders ``pusher.yaml`` and ``rsync.passwd``, then
 execs ``backupd watch``. ``USE_CONF_FILE=1`` (or a path) uses a mounted
-config as is, after loading it once to fail early. The variables, their
+config as is, after loading it once to fail early.
+
+The seed image's forms work unchanged: without ``RUN_MODE`` the mode is
+sersync when a sersync.conf is mounted at ``SERSYNC_CONF_PATH``
+(``/usr/local/sersync/etc/sersync.conf``, the seed's path), else rsyncd;
+in sersync mode that mounted file is used as is without ``USE_CONF_FILE``
+(unless ``LISTEN_DIR`` asks for a rendered config). The HEALTHCHECK
+(``healthcheck``) resolves the mode the same way. The variables, their
 defaults and meaning are listed in ``RSYNCD_VARS`` / ``SERSYNC_VARS`` (and
 in container/Dockerfile). Bad values stop with every problem listed and
 exit status 78 (EX_CONFIG).
@@ -37,6 +44,7 @@ from pathlib import Path
 import yaml
 
 from backupd.errors import BackupdError, ConfigError
+from backupd.ops.healthcheck import healthcheck
 
 EX_CONFIG = 78
 DEFAULT_CONFIG_DIR = Path("/etc/backupd")
@@ -91,7 +99,8 @@ SERSYNC_VARS = {
     "BACKUPD_STATE_DIR": (str(DEFAULT_STATE_DIR), "queues and states"),
 }
 COMMON_VARS = {
-    "RUN_MODE": ("rsyncd", "rsyncd or sersync"),
+    "RUN_MODE": ("sersync if a sersync.conf is mounted, else rsyncd", "rsyncd or sersync"),
+    "SERSYNC_CONF_PATH": (str(SERSYNC_LEGACY_CONF), "where the seed image's sersync.conf is mounted"),
     "USE_CONF_FILE": ("0", "1: use the mounted config as is; or its path"),
     "BACKUPD_CONFIG_DIR": (str(DEFAULT_CONFIG_DIR), "where config and secrets go"),
     "RUN_AS": ("rsyncd: backupd, sersync: root", "user to run as (name or uid[:gid])"),
@@ -213,7 +222,7 @@ def plan_from_env(env: Mapping[str, str], host: HostFacts | None = None) -> Plan
     """
     host = host or HostFacts.current()
     e = _Env(env)
-    mode = e.text("RUN_MODE", "rsyncd").lower()
+    mode = resolve_mode(env)
     config_dir = e.abs_dir("BACKUPD_CONFIG_DIR", e.text("BACKUPD_CONFIG_DIR", str(DEFAULT_CONFIG_DIR)), False)
     if mode not in DEFAULT_RUN_AS:
         raise EntrypointError(f"RUN_MODE={mode!r}: expected rsyncd or sersync")
@@ -226,6 +235,24 @@ def plan_from_env(env: Mapping[str, str], host: HostFacts | None = None) -> Plan
     if e.errors:
         raise EntrypointError("\n".join(e.errors))
     return plan
+
+
+def legacy_sersync_conf(env: Mapping[str, str]) -> Path:
+    """Where the seed image's sersync.conf is mounted (``SERSYNC_CONF_PATH``, default the seed's path)."""
+    return Path(env.get("SERSYNC_CONF_PATH", "").strip() or SERSYNC_LEGACY_CONF)
+
+
+def resolve_mode(env: Mapping[str, str]) -> str:
+    """``RUN_MODE`` (lower case); unset: ``sersync`` if a sersync.conf is mounted, else ``rsyncd``.
+
+    The seed image defaults to sersync when its sersync.conf is mounted,
+    so its ``docker run -v .../sersync.conf:/usr/local/sersync/etc/sersync.conf``
+    form (no ``RUN_MODE``) starts the pusher here too.
+    """
+    given = env.get("RUN_MODE", "").strip().lower()
+    if given:
+        return given
+    return "sersync" if legacy_sersync_conf(env).is_file() else "rsyncd"
 
 
 def _backupd(*args: str) -> list[str]:
@@ -486,7 +513,13 @@ def _load_daemon(path: Path, text: str | None = None):
 
 def _plan_sersync(e: _Env, config_dir: Path, metrics: str | None, run_as) -> Plan:
     """RUN_MODE=sersync: pusher.yaml + rsync.passwd, exec ``backupd watch``."""
-    mounted = _use_conf_file(e, [config_dir / "pusher.yaml", config_dir / "sersync.conf", SERSYNC_LEGACY_CONF])
+    legacy = legacy_sersync_conf(e.env)
+    mounted = _use_conf_file(e, [config_dir / "pusher.yaml", config_dir / "sersync.conf", legacy])
+    if mounted is None and not e.given("USE_CONF_FILE") and legacy.is_file():
+        if e.given("LISTEN_DIR"):
+            e.warnings.append(f"{legacy} is not used: LISTEN_DIR is set (USE_CONF_FILE=1 uses the file)")
+        else:
+            mounted = legacy  # the seed's form: a mounted sersync.conf, nothing else
     if e.given("KEEP_HISTORY_BACKUP_DAYS"):
         e.number("KEEP_HISTORY_BACKUP_DAYS", 7, 0)
         e.warnings.append(
@@ -694,44 +727,6 @@ def plan_as_json(plan: Plan) -> str:
         "generates_password": bool(plan.notices),
     }
     return json.dumps(doc, indent=2)
-
-
-def healthcheck(env: Mapping[str, str], timeout_s: float = 5.0) -> int:
-    """0 if the server greets on its port (rsyncd) or the metrics answer (sersync); else 1.
-
-    rsyncd: RSYNCD_ADDRESS (a wildcard means loopback) and RSYNCD_PORT, so
-    with USE_CONF_FILE set RSYNCD_PORT when the config's port is not 873.
-    The check asks for the module listing, which ends the session cleanly
-    (it shows in the log and the metrics as a session of module ``-``).
-    """
-    mode = env.get("RUN_MODE", "rsyncd").strip().lower() or "rsyncd"
-    if mode == "rsyncd":
-        port = int(env.get("RSYNCD_PORT", "").strip() or 873)
-        host = env.get("RSYNCD_ADDRESS", "").strip()
-        host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
-        try:
-            with socket.create_connection((host, port), timeout=timeout_s) as sock:
-                greeting = sock.recv(64)
-                sock.sendall(b"@RSYNCD: 30.0\n\n")  # a module listing: the session ends cleanly
-                while sock.recv(4096):
-                    pass
-        except OSError:
-            return 1
-        return 0 if greeting.startswith(b"@RSYNCD: ") else 1
-    address = env.get("METRICS_ADDRESS", DEFAULT_METRICS).strip()
-    if address.lower() in OFF_WORDS:
-        return 0
-    from urllib.request import urlopen
-
-    from backupd.ops.metrics import parse_address
-
-    host, port = parse_address(address)
-    host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
-    try:
-        with urlopen(f"http://{host}:{port}/metrics", timeout=timeout_s) as reply:
-            return 0 if reply.status == 200 else 1
-    except OSError:
-        return 1
 
 
 def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) -> int:

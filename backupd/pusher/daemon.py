@@ -3,7 +3,8 @@
 Wiring, per source: a :class:`SourceWatcher` feeds events into a buffer;
 every ``FLUSH_S`` the buffer is coalesced and written, in one transaction per
 target, into each target's durable queue (or, with HA, appended to the shared
-journal, which the leader drains into its queues). A :class:`TargetWorker`
+journal, which the leader drains into its queues; what the journal does not
+take is spilled to local disk, see spill.py). A :class:`TargetWorker`
 per target pushes from its queue. Full syncs (at start, on schedule, on a
 rescan, on a takeover) run the source's pre-sync command first, then are
 owed by every target queue (durably) and run by the workers.
@@ -22,10 +23,12 @@ from backupd.config.pusher_model import PusherConfig, SourceConfig, run_logs_dir
 from backupd.errors import BackupdError
 from backupd.pusher.coalesce import Change, Kind, PathEvent, coalesce, merge
 from backupd.pusher.excludes import ExcludeRules
-from backupd.pusher.lease import RESCAN_KIND, Lease, database_errors
+from backupd.pusher.heartbeat import HEARTBEAT_S, Heartbeat, write_heartbeat
+from backupd.pusher.lease import RESCAN_KIND, Lease, bounded, database_errors
 from backupd.pusher.metrics import PusherMetrics
 from backupd.pusher.queue import TargetQueue
 from backupd.pusher.source_state import Loss, SourceState, on_full_sync_done, on_loss, on_start
+from backupd.pusher.spill import SpillStore, journal_with_spill
 from backupd.pusher.state_store import StateStore, clear_running, mark_running, queue_path
 from backupd.pusher.targets import (
     ExitClass,
@@ -149,8 +152,10 @@ class Pusher:
         self.lease = Lease(config.ha) if config.ha is not None else None
         # psycopg only with HA; without it no database call can fail, and `except ()` catches nothing
         self.db_errors: tuple[type[BaseException], ...] = database_errors() if config.ha is not None else ()
+        self.spill = SpillStore(config.state_dir) if config.ha is not None else None
         self.epoch: int | None = None
         self.valid_until = 0.0
+        self.journal_backlog: int | None = None  # journal rows of the group at the last count
         self.running: set[asyncio.Task] = set()
         self.tasks: set[asyncio.Task] = set()
         self.sources = [SourceRuntime(self, s) for s in config.sources]
@@ -190,6 +195,7 @@ class Pusher:
                     self.spawn(worker.run())
             self.spawn(self._flush_loop())
             self.spawn(self._schedule_loop())
+            self.spawn(self._heartbeat_loop())
             if self.lease is not None:
                 self.spawn(self._ha_loop())  # the leader's takeover owes the full syncs
             else:
@@ -226,6 +232,7 @@ class Pusher:
                 except self.db_errors:
                     pass
             await self.lease.close()
+            self.spill.close()
         for source in self.sources:
             if source.watcher is not None:
                 source.watcher.close()
@@ -249,12 +256,12 @@ class Pusher:
                 if self.lease is None:
                     await self.flush()
                 else:  # a hung database must not hold events or the loop: bounded like every lease call
-                    await asyncio.wait_for(self.flush(), self.config.ha.lease_s / 3)
+                    await bounded(self.flush(), self.config.ha.lease_s / 3, self.tasks)
                     if self.may_push():
-                        await asyncio.wait_for(self.drain_journal(), self.config.ha.lease_s / 3)
+                        await bounded(self.drain_journal(), self.config.ha.lease_s / 3, self.tasks)
             except TimeoutError:
                 logger.warning("journal unavailable: no answer within {:.1f} s", self.config.ha.lease_s / 3)
-                await self._drop_lease_connection()
+                self._drop_lease_connection()
                 await asyncio.sleep(1.0)
             except self.db_errors as exc:
                 logger.warning("journal unavailable: {}", exc)
@@ -267,16 +274,12 @@ class Pusher:
             if source.watcher is not None:
                 source.watcher.tick()
             changes = source.take_changes()
-            if not changes:
-                continue
             if self.lease is None:
-                source.enqueue(changes)
+                if changes:
+                    source.enqueue(changes)
                 continue
-            try:
-                await self.lease.append(source.label, changes)
-            except BaseException:  # a database error, or a timeout cancelling us: keep the changes
-                coalesce_back(source, changes)
-                raise
+            # what fails (a database error, a timeout cancelling us) is spilled to local disk
+            await journal_with_spill(self.spill, source.label, changes, self.lease.append)
 
     async def drain_journal(self) -> int:
         """Leader: move journal rows into the target queues, then delete them (fenced)."""
@@ -341,28 +344,26 @@ class Pusher:
         while True:
             started = time.monotonic()
             try:
-                await asyncio.wait_for(self._ha_step(started), self._db_call_budget(started))
+                await bounded(self._ha_step(started), self._db_call_budget(started), self.tasks)
             except TimeoutError:
                 logger.warning("lease database did not answer within {:.1f} s", time.monotonic() - started)
-                await self._drop_lease_connection()
+                self._drop_lease_connection()
             except (*self.db_errors, OSError) as exc:
                 logger.warning("lease database unavailable: {}", exc)
-                await self._drop_lease_connection()
+                self._drop_lease_connection()
             if self.epoch is not None and time.monotonic() >= self.valid_until - ha.lease_s / 6:
                 self._step_down("lease not renewed in time")
             await asyncio.sleep(max(0.05, ha.lease_s / 3 - (time.monotonic() - started)))
 
-    async def _drop_lease_connection(self) -> None:
-        """Close the lease connection (its state is unknown), without waiting on a stalled peer."""
-        try:
-            await asyncio.wait_for(self.lease.close(), 1.0)
-        except (TimeoutError, *self.db_errors, OSError):
-            self.lease.conn = None
+    def _drop_lease_connection(self) -> None:
+        """Forget the lease connection (its state is unknown); it is closed in the background."""
+        self.lease.abandon(self.tasks)
 
     async def _ha_step(self, started: float) -> None:
         if self.epoch is None:
             epoch = await self.lease.try_acquire()
             if epoch is None:
+                self.journal_backlog = await self.lease.backlog()
                 return
             self.epoch, self.valid_until = epoch, started + self.config.ha.lease_s
             self.metrics.is_leader.set(1)
@@ -373,8 +374,32 @@ class Pusher:
                 self.spawn(source.request_full_sync(f"takeover, epoch {epoch}"))
         elif await self.lease.renew(self.epoch):
             self.valid_until = started + self.config.ha.lease_s
+            self.journal_backlog = await self.lease.backlog()
         else:
             self._step_down("lease taken by another node")
+
+    async def _heartbeat_loop(self) -> None:
+        """Rewrite the heartbeat file every HEARTBEAT_S (status and the HEALTHCHECK read it)."""
+        while True:
+            beat = self.heartbeat()
+            try:
+                write_heartbeat(self.config.state_dir, beat)
+            except OSError as exc:
+                logger.warning("heartbeat not written: {}", exc)
+            if self.spill is not None:
+                self.metrics.show_ha(beat.epoch, beat.journal_backlog,
+                                     {k: v + self.spill.count(k) for k, v in beat.unjournaled.items()})
+            await asyncio.sleep(HEARTBEAT_S)
+
+    def heartbeat(self) -> Heartbeat:
+        """This daemon now: pid, role, epoch, journal backlog, changes held in memory per source."""
+        role = "none" if self.lease is None else ("leader" if self.epoch is not None else "standby")
+        return Heartbeat(
+            pid=os.getpid(), at_ns=time.time_ns(), role=role,
+            node=self.config.ha.node_id if self.config.ha is not None else None,
+            epoch=self.epoch, journal_backlog=self.journal_backlog,
+            unjournaled={s.label: len(s.unsent) + len(s.buffer) for s in self.sources} if self.lease else {},
+        )
 
     def _step_down(self, why: str) -> None:
         logger.warning("not leader any more (epoch {}): {}", self.epoch, why)
@@ -388,13 +413,6 @@ class Pusher:
         for source in self.sources:
             for worker in source.workers:
                 self.metrics.show_queue(source.label, worker.label, worker.queue.status(), now)
-
-
-def coalesce_back(source: SourceRuntime, changes: dict[bytes, Change]) -> None:
-    """Put changes that could not be made durable back in front of newer ones."""
-    newer, source.unsent = source.unsent, dict(changes)
-    for path, change in newer.items():
-        source.unsent[path] = merge(source.unsent.get(path), change)
 
 
 async def push_once(config: PusherConfig) -> int:

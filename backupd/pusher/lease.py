@@ -25,7 +25,8 @@ Tables (created if missing)::
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -76,6 +77,49 @@ class JournalRow:
     node: str
 
 
+CANCEL_RETRY_S = 0.5  # a timed-out call is cancelled again this often, at most CANCEL_TRIES times
+CANCEL_TRIES = 4
+
+
+async def bounded(call: Awaitable, budget_s: float, background: set[asyncio.Task]):
+    """``await call`` for at most ``budget_s`` seconds of our own clock; its result.
+
+    Unlike ``asyncio.wait_for`` this does not wait for the cancelled call to
+    finish: psycopg answers a cancellation during a query by asking the
+    server to cancel it and waiting up to 5 s (twice), which behind a
+    stalled network would hold a leader past its step-down time. The call is
+    cancelled and left in ``background`` (cancelled again every
+    CANCEL_RETRY_S, which makes psycopg close the connection).
+
+    Raises:
+        TimeoutError: the budget ran out.
+        whatever the call raises within the budget.
+    """
+    task = asyncio.ensure_future(call)
+    try:
+        done, _ = await asyncio.wait({task}, timeout=max(0.0, budget_s))
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    if task in done:
+        return task.result()
+    task.cancel()
+    reaper = asyncio.ensure_future(_cancel_until_done(task))
+    background.add(reaper)
+    reaper.add_done_callback(background.discard)
+    raise TimeoutError
+
+
+async def _cancel_until_done(task: asyncio.Task) -> None:
+    for _ in range(CANCEL_TRIES):
+        done, _ = await asyncio.wait({task}, timeout=CANCEL_RETRY_S)
+        if done:
+            break
+        task.cancel()
+    if task.done() and not task.cancelled():
+        task.exception()  # retrieved: a late database error is expected here
+
+
 def database_errors() -> tuple[type[BaseException], ...]:
     """The exception types a lease call raises when the database fails (psycopg.Error).
 
@@ -116,6 +160,22 @@ class Lease:
             await self.conn.close()
             self.conn = None
 
+    def abandon(self, background: set[asyncio.Task]) -> None:
+        """Forget the connection now (its state is unknown) and close it in ``background``, at most 1 s."""
+        conn, self.conn = self.conn, None
+        if conn is None:
+            return
+
+        async def close() -> None:
+            try:
+                await asyncio.wait_for(conn.close(), 1.0)
+            except Exception:  # noqa: BLE001 - a connection given up on: nothing to report
+                pass
+
+        task = asyncio.ensure_future(close())
+        background.add(task)
+        task.add_done_callback(background.discard)
+
     async def _one(self, query: str, **params) -> tuple | None:
         if self.conn is None or self.conn.closed:
             await self.connect()
@@ -145,6 +205,11 @@ class Lease:
             "SELECT holder, epoch, extract(epoch FROM expires_at - now()) FROM backupd_lease WHERE grp = %(grp)s"
         )
         return None if row is None else (row[0], int(row[1]), float(row[2]))
+
+    async def backlog(self) -> int:
+        """Rows in our group's journal (changes appended, not yet drained by a leader)."""
+        row = await self._one("SELECT count(*) FROM backupd_journal WHERE grp = %(grp)s")
+        return int(row[0]) if row else 0
 
     async def append(self, source: str, changes: Mapping[bytes, Change]) -> None:
         """Append a source's coalesced changes to the journal (one round trip per 1000)."""

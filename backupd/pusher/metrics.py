@@ -51,6 +51,14 @@ class PusherMetrics:
             "backupd_pusher_source_state", "1 for the state a source is in.", ("source", "state"), registry=reg
         )
         self.is_leader = Gauge("backupd_pusher_is_leader", "1 while this pusher may push (HA leader).", registry=reg)
+        self.lease_epoch = Gauge("backupd_pusher_lease_epoch", "HA lease epoch while leader, else 0.", registry=reg)
+        self.journal_backlog = Gauge(
+            "backupd_pusher_journal_backlog", "Rows in the HA group's journal at the last count.", registry=reg
+        )
+        self.unjournaled = Gauge(
+            "backupd_pusher_unjournaled", "Changes of a source not in the HA journal yet (memory + spill).",
+            ("source",), registry=reg,
+        )
         self.runs = Counter(
             "backupd_pusher_rsync_runs", "rsync runs by kind (batch, full) and result.",
             (*_PAIR, "kind", "result"), registry=reg,
@@ -74,6 +82,14 @@ class PusherMetrics:
         for path, failures, error in status.failing_paths:
             self.failing_path.labels(source, target, path, error).set(failures)
         self._shown_failing[(source, target)] = shown
+
+    def show_ha(self, epoch: int | None, backlog: int | None, unjournaled: dict[str, int]) -> None:
+        """Set the HA gauges: the epoch (0 when not leader), the journal backlog, un-journaled changes per source."""
+        self.lease_epoch.set(epoch or 0)
+        if backlog is not None:
+            self.journal_backlog.set(backlog)
+        for source, count in unjournaled.items():
+            self.unjournaled.labels(source).set(count)
 
     def show_state(self, source: str, state: SourceState) -> None:
         """Set the one-hot state gauge of a source."""

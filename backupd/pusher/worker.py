@@ -76,9 +76,17 @@ class TargetWorker:
     # ------------------------------------------------------------ loop
 
     async def run(self) -> None:
-        """Work until cancelled."""
+        """Work until cancelled.
+
+        Python 3.11's ``asyncio.wait_for`` can swallow a cancellation that
+        lands as its timeout fires (the idle wait, the probe): the loop checks
+        that it is being cancelled after every step, so a shutdown never hangs.
+        """
+        me = asyncio.current_task()
         while True:
             await self.step()
+            if me is not None and me.cancelling():
+                raise asyncio.CancelledError
 
     async def step(self) -> None:
         """One decision of the loop (tests drive it directly)."""

@@ -117,12 +117,13 @@ def test_sersync_mode_pushes_into_rsyncd_mode(tmp_path, client):
         kept = list((data / "history-backup").rglob("a.txt"))
         assert [p.read_bytes() for p in kept] == [b"first"]
         assert (tmp_path / "etc-pusher" / "rsync.passwd").stat().st_mode & 0o777 == 0o600
-        health = {"RUN_MODE": "sersync", "METRICS_ADDRESS": f"127.0.0.1:{mport}"}
-        wait_until(lambda: healthcheck(health) == 0, "the pusher's metrics endpoint")
+        wait_until(lambda: healthcheck(pusher_env) == 0, "the pusher's heartbeat")
         wait_until(lambda: pushed(scrape(mport)), "queue depth 0 and a last success per target")
     except AssertionError:
         print((tmp_path / "pusher.log").read_text(errors="replace"))
         raise
+        kill_group(pusher, grace_s=0)
+        assert healthcheck(pusher_env) == 1  # killed: its heartbeat names a dead pid
     finally:
         kill_group(pusher)
         server.stop()

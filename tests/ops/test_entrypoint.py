@@ -506,7 +506,8 @@ def test_healthcheck_fails_when_nothing_listens():
         )
         == 1
     )
-    assert healthcheck({"RUN_MODE": "sersync", "METRICS_ADDRESS": ""}) == 0
+    # no pusher configured (no LISTEN_DIR, nothing mounted), so none can be running
+    assert healthcheck({"RUN_MODE": "sersync", "METRICS_ADDRESS": ""}) == 1
 
 
 def test_rsyncd_ssh_port_turns_on_the_ssh_transport(box):

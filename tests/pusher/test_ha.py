@@ -105,7 +105,11 @@ def test_two_pushers_one_leader_takeover(postgres, targets, spawn_watch, tmp_pat
     (src / "b-late").write_text("written on host b")
     took = wait_until(lambda: holder()[0] == "b" and time.monotonic() - killed, 3 * LEASE_S)
     assert took, follower.text()
-    print(f"takeover after {took:.2f} s (lease {LEASE_S} s)")
+    first_push = wait_until(lambda: "b" in runs.read_text().split()[before:] and time.monotonic() - killed,
+                            3 * LEASE_S + 10)
+    assert first_push, follower.text()
+    print(f"takeover: lease taken {took:.2f} s after the leader's kill -9, new leader's first push after"
+          f" {first_push:.2f} s (lease {LEASE_S} s)")
     assert took <= LEASE_S + LEASE_S / 3 + 1.5
     for j in range(10):
         (src / f"b-after-{j}").write_text("after the takeover")
@@ -152,6 +156,8 @@ class StallingProxy:
                 client, _ = self.listener.accept()
             except TimeoutError:
                 continue
+            except OSError:  # closed by close()
+                return
             upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
             self.socks += [client, upstream]
             for a, b in ((client, upstream), (upstream, client)):
@@ -225,6 +231,8 @@ def test_a_partitioned_leader_stops_pushing_within_the_lease(postgres, targets, 
             (src / f"a-after-{j}").write_text("written on host a after the partition")
             (src / f"b-after-{j}").write_text("written on host b after the partition")
         assert wait_until(lambda: all((t.module / "b-after-4").exists() for t in targets.values()), 30)
+        print(f"partitioned: new leader took the lease after {took:.2f} s; writes after the partition on both"
+              f" targets {time.monotonic() - stalled:.2f} s after the stall")
         after = runs.read_text().split()[len(runs_at_stop):]
         assert set(after) <= {"b"}, "the partitioned leader ran rsync after stepping down"
     finally:
