@@ -278,9 +278,9 @@ class Receiver:
         name = os.fsdecode(entry.name)
         if phase == 0:
             if self.opts.verbose:
-                self.out.send_msg(
+                self.out.send_msg(  # the name as sent: its bytes need not be UTF-8 (issue 15.9)
                     MsgCode.WARNING,
-                    f"WARNING: {name} failed verification -- update discarded (will try again).\n".encode(),
+                    _wire_text(f"WARNING: {name} failed verification -- update discarded (will try again).\n"),
                 )
             self.state.events.put(("redo", ndx))
         else:
@@ -301,8 +301,16 @@ class Receiver:
         self.state.file_errors += 1
         self.state.io_error |= IoError.GENERAL
         text = message if message.startswith("ERROR") else f"rsync: [receiver] {message}"
-        self.out.send_msg(MsgCode.ERROR_XFER, (text + "\n").encode("utf-8", "replace"))
+        self.out.send_msg(MsgCode.ERROR_XFER, _wire_text(text + "\n"))
         self.log.warning(message)
+
+
+def _wire_text(text: str) -> bytes:
+    """A message for the client: names decoded with os.fsdecode go back to their own bytes, as rsync sends them."""
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace")
 
 
 def new_file_mode(state: PushState, entry, st) -> int:
