@@ -47,6 +47,7 @@ from backupd.storage.fsops import (
     count_tree,
     escape_error,
     fs_errors,
+    is_stale_temp,
     join_path,
     listdir_fd,
     open_dir,
@@ -447,7 +448,7 @@ class ModuleTree:
                         st = _lstat(fd, comps[-1])
                     except FileNotFoundError:
                         return DeleteCounts()
-                    if not self._keeps_history(comps):
+                    if not self._keeps_history(comps) or self._stale_temp(comps, st):
                         return remove_tree(fd, comps[-1], st)
                     when = self._when()
                     kept = self.history.move_at(fd, comps, st)
@@ -613,6 +614,16 @@ class ModuleTree:
 
     def _keeps_history(self, comps: tuple[bytes, ...]) -> bool:
         return self.history is not None and not self.history.contains(comps)
+
+    def _stale_temp(self, comps: tuple[bytes, ...], st: os.stat_result) -> bool:
+        """A killed session's ``.NAME.XXXXXX`` temp file: not a version, deleted without history.
+
+        rsyncd deletes it as any extraneous file; it was never installed, so
+        the catalog (where there is one) does not know it as live.
+        """
+        if not is_stale_temp(comps[-1], st):
+            return False
+        return self.catalog is None or not self.catalog.knows_live(join_path(comps))
 
     # -- helpers ---------------------------------------------------------
 
