@@ -30,6 +30,7 @@ from tests.helpers import (
     discover_rsync_clients,
     free_port,
     in_ci,
+    own_ids,
     render_rsyncd_conf,
     write_secrets,
 )
@@ -207,6 +208,7 @@ def backupd_server(request, tmp_path_factory) -> Callable[..., ServerProcess]:
         work = tmp_path_factory.mktemp("backupd")
         port = port or free_port()
         if isinstance(config, Mapping):
+            config = {**config, "modules": {n: own_ids(m) for n, m in config.get("modules", {}).items()}}
             path = work / "backupd.yaml"
             path.write_text(yaml.safe_dump(_plain(config), sort_keys=False))
             config = path

@@ -345,7 +345,9 @@ def render_rsyncd_conf(
     """rsyncd.conf text: global ``key = value`` lines, then a section per module.
 
     Keys may use underscores for spaces; values: bool -> yes/no, sequences are
-    joined with spaces, anything else is ``str()``.
+    joined with spaces, anything else is ``str()``. As root, a module without
+    ``uid``/``gid`` gets ours (:func:`own_ids`); pass ``uid=""`` for the
+    server's default (nobody/nogroup, as rsyncd).
     """
 
     def line(key: str, value: object) -> str:
@@ -357,8 +359,21 @@ def render_rsyncd_conf(
 
     text = "".join(line(k, v) for k, v in {"port": port, **global_params}.items())
     for name, params in modules.items():
+        params = own_ids(params)
         text += f"\n[{name}]\n" + "".join("    " + line(k, v) for k, v in params.items())
     return text
+
+
+def own_ids(params: Mapping[str, object]) -> dict:
+    """``params`` with ``uid``/``gid`` = ours when we are root and the module names neither.
+
+    A root rsyncd (and backupd) runs a module without them as nobody/nogroup,
+    who may not write the tests' tmp dirs; the tests' servers run as us.
+    """
+    out = dict(params)
+    if os.geteuid() == 0 and not any(k in out for k in ("uid", "gid")):
+        out.update(uid=os.getuid(), gid=os.getgid())
+    return out
 
 
 def write_secrets(path: Path, secrets: Mapping[str, str]) -> Path:

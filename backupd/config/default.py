@@ -5,6 +5,8 @@ One writable module ``backup`` at ``<base_dir>/backup``, listening on
 once and kept in ``<base_dir>/secrets`` (``backup:<password>``, mode 600) and
 ``<base_dir>/password`` (the password alone, mode 600, for ``rsync
 --password-file``). Later starts reuse the password from the secrets file.
+Sessions run as the user who started the server (the module's ``uid``/``gid``
+are its ids), since the folders are that user's.
 """
 
 from __future__ import annotations
@@ -97,6 +99,8 @@ def _default_config(base: Path) -> DaemonConfig:
         history=True,
         history_keep_days=DEFAULT_KEEP_DAYS,
         catalog_dir=base / "state",
+        uid=str(os.getuid()),  # the folder's owner: a root server would otherwise run it as nobody
+        gid=str(os.getgid()),
     )
     return DaemonConfig(modules={DEFAULT_MODULE: module}, port=DEFAULT_PORT, address=DEFAULT_ADDRESS)
 

@@ -48,12 +48,12 @@ def reconcile_all(config: DaemonConfig) -> dict[str, int]:
 
 
 def _hand_over(module: ModuleConfig) -> None:
-    """chown the catalog directory and its files to the module's uid/gid (root only)."""
-    if os.geteuid() != 0 or not (module.uid or module.gid):
+    """chown the catalog directory and its files to the session's uid/gid (root only; nobody/nogroup by default)."""
+    if os.geteuid() != 0:
         return
-    from backupd.transport.privileges import resolve_identity
+    from backupd.transport.privileges import session_identity
 
-    ids = resolve_identity(module.uid, module.gid)
+    ids = session_identity(module.uid, module.gid, as_root=True)
     folder = module_catalog_file(module).parent
     uid = -1 if ids.uid is None else ids.uid
     gid = -1 if ids.gid is None else ids.gid

@@ -350,7 +350,7 @@ def _plan_rsyncd(e: _Env, config_dir: Path, metrics: str | None, run_as, host: H
     mounted = _use_conf_file(e, candidates)
     prefix = _drop_prefix(run_as, port, host)
     if mounted is None:
-        return _rsyncd_rendered(e, config_dir, port, keep_days, prefix, tail, run_as)
+        return _rsyncd_rendered(e, config_dir, port, keep_days, prefix, tail, run_as, host.euid)
     cfg = _check_loads(e, _load_daemon, mounted)
     if cfg is not None and run_as is not None:
         _check_access(e, cfg, mounted, run_as)
@@ -366,9 +366,15 @@ def _plan_rsyncd(e: _Env, config_dir: Path, metrics: str | None, run_as, host: H
 
 
 def _rsyncd_rendered(
-    e: _Env, config_dir: Path, port: int, keep_days: int, prefix: list[str], tail: list[str], run_as
+    e: _Env, config_dir: Path, port: int, keep_days: int, prefix: list[str], tail: list[str], run_as,
+    euid: int,
 ) -> Plan:
-    """The one-module config and secrets file made from the RSYNCD_* variables."""
+    """The one-module config and secrets file made from the RSYNCD_* variables.
+
+    A server that stays root (RUN_AS=root) gets ``uid``/``gid`` = root in the
+    module, so it keeps file owners as asked: without them a root server runs
+    sessions as nobody/nogroup, as rsyncd does.
+    """
     module = e.word("RSYNCD_MOD_NAME", "data", "[]/#;:")
     user = e.word("RSYNCD_USER", "rsync", ":,@#")
     data = e.abs_dir("RSYNCD_PATH", e.text("RSYNCD_PATH", "/data"))
@@ -380,6 +386,8 @@ def _rsyncd_rendered(
     secrets_path = config_dir / "rsyncd.secrets"
     password, generated = _password(e, secrets_path, user)
     config = _rsyncd_config(e, module, user, data, port, keep_days, secrets_path)
+    if run_as is None and euid == 0:
+        config["modules"][module].update(uid="0", gid="0")
     config_path = config_dir / "backupd.yaml"
     text = RENDERED_HEADER + yaml.safe_dump(config, sort_keys=False)
     if not e.errors:

@@ -476,6 +476,28 @@ def _same_name(a: bytes, b: bytes) -> bool:
     return a == b or (a in (b".", b"") and b in (b".", b""))
 
 
+def clean_wire_name(name: bytes) -> bytes:
+    """A received name as rsync's receiver cleans it: no ``//``, no ``./``, no trailing ``/``.
+
+    Source: rsync util1.c clean_fname(name, CFN_REFUSE_DOT_DOT_DIRS), called
+    by flist.c recv_file_entry() on each name: runs of slashes become one,
+    interior ``.`` components go, a trailing slash and a trailing ``/.``
+    go, nothing left is ``.``. ``..`` and NUL are left for :func:`check_wire_name` to refuse.
+    The decoder's previous-name state keeps the raw name, as rsync's
+    ``lastname`` does.
+    """
+    if not name or b"\0" in name:
+        return name
+    anchored = name.startswith(b"/")
+    comps = name.split(b"/")
+    last = len(comps) - 1
+    kept = [c for i, c in enumerate(comps) if c and (c != b"." or i == last)]
+    if len(kept) > 1 and kept[-1] == b".":  # "a/." names "a" (CFN_DROP_TRAILING_DOT_DIR)
+        kept.pop()
+    out = (b"/" if anchored else b"") + b"/".join(kept)
+    return out or b"."
+
+
 def check_wire_name(name: bytes) -> None:
     """Refuse a name that could leave the destination (receiver.c "unsafe pathname").
 

@@ -106,14 +106,15 @@ def finish_setup(
     if plan.send_checksum_list:
         checksum = choose_name(client_checksums or b"", our_checksums, "checksum")
     else:
-        checksum = _forced(opts.checksum_choice or "md5", our_checksums, "checksum")
+        checksum = _forced("md5" if opts.checksum_choice is None else opts.checksum_choice, our_checksums, "checksum")
     file_checksum = checksum
     if opts.checksum_choice_file:
         file_checksum = _forced(opts.checksum_choice_file, our_checksums, "checksum")
     if plan.send_compress_list:
         compression: str | None = choose_name(client_compressions or b"", OUR_COMPRESSIONS, "compress")
     elif opts.compression_on:
-        compression = _forced(opts.compress_choice or "zlib", OUR_COMPRESSIONS, "compress")
+        forced = "zlib" if opts.compress_choice is None else opts.compress_choice  # "" is refused, as rsync
+        compression = _forced(forced, OUR_COMPRESSIONS, "compress")
     else:
         compression = None
     if compression == "none" or opts.compress_level == 0:

@@ -163,7 +163,11 @@ _REFUSED_LONG = {
     "groupmap", "chown", "fake-super", "super", "only-write-batch", "read-batch", "write-batch",
     "acls", "xattrs", "atimes", "crtimes", "open-noatime",
 }
-_TWO_ARG = {"backup-dir", "partial-dir", "temp-dir", "compare-dest", "copy-dest", "link-dest", "files-from"}
+# Options that take a value: "--name=value" or, as popt reads them, "--name value".
+_TWO_ARG = {"backup-dir", "partial-dir", "temp-dir", "compare-dest", "copy-dest", "link-dest", "files-from",
+            "max-delete", "min-size", "max-size", "modify-window", "timeout", "bwlimit", "block-size",
+            "checksum-seed", "log-format", "out-format", "suffix", "compress-level", "compress-choice", "zc",
+            "checksum-choice", "cc"}
 
 
 def _int(name: str, value: str) -> int:
@@ -313,8 +317,8 @@ def _parse_long(opts: TransferOptions, arg: str, args: list[str], i: int) -> int
     if handler is None:
         raise RsyncError(f"unknown option --{name}", ExitCode.SYNTAX)
     if not eq and name in _TWO_ARG:
-        if i + 1 >= len(args):
-            raise RsyncError(f"--{name} needs a value", ExitCode.SYNTAX)
+        if i + 1 >= len(args):  # popt's words (options.c parse_arguments), exit 1
+            raise RsyncError(f"--{name}: missing argument", ExitCode.SYNTAX)
         value, i = args[i + 1], i + 1
     handler(opts, value if (eq or name in _TWO_ARG) else None)
     return i

@@ -78,14 +78,15 @@ class FileErrors:
             prefixed: start the line with ``rsync: [role] `` (rsync's own
                 ``ERROR: ...`` lines and the generator's make-room line have none).
 
-        Wire: MSG_ERROR_XFER, payload the line in UTF-8 (undecodable bytes replaced).
+        Wire: MSG_ERROR_XFER, payload the line in UTF-8, names in their own
+        bytes (see :func:`wire_text`).
         """
         bits = self.io_flag if io_flag is None else io_flag
         with _LOCK:
             self.tally.file_errors += 1
             self.tally.io_error |= bits
         text = f"rsync: [{self.role}] {message}" if prefixed else message
-        self.send(MsgCode.ERROR_XFER, (text + "\n").encode("utf-8", "replace"))
+        self.send(MsgCode.ERROR_XFER, wire_text(text + "\n"))
         if self.log is not None:
             shown = message if path is None else f"{os.fsdecode(path)}: {message}"
             self.log.warning("{}", shown)
@@ -94,3 +95,16 @@ class FileErrors:
         """Set io_error bits without an error line (a vanished file: IOERR_VANISHED and a warning)."""
         with _LOCK:
             self.tally.io_error |= bits
+
+
+def wire_text(text: str) -> bytes:
+    """A message for the client in UTF-8; a name decoded with ``os.fsdecode`` goes back to its own bytes.
+
+    rsync puts a file's name into its messages as the bytes it has, so a
+    non-UTF-8 name reaches the client unchanged (the client escapes what it
+    cannot print). Text that still cannot be encoded is replaced.
+    """
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace")

@@ -508,10 +508,18 @@ class FlistBuilder:
         return self._merge_cache[root]
 
     def read_merge_file(self, path: bytes) -> bytes | None:
-        """A per-directory merge file's content (module-relative path), confined."""
+        """A per-directory merge file's content (module-relative path), confined.
+
+        A file the module's filters hide reads as missing (rsync exclude.c
+        parse_filter_file: checked against daemon_filter_list first), so
+        its lines never leak through what the rules then do (issue 15.10).
+        """
+        if self._daemon_excluded(path, False):
+            return None
         try:
             real, st = self.resolver.resolve(path, follow_last=True)
-            basis = self.tree.open_basis(real) if stat.S_ISREG(st.st_mode) else None
+            hidden = self._daemon_excluded(real, False)
+            basis = self.tree.open_basis(real) if stat.S_ISREG(st.st_mode) and not hidden else None
         except (_Unreachable, StorageError):
             return None
         if basis is None:

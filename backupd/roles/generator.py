@@ -15,7 +15,7 @@ import stat
 import threading
 from collections import OrderedDict
 
-from backupd.errors import ExitCode, RsyncError, StorageError
+from backupd.errors import ExitCode, PathEscape, RsyncError, StorageError
 from backupd.protocol.constants import (
     NDX_DONE,
     SIGNIFICANT_ITEM_FLAGS,
@@ -35,6 +35,7 @@ from backupd.roles.push import PushState
 from backupd.roles.xattr_sync import GeneratorXattrs, for_push
 
 SCAN_CACHE_DIRS = 32
+STOP_WAIT_S = 30.0  # how long a failed push waits for the generator thread to notice
 # plain ints: IntFlag arithmetic costs a microsecond per operation, per file
 _IS_NEW = int(ItemFlags.IS_NEW)
 _LOCAL_CHANGE = int(ItemFlags.LOCAL_CHANGE)
@@ -94,6 +95,22 @@ class Generator:
         self._aborted = True
         self.state.events.put(("abort", None))
 
+    def stop(self, timeout_s: float = STOP_WAIT_S) -> bool:
+        """Abort and wait up to ``timeout_s`` for the thread; True once it has ended.
+
+        The generator checks for the abort before each entry, so after a
+        receiver error it makes no further call on the module's fd: the
+        caller may close that fd only when this returns True.
+        """
+        self.abort()
+        if self._thread.ident is not None:
+            self._thread.join(timeout_s)
+        return not self._thread.is_alive()
+
+    def _check_aborted(self) -> None:
+        if self._aborted:
+            raise _Aborted()
+
     def _wait(self, kind: str, value=None) -> list:
         """Block until the receiver reports ``kind`` (and ``value``); return redo ndxs seen."""
         self.out.flush()
@@ -115,6 +132,9 @@ class Generator:
         except RsyncError as exc:
             self.error = exc
             self._send_fatal(exc)
+        except PathEscape as exc:  # e.g. a parent turned symlink before the redo pass: as run_push does
+            self.error = RsyncError(str(exc), ExitCode.FILESELECT)
+            self._send_fatal(self.error)
         except Exception as exc:  # a bug: keep the traceback in the server log
             self.log.exception("generator failed")
             self.error = RsyncError(f"internal error in the generator: {exc}", ExitCode.CRASHED)
@@ -156,6 +176,7 @@ class Generator:
 
     # -- one entry ---------------------------------------------------------------------
     def _process(self, ndx: int, entry: FileEntry, delete_during: bool) -> None:
+        self._check_aborted()
         path = self.state.dest[ndx]
         if self.state.tree.is_history_path(path):
             self._file_error(f"refusing to write {os.fsdecode(path)!r} inside the history folder", entry)
@@ -582,6 +603,7 @@ class Generator:
         return owner_ids(self.state, entry)
 
     def _request_file(self, ndx: int, entry: FileEntry, *, redo: bool, st: os.stat_result | None = None) -> None:
+        self._check_aborted()
         state, opts = self.state, self.opts
         path = state.dest[ndx]
         alt = self._alt_basis.get(ndx)

@@ -39,7 +39,15 @@ def _map_id(ident: int, name: bytes | None, numeric: bool, lookup, attr: str) ->
 
 @functools.lru_cache(maxsize=4096)
 def lookup_id(lookup, attr: str, name: bytes) -> int | None:
-    """Local id of a user or group name (cached: each lookup reads /etc/passwd)."""
+    """Local id of a user or group name (cached: each lookup reads /etc/passwd).
+
+    The wire name is a C string to rsync (uidlist.c recv_user_name reads it
+    into a NUL-terminated buffer), so a NUL ends it: ``root``, NUL, ``x`` is
+    ``root``, and a name that starts with NUL matches nobody (None).
+    """
+    name = name.split(b"\0", 1)[0]
+    if not name:
+        return None
     try:
         return getattr(lookup(name.decode("utf-8", "replace")), attr)
     except KeyError:

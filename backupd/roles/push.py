@@ -18,7 +18,7 @@ from backupd.protocol.acls import AclDecoder
 from backupd.protocol.chmod import current_umask, parse_chmod
 from backupd.protocol.constants import MUNGE_PREFIX, CompatFlags, IoError, MsgCode
 from backupd.protocol.filters import decode_filter_list
-from backupd.protocol.flist import FileEntry, FlistDecoder, check_wire_name, sort_key
+from backupd.protocol.flist import FileEntry, FlistDecoder, check_wire_name, clean_wire_name, sort_key
 from backupd.protocol.negotiate import Negotiated, file_list_options
 from backupd.protocol.server_args import TransferOptions
 from backupd.protocol.sums import Checksum
@@ -108,6 +108,7 @@ def read_file_list(
             entry.acls = acls.decode(read, entry.mode, entry.is_dir)
         if xattrs is not None:
             entry.xattrs = xattrs.decode(read)
+        entry.name = clean_wire_name(entry.name)  # x//y -> x/y, sub/ -> sub (issue 15.9)
         if entry.name != b".":
             check_wire_name(entry.name)
         elif not entry.is_dir:
@@ -226,7 +227,7 @@ def plan_destination(state: PushState, dest_arg: bytes, info=None) -> None:
     trailing = dest_arg.endswith(b"/") and base != b"."
     has_slash = trailing or b"/" in base
     say = opts.verbose >= 1 or "%i" in (opts.log_format or "")
-    st = tree.lstat(base)
+    st = _stat_destination(state, base)
     if opts.mkpath and st is None and (has_slash or total > 1):
         target = base if (trailing or total > 1) else base.rpartition(b"/")[0]
         made = _make_path(state, target)
@@ -286,6 +287,25 @@ def _make_path(state: PushState, target: bytes) -> int:
         except (StorageError, OSError) as exc:
             raise _mkdir_error(state, target, exc) from None
     return made
+
+
+def _stat_destination(state: PushState, base: bytes) -> os.stat_result | None:
+    """lstat of the destination; None if missing (rsync main.c get_local_name do_stat).
+
+    Raises:
+        RsyncError: any other failure, e.g. a name too long: rsyncd's
+            ``ERROR: cannot stat destination "x" (in mod): File name too
+            long (36)``, exit 3.
+    """
+    try:
+        return state.tree.lstat(base)
+    except StorageError as exc:
+        cause = exc.__cause__
+        if isinstance(exc, PathEscape) or not isinstance(cause, OSError) or not cause.errno:
+            raise
+        raise RsyncError(
+            f'ERROR: cannot stat destination "{os.fsdecode(base)}" (in {state.tree.module}): '
+            f"{os.strerror(cause.errno)} ({cause.errno})", ExitCode.FILESELECT) from None
 
 
 def _mkdir_error(state: PushState, path: bytes, exc: Exception) -> RsyncError:
@@ -355,7 +375,7 @@ def run_push(session, request, negotiated: Negotiated) -> ExitCode:
         RsyncError: fatal problems (reported by the session).
     """
     from backupd.roles.alt_dest import send_warning, setup_alt_dirs
-    from backupd.roles.generator import Generator
+    from backupd.roles.generator import STOP_WAIT_S, Generator
     from backupd.roles.receiver import Receiver
 
     opts, module = request.opts, request.module
@@ -378,6 +398,7 @@ def run_push(session, request, negotiated: Negotiated) -> ExitCode:
         module.path, module=module.name, history=history, fsync=module.fsync or opts.fsync, root_fd=request.root_fd,
         catalog=session_writer(module, lambda exc: session.log.warning("catalog of module {}: {}", module.name, exc)),
     )
+    generator = None
     try:
         dest_dir = strip_module(opts.paths[0], module.name)
         if tree.is_history_path(dest_dir):
@@ -418,17 +439,20 @@ def run_push(session, request, negotiated: Negotiated) -> ExitCode:
     except PathEscape as exc:
         raise RsyncError(str(exc), ExitCode.FILESELECT) from None
     finally:
-        tree.close()
+        if generator is None or generator.stop():
+            tree.close()
+        else:  # never close an fd a running thread may still use (the number could be reused)
+            session.log.warning("generator still running after {} s: module fd left open", STOP_WAIT_S)
 
 
 def _run_both(generator, receiver, session) -> ExitCode:
     generator.start()
     try:
         receiver.run()
-    except RsyncError:
-        if generator.error is not None:
+    except BaseException as exc:
+        stopped = generator.stop()  # no generator call on the module after this (issue 15.9)
+        if stopped and isinstance(exc, RsyncError) and generator.error is not None:
             raise generator.error from None
-        generator.abort()
         raise
     generator.join()
     if generator.error is not None:

@@ -21,7 +21,7 @@ from backupd.protocol.wire import NdxDecoder, decode_int32, decode_shortint, dec
 from backupd.roles.acl_sync import apply_staged
 from backupd.roles.alt_dest import alt_path
 from backupd.roles.channel import peer_exit
-from backupd.roles.errors import FileErrors
+from backupd.roles.errors import FileErrors, wire_text
 from backupd.roles.owners import owner_ids
 from backupd.roles.push import PushState
 from backupd.roles.xattr_sync import ReceiverXattrs, for_push
@@ -280,9 +280,9 @@ class Receiver:
         name = os.fsdecode(entry.name)
         if phase == 0:
             if self.opts.verbose:
-                self.out.send_msg(
+                self.out.send_msg(  # the name as sent: its bytes need not be UTF-8 (issue 15.9)
                     MsgCode.WARNING,
-                    f"WARNING: {name} failed verification -- update discarded (will try again).\n".encode(),
+                    wire_text(f"WARNING: {name} failed verification -- update discarded (will try again).\n"),
                 )
             self.state.events.put(("redo", ndx))
         else:

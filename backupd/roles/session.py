@@ -51,7 +51,7 @@ from backupd.protocol.wire import decode_vstring, encode_int32, encode_varint, e
 from backupd.roles.channel import Inbox, Outbox
 from backupd.roles.snapshot_view import open_view, split_view_name
 from backupd.storage.snapshot import discard as discard_view
-from backupd.transport.privileges import resolve_identity, switch_to
+from backupd.transport.privileges import Identity, session_identity, switch_to
 from backupd.transport.stream import Stream, abort
 
 MAX_EARLY_INPUT = 5120
@@ -172,8 +172,10 @@ class Session:
     def _enter_module(self, module: ModuleConfig) -> int | None:
         """Safety checks and the switch to the module's uid/gid (rsync clientserver.c rsync_module).
 
-        Returns the module directory's fd when the module names a uid or gid
-        (opened before the switch, as rsyncd chdirs first), else None.
+        Returns the module directory's fd when the session switches ids (the
+        module names a uid or gid, or a root server defaults to nobody/nogroup
+        as rsyncd does; opened before the switch, as rsyncd chdirs first),
+        else None.
 
         Raises:
             DaemonRefusal: a ``/rsyncd-munged`` directory exists while the
@@ -182,10 +184,10 @@ class Session:
         if module.munge_symlinks and os.path.isdir(MUNGE_PREFIX.rstrip(b"/")):
             self.log.error("Symlink munging is unsafe when a {} directory exists.", os.fsdecode(MUNGE_PREFIX))
             raise DaemonRefusal("daemon security issue -- contact admin")
-        if not (module.uid or module.gid):
+        identity = session_identity(module.uid, module.gid, as_root=os.geteuid() == 0)
+        if identity == Identity(None, None):
             os.close(self._open_module_dir(module))  # a missing path is refused here, as rsyncd does
             return None
-        identity = resolve_identity(module.uid, module.gid)
         root_fd = self._open_module_dir(module)
         try:
             if switch_to(identity):

@@ -349,6 +349,26 @@ class CatalogWriter:
         if full:
             self.flush()
 
+    def knows_live(self, path: bytes) -> bool:
+        """Whether the catalog has ``path`` as a live version (True too when it cannot tell).
+
+        Ops still queued in this writer count; a catalog that cannot be
+        read answers True, so a caller that would drop an unknown file
+        keeps it instead.
+        """
+        with self._lock:
+            queued = any(op[1] == path for op in (*self._ops, *(o for p in self._pending.values() for o in p))
+                         if len(op) > 1)
+        if queued:
+            return True
+        try:
+            with Catalog(self.db_path, readonly=True) as cat:
+                return bool(cat.live_at(path, now_ns()))
+        except FileNotFoundError:
+            return False
+        except (sqlite3.Error, OSError):
+            return True
+
     def flush(self) -> None:
         """Apply the ready ops in one transaction."""
         with self._lock:

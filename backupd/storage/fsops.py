@@ -368,6 +368,20 @@ def chmod_at(dir_fd: int, name: bytes, mode: int) -> None:
         raise OSError(errno.ENOTSUP, f"no safe chmod: {exc}") from exc
 
 
+def is_stale_temp(name: bytes, st: os.stat_result) -> bool:
+    """Whether ``name`` looks like a temp file a killed session left behind.
+
+    rsync's temp name (``.`` + name + ``.`` + 6 of TMP_SUFFIX_CHARS, see
+    :func:`temp_name`), a regular file with one link and :func:`create_temp`'s
+    mode 0600 (the final mode is set only just before the rename).
+    """
+    if not (stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and stat.S_IMODE(st.st_mode) == 0o600):
+        return False
+    if len(name) < 9 or not name.startswith(b".") or name[-7:-6] != b".":
+        return False
+    return all(c in TMP_SUFFIX_CHARS for c in name[-6:])
+
+
 def create_temp(dir_fd: int, basename: bytes) -> tuple[bytes, int]:
     """Create a fresh rsync-style temp file for ``basename`` in ``dir_fd``.
 

@@ -166,7 +166,7 @@ class HistoryStore:
         if stat.S_ISDIR(st.st_mode):
             raise IsADirectoryError(errno.EISDIR, "cannot preserve a directory in place")
         name, now = comps[-1], self.now()
-        use_link = [not copy]
+        use_link = [not copy and not _shares_inode(st)]
 
         def put(cand: bytes) -> None:
             if use_link[0]:
@@ -227,9 +227,17 @@ class HistoryStore:
         return put
 
     def _entry_mover(self, parent_fd: int, name: bytes, st: os.stat_result, hfd: int):
-        """``put`` for a non-directory: link + unlink, else rename, else copy + unlink."""
+        """``put`` for a non-directory: link + unlink, else rename, else copy + unlink.
+
+        A file other live names share (``-H``) is copied, so the version in
+        history has an inode of its own that no later change of them reaches.
+        """
 
         def put(cand: bytes) -> None:
+            if _shares_inode(st):
+                copy_entry_at(parent_fd, name, st, hfd, cand)
+                os.unlink(name, dir_fd=parent_fd)
+                return
             try:
                 os.link(name, cand, src_dir_fd=parent_fd, dst_dir_fd=hfd, follow_symlinks=False)
             except OSError as exc:
@@ -292,6 +300,16 @@ class HistoryStore:
             return stat.S_IMODE(os.fstat(fd).st_mode)
         finally:
             os.close(fd)
+
+
+def _shares_inode(st: os.stat_result) -> bool:
+    """A regular file with more than one name: linking it into history would share its inode.
+
+    A version in history must be immutable: a live hard link to the same
+    inode would carry a later chmod, utime, chown or in-place write of the
+    live name into it (issue 15.5), so such a file is copied instead.
+    """
+    return stat.S_ISREG(st.st_mode) and st.st_nlink > 1
 
 
 def _enter_dir(fd: int, name: bytes, mode: Callable[[], int]) -> int | None:

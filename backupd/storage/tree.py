@@ -47,6 +47,7 @@ from backupd.storage.fsops import (
     count_tree,
     escape_error,
     fs_errors,
+    is_stale_temp,
     join_path,
     listdir_fd,
     open_dir,
@@ -288,9 +289,16 @@ class ModuleTree:
         A new name is linked directly; over an existing entry the link is
         made under a temp name beside ``path``, then renamed over it, what was
         there going to history first. Neither end follows a symlink.
+
+        Raises:
+            PathEscape: ``existing`` is inside the history folder (unless
+                ``allow_history``): no live name may share a version's inode.
         """
         comps = self._writable(path, allow_history, displaces=True)
         src = split_path(existing, self.module)
+        if not allow_history and self.history is not None and self.history.contains(src):
+            # a live name sharing a version's inode could change it (issue 15.5)
+            raise escape_error(self.module, existing, "a hard link to a version inside the history folder")
         with fs_errors(self.module, path), self._parent(comps, path) as (fd, name):
             with self._parent(src, existing) as (src_fd, src_name):
                 try:  # a new name: link(2) makes it atomically, nothing to keep (the --link-dest case)
@@ -447,12 +455,12 @@ class ModuleTree:
                         st = _lstat(fd, comps[-1])
                     except FileNotFoundError:
                         return DeleteCounts()
-                    if not self._keeps_history(comps):
+                    if not self._keeps_history(comps) or self._stale_temp(comps, st):
                         return remove_tree(fd, comps[-1], st)
                     when = self._when()
                     kept = self.history.move_at(fd, comps, st)
                     if self.catalog is not None:
-                        self.catalog.retired(join_path(comps), st, when, kept)
+                        self.catalog.retired(join_path(comps), st, when, kept, copy_ino=self._copy_ino(kept, st))
                         self._touched.add(join_path(comps[:-1]))
             finally:
                 os.close(fd)
@@ -525,7 +533,7 @@ class ModuleTree:
         path = join_path(comps)
         self._touched.add(join_path(comps[:-1]))
         if old is not None:
-            self.catalog.retired(path, old, when, kept, pending=True)
+            self.catalog.retired(path, old, when, kept, pending=True, copy_ino=self._copy_ino(kept, old))
         new = _lstat(parent_fd, temp)
         if digest is None:
             digest = hash_entry_at(parent_fd, temp, new)
@@ -613,6 +621,23 @@ class ModuleTree:
 
     def _keeps_history(self, comps: tuple[bytes, ...]) -> bool:
         return self.history is not None and not self.history.contains(comps)
+
+    def _copy_ino(self, kept: bytes | None, old: os.stat_result) -> int | None:
+        """The inode of history's copy at ``kept`` when it is not ``old``'s own (copied, not linked)."""
+        if kept is None or stat.S_ISDIR(old.st_mode):
+            return None
+        copy = self.lstat(kept)
+        return copy.st_ino if copy is not None and copy.st_ino != old.st_ino else None
+
+    def _stale_temp(self, comps: tuple[bytes, ...], st: os.stat_result) -> bool:
+        """A killed session's ``.NAME.XXXXXX`` temp file: not a version, deleted without history.
+
+        rsyncd deletes it as any extraneous file; it was never installed, so
+        the catalog (where there is one) does not know it as live.
+        """
+        if not is_stale_temp(comps[-1], st):
+            return False
+        return self.catalog is None or not self.catalog.knows_live(join_path(comps))
 
     # -- helpers ---------------------------------------------------------
 

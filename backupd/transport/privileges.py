@@ -8,9 +8,11 @@ The module directory is opened first, as rsyncd chdirs (or chroots) into it
 before it switches: the module path may lie below directories the module's
 user cannot enter.
 
-Unlike rsyncd, a root server with neither ``uid`` nor ``gid`` set stays root
-(rsyncd would switch to nobody); a ``uid`` without a ``gid`` takes that
-user's primary group.
+As rsyncd 3.5.0, a root server runs a module without ``uid`` as ``nobody``
+and a module without ``gid`` as ``nogroup`` (``nobody`` where there is no
+``nogroup`` group), whatever the ``uid``: the unset one never stays root
+(rsync clientserver.c rsync_module, NOBODY_USER/NOBODY_GROUP). A non-root
+server leaves an unset id as it is.
 """
 
 from __future__ import annotations
@@ -24,6 +26,38 @@ from loguru import logger
 
 from backupd.errors import DaemonRefusal
 
+NOBODY_USER = "nobody"  # rsync configure.ac NOBODY_USER
+
+
+def nobody_group() -> str:
+    """rsync's NOBODY_GROUP: ``nogroup`` where that group exists, else ``nobody``."""
+    try:
+        grp.getgrnam("nogroup")
+    except KeyError:
+        return "nobody"
+    return "nogroup"
+
+
+def session_identity(uid_text: str | None, gid_text: str | None, *, as_root: bool) -> Identity:
+    """The ids a session of a module runs as, defaults included.
+
+    Source: rsync clientserver.c rsync_module(): ``uid`` defaults to
+    NOBODY_USER and ``gid`` to NOBODY_GROUP when the daemon is root; a
+    non-root daemon switches only to what the module names.
+
+    Args:
+        uid_text: the module's ``uid`` (name or number), None or "" if unset.
+        gid_text: the module's ``gid``, likewise.
+        as_root: the server runs as root (effective uid 0).
+
+    Raises:
+        DaemonRefusal: an unknown user or group ("invalid uid NAME").
+    """
+    if as_root:
+        uid_text = uid_text or NOBODY_USER
+        gid_text = gid_text or nobody_group()
+    return resolve_identity(uid_text, gid_text)
+
 
 @dataclass(frozen=True)
 class Identity:
@@ -34,7 +68,10 @@ class Identity:
 
 
 def resolve_identity(uid_text: str | None, gid_text: str | None) -> Identity:
-    """The ids named by a module's ``uid``/``gid`` (names or numbers).
+    """The ids named by a module's ``uid``/``gid`` (names or numbers); unset: None.
+
+    A ``uid`` alone leaves the group as it is, as rsyncd (which, as root,
+    then takes NOBODY_GROUP: see :func:`session_identity`).
 
     Raises:
         DaemonRefusal: an unknown user or group ("invalid uid NAME", as rsyncd).
@@ -43,12 +80,11 @@ def resolve_identity(uid_text: str | None, gid_text: str | None) -> Identity:
     if uid_text:
         try:
             entry = pwd.getpwuid(int(uid_text)) if uid_text.isdigit() else pwd.getpwnam(uid_text)
-            uid, primary = entry.pw_uid, entry.pw_gid
+            uid = entry.pw_uid
         except KeyError:
             if not uid_text.isdigit():
                 raise DaemonRefusal(f"invalid uid {uid_text}") from None
-            uid, primary = int(uid_text), None
-        gid = primary
+            uid = int(uid_text)
     if gid_text:
         if gid_text.isdigit():
             gid = int(gid_text)

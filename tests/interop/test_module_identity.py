@@ -68,3 +68,25 @@ def test_unknown_user_or_group_is_refused_like_rsyncd(make_targets, client, tmp_
         done = target.push(client, "-rt", f"{src}/")
         assert done.returncode == 5, f"{kind}: {show(done)}"
         assert f"@ERROR: invalid {param} no-such-name-xyz" in done.stderr, f"{kind}: {show(done)}"
+
+
+@pytest.mark.parametrize(("params", "want"), [
+    ({"uid": "", "gid": ""}, ("nobody", "nogroup")),  # neither set: rsyncd's NOBODY_USER/NOBODY_GROUP
+    ({"uid": "daemon", "gid": ""}, ("daemon", "nogroup")),  # a uid alone: not its primary group
+    ({"uid": "", "gid": "daemon"}, ("nobody", "daemon")),
+])
+def test_unset_uid_or_gid_of_a_root_server_is_nobody_like_rsyncd(make_targets, client, tmp_path, params, want):
+    """Issue 15.6: a root server never runs a session as root unless the module says so."""
+    import grp
+
+    uid, gid = pwd.getpwnam(want[0]).pw_uid, grp.getgrnam(want[1]).gr_gid
+    src = make_tree(tmp_path / "src", {"a.txt": File("a\n", mtime=T0), "d": {"b.txt": File("b\n", mtime=T0)}})
+    owners = {}
+    for kind, target in make_targets(params=params).items():
+        os.chown(target.module, uid, gid)  # the session's own module dir, so "." takes its mtime
+        done = target.push(client, "-rt", f"{src}/")
+        assert done.returncode == 0, f"{kind}: {show(done)}"
+        owners[kind] = [((target.module / r).lstat().st_uid, (target.module / r).lstat().st_gid)
+                        for r in ("a.txt", "d", "d/b.txt")]
+    assert owners["rsyncd"] == [(uid, gid)] * 3
+    assert owners["backupd"] == owners["rsyncd"]

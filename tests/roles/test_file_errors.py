@@ -51,11 +51,11 @@ def test_io_flag_default_and_override():
     assert plain_tally.io_error == IoError.VANISHED and plain_tally.file_errors == 1
 
 
-def test_undecodable_names_are_replaced_and_the_path_is_logged():
+def test_undecodable_names_keep_their_bytes_and_the_path_is_logged():
     errors, sent, log, _ = recorder()
     name = b"bad\xff"
     errors.record(f"open {name.decode('utf-8', 'surrogateescape')} failed", name)
-    assert sent[0][1] == b"rsync: [generator] open bad? failed\n"  # as before: encode(errors="replace")
+    assert sent[0][1] == b"rsync: [generator] open " + name + b" failed\n"  # rsync sends the name's own bytes
     assert log.lines[0].startswith("bad")
 
 

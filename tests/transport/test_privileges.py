@@ -9,13 +9,13 @@ import pwd
 import pytest
 
 from backupd.errors import DaemonRefusal
-from backupd.transport.privileges import Identity, resolve_identity, switch_to
+from backupd.transport.privileges import Identity, nobody_group, resolve_identity, session_identity, switch_to
 
 ROOT = pwd.getpwuid(0)
 
 
 def test_names_and_numbers_resolve_to_ids():
-    assert resolve_identity(ROOT.pw_name, None) == Identity(0, ROOT.pw_gid)  # uid alone: its primary group
+    assert resolve_identity(ROOT.pw_name, None) == Identity(0, None)  # uid alone: the group stays as it is
     assert resolve_identity("0", grp.getgrgid(0).gr_name) == Identity(0, 0)
     assert resolve_identity(None, "4242") == Identity(None, 4242)
     assert resolve_identity("4242", None) == Identity(4242, None)  # a number with no passwd entry
@@ -29,6 +29,16 @@ def test_names_and_numbers_resolve_to_ids():
 def test_unknown_names_are_refused_with_rsyncds_message(uid, gid, message):
     with pytest.raises(DaemonRefusal, match=message):
         resolve_identity(uid, gid)
+
+
+def test_a_root_server_defaults_unset_ids_to_nobody_and_nogroup():
+    nobody, group = pwd.getpwnam("nobody").pw_uid, grp.getgrnam(nobody_group()).gr_gid
+    assert session_identity(None, None, as_root=True) == Identity(nobody, group)
+    assert session_identity("", "", as_root=True) == Identity(nobody, group)
+    assert session_identity("0", None, as_root=True) == Identity(0, group)  # a uid alone: NOBODY_GROUP
+    assert session_identity(None, "0", as_root=True) == Identity(nobody, 0)
+    assert session_identity(None, None, as_root=False) == Identity(None, None)
+    assert session_identity("4242", None, as_root=False) == Identity(4242, None)
 
 
 def test_nothing_to_switch_to_is_no_switch():
