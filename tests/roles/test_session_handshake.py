@@ -6,6 +6,8 @@ other, byte by byte as rsync-protocol-a.md §3 describes. No rsync binary.
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import socket
 import threading
 from pathlib import Path
@@ -32,6 +34,9 @@ def config(tmp_path: Path) -> DaemonConfig:
         "priv": ModuleConfig("priv", tmp_path, auth_users=(AuthUser("alice"),), secrets_file=secrets),
         "lan": ModuleConfig("lan", tmp_path, comment="lan only", hosts_allow=("10.0.0.0/8",)),
     }
+    # a root server would run these sessions as nobody; they run in this process, so as us
+    own = {"uid": str(os.getuid()), "gid": str(os.getgid())}
+    mods = {name: dataclasses.replace(mod, **own) for name, mod in mods.items()}
     return DaemonConfig(modules=mods, reverse_lookup=False)
 
 
