@@ -248,8 +248,9 @@ class FlistBuilder:
         self.recurse = opts.recursive
         self.xfer_dirs = opts.dirs or opts.recursive or opts.list_only or opts.files_from is not None
         self.items: list[Listed] = []
-        self.errors = FileErrors(
-            lambda code, data: report(code, data.decode("utf-8")), None, "sender", ErrorTally(), io_flag=IoError.GENERAL
+        self.errors = FileErrors(  # report() takes text: the wire bytes of names survive the round trip
+            lambda code, data: report(code, data.decode("utf-8", "surrogateescape")),
+            None, "sender", ErrorTally(), io_flag=IoError.GENERAL,
         )
         self._root_dev = tree.lstat(b"").st_dev
         self._merge_cache: dict[bytes, FilterList | None] = {}

@@ -57,7 +57,7 @@ from backupd.protocol.wire import (
     encode_vstring,
 )
 from backupd.roles.acl_sync import SenderAcls
-from backupd.roles.errors import ErrorTally, FileErrors
+from backupd.roles.errors import ErrorTally, FileErrors, wire_text
 from backupd.roles.flist_builder import BuiltList, FlistBuilder, expand_globs, sanitize_arg
 from backupd.roles.sender_data import SourceFile, file_digest, open_source, send_literal, send_matched
 from backupd.roles.xattr_sync import SenderXattrs, session_am_root, xattr_name_filter, xattr_optim
@@ -250,7 +250,7 @@ def _build_list(session, tree: ModuleTree, request, negotiated: Negotiated, rule
         file_checksum = lambda path: file_digest(tree, path, summer)  # noqa: E731
     builder = FlistBuilder(
         tree, opts, make_filters=make_filters, module_filters=build_module_filters(module),
-        report=lambda code, text: session.outbox.send_msg(code, text.encode("utf-8", "replace")),
+        report=lambda code, text: session.outbox.send_msg(code, wire_text(text)),
         module=module.name, munge_symlinks=module.munge_symlinks, file_checksum=file_checksum,
     )
     built = builder.build(args, names)
