@@ -144,6 +144,9 @@ def _serve_tcp(cfg, port: int, address: str | None, creds, metrics_address: str 
     from backupd.ops.retention import PRUNE_CHECK_S, daily_prune_job  # history retention, once a day
 
     server.add_periodic(PRUNE_CHECK_S, daily_prune_job(lambda: server.config, server.listeners))
+    from backupd.ops.verify_schedule import VERIFY_CHECK_S, verify_job  # `verify interval`, in the background
+
+    server.add_periodic(VERIFY_CHECK_S, verify_job(lambda: server.config, server.listeners))
     try:
         server.serve_forever()
     finally:
