@@ -22,7 +22,7 @@ from loguru import logger
 from backupd.config.model import DaemonConfig, ModuleConfig
 from backupd.errors import BackupdError
 from backupd.storage.catalog import Catalog, module_catalog_file
-from backupd.storage.catalog_state import CLEAN, RUNNING, STATE_KEY, start_check
+from backupd.storage.catalog_state import CLEAN, RUNNING, STATE_KEY, marks_dir, start_check
 from backupd.storage.reconcile import reconcile_module
 from backupd.storage.snapshot import discard_all
 
@@ -65,6 +65,7 @@ def _start_module(module: ModuleConfig) -> int | None:
                     why, plan.live_entries, plan.history_entries, plan.counts() or "none")
     with Catalog(db) as catalog:
         catalog.set_meta(STATE_KEY, RUNNING)
+    marks_dir(db).mkdir(mode=0o700, exist_ok=True)   # made here, so _hand_over gives it to the module's uid
     return repairs
 
 

@@ -53,6 +53,7 @@ import xxhash
 
 from backupd.storage.catalog_state import close_mark, open_mark
 
+SCHEMA_VERSION = 2       # PRAGMA user_version once SCHEMA is applied (2: the partial history index)
 BATCH_OPS = 512          # ops per transaction while a session runs
 BUSY_TIMEOUT_MS = 30_000  # another session's batch: wait this long for the write lock
 SCHEMA = """
@@ -215,9 +216,11 @@ class Catalog:
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             self.db = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000,
                                       check_same_thread=False)  # a writer's lock serializes its threads
-            self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
-            self.db.executescript(SCHEMA)
+            if self.db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:   # once per database
+                self.db.execute("PRAGMA journal_mode=WAL")   # persistent: later opens find it set
+                self.db.executescript(SCHEMA)
+                self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def close(self) -> None:
         """Close the connection; idempotent."""

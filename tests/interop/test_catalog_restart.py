@@ -5,11 +5,16 @@ was SIGKILLed, the next start walks the module in full, and catalog and tree agr
 from __future__ import annotations
 
 import os
+import pwd
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+
+import pytest
 
 from tests.interop.conftest import T0, assert_ok, set_mtime, write_random
 
@@ -81,3 +86,25 @@ def test_clean_restart_skips_the_walk_and_a_killed_worker_or_daemon_does_not(mak
     assert SKIPPED not in log and "the daemon did not stop cleanly" in log, log
     again = backupd("history", "reindex", "mod", "--config", target.server.config_path)
     assert again.returncode == 0 and "repairs: none" in again.stdout, again.stdout + again.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs a root server")
+def test_sessions_as_the_module_user_leave_and_clear_their_marks(request, make_targets, backupd_server,
+                                                                 rsync_clients, tmp_path):
+    nobody = pwd.getpwnam("nobody")
+    state = Path(tempfile.mkdtemp(prefix="backupd-catalogs-"))   # pytest's tmp dirs are closed to nobody
+    request.addfinalizer(lambda: shutil.rmtree(state, ignore_errors=True))
+    os.chmod(state, 0o755)
+    target = make_targets(("backupd",), params={"catalog dir": state / "catalogs", "uid": "nobody",
+                                                "gid": str(nobody.pw_gid)})["backupd"]
+    os.chown(target.module, nobody.pw_uid, nobody.pw_gid)
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_text("one\n")
+    assert_ok(rsync_clients["3.5.0"].run("-a", f"{src}/", target.url()))
+    idle(target.server)                                                # the worker closes its tree last
+    marks = state / "catalogs" / "mod" / "writers"
+    assert marks.stat().st_uid == nobody.pw_uid and list(marks.iterdir()) == []
+    assert "catalog of module" not in target.server.log(), target.server.log()   # the writer did not fail
+    server = restart(target, backupd_server)
+    assert SKIPPED in server.log(), server.log()
