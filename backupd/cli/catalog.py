@@ -305,7 +305,7 @@ def _verify_one(mod, since_ns: int | None) -> dict:
     from backupd.storage import ModuleTree
     from backupd.storage.verify import verify_module
 
-    started = time.monotonic()
+    started, started_at = time.monotonic(), time.time()
     with _open(mod) as catalog, ModuleTree(mod.path, module=mod.name) as tree:
         total = sum(r.size for r in catalog.rows() if r.type == "file")
         if sys.stderr.isatty() and total:
@@ -314,11 +314,22 @@ def _verify_one(mod, since_ns: int | None) -> dict:
         else:
             result = verify_module(tree, catalog, since_ns=since_ns)
     seconds = time.monotonic() - started
+    _store_run(mod, started_at, seconds, result)
     return {"module": mod.name, "checked": result.checked, "bytes": result.bytes, "seconds": round(seconds, 3),
             "mb_per_s": round(result.bytes / 1e6 / seconds, 1) if seconds > 0 else None,
             "mismatches": result.count("mismatch"), "missing": result.count("missing"),
             "findings": [{"kind": f.kind, "path": os.fsdecode(f.path), "stored": os.fsdecode(f.stored),
                           "detail": f.detail} for f in result.findings]}
+
+
+def _store_run(mod, started_at: float, seconds: float, result) -> None:
+    """The run's figures in the catalog meta, as the daemon's scheduled runs (its metrics show them)."""
+    from backupd.ops.verify_schedule import run_record, store_run
+
+    try:
+        store_run(mod, run_record(result, started_at, time.time(), seconds))
+    except (sqlite3.Error, OSError) as exc:
+        typer.echo(f"module {mod.name}: run not recorded in the catalog: {exc}", err=True)
 
 
 def _print_verify(report: dict) -> None:

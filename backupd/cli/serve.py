@@ -50,13 +50,17 @@ def serve(
         sys.exit(int(serve_stdio(cfg)))
     from backupd.ops.catalog_start import reconcile_all
 
-    reconcile_all(cfg)  # a crash left the tree ahead of the catalog: repaired and logged
+    started = reconcile_all(cfg)  # a crash left the tree ahead of the catalog: repaired and logged
     _log_reflinks(cfg)
     reload = None if config is None else functools.partial(load_config, config)
     if ssh_port is not None:
         cfg = dataclasses.replace(cfg, ssh_port=ssh_port)
     ssh = _prepare_ssh(cfg, data_dir if config is None else None, address or cfg.address, reload)
-    _serve_tcp(cfg, port if port is not None else cfg.port, address or cfg.address, creds, metrics_address, reload, ssh)
+    server = _serve_tcp(cfg, port if port is not None else cfg.port, address or cfg.address, creds, metrics_address,
+                        reload, ssh)
+    from backupd.ops.catalog_start import mark_clean_shutdown
+
+    mark_clean_shutdown(server.config, started)   # the next start need not walk the modules
 
 
 def _log_reflinks(cfg) -> None:
@@ -106,7 +110,7 @@ def _prepare_ssh(cfg, data_dir: Path | None, address: str | None, reload):
 
 
 def _serve_tcp(cfg, port: int, address: str | None, creds, metrics_address: str | None = None, reload=None,
-               ssh=None) -> None:
+               ssh=None):
     from backupd.transport.tcp import DaemonServer
     from backupd.transport.worker import preload_session_modules
 
@@ -140,11 +144,15 @@ def _serve_tcp(cfg, port: int, address: str | None, creds, metrics_address: str 
     from backupd.ops.retention import PRUNE_CHECK_S, daily_prune_job  # history retention, once a day
 
     server.add_periodic(PRUNE_CHECK_S, daily_prune_job(lambda: server.config, server.listeners))
+    from backupd.ops.verify_schedule import VERIFY_CHECK_S, verify_job  # `verify interval`, in the background
+
+    server.add_periodic(VERIFY_CHECK_S, verify_job(lambda: server.config, server.listeners))
     try:
         server.serve_forever()
     finally:
         if exporter is not None:
             exporter.close()
+    return server
 
 
 def _start_metrics(metrics_address: str | None, cfg, server):

@@ -68,6 +68,9 @@ class ModuleConfig:
     # (None: the state dir, see catalog.default_state_dir), never inside the module
     catalog: bool = True
     catalog_dir: Path | None = None
+    # `serve` re-reads every stored version against the catalog this often (0: never;
+    # ops/verify_schedule.py); `verify interval = 1d`, also 3600, 90s, 30m, 6h
+    verify_interval_s: int = 0
 
 
 @dataclass(frozen=True)

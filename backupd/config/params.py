@@ -109,6 +109,29 @@ def int_range(low: int | None, high: int | None) -> Converter:
     return to_int
 
 
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_DURATION_S = 366 * 86400
+
+
+def to_duration_s(value: object) -> int:
+    """Seconds from ``N`` or ``N`` with a unit ``s``, ``m``, ``h``, ``d`` (``6h``, ``1d``); 0 = off.
+
+    Raises:
+        ValueError: not a whole number with one of those units, or over a year.
+    """
+    if isinstance(value, int) and not isinstance(value, bool):
+        number, unit = value, ""
+    else:
+        found = re.fullmatch(r"\s*(\d+)\s*([smhd]?)\s*", str(value).lower()) if isinstance(value, str) else None
+        if found is None:
+            raise ValueError(f"expected a duration such as 3600, 90s, 30m, 6h or 1d, got {value!r}")
+        number, unit = int(found[1]), found[2]
+    seconds = number * _DURATION_UNITS[unit]
+    if not 0 <= seconds <= MAX_DURATION_S:
+        raise ValueError(f"{value!r} is outside 0 .. {MAX_DURATION_S} s (a year)")
+    return seconds
+
+
 def _items(value: object, split: Callable[[str], list[str]]) -> tuple[str, ...]:
     """A list value: a YAML list keeps its items whole; a string is split."""
     if value is None:
@@ -293,6 +316,7 @@ PARAMS: tuple[Param, ...] = (
     _m("history keep days", int_range(0, None)),
     _m("catalog", to_bool),
     _m("catalog dir", to_path),
+    _m("verify interval", to_duration_s, "verify_interval_s"),
     _m("fsync", to_bool),
     _g("handshake timeout", int_range(1, 3600), "handshake_timeout_s"),
     _g("ssh port", _PORT),

@@ -25,7 +25,9 @@ prometheus-client's multiprocess mode:
    the next listener, as Prometheus counters may.
 
 History size is not counted by the workers: the exporter measures each
-module's history folder when scraped (cached for ``HISTORY_TTL_S``).
+module's history folder when scraped (cached for ``HISTORY_TTL_S``); the
+last scheduled verify of each module is read from its catalog
+(ops/verify_schedule.py ``VerifyCollector``).
 
 Hooks (one call each from roles/session.py, receiver.py, generator.py) cost
 a dict operation while metrics are off. They also keep a record of the
@@ -469,6 +471,9 @@ def start_server_exporter(address: str, config, daemon=None) -> MetricsExporter:
     registry = CollectorRegistry()
     registry.register(files)
     registry.register(HistoryCollector(config))
+    from backupd.ops.verify_schedule import VerifyCollector
+
+    registry.register(VerifyCollector((lambda: daemon.config) if daemon is not None else (lambda: config)))
     ProcessCollector(registry=registry)  # the listener's own CPU and memory
 
     def cleanup() -> None:

@@ -82,7 +82,7 @@ def daily_prune_job(config: DaemonConfig | Callable[[], DaemonConfig], listeners
     changes on SIGHUP).
     """
     last: list[date | None] = [None]
-    run = spawn or (lambda work: _detached(work, listeners))
+    run = spawn or (lambda work: detached(work, listeners, "daily prune"))
 
     def job() -> None:
         now = clock()
@@ -95,8 +95,12 @@ def daily_prune_job(config: DaemonConfig | Callable[[], DaemonConfig], listeners
     return job
 
 
-def _detached(work: Callable[[], None], listeners: Sequence[socket.socket]) -> None:
-    """Run ``work`` in a grandchild process; the child exits at once and is reaped here."""
+def detached(work: Callable[[], None], listeners: Sequence[socket.socket], label: str, *, nice: int = 0) -> None:
+    """Run ``work`` in a grandchild process; the child exits at once and is reaped here.
+
+    The grandchild closes the listening sockets, lowers its priority by
+    ``nice`` and logs a failure as ``<label> failed``.
+    """
     pid = os.fork()
     if pid:
         os.waitpid(pid, 0)
@@ -109,12 +113,14 @@ def _detached(work: Callable[[], None], listeners: Sequence[socket.socket]) -> N
             from backupd.ops import metrics
 
             metrics.after_fork()  # the metrics port must not outlive the listener in us
+            if nice:
+                os.nice(nice)
             work()
             code = 0
         else:
             code = 0
     except BaseException:
-        logger.exception("daily prune failed")
+        logger.exception("{} failed", label)
     finally:
         logger.complete()
         os._exit(code)

@@ -8,6 +8,15 @@ session (``storage/snapshot.py``) and served through the normal sender with
 the base module's filters and listing rules. It is read-only: a push is
 refused, and history is off (nothing in it can change).
 
+A push is refused where rsyncd refuses a push to a ``read only = yes``
+module (main.c do_server_recv: ``ERROR: module is read only``, exit 1):
+after the arguments, not with ``@ERROR`` before ``@RSYNCD: OK``, because
+the direction (``--sender`` or not) only arrives with the arguments, after
+the OK. Refusing earlier would refuse the pulls too. The message names the
+view (``ERROR: module backup@T is a read-only snapshot view``) and every
+client sees the exit code it sees for a read-only rsyncd module
+(``roles/session.py``; tests/interop/test_snapshot_view_push.py).
+
 Source: issue 12 (snapshot views).
 """
 

@@ -24,12 +24,14 @@ end of that second, so a version made live during second S is live at S.
 live at T when ``live_from < B and (live_to is NULL or live_to >= B)``.
 
 Writes come from the commit path (``ModuleTree.install``/``delete``/``mkdir``)
-through a :class:`CatalogWriter`: ops are recorded before the rename that
-makes a version live or retires one, and applied in batched transactions
-(every ``BATCH_OPS`` ops and when the session ends), so a small-file push
-pays one SQLite commit per batch. Ops are keyed by (path, ino) and applied
+through a :class:`CatalogWriter`: ops are recorded in memory once the
+rename that makes a version live or retires one is done, and applied in
+batched transactions (every ``BATCH_OPS`` ops and when the session ends;
+runs of plain inserts as one ``executemany``), so a small-file push pays
+one SQLite commit per batch. Ops are keyed by (path, ino) and applied
 idempotently, so two sessions flushing in either order agree; what a crash
-loses (the unflushed batch) is repaired on start by ``reconcile.py``.
+loses (the unflushed batch) is repaired on start by ``reconcile.py``, which
+the session's writer mark (``catalog_state.py``) makes walk the module.
 
 Source: design.md §1 "Storage and history" (catalog); issue 12.
 """
@@ -49,6 +51,9 @@ from pathlib import Path
 
 import xxhash
 
+from backupd.storage.catalog_state import close_mark, open_mark
+
+SCHEMA_VERSION = 2       # PRAGMA user_version once SCHEMA is applied (2: the partial history index)
 BATCH_OPS = 512          # ops per transaction while a session runs
 BUSY_TIMEOUT_MS = 30_000  # another session's batch: wait this long for the write lock
 SCHEMA = """
@@ -70,19 +75,20 @@ CREATE TABLE IF NOT EXISTS versions(
     missing INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS versions_path ON versions(path, live_from);
-CREATE INDEX IF NOT EXISTS versions_history ON versions(history);
+DROP INDEX IF EXISTS versions_history;
+CREATE INDEX IF NOT EXISTS versions_kept ON versions(history) WHERE history IS NOT NULL;
 CREATE INDEX IF NOT EXISTS versions_placeholder ON versions(path) WHERE live_from IS NULL;
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT);
 """
 COLUMNS = ("id", "path", "type", "live_from", "live_to", "size", "mode", "mtime_ns", "ino",
            "xxh128", "xfer_sum", "xfer_sum_kind", "history", "approx", "missing")
-KINDS = ((stat.S_ISREG, "file"), (stat.S_ISDIR, "dir"), (stat.S_ISLNK, "symlink"))
+KINDS = {stat.S_IFREG: "file", stat.S_IFDIR: "dir", stat.S_IFLNK: "symlink"}   # S_IFMT -> type
 NS = 1_000_000_000
 
 
 def kind_of(mode: int) -> str:
     """``file``, ``dir``, ``symlink`` or ``other`` for an ``st_mode``."""
-    return next((name for test, name in KINDS if test(mode)), "other")
+    return KINDS.get(stat.S_IFMT(mode), "other")
 
 
 def time_ns(when: datetime) -> int:
@@ -210,9 +216,11 @@ class Catalog:
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             self.db = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000,
                                       check_same_thread=False)  # a writer's lock serializes its threads
-            self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
-            self.db.executescript(SCHEMA)
+            if self.db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:   # once per database
+                self.db.execute("PRAGMA journal_mode=WAL")   # persistent: later opens find it set
+                self.db.executescript(SCHEMA)
+                self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def close(self) -> None:
         """Close the connection; idempotent."""
@@ -275,10 +283,9 @@ class CatalogWriter:
     """Records one session's commits in the catalog, in batched transactions.
 
     Called by ``ModuleTree`` inside the commit path. The ops of an install
-    are recorded before its rename (``pending=True``) and become ready for
-    the next batch only when the tree calls :meth:`settle` after the rename
-    (:meth:`discard` if it failed), so a committed batch never describes a
-    rename that did not happen. Thread safe (the generator and the receiver
+    are recorded after its rename (:meth:`installed`, under the entry
+    lock), so a committed batch never describes a rename that did not
+    happen. Thread safe (the generator and the receiver
     of a push both write). Never raises into the commit path: a failing
     catalog is reported once through ``on_error`` and dropped (the tree
     stays the truth; the next start reconciles the two).
@@ -294,27 +301,56 @@ class CatalogWriter:
         self.batch_ops = batch_ops
         self.on_error = on_error
         self._ops: list[tuple] = []
-        self._pending: dict[int, list[tuple]] = {}
         self._lock = threading.Lock()
         self._catalog: Catalog | None = None
+        self._mark: Path | None = None
         self.failed = False
 
+    def begin(self) -> None:
+        """Before the session's first change to the tree: leave a writer mark (``catalog_state.py``).
+
+        Idempotent and cheap after the first call. The mark goes when
+        :meth:`close` has committed the last batch; a killed session (or a
+        failed catalog) leaves it, so the next start reconciles in full.
+        """
+        if self._mark is not None or self.failed:
+            return
+        with self._lock:
+            if self._mark is not None or self.failed:
+                return
+            try:
+                self._mark = open_mark(self.db_path)
+            except OSError as exc:
+                self.failed = True
+                if self.on_error is not None:
+                    self.on_error(exc)
+
     def made_live(self, path: bytes, st: os.stat_result, when_ns: int, *, xxh128: str | None = None,
-                  xfer_sum: str | None = None, xfer_sum_kind: str | None = None, pending: bool = False) -> None:
-        """A new version of ``path`` (lstat ``st``) becomes live at ``when_ns``."""
-        self._add(("live", path, kind_of(st.st_mode), when_ns, st.st_size, st.st_mode, st.st_mtime_ns,
-                   st.st_ino, xxh128, xfer_sum, xfer_sum_kind), pending)
+                  xfer_sum: str | None = None, xfer_sum_kind: str | None = None) -> None:
+        """A new version of ``path`` (lstat ``st``) became live at ``when_ns``."""
+        self._add((_live_op(path, st, when_ns, xxh128, xfer_sum, xfer_sum_kind),))
 
     def retired(self, path: bytes, st: os.stat_result, when_ns: int, history: bytes | None, *,
-                pending: bool = False, copy_ino: int | None = None) -> None:
+                copy_ino: int | None = None) -> None:
         """The live version of ``path`` (lstat ``st``) went to ``history`` at ``when_ns``.
 
         A directory retires with everything below it (moved as a whole).
         ``copy_ino``: the version was copied, not linked (``--inplace``), so
         its stored inode is the copy's.
         """
-        self._add(("retire", path, st.st_ino, when_ns, history, kind_of(st.st_mode), st.st_size, st.st_mode,
-                   st.st_mtime_ns, copy_ino), pending)
+        self._add((_retire_op(path, st, when_ns, history, copy_ino),))
+
+    def installed(self, path: bytes, old: os.stat_result | None, kept: bytes | None, new: os.stat_result,
+                  when_ns: int, *, xxh128: str | None = None, xfer_sum: str | None = None,
+                  xfer_sum_kind: str | None = None, copy_ino: int | None = None) -> None:
+        """One install, once its rename is done: ``old`` (None: there was none) retired to ``kept``, ``new`` live.
+
+        Called after the rename, so a committed batch never describes a
+        rename that did not happen; the two ops go in together. ``copy_ino``
+        as for :meth:`retired` (history holds a copy of ``old``).
+        """
+        live = _live_op(path, new, when_ns, xxh128, xfer_sum, xfer_sum_kind)
+        self._add((_retire_op(path, old, when_ns, kept, copy_ino), live) if old is not None else (live,))
 
     def attrs(self, path: bytes, mode: int | None, mtime_ns: int | None, when_ns: int) -> None:
         """The live version's mode or mtime changed in place at ``when_ns``.
@@ -322,29 +358,13 @@ class CatalogWriter:
         Recorded as a new row (same inode, same stored bytes) when they
         differ from the open row's, so "as of T" keeps the attributes of T.
         """
-        self._add(("attrs", path, mode, mtime_ns, when_ns), False)
+        self._add((("attrs", path, mode, mtime_ns, when_ns),))
 
-    def settle(self) -> None:
-        """The calling thread's pending ops happened (the rename is done): ready for a batch."""
-        with self._lock:
-            self._ops += self._pending.pop(threading.get_ident(), [])
-            full = len(self._ops) >= self.batch_ops
-        if full:
-            self.flush()
-
-    def discard(self) -> None:
-        """The calling thread's pending ops did not happen (the rename failed)."""
-        with self._lock:
-            self._pending.pop(threading.get_ident(), None)
-
-    def _add(self, op: tuple, pending: bool) -> None:
+    def _add(self, ops: tuple) -> None:
         if self.failed:
             return
         with self._lock:
-            if pending:
-                self._pending.setdefault(threading.get_ident(), []).append(op)
-                return
-            self._ops.append(op)
+            self._ops += ops
             full = len(self._ops) >= self.batch_ops
         if full:
             self.flush()
@@ -385,12 +405,26 @@ class CatalogWriter:
                     self.on_error(exc)
 
     def close(self) -> None:
-        """Flush and close; idempotent."""
+        """Flush and close; idempotent. The writer mark goes only when every batch was committed."""
         self.flush()
         with self._lock:
             if self._catalog is not None:
                 self._catalog.close()
                 self._catalog = None
+            if self._mark is not None and not self.failed and not self._ops:
+                close_mark(self._mark)
+                self._mark = None
+
+
+def _live_op(path: bytes, st: os.stat_result, when: int, xxh: str | None, xsum: str | None,
+             xkind: str | None) -> tuple:
+    return ("live", path, KINDS.get(stat.S_IFMT(st.st_mode), "other"), when, st.st_size, st.st_mode,
+            st.st_mtime_ns, st.st_ino, xxh, xsum, xkind)
+
+
+def _retire_op(path: bytes, st: os.stat_result, when: int, history: bytes | None, copy_ino: int | None) -> tuple:
+    return ("retire", path, st.st_ino, when, history, kind_of(st.st_mode), st.st_size, st.st_mode,
+            st.st_mtime_ns, copy_ino)
 
 
 def apply_ops(db: sqlite3.Connection, ops: list[tuple]) -> None:
@@ -406,19 +440,45 @@ def apply_ops(db: sqlite3.Connection, ops: list[tuple]) -> None:
         # a closed row still waiting for its live_from (see _apply_retire) is rare: look for them once
         state = {"placeholders": db.execute("SELECT 1 FROM versions WHERE live_from IS NULL LIMIT 1").fetchone()
                  is not None}
-        for op in ops:
-            _APPLY[op[0]](db, state, *op[1:])
+        for kind, run in _runs(ops, state):
+            if kind == "insert":   # a run of plain inserts: one statement for all of them
+                db.executemany(_INSERT_LIVE, run)
+                continue
+            for op in run:
+                _APPLY[op[0]](db, state, *op[1:])
         db.execute("COMMIT")
     except BaseException:
         db.execute("ROLLBACK")
         raise
 
 
+_INSERT_LIVE = ("INSERT INTO versions(path, type, live_from, size, mode, mtime_ns, ino, xxh128, xfer_sum, "
+                "xfer_sum_kind) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+
+
+def _runs(ops: list[tuple], state: dict):
+    """Split ``ops`` into ``("insert", [values...])`` runs of plain live inserts and ``("ops", [op...])``.
+
+    A ``live`` op is a plain insert while no closed row awaits its start
+    (``state["placeholders"]``); a ``retire`` may create one, so runs are cut
+    at each non-live op and the state is re-read as the ops apply.
+    """
+    run: list[tuple] = []
+    for op in ops:
+        if op[0] == "live" and not state["placeholders"]:
+            run.append(op[1:])
+            continue
+        if run:
+            yield "insert", run
+            run = []
+        yield "ops", (op,)
+    if run:
+        yield "insert", run
+
+
 def _apply_live(db, state, path, kind, when, size, mode, mtime_ns, ino, xxh, xsum, xkind) -> None:
     if not state["placeholders"]:
-        db.execute(
-            "INSERT INTO versions(path, type, live_from, size, mode, mtime_ns, ino, xxh128, xfer_sum, xfer_sum_kind) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", (path, kind, when, size, mode, mtime_ns, ino, xxh, xsum, xkind))
+        db.execute(_INSERT_LIVE, (path, kind, when, size, mode, mtime_ns, ino, xxh, xsum, xkind))
         return
     done = db.execute(
         "UPDATE versions SET live_from = ?, approx = 0, type = ?, size = ?, mode = ?, mtime_ns = ?, xxh128 = ?, "

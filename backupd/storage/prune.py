@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
+from backupd.storage.catalog_state import writer_mark
 from backupd.storage.fsops import (
     DIR_READ_FLAGS,
     ENTER,
@@ -257,7 +258,8 @@ def apply_prune(plan: PrunePlan, *, progress: ProgressFn | None = None) -> Prune
     previous call (the folders, the directories and files inside). With a
     catalog, a folder's rows are deleted (and committed) just before the
     folder: a crash in between leaves files without rows, which the next
-    start's reconcile re-adds and the next prune removes.
+    start's reconcile re-adds and the next prune removes (a writer mark,
+    ``catalog_state.py``, held for the pass makes that start reconcile in full).
 
     Raises:
         PathEscape: the history folder became a symlink.
@@ -266,7 +268,8 @@ def apply_prune(plan: PrunePlan, *, progress: ProgressFn | None = None) -> Prune
     result = PruneResult(plan.module)
     if not plan.remove:
         return result
-    with ModuleTree(plan.root, module=plan.module) as tree:
+    marked = plan.catalog_file if plan.catalog_file is not None and os.path.exists(plan.catalog_file) else None
+    with ModuleTree(plan.root, module=plan.module) as tree, writer_mark(marked):   # killed: full reconcile
         fd = open_history(tree, plan.history_dir)
         if fd is None:
             return result

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, time
 
 from backupd.storage.catalog import NS, Catalog, Row, hash_entry_at, kind_of
+from backupd.storage.catalog_state import clear_dead_marks
 from backupd.storage.fsops import DIR_READ_FLAGS, ENTER, LEAVE, iter_tree, join_path, listdir_fd, open_dir, split_path
 from backupd.storage.prune import open_history, parse_day
 from backupd.storage.tree import ModuleTree
@@ -314,6 +315,7 @@ def reconcile_module(module, *, rebuild: bool = False, log=None) -> ReconcilePla
             plan = plan_reconcile(tree, catalog, module.history_dir, now_ns())
             apply_reconcile(catalog, plan)
             catalog.set_meta("reconciled", str(now_ns()))
+    clear_dead_marks(module_catalog_file(module))   # what their writers did is in the tree just walked
     if log is not None:
         for r in plan.repairs[:MAX_REPAIRS_SHOWN]:
             log(f"module {module.name}: catalog repair {r.kind}: {os.fsdecode(r.path)}: {r.why}")

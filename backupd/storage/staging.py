@@ -108,6 +108,7 @@ class StagedFile:
         self._done = False
         # the catalog's xxh128 of the stored bytes, hashed as they are written
         self._hash = xxhash.xxh128() if tree.catalog is not None else None
+        self._sealed: os.stat_result | None = None
         self.xfer_sum: tuple[str, str] | None = None  # (checksum name, hex) the transfer verified
         self.clone_align = 0 if sparse else tree.clone_align
         self._run: CloneRun | None = None  # matched blocks not yet cloned
@@ -298,7 +299,7 @@ class StagedFile:
                 self._check_parent()
                 digest = self._hash.hexdigest() if self._hash is not None else None
                 self._tree.install(self._parent_fd, self.temp_name, self._comps, self.path,
-                                   digest=digest, xfer_sum=self.xfer_sum)
+                                   digest=digest, xfer_sum=self.xfer_sum, new=self._sealed)
         except BaseException:
             self.abort()
             raise
@@ -321,6 +322,7 @@ class StagedFile:
             os.utime(fd, ns=(time.time_ns(), mtime_ns))
         if self._tree.fsync:
             os.fsync(fd)
+        self._sealed = os.fstat(fd) if self._hash is not None else None   # the catalog's row, without a lookup
         self._file.close()
 
     def _check_parent(self) -> None:

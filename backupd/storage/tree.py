@@ -37,7 +37,7 @@ import xxhash
 
 from backupd.errors import StorageError
 from backupd.storage.acls import AclAccess
-from backupd.storage.catalog import hash_entry_at, time_ns
+from backupd.storage.catalog import hash_entry_at
 from backupd.storage.fsops import (
     DIR_READ_FLAGS,
     TMP_TRIES,
@@ -499,14 +499,17 @@ class ModuleTree:
     # -- shared with StagedFile -------------------------------------------
 
     def install(self, parent_fd: int, temp: bytes, comps: tuple[bytes, ...], path: bytes, *,
-                digest: str | None = None, xfer_sum: tuple[str, str] | None = None) -> None:
+                digest: str | None = None, xfer_sum: tuple[str, str] | None = None,
+                new: os.stat_result | None = None) -> None:
         """Rename ``temp`` over entry ``comps[-1]`` of ``parent_fd``, history first.
 
         For storage's own use (StagedFile, symlink); raises OSError. With a
-        catalog, the retired and the new version are recorded before the
-        rename: ``digest`` is the xxh128 of the new entry's bytes (read from
-        ``temp`` when not given), ``xfer_sum`` ``(checksum name, hex)`` the
-        whole-file checksum the transfer verified.
+        catalog, the retired and the new version are recorded once the
+        rename is done (still under the entry lock): ``digest`` is the
+        xxh128 of the new entry's bytes (read from ``temp`` when not given),
+        ``xfer_sum`` ``(checksum name, hex)`` the whole-file checksum the
+        transfer verified, ``new`` the temp entry's final stat if the caller
+        has it (else it is read here).
         """
         name = comps[-1]
         keeps = self.catalog is not None and self._keeps_history(comps)
@@ -520,25 +523,16 @@ class ModuleTree:
             if not keeps:
                 os.rename(temp, name, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
                 return
-            try:
-                self._record_install(parent_fd, temp, comps, st, kept, when, digest, xfer_sum)
-                os.rename(temp, name, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
-            except BaseException:
-                self.catalog.discard()
-                raise
-            self.catalog.settle()
-
-    def _record_install(self, parent_fd, temp, comps, old, kept, when, digest, xfer_sum) -> None:
-        """Catalog ops of one install: the old version retired, the new one live."""
-        path = join_path(comps)
-        self._touched.add(join_path(comps[:-1]))
-        if old is not None:
-            self.catalog.retired(path, old, when, kept, pending=True, copy_ino=self._copy_ino(kept, old))
-        new = _lstat(parent_fd, temp)
-        if digest is None:
-            digest = hash_entry_at(parent_fd, temp, new)
-        kind, value = xfer_sum if xfer_sum else (None, None)
-        self.catalog.made_live(path, new, when, xxh128=digest, xfer_sum=value, xfer_sum_kind=kind, pending=True)
+            if new is None:
+                new = _lstat(parent_fd, temp)
+            if digest is None:
+                digest = hash_entry_at(parent_fd, temp, new)
+            os.rename(temp, name, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
+            kind, value = xfer_sum if xfer_sum else (None, None)
+            copy_ino = self._copy_ino(kept, st) if st is not None else None
+            self.catalog.installed(join_path(comps), st, kept, new, when, xxh128=digest, xfer_sum=value,
+                                   xfer_sum_kind=kind, copy_ino=copy_ino)
+            self._touched.add(join_path(comps[:-1]))
 
     def _record_new(self, parent_fd: int, name: bytes, comps: tuple[bytes, ...]) -> None:
         """Catalog op of a directory just made."""
@@ -564,7 +558,7 @@ class ModuleTree:
 
     def _when(self) -> int:
         """Now (ns), by the history's clock, so catalog times and day folders agree."""
-        return time_ns(self.history.now())
+        return self.history.now_ns()
 
     @contextmanager
     def _entry_lock(self, parent_fd: int, comps: tuple[bytes, ...]) -> Iterator[None]:
@@ -649,8 +643,11 @@ class ModuleTree:
         return comps
 
     def _guard(self, comps: tuple[bytes, ...], path: bytes, allow_history: bool) -> None:
+        """Refuse a write into history; every write passes here first (the catalog's writer mark)."""
         if not allow_history and self.history is not None and self.history.contains(comps):
             raise escape_error(self.module, path, "inside the history dir")
+        if self.catalog is not None:
+            self.catalog.begin()
 
     def _writable(self, path: bytes, allow_history: bool, *, displaces: bool = False) -> tuple[bytes, ...]:
         """Components of a path a client may write; ``displaces``: may replace a dir."""

@@ -5,7 +5,8 @@ at or after it) the stored entry is opened without following symlinks and
 hashed (xxh128 of a file's bytes, of a symlink's target); a row whose
 entry is gone, is of another type, or hashes differently is a finding.
 Rows already marked missing are findings too. Reads only; the catalog is
-not changed (``last verify`` meta aside, written by the CLI).
+not changed (the meta ``verify.last`` aside, written by the CLI and by
+the daemon's scheduled runs: ops/verify_schedule.py).
 
 Source: issue 12 (verify); ``catalog.py`` (columns).
 """
