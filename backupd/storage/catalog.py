@@ -377,8 +377,7 @@ class CatalogWriter:
         keeps it instead.
         """
         with self._lock:
-            queued = any(op[1] == path for op in (*self._ops, *(o for p in self._pending.values() for o in p))
-                         if len(op) > 1)
+            queued = any(len(op) > 1 and op[1] == path for op in self._ops)
         if queued:
             return True
         try:
