@@ -26,7 +26,9 @@ from backupd.protocol.xattrs import XattrDecoder
 from backupd.roles.acl_sync import map_acl_ids
 from backupd.roles.xattr_sync import xattr_name_filter
 from backupd.storage import HistoryStore, ModuleTree
+from backupd.storage.backup import BackupPolicy
 from backupd.storage.catalog import session_writer
+from backupd.storage.fsops import split_path
 
 
 @dataclass
@@ -348,6 +350,31 @@ def check_temp_dir(state: PushState, module) -> None:
         raise RsyncError(f"The temp-dir is not a directory: {text}", ExitCode.SYNTAX, bare=True)
 
 
+def backup_policy(state: PushState, module) -> BackupPolicy:
+    """The client's ``--backup`` for a module without history (rsync options.c, main.c do_recv).
+
+    ``--backup-dir`` is sanitized into the module: absolute is from the
+    module root, relative from the destination dir (the receiver's cwd).
+    The suffix is ``~``, or none with a backup dir, unless ``--suffix`` is given.
+
+    Raises:
+        RsyncError: the backup dir exists and is not a directory (exit 1, as rsyncd's).
+    """
+    opts = state.opts
+    base = split_path(state.curr_dir, module.name)
+    backup_dir = None
+    if opts.backup_dir is not None:
+        clean = sanitize_path(opts.backup_dir, 0).rstrip(b"/") or b"."
+        rel = clean if opts.backup_dir.startswith(b"/") else join_path(state.curr_dir, clean)
+        backup_dir = split_path(rel, module.name)
+        st = state.tree.lstat(rel)
+        if st is not None and not stat.S_ISDIR(st.st_mode):
+            shown = opts.backup_dir.rstrip(b"/") or opts.backup_dir
+            raise RsyncError(f"The backup-dir is not a directory: {os.fsdecode(shown)}", ExitCode.SYNTAX, bare=True)
+    suffix = opts.suffix if opts.suffix is not None else (b"" if backup_dir is not None else b"~")
+    return BackupPolicy(suffix=suffix, backup_dir=backup_dir, base=base, module=module.name)
+
+
 def run_push(session, request, negotiated: Negotiated) -> ExitCode:
     """Receive one push into the request's module. Returns the session's exit code.
 
@@ -361,8 +388,6 @@ def run_push(session, request, negotiated: Negotiated) -> ExitCode:
     opts, module = request.opts, request.module
     if len(opts.paths) != 1:
         raise RsyncError("a push names exactly one destination", ExitCode.SYNTAX)
-    if (opts.backup or opts.backup_dir) and not module.history:
-        raise RsyncError("--backup is refused: module history is off on this server", ExitCode.UNSUPPORTED)
     read = session.inbox.read
     session.input_buffered = True  # main.c do_server_recv: io_start_multiplex_in
     client_rules = decode_filter_list(read) if (opts.deleting or opts.prune_empty_dirs) else []
@@ -408,6 +433,9 @@ def run_push(session, request, negotiated: Negotiated) -> ExitCode:
             state, opts.paths[0], lambda text: session.outbox.send_msg(MsgCode.INFO, text.encode("utf-8", "replace"))
         )
         check_temp_dir(state, module)
+        if opts.backup and not module.history:  # with history, --backup folds into it
+            tree.backup = backup_policy(state, module)
+            opts.omit_dir_times = opts.omit_dir_times or opts.backup_dir is None  # options.c: implied -O
         if opts.alt_dest_dirs:
             setup_alt_dirs(state, module, lambda text: send_warning(session, text))
         if opts.prune_empty_dirs:

@@ -64,6 +64,7 @@ from backupd.storage.xattrs import XattrAccess
 if TYPE_CHECKING:
     from types import TracebackType
 
+    from backupd.storage.backup import BackupPolicy
     from backupd.storage.catalog import CatalogWriter
     from backupd.storage.history import HistoryStore
 
@@ -86,6 +87,9 @@ class ModuleTree:
         catalog: records each version made live or retired (``catalog.py``);
             only with history, and never for paths inside it. Flushed and
             closed by :meth:`close`.
+        backup: without history, the client's ``--backup``: what a write
+            replaces or a delete removes is kept under its backup name
+            (``backup.py``); ignored with history, which keeps everything.
 
     Raises:
         StorageError: the root cannot be opened as a directory.
@@ -100,8 +104,10 @@ class ModuleTree:
         fsync: bool = True,
         root_fd: int | None = None,
         catalog: CatalogWriter | None = None,
+        backup: BackupPolicy | None = None,
     ) -> None:
         self.module = module
+        self.backup = backup if history is None else None
         self.catalog = catalog if history is not None else None
         self._touched: set[bytes] = set()   # directories whose entries changed (catalog: their final mtime)
         self.fsync = fsync  # fsync staged files before the rename (rsync --fsync)
@@ -413,6 +419,8 @@ class ModuleTree:
                             copy = self.lstat(kept)
                             self.catalog.retired(join_path(comps), st, when, kept,
                                                  copy_ino=copy.st_ino if copy is not None else None)
+                    elif self.backup is not None:
+                        self.backup.copy(self._root_fd, fd, comps, st)
                     return InplaceFile(self, os.open(comps[-1], flags, dir_fd=fd), path, mode, sparse=sparse)
             finally:
                 os.close(fd)
@@ -448,7 +456,7 @@ class ModuleTree:
                     except FileNotFoundError:
                         return DeleteCounts()
                     if not self._keeps_history(comps):
-                        return remove_tree(fd, comps[-1], st)
+                        return self._remove(fd, comps, st)
                     when = self._when()
                     kept = self.history.move_at(fd, comps, st)
                     if self.catalog is not None:
@@ -605,11 +613,19 @@ class ModuleTree:
         """
         if not self._keeps_history(comps):
             if stat.S_ISDIR(st.st_mode):
-                remove_tree(parent_fd, comps[-1], st)
+                self._remove(parent_fd, comps, st)
+            elif self.backup is not None:  # rsync.c finish_transfer / atomic_create: make_backup(fname, False)
+                self.backup.keep(self._root_fd, parent_fd, comps, st, prefer_rename=False)
             return None
         if stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode):
             return self.history.preserve_at(parent_fd, comps, st)
         return self.history.move_at(parent_fd, comps, st)
+
+    def _remove(self, parent_fd: int, comps: tuple[bytes, ...], st: os.stat_result) -> DeleteCounts:
+        """Delete for real, each non-directory kept under its backup name first with ``--backup``."""
+        if self.backup is None:
+            return remove_tree(parent_fd, comps[-1], st)
+        return self.backup.remove(self._root_fd, parent_fd, comps, st)
 
     def _keeps_history(self, comps: tuple[bytes, ...]) -> bool:
         return self.history is not None and not self.history.contains(comps)

@@ -27,7 +27,6 @@ DIFFERENCES: dict[str, str] = {
     "DIFF-022": "-H --delete: rsyncd deletes in subdirs and links followers to an unchanged "
     "leader before the other transfers; backupd in file-list order (with or without incremental "
     "recursion)",
-    "DIFF-026": "--backup / --suffix / --backup-dir are refused (exit 4) with history = no",
 }
 
 KNOWN: dict[str, str | tuple[str, set[str]]] = {
@@ -44,8 +43,5 @@ KNOWN: dict[str, str | tuple[str, set[str]]] = {
     "fuzzy": "DIFF-017",
     "partial-dir-resume": "DIFF-019",
     "append-verify-bad": "DIFF-021",
-    "backup": ("DIFF-026", {"c3.5.0-hist-no", "c3.2.7-hist-no"}),
-    "backup-suffix": ("DIFF-026", {"c3.5.0-hist-no", "c3.2.7-hist-no"}),
-    "backup-dir": ("DIFF-026", {"c3.5.0-hist-no", "c3.2.7-hist-no"}),
     "module-exclude-push": "DIFF-004",
 }

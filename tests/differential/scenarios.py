@@ -512,6 +512,22 @@ scenario("backup-suffix", push("-ai", "--backup", "--suffix=.old"), client=src_t
          seed=mod_tree(), history_ignore=("*.old",), history_loose=True)
 scenario("backup-dir", push("-ai", "--backup", "--backup-dir=bak", "--delete"),
          client=src_tree(), seed=mod_tree(), history_ignore=("bak", "bak/*"), history_loose=True)
+# with history on, emptied dirs go to history whole; rsyncd keeps them, holding the NAME~ backups
+scenario("backup-delete", push("-ai", "--backup", "--delete"), client=src_tree(), seed=mod_tree(),
+         history_ignore=("*~", "zdir", "zdir/*"), history_loose=True)
+scenario("backup-twice", push("-ai", "--backup"), write("client/src/b.txt", b"third bravo\n"),
+         push("-ai", "--backup"), client=src_tree(), seed=mod_tree(), history_ignore=("*~",),
+         history_loose=True)
+scenario("backup-dir-replaced", push("-ai", "--backup-dir=old", "--force"), client=src_tree(),
+         seed=mod_tree(**{"x.log": Dir({"inner": File(b"inner\n", mtime=T0)}, mode=0o700, mtime=T0),
+                          "link": File(b"was a file\n", mtime=T0)}),
+         history_ignore=("old", "old/*"), history_loose=True)
+scenario("backup-dir-subdest", push("-ai", "--backup-dir=../bak", dest="sub/"), client=src_tree(),
+         seed=mod_tree(), history_ignore=("bak", "bak/*"), history_loose=True)
+scenario("backup-dir-absolute", push("-ai", "-b", "--backup-dir=/keep/it", "--suffix=.v1", dest="sub/"),
+         client=src_tree(), seed=mod_tree(), history_ignore=("keep", "keep/*"), history_loose=True)
+scenario("backup-inplace", push("-ai", "--backup", "--inplace"), client=src_tree(), seed=mod_tree(),
+         history_ignore=("*~",), history_loose=True)
 
 # ---------------------------------------------------------------- pulls
 
