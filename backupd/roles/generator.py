@@ -31,6 +31,7 @@ from backupd.roles.delete_plan import Note
 from backupd.roles.deletion import Deleter
 from backupd.roles.errors import FileErrors
 from backupd.roles.owners import owner_ids
+from backupd.roles.partial_dir import FNAMECMP_PARTIAL_DIR, drop_partial, partial_basis
 from backupd.roles.push import PushState
 from backupd.roles.xattr_sync import GeneratorXattrs, for_push
 
@@ -507,13 +508,18 @@ class Generator:
                 self._alt_basis[ndx] = found
                 self._request_file(ndx, entry, redo=False)
                 return
+        partial = partial_basis(self.state, path) if opts.partial_dir else None
         if regular:
             if opts.append and st.st_size >= entry.size:
                 return
             if self._unchanged(entry, path, st):
+                if partial is not None and not opts.dry_run:  # recv_generator: up to date, partialptr unlinked
+                    drop_partial(self.state, partial.path, self.log)
                 self._update_attrs(ndx, entry, path, st)
                 self._success(ndx)
                 return
+        if partial is not None:  # recv_generator prepare_to_open: the partial file is the basis
+            self._alt_basis[ndx] = partial
         self._request_file(ndx, entry, redo=False, st=st)
 
     def _unchanged(self, entry: FileEntry, path: bytes, st: os.stat_result) -> bool:
@@ -585,11 +591,12 @@ class Generator:
         state, opts = self.state, self.opts
         path = state.dest[ndx]
         alt = self._alt_basis.get(ndx)
-        if alt is not None:  # generator.c: fnamecmp is basis_dir[j]/fname, itemized against it
+        partial = alt is not None and alt.index == FNAMECMP_PARTIAL_DIR  # itemized against the target (real_sx)
+        if alt is not None and not partial:  # generator.c: fnamecmp is basis_dir[j]/fname, itemized against it
             st, path = alt.st, alt.path
         elif st is None and redo:
             st = state.tree.lstat(path)
-        exists = st is not None and stat.S_ISREG(st.st_mode)
+        exists = partial or (st is not None and stat.S_ISREG(st.st_mode))
         iflags = _TRANSFER if alt is None else _TRANSFER | _BASIS_TYPE_FOLLOWS
         if st is None:
             iflags |= _IS_NEW
@@ -612,7 +619,7 @@ class Generator:
         if opts.dry_run:
             self.out.write(header)
             return
-        self.out.write(header + self._sums_for(path, entry, exists, redo))
+        self.out.write(header + self._sums_for(alt.path if partial else path, entry, exists, redo))
 
     def _sums_for(self, path: bytes, entry: FileEntry, exists: bool, redo: bool) -> bytes:
         opts = self.opts

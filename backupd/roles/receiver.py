@@ -23,6 +23,7 @@ from backupd.roles.alt_dest import alt_path
 from backupd.roles.channel import peer_exit
 from backupd.roles.errors import FileErrors
 from backupd.roles.owners import owner_ids
+from backupd.roles.partial_dir import FNAMECMP_PARTIAL_DIR, drop_partial, partial_path
 from backupd.roles.push import PushState
 from backupd.roles.xattr_sync import ReceiverXattrs, for_push
 
@@ -155,6 +156,10 @@ class Receiver:
         path = self.state.dest[ndx]
         if basis_type == FNAMECMP_FNAME:
             return path
+        if basis_type == FNAMECMP_PARTIAL_DIR and self.opts.partial_dir:
+            ppath = partial_path(self.state, path)
+            if ppath is not None:
+                return ppath
         if basis_type >= len(self.state.alt_dirs):
             raise ProtocolError(f"invalid basis_dir index: {basis_type}.")
         return alt_path(self.state, basis_type, path)
@@ -179,7 +184,9 @@ class Receiver:
         if sink.staged is None:
             return
         if ok:
-            self._commit(ndx, entry, path, sink.staged)
+            if self._commit(ndx, entry, path, sink.staged) and basis_path != path and self.opts.partial_dir:
+                if basis_path == partial_path(state, path):  # receiver.c: the used partial file goes
+                    drop_partial(state, basis_path, self.log)
         else:
             sink.staged.abort()
             self._verification_failed(ndx, entry, phase)
@@ -245,7 +252,7 @@ class Receiver:
             return None
         return basis.view(offset, length)
 
-    def _commit(self, ndx: int, entry, path: bytes, staged) -> None:
+    def _commit(self, ndx: int, entry, path: bytes, staged) -> bool:
         state, opts = self.state, self.opts
         st = state.tree.lstat(path)
         mode = new_file_mode(state, entry, st)
@@ -260,11 +267,12 @@ class Receiver:
         except (StorageError, FileError) as exc:
             staged.abort()
             self._file_error(f"cannot write {os.fsdecode(entry.name)}: {exc}")
-            return
+            return False
         self.files_received += 1
         ops_logging.file_received(self, entry, path, st)  # ops hook: transfer log line, counters
         if opts.remove_source_files:
             self.out.send_msg(MsgCode.SUCCESS, encode_int32(ndx))
+        return True
 
     def _xattrs_live(self, ndx: int) -> None:
         """An attribute-only change: the entry's xattrs onto the live entry (receiver.c set_file_attrs)."""

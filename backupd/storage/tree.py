@@ -434,8 +434,11 @@ class ModuleTree:
             self.catalog.made_live(join_path(comps), st, self._when(), xxh128=digest, xfer_sum=value,
                                    xfer_sum_kind=kind)
 
-    def delete(self, path: bytes, *, allow_history: bool = False) -> DeleteCounts:
+    def delete(self, path: bytes, *, allow_history: bool = False, backup: bool = True) -> DeleteCounts:
         """Remove the entry at ``path``: into history (one move) or for real.
+
+        ``backup=False``: rsync's own leftovers (a used partial file), never
+        kept under a ``--backup`` name (history still keeps them).
 
         A directory goes as a whole, whatever it holds (rsync's recursive
         delete); a missing entry (or parent) counts nothing.
@@ -456,7 +459,7 @@ class ModuleTree:
                     except FileNotFoundError:
                         return DeleteCounts()
                     if not self._keeps_history(comps):
-                        return self._remove(fd, comps, st)
+                        return self._remove(fd, comps, st) if backup else remove_tree(fd, comps[-1], st)
                     when = self._when()
                     kept = self.history.move_at(fd, comps, st)
                     if self.catalog is not None:

@@ -21,8 +21,6 @@ DIFFERENCES: dict[str, str] = {
     "DIFF-013": "-R --no-implied-dirs: implied parent dirs are created/updated with the "
     "sender's modes and itemized, rsyncd leaves or creates them as default dirs",
     "DIFF-017": "--fuzzy accepted but not used: literal data = whole file",
-    "DIFF-019": "--partial-dir resume: the partial file is not used as basis and the "
-    "partial dir is left behind",
     "DIFF-021": "--append-verify with a bad prefix: the redo is itemized differently",
     "DIFF-022": "-H --delete: rsyncd deletes in subdirs and links followers to an unchanged "
     "leader before the other transfers; backupd in file-list order (with or without incremental "
@@ -41,7 +39,6 @@ KNOWN: dict[str, str | tuple[str, set[str]]] = {
     "relative-no-implied-dirs": "DIFF-013",
     "relative-no-implied-existing": "DIFF-013",
     "fuzzy": "DIFF-017",
-    "partial-dir-resume": "DIFF-019",
     "append-verify-bad": "DIFF-021",
     "module-exclude-push": "DIFF-004",
 }

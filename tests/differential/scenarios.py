@@ -436,6 +436,19 @@ scenario("partial-dir-resume",
          push("-ai", "--partial-dir=src-partial", "--stats", delta=True),
          client=DELTA_CLIENT)
 scenario("partial-dir-dot", push("-ai", "--partial-dir=.rsync-partial"), client=src_tree())
+scenario("partial-dir-resume-existing",
+         write("mod/.part/big.bin", BIG2[:60000], mtime=T0 + 5),
+         write("mod/.part/other", b"someone else's partial\n", mtime=T0 + 5),
+         push("-ai", "--partial-dir=.part", "--stats", delta=True),
+         client=DELTA_CLIENT, seed=DELTA_SEED)
+scenario("partial-dir-up-to-date",
+         write("mod/sub/.part/c.txt", b"stale partial\n", mtime=T0 + 5),
+         push("-ai", "--partial-dir=.part"), client=src_tree(),
+         seed={"sub": Dir({"c.txt": File(b"charlie\n", mode=0o644, mtime=T0 + 3)}, mode=0o755, mtime=T0)})
+scenario("partial-dir-resume-subdir",
+         write("mod/d/pd/big.bin", BIG2[:50000], mtime=T0 + 5),
+         push("-ai", "--partial-dir=pd", "--stats", dest="d/", delta=True),
+         client=DELTA_CLIENT)
 scenario("append-resume", push("-ai", "--append", "--stats", delta=True),
          client=DELTA_CLIENT, seed={"big.bin": File(BIG2[:50000], mtime=T0)})
 scenario("append-verify-good", push("-ai", "--append-verify", "--stats", delta=True),
