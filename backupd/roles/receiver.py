@@ -187,6 +187,9 @@ class Receiver:
             if self._commit(ndx, entry, path, sink.staged) and basis_path != path and self.opts.partial_dir:
                 if basis_path == partial_path(state, path):  # receiver.c: the used partial file goes
                     drop_partial(state, basis_path, self.log)
+        elif self._retains_failed():
+            self._retain(entry, path, sink.staged)
+            self._verification_failed(ndx, entry, phase, kept="retained")
         else:
             sink.staged.abort()
             self._verification_failed(ndx, entry, phase)
@@ -284,17 +287,32 @@ class Receiver:
         for message in failed:
             self._file_error(message)
 
-    def _verification_failed(self, ndx: int, entry, phase: int) -> None:
+    def _retains_failed(self) -> bool:
+        """receiver.c recv_files: --inplace (which --append implies) or --partial keeps a failed update."""
+        opts = self.opts
+        return bool(opts.inplace or opts.append or (opts.partial and not opts.partial_dir))
+
+    def _retain(self, entry, path: bytes, staged) -> None:
+        """A failed update stays in place, its mtime left unset (finish_transfer with ok_to_set_time 0)."""
+        state = self.state
+        try:
+            mode = new_file_mode(state, entry, state.tree.lstat(path))
+            staged.commit(mtime_ns=None, mode=mode, **owner_ids(state, entry))
+        except (StorageError, FileError) as exc:
+            staged.abort()
+            self._file_error(f"cannot write {os.fsdecode(entry.name)}: {exc}")
+
+    def _verification_failed(self, ndx: int, entry, phase: int, kept: str = "discarded") -> None:
         name = os.fsdecode(entry.name)
         if phase == 0:
-            if self.opts.verbose:
+            if self.opts.verbose or "%i" in (self.opts.log_format or ""):  # INFO_GTE(NAME, 1) or -i
                 self.out.send_msg(
                     MsgCode.WARNING,
-                    f"WARNING: {name} failed verification -- update discarded (will try again).\n".encode(),
+                    f"WARNING: {name} failed verification -- update {kept} (will try again).\n".encode(),
                 )
             self.state.events.put(("redo", ndx))
         else:
-            self._file_error(f"ERROR: {name} failed verification -- update discarded.")
+            self._file_error(f"ERROR: {name} failed verification -- update {kept}.")
 
     def _interrupted(self, staged) -> None:
         if staged is None:

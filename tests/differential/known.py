@@ -21,7 +21,6 @@ DIFFERENCES: dict[str, str] = {
     "DIFF-013": "-R --no-implied-dirs: implied parent dirs are created/updated with the "
     "sender's modes and itemized, rsyncd leaves or creates them as default dirs",
     "DIFF-017": "--fuzzy accepted but not used: literal data = whole file",
-    "DIFF-021": "--append-verify with a bad prefix: the redo is itemized differently",
     "DIFF-022": "-H --delete: rsyncd deletes in subdirs and links followers to an unchanged "
     "leader before the other transfers; backupd in file-list order (with or without incremental "
     "recursion)",
@@ -39,6 +38,5 @@ KNOWN: dict[str, str | tuple[str, set[str]]] = {
     "relative-no-implied-dirs": "DIFF-013",
     "relative-no-implied-existing": "DIFF-013",
     "fuzzy": "DIFF-017",
-    "append-verify-bad": "DIFF-021",
     "module-exclude-push": "DIFF-004",
 }

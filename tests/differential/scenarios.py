@@ -455,6 +455,10 @@ scenario("append-verify-good", push("-ai", "--append-verify", "--stats", delta=T
          client=DELTA_CLIENT, seed={"big.bin": File(BIG2[:50000], mtime=T0)})
 scenario("append-verify-bad", push("-ai", "--append-verify"),
          client=DELTA_CLIENT, seed={"big.bin": File(b"X" * 50000, mtime=T0)})
+scenario("append-verify-bad-verbose", push("-av", "--no-inc-recursive", "--append-verify", "--stats", delta=True),
+         client=DELTA_CLIENT, seed={"big.bin": File(BIG2[:20000] + b"X" * 30000, mtime=T0)})
+scenario("append-bad-prefix-quiet", push("-a", "--append-verify"),
+         client=DELTA_CLIENT, seed={"big.bin": File(b"Y" * 40000, mode=0o600, mtime=T0)})
 scenario("append-verify-new-file", push("-ai", "--append-verify", "--stats", delta=True),
          client=src_tree())
 scenario("append-longer-dest", push("-ai", "--append"), client=src_tree(),
