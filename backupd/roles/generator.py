@@ -77,6 +77,7 @@ class Generator:
         self._refused_dirs: list[bytes] = []  # module-excluded dirs: their contents are skipped
         self.alt = AltDest(self) if state.alt_dirs else None  # --link/copy/compare-dest
         self._alt_basis: dict[int, AltBasis] = {}
+        self._parent_seen = b""  # recv_generator parent_dirname: the last parent checked
         self._hlink_done: dict[int, int] = {}  # -H with alternates: group -> ndx of its written leader
         self.xattrs = for_push(GeneratorXattrs, state)
         self.acls = GeneratorAcls(state.tree, dry_run=self.opts.dry_run) if self.opts.acls else None
@@ -168,6 +169,10 @@ class Generator:
             self._refuse(ndx, entry, path)
             return
         try:
+            if self.opts.relative and not self.opts.implied_dirs and entry.mode != 0:
+                if entry.is_implied_dir:
+                    return  # recv_generator: !implied_dirs && FLAG_IMPLIED_DIR, left as it is
+                self._make_missing_parent(path)
             if entry.mode == 0:
                 self.deleter.delete_missing(ndx, entry, path)
             elif entry.is_dir:
@@ -190,6 +195,14 @@ class Generator:
                 self._process_device(ndx, entry, path)
         except StorageError as exc:
             self._file_error(str(exc), entry)
+
+    def _make_missing_parent(self, path: bytes) -> None:
+        """``-R --no-implied-dirs``: a missing parent is made with default modes, unreported (make_path)."""
+        parent = path.rpartition(b"/")[0]
+        if parent and parent != self._parent_seen and not self.opts.dry_run:
+            self._parent_seen = parent
+            if self.state.tree.lstat(parent) is None:
+                self.state.tree.makedirs(parent, 0o777)
 
     def _refuse(self, ndx: int, entry: FileEntry, path: bytes) -> None:
         """An entry the module's exclude rules refuse (generator.c recv_generator, daemon_filter_list).

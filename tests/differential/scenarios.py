@@ -344,6 +344,9 @@ scenario("relative-no-implied-dirs",
 scenario("relative-no-implied-existing",
          rsync("-aiR", "--no-implied-dirs", "src/sub/c.txt", "{mod}/"), client=src_tree(),
          seed={"src": Dir({"sub": Dir({}, mode=0o700, mtime=T0)}, mode=0o711, mtime=T0)})
+scenario("relative-no-implied-dir-arg",
+         rsync("-aiR", "--no-implied-dirs", "src/sub/deep", "src/./b.txt", "{mod}/base/"), client=src_tree(),
+         seed={"base": Dir({"src": Dir({}, mode=0o700, mtime=T0)}, mode=0o755, mtime=T0)})
 scenario("relative-several", rsync("-aiR", "src/sub", "src/b.txt", "{mod}/base/"),
          client=src_tree())
 scenario("relative-delete", rsync("-aiR", "--delete", "src/./sub", "{mod}/"),
