@@ -30,6 +30,7 @@ from backupd.roles.alt_dest import AltBasis, AltDest, Outcome
 from backupd.roles.delete_plan import Note
 from backupd.roles.deletion import Deleter
 from backupd.roles.errors import FileErrors
+from backupd.roles.fuzzy import FNAMECMP_FUZZY, FuzzyFinder
 from backupd.roles.owners import owner_ids
 from backupd.roles.partial_dir import FNAMECMP_PARTIAL_DIR, drop_partial, partial_basis
 from backupd.roles.push import PushState
@@ -78,6 +79,7 @@ class Generator:
         self.alt = AltDest(self) if state.alt_dirs else None  # --link/copy/compare-dest
         self._alt_basis: dict[int, AltBasis] = {}
         self._parent_seen = b""  # recv_generator parent_dirname: the last parent checked
+        self.fuzzy = FuzzyFinder(state) if state.opts.fuzzy else None
         self._hlink_done: dict[int, int] = {}  # -H with alternates: group -> ndx of its written leader
         self.xattrs = for_push(GeneratorXattrs, state)
         self.acls = GeneratorAcls(state.tree, dry_run=self.opts.dry_run) if self.opts.acls else None
@@ -533,6 +535,9 @@ class Generator:
                 return
         if partial is not None:  # recv_generator prepare_to_open: the partial file is the basis
             self._alt_basis[ndx] = partial
+        elif st is None and self.fuzzy is not None and (found := self.fuzzy.find(entry, path)) is not None:
+            self._alt_basis[ndx] = found  # find_fuzzy: a similar file's blocks
+            self.state.basis_paths[ndx] = found.path
         self._request_file(ndx, entry, redo=False, st=st)
 
     def _unchanged(self, entry: FileEntry, path: bytes, st: os.stat_result) -> bool:
@@ -604,13 +609,17 @@ class Generator:
         state, opts = self.state, self.opts
         path = state.dest[ndx]
         alt = self._alt_basis.get(ndx)
-        partial = alt is not None and alt.index == FNAMECMP_PARTIAL_DIR  # itemized against the target (real_sx)
+        partial = alt is not None and alt.index >= FNAMECMP_PARTIAL_DIR  # itemized against the target (real_sx)
         if alt is not None and not partial:  # generator.c: fnamecmp is basis_dir[j]/fname, itemized against it
             st, path = alt.st, alt.path
         elif st is None and redo:
             st = state.tree.lstat(path)
         exists = partial or (st is not None and stat.S_ISREG(st.st_mode))
         iflags = _TRANSFER if alt is None else _TRANSFER | _BASIS_TYPE_FOLLOWS
+        if alt is not None and alt.index >= FNAMECMP_FUZZY:
+            iflags |= _XNAME_FOLLOWS
+        if self.fuzzy is not None and not opts.whole_file and not opts.dry_run:
+            self.fuzzy.mark_sent(state.dest[ndx])  # recv_generator: not a basis for what follows
         if st is None:
             iflags |= _IS_NEW
         else:
@@ -625,8 +634,10 @@ class Generator:
             iflags |= self.acls.report(entry, path, st is None)
         state.requested.add(ndx)
         header = self.ndx.encode(ndx) + encode_shortint(iflags & 0xFFFF)
-        if alt is not None:  # io.c write_ndx_and_attrs: basis type, then the xattr request
+        if alt is not None:  # io.c write_ndx_and_attrs: basis type, the fuzzy name, then the xattr request
             header += bytes((alt.index,))
+            if alt.index >= FNAMECMP_FUZZY:
+                header += encode_vstring(alt.path.rpartition(b"/")[2])
         if self.xattrs is not None:
             header += self.xattrs.trailer(entry, iflags)
         if opts.dry_run:

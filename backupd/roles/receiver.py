@@ -22,6 +22,7 @@ from backupd.roles.acl_sync import apply_staged
 from backupd.roles.alt_dest import alt_path
 from backupd.roles.channel import peer_exit
 from backupd.roles.errors import FileErrors
+from backupd.roles.fuzzy import FNAMECMP_FUZZY
 from backupd.roles.owners import owner_ids
 from backupd.roles.partial_dir import FNAMECMP_PARTIAL_DIR, drop_partial, partial_path
 from backupd.roles.push import PushState
@@ -156,6 +157,11 @@ class Receiver:
         path = self.state.dest[ndx]
         if basis_type == FNAMECMP_FNAME:
             return path
+        if basis_type >= FNAMECMP_FUZZY:  # receiver.c recv_files: the fuzzy basis the generator chose
+            chosen = self.state.basis_paths.get(ndx)
+            if chosen is None:
+                raise ProtocolError(f"rsync: refusing malicious fuzzy operation for ndx {ndx}")
+            return chosen
         if basis_type == FNAMECMP_PARTIAL_DIR and self.opts.partial_dir:
             ppath = partial_path(self.state, path)
             if ppath is not None:

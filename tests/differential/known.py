@@ -18,7 +18,6 @@ DIFFERENCES: dict[str, str] = {
     "module-excluded dir is not created empty (0700) as rsyncd's incremental receiver does",
     "DIFF-007": "--temp-dir inside the module: backupd stages next to the target, so the temp "
     "dir's mtime is not touched (rsyncd creates and renames its temp files there)",
-    "DIFF-017": "--fuzzy accepted but not used: literal data = whole file",
     "DIFF-022": "-H --delete: rsyncd deletes in subdirs and links followers to an unchanged "
     "leader before the other transfers; backupd in file-list order (with or without incremental "
     "recursion)",
@@ -33,6 +32,5 @@ KNOWN: dict[str, str | tuple[str, set[str]]] = {
     "pull-verbose-stats": "DIFF-004",
     "push-temp-dir-in-module": "DIFF-007",
     "push-temp-dir-relative": "DIFF-007",
-    "fuzzy": "DIFF-017",
     "module-exclude-push": "DIFF-004",
 }

@@ -420,6 +420,20 @@ scenario("update", push("-aiu"), client=src_tree(),
 scenario("fuzzy", push("-ai", "--fuzzy", "--stats", delta=True),
          client={"src": Dir({"big-v2.bin": File(BIG2, mtime=T0)}, mode=0o755, mtime=T0)},
          seed={"big-v1.bin": File(BIG, mtime=T0)})
+scenario("fuzzy-nearest-name", push("-ai", "--fuzzy", "--stats", delta=True),
+         client={"src": Dir({"data-v3.bin": File(BIG2, mtime=T0 + 900)}, mode=0o755, mtime=T0)},
+         seed={"data-v2.bin": File(BIG, mtime=T0), "dat.bin": File(blob(7, 90000), mtime=T0),
+               "zeta-v3.txt": File(blob(8, 90000), mtime=T0), "empty-v3.bin": File(b"", mtime=T0),
+               "data-v3.bin.d": Dir({}, mtime=T0)})
+scenario("fuzzy-size-mtime-first", push("-ai", "--fuzzy", "--stats", delta=True),
+         client={"src": Dir({"new.bin": File(BIG2, mtime=T0 + 900), "new.bim": File(BIG, mtime=T0 + 9)},
+                            mode=0o755, mtime=T0)},
+         seed={"zz-far-away.dat": File(BIG2, mtime=T0 + 900), "new.bin.old": File(blob(9, 90000), mtime=T0)})
+scenario("fuzzy-subdir-updated", push("-ai", "--fuzzy", "--stats", delta=True),
+         client={"src": Dir({"d": Dir({"a-v1.bin": File(BIG2, mtime=T0 + 900),
+                                       "a-v2.bin": File(BIG2, mtime=T0 + 901)}, mtime=T0)},
+                            mode=0o755, mtime=T0)},
+         seed={"d": Dir({"a-v1.bin": File(BIG, mtime=T0)}, mtime=T0)})
 
 # ---------------------------------------------------------------- inplace, partial, append
 
