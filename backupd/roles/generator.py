@@ -533,11 +533,11 @@ class Generator:
                 self._update_attrs(ndx, entry, path, st)
                 self._success(ndx)
                 return
-        if partial is not None:  # recv_generator prepare_to_open: the partial file is the basis
+        if partial is None and st is None and self.fuzzy is not None:
+            partial = self.fuzzy.find(entry, path)  # find_fuzzy: a similar file's blocks
+        if partial is not None:  # recv_generator prepare_to_open: the partial file (or fuzzy match) is the basis
             self._alt_basis[ndx] = partial
-        elif st is None and self.fuzzy is not None and (found := self.fuzzy.find(entry, path)) is not None:
-            self._alt_basis[ndx] = found  # find_fuzzy: a similar file's blocks
-            self.state.basis_paths[ndx] = found.path
+            self.state.basis_paths[ndx] = (partial.index, partial.path)
         self._request_file(ndx, entry, redo=False, st=st)
 
     def _unchanged(self, entry: FileEntry, path: bytes, st: os.stat_result) -> bool:

@@ -55,7 +55,7 @@ class PushState:
     dir_created: bool = False
     curr_dir: bytes = b"."  # the receiver's working dir (rsync curr_dir): alt-dest dirs are relative to it
     alt_dirs: list[bytes] = field(default_factory=list)  # resolved --link/copy/compare-dest dirs
-    basis_paths: dict[int, bytes] = field(default_factory=dict)  # ndx -> the generator's --fuzzy basis
+    basis_paths: dict[int, tuple[int, bytes]] = field(default_factory=dict)  # ndx -> partial/fuzzy basis chosen
 
     def module_path(self, ndx: int) -> bytes:
         """Module-relative destination of entry ``ndx``."""

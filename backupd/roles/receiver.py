@@ -24,7 +24,7 @@ from backupd.roles.channel import peer_exit
 from backupd.roles.errors import FileErrors
 from backupd.roles.fuzzy import FNAMECMP_FUZZY
 from backupd.roles.owners import owner_ids
-from backupd.roles.partial_dir import FNAMECMP_PARTIAL_DIR, drop_partial, partial_path
+from backupd.roles.partial_dir import FNAMECMP_PARTIAL_DIR, drop_partial
 from backupd.roles.push import PushState
 from backupd.roles.xattr_sync import ReceiverXattrs, for_push
 
@@ -157,15 +157,11 @@ class Receiver:
         path = self.state.dest[ndx]
         if basis_type == FNAMECMP_FNAME:
             return path
-        if basis_type >= FNAMECMP_FUZZY:  # receiver.c recv_files: the fuzzy basis the generator chose
-            chosen = self.state.basis_paths.get(ndx)
-            if chosen is None:
-                raise ProtocolError(f"rsync: refusing malicious fuzzy operation for ndx {ndx}")
-            return chosen
-        if basis_type == FNAMECMP_PARTIAL_DIR and self.opts.partial_dir:
-            ppath = partial_path(self.state, path)
-            if ppath is not None:
-                return ppath
+        if basis_type == FNAMECMP_PARTIAL_DIR or basis_type >= FNAMECMP_FUZZY:
+            chosen = getattr(self.state, "basis_paths", {}).get(ndx)  # the generator's own choice, not the echo
+            if chosen is None or chosen[0] != basis_type:
+                raise ProtocolError(f"invalid basis_dir index: {basis_type}.")
+            return chosen[1]
         if basis_type >= len(self.state.alt_dirs):
             raise ProtocolError(f"invalid basis_dir index: {basis_type}.")
         return alt_path(self.state, basis_type, path)
@@ -190,9 +186,9 @@ class Receiver:
         if sink.staged is None:
             return
         if ok:
-            if self._commit(ndx, entry, path, sink.staged) and basis_path != path and self.opts.partial_dir:
-                if basis_path == partial_path(state, path):  # receiver.c: the used partial file goes
-                    drop_partial(state, basis_path, self.log)
+            committed = self._commit(ndx, entry, path, sink.staged)
+            if committed and state.basis_paths.get(ndx, (0, b""))[0] == FNAMECMP_PARTIAL_DIR:
+                drop_partial(state, basis_path, self.log)  # receiver.c: the used partial file goes
         elif self._retains_failed():
             self._retain(entry, path, sink.staged)
             self._verification_failed(ndx, entry, phase, kept="retained")
