@@ -34,6 +34,7 @@ from backupd.roles.fuzzy import FNAMECMP_FUZZY, FuzzyFinder
 from backupd.roles.owners import owner_ids
 from backupd.roles.partial_dir import FNAMECMP_PARTIAL_DIR, drop_partial, partial_basis
 from backupd.roles.push import PushState
+from backupd.roles.receiver import new_file_mode
 from backupd.roles.xattr_sync import GeneratorXattrs, for_push
 
 SCAN_CACHE_DIRS = 32
@@ -280,6 +281,15 @@ class Generator:
         self._dirs.append((ndx, path, st is None))
         if iflags is not None:
             self._itemize(ndx, iflags)
+        if ndx == 0 and not self._rsyncd_inc_recurse():
+            self.out.flush()  # without incremental recursion rsyncd's "./" line reaches the client first
+
+    def _rsyncd_inc_recurse(self) -> bool:
+        """Whether stock rsyncd would recurse incrementally for this client (compat.c setup_protocol)."""
+        opts = self.opts
+        return ("i" in (opts.capabilities or "") and opts.recursive and not opts.use_qsort
+                and opts.delete_mode not in ("before", "after") and not opts.delay_updates
+                and not opts.prune_empty_dirs)
 
     def _alt_dir_flags(self, ndx: int, entry: FileEntry, path: bytes, iflags: int) -> int | None:
         """A new dir with an alternate: None (matched, not reported) or iflags against it."""
@@ -583,7 +593,7 @@ class Generator:
         if not self.opts.dry_run and iflags & (_REPORT_PERMS | _REPORT_TIME | _REPORT_OWNER | _REPORT_GROUP):
             self.state.tree.set_attrs(
                 path,
-                mode=entry.mode & 0o7777 if iflags & _REPORT_PERMS else None,
+                mode=new_file_mode(self.state, entry, st) if iflags & _REPORT_PERMS else None,  # rsync.c dest_mode
                 mtime_ns=entry.mtime_ns if iflags & _REPORT_TIME else None,
                 **self._owner(entry),
             )
@@ -595,6 +605,8 @@ class Generator:
             iflags |= _REPORT_TIME
         if opts.perms and (st.st_mode & 0o7777) != (entry.mode & 0o7777):
             iflags |= _REPORT_PERMS
+        elif not opts.perms and opts.executability and bool(st.st_mode & 0o111) != bool(entry.mode & 0o111):
+            iflags |= _REPORT_PERMS  # generator.c itemize: -E reports an x-bit change
         owner = self._owner(entry)
         if owner.get("uid") is not None and owner["uid"] != st.st_uid:
             iflags |= _REPORT_OWNER

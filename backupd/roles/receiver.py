@@ -336,17 +336,20 @@ def new_file_mode(state: PushState, entry, st) -> int:
     """Permission bits of a file written over ``st`` (None: a new file); rsync.c dest_mode().
 
     -p: the sender's; otherwise an existing regular file keeps its own, a
-    new one gets the sender's minus the umask; -E adds x where r is.
+    new one gets the sender's minus the umask; -E on an existing file clears
+    x when the sender's has none, or adds x where r is when it had none.
     """
     opts = state.opts
     if opts.perms:
-        mode = entry.mode & 0o7777
-    elif st is not None and stat.S_ISREG(st.st_mode):
-        mode = st.st_mode & 0o7777
-    else:
-        mode = entry.mode & 0o777 & ~state.umask
-    if opts.executability and not opts.perms and entry.mode & 0o111:
-        mode |= (mode & 0o444) >> 2
+        return entry.mode & 0o7777
+    if st is None or not stat.S_ISREG(st.st_mode):
+        return entry.mode & 0o777 & ~state.umask  # a new file: no -E tweak
+    mode = st.st_mode & 0o7777
+    if opts.executability and stat.S_ISREG(entry.mode):
+        if not entry.mode & 0o111:
+            mode &= ~0o111
+        elif not st.st_mode & 0o111:  # x for whoever may read, only if not executable yet
+            mode |= (mode & 0o444) >> 2
     return mode
 
 

@@ -11,8 +11,6 @@ list, with the scenarios, is DIFFERENCES.md. Fixed one? Delete its lines here
 from __future__ import annotations
 
 DIFFERENCES: dict[str, str] = {
-    "DIFF-003": "push -d (no -r) or -E without -l: the daemon's 'skipping non-regular file "
-    "\"X\"' is not printed (or printed elsewhere)",
     "DIFF-004": "-v: no incremental recursion, the client prints 'building file list ... done' / "
     "'receiving file list ... done' instead of '... incremental file list'; so a "
     "module-excluded dir is not created empty (0700) as rsyncd's incremental receiver does",
@@ -26,8 +24,6 @@ DIFFERENCES: dict[str, str] = {
 KNOWN: dict[str, str | tuple[str, set[str]]] = {
     "hardlinks-H-delete": "DIFF-022",
     "hardlinks-H-delete-no-inc": "DIFF-022",
-    "push-dirs-only": "DIFF-003",
-    "push-executability": "DIFF-003",
     "push-verbose": "DIFF-004",
     "pull-verbose-stats": "DIFF-004",
     "push-temp-dir-in-module": "DIFF-007",

@@ -192,9 +192,15 @@ scenario("push-without-l", push("-rti"), client=src_tree(), seed=mod_tree())
 scenario("push-ignore-times", push("-ai"), push("-ai", "-I"), client=src_tree())
 scenario("push-numeric-ids", push("-ai", "--numeric-ids"), client=src_tree())
 scenario("push-dirs-only", push("-dti"), client=src_tree())
+scenario("push-recursive-no-inc-nonreg", push("-rti", "--no-inc-recursive"), client=src_tree())
+scenario("push-dirs-only-delete", push("-dti", "--delete"), client=src_tree(), seed=mod_tree())
 scenario("push-omit-dir-times", push("-aiO"), client=src_tree(), seed=mod_tree())
 scenario("push-executability", push("-rtEi"), write("client/src/a.txt", b"x", mode=0o755),
          push("-rtEi"), client=src_tree(), seed=mod_tree())
+scenario("push-executability-modes", push("-rtEi"), client=src_tree(
+         **{"x-only.sh": File(b"#!/bin/sh\n", mode=0o744, mtime=T0), "same.sh": File(b"same\n", mode=0o750, mtime=T0),
+            "drop-x": File(b"dx\n", mode=0o644, mtime=T0)}),
+         seed={"same.sh": File(b"same\n", mode=0o604, mtime=T0), "drop-x": File(b"dx\n", mode=0o775, mtime=T0)})
 scenario("push-prune-empty-dirs", push("-aim"),
          client=src_tree(empty=Dir({"e2": Dir({}, mtime=T0)}, mtime=T0)))
 scenario("push-prune-excluded", push("-aim", "--exclude=*.txt"), client=src_tree())
