@@ -621,6 +621,9 @@ class Generator:
         state, opts = self.state, self.opts
         path = state.dest[ndx]
         alt = self._alt_basis.get(ndx)
+        if redo and alt is None and opts.partial_dir and (alt := partial_basis(state, path)) is not None:
+            self._alt_basis[ndx] = alt  # recv_generator again: the failed update was put into the partial dir
+            state.basis_paths[ndx] = (alt.index, alt.path)
         partial = alt is not None and alt.index >= FNAMECMP_PARTIAL_DIR  # itemized against the target (real_sx)
         if alt is not None and not partial:  # generator.c: fnamecmp is basis_dir[j]/fname, itemized against it
             st, path = alt.st, alt.path

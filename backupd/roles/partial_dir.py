@@ -56,6 +56,28 @@ def partial_basis(state: PushState, path: bytes) -> AltBasis | None:
     return AltBasis(FNAMECMP_PARTIAL_DIR, ppath, st)
 
 
+def keep_in_partial_dir(state: PushState, staged, ppath: bytes) -> bool:
+    """Move an unfinished transfer's data to its partial file ``ppath``; False if that cannot be done.
+
+    The partial dir is made (0700) when missing, replacing a non-directory
+    in the way (util1.c handle_partial_dir PDIR_CREATE).
+    """
+    tree = state.tree
+    pdir = ppath.rpartition(b"/")[0] or b"."
+    try:
+        if pdir != b".":
+            st = tree.lstat(pdir)
+            if st is not None and not stat.S_ISDIR(st.st_mode):
+                tree.delete(pdir, backup=False)
+                st = None
+            if st is None:
+                tree.mkdir(pdir, 0o700, exist_ok=True)
+        staged.keep_partial_in(ppath)
+    except (StorageError, OSError):
+        return False
+    return True
+
+
 def drop_partial(state: PushState, ppath: bytes, log=None) -> None:
     """Remove a used partial file, then its dir if that is empty now (handle_partial_dir PDIR_DELETE).
 

@@ -24,7 +24,7 @@ from backupd.roles.channel import peer_exit
 from backupd.roles.errors import FileErrors
 from backupd.roles.fuzzy import FNAMECMP_FUZZY
 from backupd.roles.owners import owner_ids
-from backupd.roles.partial_dir import FNAMECMP_PARTIAL_DIR, drop_partial
+from backupd.roles.partial_dir import FNAMECMP_PARTIAL_DIR, drop_partial, keep_in_partial_dir, partial_path
 from backupd.roles.push import PushState
 from backupd.roles.xattr_sync import ReceiverXattrs, for_push
 
@@ -189,6 +189,11 @@ class Receiver:
             committed = self._commit(ndx, entry, path, sink.staged)
             if committed and state.basis_paths.get(ndx, (0, b""))[0] == FNAMECMP_PARTIAL_DIR:
                 drop_partial(state, basis_path, self.log)  # receiver.c: the used partial file goes
+        elif self.opts.partial_dir and (ppath := partial_path(state, path)) is not None:
+            if not keep_in_partial_dir(state, sink.staged, ppath):  # receiver.c: the failed update, put aside
+                self.out.send_msg(MsgCode.ERROR, f"Unable to create partial-dir for {os.fsdecode(entry.name)}"
+                                  " -- discarding completed file.\n".encode("utf-8", "replace"))
+            self._verification_failed(ndx, entry, phase, kept="put into partial-dir")
         elif self._retains_failed():
             self._retain(entry, path, sink.staged)
             self._verification_failed(ndx, entry, phase, kept="retained")
@@ -319,7 +324,12 @@ class Receiver:
     def _interrupted(self, staged) -> None:
         if staged is None:
             return
-        if self.opts.partial:
+        ppath = partial_path(self.state, staged.path) if self.opts.partial_dir else None
+        if ppath is not None and not self.opts.inplace:  # cleanup.c: into the partial dir (keep_partial implied)
+            if not keep_in_partial_dir(self.state, staged, ppath):
+                staged.abort()
+            return
+        if self.opts.partial or self.opts.partial_dir:  # a --partial-dir of "." is plain --partial (options.c)
             try:
                 staged.keep_partial()
                 return

@@ -33,6 +33,7 @@ from backupd.storage.fsops import (
     fs_errors,
     open_dir,
     show,
+    split_path,
 )
 from backupd.storage.reflink import CloneRun
 from backupd.storage.xattrs import apply_xattrs
@@ -257,6 +258,37 @@ class StagedFile:
         partial file from looking up to date. Source: rsync-protocol-b.md §7.2.
         """
         self._finish(mode=self.mode, mtime_ns=0, uid=None, gid=None)
+
+    def keep_partial_in(self, path: bytes) -> None:
+        """``--partial-dir``: the data so far becomes module file ``path``, whose dir must exist.
+
+        The temp file moves into that dir and replaces what is there (history
+        first); its mode is the one given at creation, its mtime the time it
+        was written (rsync cleanup.c / receiver.c: finish_transfer with
+        ok_to_set_time 0). The target is untouched.
+
+        Raises:
+            StorageError: any OS error; the temp file is removed.
+        """
+        self._check_open()
+        comps = split_path(path, self._tree.module)
+        try:
+            with fs_errors(self._tree.module, path), self._tree.parent_of(comps, path) as (pfd, _name):
+                self._seal(self.mode, None, None, None)
+                os.rename(self.temp_name, self.temp_name, src_dir_fd=self._parent_fd, dst_dir_fd=pfd)
+                try:
+                    self._tree.install(pfd, self.temp_name, comps, path)
+                except BaseException:
+                    try:
+                        os.unlink(self.temp_name, dir_fd=pfd)
+                    except OSError:
+                        pass
+                    raise
+        except BaseException:
+            self.abort()
+            raise
+        self._done = True
+        os.close(self._parent_fd)
 
     def abort(self) -> None:
         """Drop the temp file; the target is untouched. Idempotent, never raises."""

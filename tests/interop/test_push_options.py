@@ -459,6 +459,25 @@ def test_interrupted_partial_push_keeps_old_version_and_resumes(make_targets, cl
             assert target.versions("big.bin") == [old, partial]
 
 
+def test_interrupted_partial_dir_push_keeps_the_partial_aside_and_resumes(make_targets, client, tmp_path):
+    size = 24 * MiB
+    old, new, src, targets = big_file_update(make_targets, tmp_path, size, seed=17)
+    for kind, target in targets.items():
+        module = target.module
+        kill_push_midway(client, target, src, "--partial-dir=.part", after_s=1.0)
+        _wait_settled(module)
+        # --partial-dir: the data so far goes to .part/big.bin (dir 0700), the file itself stays as it was
+        assert (module / "big.bin").read_bytes() == old, kind
+        partial = (module / ".part" / "big.bin").read_bytes()
+        assert 0 < len(partial) < size and new.startswith(partial), (kind, len(partial))
+        assert (module / ".part").stat().st_mode & 0o777 == 0o700, kind
+
+        done = assert_ok(target.push(client, "-a", "--partial-dir=.part", "--stats", f"{src}/"))
+        assert parse_stats(done.stdout)["Matched data"] > 0, done.stdout  # resumed from the partial file
+        assert not (module / ".part").exists(), kind  # used, then removed with its dir
+        assert_trees_equal(src, module)
+
+
 @pytest.mark.parametrize("update", [False, True], ids=["new", "delta"])
 def test_sparse_push_leaves_holes_like_rsyncd(make_targets, client, tmp_path, update):
     data = os.urandom(100_000) + bytes(6 * MiB) + os.urandom(50_000) + bytes(2 * MiB)
