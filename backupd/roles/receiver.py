@@ -186,7 +186,7 @@ class Receiver:
         if sink.staged is None:
             return
         if ok:
-            committed = self._commit(ndx, entry, path, sink.staged)
+            committed = self._commit(ndx, entry, path, sink.staged, basis_path)
             if committed and state.basis_paths.get(ndx, (0, b""))[0] == FNAMECMP_PARTIAL_DIR:
                 drop_partial(state, basis_path, self.log)  # receiver.c: the used partial file goes
         elif self.opts.partial_dir and (ppath := partial_path(state, path)) is not None:
@@ -262,10 +262,12 @@ class Receiver:
             return None
         return basis.view(offset, length)
 
-    def _commit(self, ndx: int, entry, path: bytes, staged) -> bool:
+    def _commit(self, ndx: int, entry, path: bytes, staged, basis_path: bytes | None = None) -> bool:
         state, opts = self.state, self.opts
         st = state.tree.lstat(path)
-        mode = new_file_mode(state, entry, st)
+        # receiver.c: without -p the mode follows the basis opened (fd1), which may be another file
+        mode_st = st if basis_path in (None, path) else self._basis_stat(basis_path)
+        mode = new_file_mode(state, entry, mode_st)
         if opts.acls:  # ACLs, then xattrs (rsync.c set_file_attrs)
             for message in apply_staged(entry, staged, mode):
                 self._file_error(message)
@@ -283,6 +285,12 @@ class Receiver:
         if opts.remove_source_files:
             self.out.send_msg(MsgCode.SUCCESS, encode_int32(ndx))
         return True
+
+    def _basis_stat(self, basis_path: bytes):
+        try:
+            return self.state.tree.lstat(basis_path)
+        except StorageError:
+            return None
 
     def _xattrs_live(self, ndx: int) -> None:
         """An attribute-only change: the entry's xattrs onto the live entry (receiver.c set_file_attrs)."""

@@ -435,6 +435,15 @@ scenario("fuzzy-size-mtime-first", push("-ai", "--fuzzy", "--stats", delta=True)
          client={"src": Dir({"new.bin": File(BIG2, mtime=T0 + 900), "new.bim": File(BIG, mtime=T0 + 9)},
                             mode=0o755, mtime=T0)},
          seed={"zz-far-away.dat": File(BIG2, mtime=T0 + 900), "new.bin.old": File(blob(9, 90000), mtime=T0)})
+scenario("fuzzy-no-perms", push("-rti", "--fuzzy", "--stats", delta=True),
+         client={"src": Dir({"big-v2.bin": File(BIG2, mode=0o644, mtime=T0)}, mode=0o755, mtime=T0)},
+         seed={"big-v1.bin": File(BIG, mode=0o600, mtime=T0)})
+scenario("partial-dir-resume-no-perms",
+         write("mod/.p/big.bin", BIG2[:50000], mtime=T0 + 5, mode=0o604),
+         push("-rti", "--partial-dir=.p", "--stats", delta=True), client=DELTA_CLIENT)
+scenario("compare-dest-basis-no-perms", push("-rti", "--compare-dest=../s1", "--stats", dest="s2/", delta=True),
+         client={"src": Dir({"big.bin": File(BIG2, mode=0o644, mtime=T0 + 900)}, mode=0o755, mtime=T0)},
+         seed={"s1": Dir({"big.bin": File(BIG, mode=0o600, mtime=T0)}, mtime=T0), "s2": Dir({}, mtime=T0)})
 scenario("fuzzy-subdir-updated", push("-ai", "--fuzzy", "--stats", delta=True),
          client={"src": Dir({"d": Dir({"a-v1.bin": File(BIG2, mtime=T0 + 900),
                                        "a-v2.bin": File(BIG2, mtime=T0 + 901)}, mtime=T0)},
