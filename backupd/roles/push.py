@@ -362,18 +362,29 @@ def backup_policy(state: PushState, module) -> BackupPolicy:
         RsyncError: the backup dir exists and is not a directory (exit 1, as rsyncd's).
     """
     opts = state.opts
-    base = split_path(state.curr_dir, module.name)
-    backup_dir = None
-    if opts.backup_dir is not None:
-        clean = sanitize_path(opts.backup_dir, 0).rstrip(b"/") or b"."
-        rel = clean if opts.backup_dir.startswith(b"/") else join_path(state.curr_dir, clean)
-        backup_dir = split_path(rel, module.name)
-        st = state.tree.lstat(rel)
-        if st is not None and not stat.S_ISDIR(st.st_mode):
-            shown = opts.backup_dir.rstrip(b"/") or opts.backup_dir
-            raise RsyncError(f"The backup-dir is not a directory: {os.fsdecode(shown)}", ExitCode.SYNTAX, bare=True)
+    rel = check_backup_dir(state)
+    backup_dir = split_path(rel, module.name) if rel is not None else None
     suffix = opts.suffix if opts.suffix is not None else (b"" if backup_dir is not None else b"~")
-    return BackupPolicy(suffix=suffix, backup_dir=backup_dir, base=base, module=module.name)
+    return BackupPolicy(suffix=suffix, backup_dir=backup_dir, base=split_path(state.curr_dir, module.name),
+                        module=module.name)
+
+
+def check_backup_dir(state: PushState) -> bytes | None:
+    """Module path of ``--backup-dir`` (None without one), checked as rsync main.c do_recv does.
+
+    Raises:
+        RsyncError: it exists and is not a directory (exit 1, as rsyncd's).
+    """
+    raw = state.opts.backup_dir
+    if raw is None:
+        return None
+    clean = sanitize_path(raw, 0).rstrip(b"/") or b"."
+    rel = clean if raw.startswith(b"/") else join_path(state.curr_dir, clean)
+    st = state.tree.lstat(rel)
+    if st is not None and not stat.S_ISDIR(st.st_mode):
+        shown = clean if not raw.startswith(b"/") else raw.rstrip(b"/")
+        raise RsyncError(f"The backup-dir is not a directory: {os.fsdecode(shown)}", ExitCode.SYNTAX, bare=True)
+    return rel
 
 
 def run_push(session, request, negotiated: Negotiated) -> ExitCode:
@@ -437,6 +448,8 @@ def run_push(session, request, negotiated: Negotiated) -> ExitCode:
         if opts.backup and not module.history:  # with history, --backup folds into it
             tree.backup = backup_policy(state, module)
             opts.omit_dir_times = opts.omit_dir_times or opts.backup_dir is None  # options.c: implied -O
+        else:
+            check_backup_dir(state)
         if opts.alt_dest_dirs:
             setup_alt_dirs(state, module, lambda text: send_warning(session, text))
         if opts.prune_empty_dirs:

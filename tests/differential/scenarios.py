@@ -575,6 +575,8 @@ scenario("backup-dir-subdest", push("-ai", "--backup-dir=../bak", dest="sub/"), 
          seed=mod_tree(), history_ignore=("bak", "bak/*"), history_loose=True)
 scenario("backup-dir-absolute", push("-ai", "-b", "--backup-dir=/keep/it", "--suffix=.v1", dest="sub/"),
          client=src_tree(), seed=mod_tree(), history_ignore=("keep", "keep/*"), history_loose=True)
+scenario("backup-dir-not-a-dir", push("-ai", "--backup-dir=./bak/"), client=src_tree(),
+         seed=mod_tree(bak=File(b"in the way\n", mtime=T0)), history_loose=True)
 scenario("backup-inplace", push("-ai", "--backup", "--inplace"), client=src_tree(), seed=mod_tree(),
          history_ignore=("*~",), history_loose=True)
 
