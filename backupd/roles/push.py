@@ -55,6 +55,7 @@ class PushState:
     dir_created: bool = False
     curr_dir: bytes = b"."  # the receiver's working dir (rsync curr_dir): alt-dest dirs are relative to it
     alt_dirs: list[bytes] = field(default_factory=list)  # resolved --link/copy/compare-dest dirs
+    temp_dir: bytes | None = None  # module path of --temp-dir, where the receiver makes its temp files
     basis_paths: dict[int, tuple[int, bytes]] = field(default_factory=dict)  # ndx -> partial/fuzzy basis chosen
 
     def module_path(self, ndx: int) -> bytes:
@@ -327,8 +328,8 @@ def check_temp_dir(state: PushState, module) -> None:
 
     rsyncd sanitizes the value into the module (options.c sanitize_path): an
     absolute one is taken from the module root, a relative one from the
-    destination directory; the message shows the sanitized value. backupd
-    then stages in the target directory anyway (the rename is what matters).
+    destination directory; the message shows the sanitized value. The
+    receiver then makes its temp files there (``state.temp_dir``).
 
     Raises:
         RsyncError: missing (or not a directory), exit 1 as rsyncd's.
@@ -349,6 +350,7 @@ def check_temp_dir(state: PushState, module) -> None:
         raise RsyncError(f"The temp-dir does not exist: {text}", ExitCode.SYNTAX, bare=True)
     if not (stat.S_ISDIR(st.st_mode) or stat.S_ISLNK(st.st_mode)):
         raise RsyncError(f"The temp-dir is not a directory: {text}", ExitCode.SYNTAX, bare=True)
+    state.temp_dir = rel  # receiver.c get_tmpname: the temp files are made there
 
 
 def backup_policy(state: PushState, module) -> BackupPolicy:

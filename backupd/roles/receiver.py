@@ -207,7 +207,7 @@ class Receiver:
                 st = self.state.tree.lstat(path)
                 if st is None or stat.S_ISREG(st.st_mode):
                     return self.state.tree.open_inplace(path, 0o600, sparse=self.opts.sparse)
-            return self.state.tree.create_staged(path, 0o600, sparse=self.opts.sparse)
+            return self.state.tree.create_staged(path, 0o600, sparse=self.opts.sparse, temp_dir=self.state.temp_dir)
         except (StorageError, FileError) as exc:
             self._file_error(f"cannot create {os.fsdecode(entry.name)}: {exc}")
             return None

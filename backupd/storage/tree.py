@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import xxhash
 
-from backupd.errors import StorageError
+from backupd.errors import PathEscape, StorageError
 from backupd.storage.acls import AclAccess
 from backupd.storage.catalog import hash_entry_at, time_ns
 from backupd.storage.fsops import (
@@ -373,20 +373,34 @@ class ModuleTree:
                 self.catalog.attrs(join_path(comps), None if stat.S_ISLNK(st.st_mode) else mode, mtime_ns,
                                    self._when())
 
-    def create_staged(self, path: bytes, mode: int, *, allow_history: bool = False, sparse: bool = False) -> StagedFile:
+    def create_staged(self, path: bytes, mode: int, *, allow_history: bool = False, sparse: bool = False,
+                      temp_dir: bytes | None = None) -> StagedFile:
         """Start new content for file ``path`` (parent must exist); see StagedFile.
 
         ``mode`` is applied at commit unless commit passes its own; ``sparse``
-        (``-S``) turns blocks of zeros into holes.
+        (``-S``) turns blocks of zeros into holes. ``temp_dir`` (``--temp-dir``,
+        a module dir outside history): the temp file is written there; one that
+        cannot be opened as a plain directory leaves it beside the target.
         """
         comps = self._writable(path, allow_history, displaces=True)
         with fs_errors(self.module, path):
             fd = open_dir(self._root_fd, comps[:-1], self.module, path)
             try:
-                return StagedFile(self, fd, comps, path, mode, sparse=sparse)
+                return StagedFile(self, fd, comps, path, mode, sparse=sparse, temp_fd=self._temp_dir_fd(temp_dir))
             except BaseException:
                 os.close(fd)
                 raise
+
+    def _temp_dir_fd(self, temp_dir: bytes | None) -> int | None:
+        if temp_dir is None:
+            return None
+        comps = split_path(temp_dir, self.module)
+        if self.history is not None and self.history.contains(comps):
+            return None
+        try:
+            return open_dir(self._root_fd, comps, self.module, temp_dir)
+        except (OSError, PathEscape):
+            return None
 
     def open_inplace(self, path: bytes, mode: int, *, sparse: bool = False) -> InplaceFile:
         """``--inplace``: the live regular file at ``path`` opened for rewriting (created if missing).
