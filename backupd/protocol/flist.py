@@ -104,6 +104,11 @@ class FileEntry:
         return self.is_dir and not self.xflags & _NO_CONTENT_DIR
 
     @property
+    def is_implied_dir(self) -> bool:
+        """A parent dir sent only for ``-R`` (protocol 30+: TOP_DIR with NO_CONTENT_DIR, rsync FLAG_IMPLIED_DIR)."""
+        return self.is_dir and bool(self.xflags & _NO_CONTENT_DIR) and bool(self.xflags & _TOP_DIR)
+
+    @property
     def mtime_ns(self) -> int:
         """mtime in nanoseconds."""
         return self.mtime * 1_000_000_000 + self.mtime_nsec

@@ -374,6 +374,8 @@ def parse_server_args_lenient(argv: list[bytes]) -> tuple[TransferOptions, Rsync
         error = error or RsyncError("argument list has no '.' separator", ExitCode.SYNTAX)
     if opts.delete_excluded and opts.delete_mode is None:
         opts.delete_mode = "during"  # --delete-excluded implies --delete (options.c)
+    if opts.backup_dir is not None:
+        opts.backup = True  # options.c: --backup-dir implies --backup
     opts.paths = list(argv[dot + 1 :])
     return opts, error
 

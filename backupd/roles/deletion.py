@@ -178,10 +178,17 @@ class Deleter:
         if self.deletions_left > 0:
             self.deletions_left -= step.spent
         for rel, is_dir in step.reported:
-            self.out.send_msg(MsgCode.DELETED, rel + (b"\0" if is_dir else b""))
+            if is_dir and not self.opts.dry_run and self._kept_by_backup(step.path + rel[len(step.rel):]):
+                self.out.send_msg(MsgCode.INFO, Note(rel).text)  # a NAME~ backup inside: rmdir's ENOTEMPTY
+            else:
+                self.out.send_msg(MsgCode.DELETED, rel + (b"\0" if is_dir else b""))
         self.log.debug("deleted {} ({})", os.fsdecode(step.rel), step.reason)
         ops_logging.file_deleted(self, step.rel, step.is_dir, step.contents)  # transfer log "del.", counters
         return True
+
+    def _kept_by_backup(self, path: bytes) -> bool:
+        """True when a directory deleted with ``--backup`` (suffix backups beside) is still there."""
+        return self.state.tree.backup is not None and self.state.tree.lstat(path) is not None
 
     # -- counts --------------------------------------------------------------------------
     def count(self, counts) -> None:

@@ -30,8 +30,11 @@ from backupd.roles.alt_dest import AltBasis, AltDest, Outcome
 from backupd.roles.delete_plan import Note
 from backupd.roles.deletion import Deleter
 from backupd.roles.errors import FileErrors
+from backupd.roles.fuzzy import FNAMECMP_FUZZY, FuzzyFinder
 from backupd.roles.owners import owner_ids
+from backupd.roles.partial_dir import FNAMECMP_PARTIAL_DIR, drop_partial, partial_basis
 from backupd.roles.push import PushState
+from backupd.roles.receiver import new_file_mode
 from backupd.roles.xattr_sync import GeneratorXattrs, for_push
 
 SCAN_CACHE_DIRS = 32
@@ -77,6 +80,8 @@ class Generator:
         self._refused_dirs: list[bytes] = []  # module-excluded dirs: their contents are skipped
         self.alt = AltDest(self) if state.alt_dirs else None  # --link/copy/compare-dest
         self._alt_basis: dict[int, AltBasis] = {}
+        self._parent_seen = b""  # recv_generator parent_dirname: the last parent checked
+        self.fuzzy = FuzzyFinder(state) if state.opts.fuzzy else None
         self._hlink_done: dict[int, int] = {}  # -H with alternates: group -> ndx of its written leader
         self.xattrs = for_push(GeneratorXattrs, state)
         self.acls = GeneratorAcls(state.tree, dry_run=self.opts.dry_run) if self.opts.acls else None
@@ -188,6 +193,10 @@ class Generator:
             self._refuse(ndx, entry, path)
             return
         try:
+            if self.opts.relative and not self.opts.implied_dirs and entry.mode != 0:
+                if entry.is_implied_dir:
+                    return  # recv_generator: !implied_dirs && FLAG_IMPLIED_DIR, left as it is
+                self._make_missing_parent(path)
             if entry.mode == 0:
                 self.deleter.delete_missing(ndx, entry, path)
             elif entry.is_dir:
@@ -210,6 +219,14 @@ class Generator:
                 self._process_device(ndx, entry, path)
         except StorageError as exc:
             self._file_error(str(exc), entry)
+
+    def _make_missing_parent(self, path: bytes) -> None:
+        """``-R --no-implied-dirs``: a missing parent is made with default modes, unreported (make_path)."""
+        parent = path.rpartition(b"/")[0]
+        if parent and parent != self._parent_seen and not self.opts.dry_run:
+            self._parent_seen = parent
+            if self.state.tree.lstat(parent) is None:
+                self.state.tree.makedirs(parent, 0o777)
 
     def _refuse(self, ndx: int, entry: FileEntry, path: bytes) -> None:
         """An entry the module's exclude rules refuse (generator.c recv_generator, daemon_filter_list).
@@ -285,6 +302,15 @@ class Generator:
         self._dirs.append((ndx, path, st is None))
         if iflags is not None:
             self._itemize(ndx, iflags)
+        if ndx == 0 and not self._rsyncd_inc_recurse():
+            self.out.flush()  # without incremental recursion rsyncd's "./" line reaches the client first
+
+    def _rsyncd_inc_recurse(self) -> bool:
+        """Whether stock rsyncd would recurse incrementally for this client (compat.c setup_protocol)."""
+        opts = self.opts
+        return ("i" in (opts.capabilities or "") and opts.recursive and not opts.use_qsort
+                and opts.delete_mode not in ("before", "after") and not opts.delay_updates
+                and not opts.prune_empty_dirs)
 
     def _alt_dir_flags(self, ndx: int, entry: FileEntry, path: bytes, iflags: int) -> int | None:
         """A new dir with an alternate: None (matched, not reported) or iflags against it."""
@@ -528,13 +554,21 @@ class Generator:
                 self._alt_basis[ndx] = found
                 self._request_file(ndx, entry, redo=False)
                 return
+        partial = partial_basis(self.state, path) if opts.partial_dir else None
         if regular:
             if opts.append and st.st_size >= entry.size:
                 return
             if self._unchanged(entry, path, st):
+                if partial is not None and not opts.dry_run:  # recv_generator: up to date, partialptr unlinked
+                    drop_partial(self.state, partial.path, self.log)
                 self._update_attrs(ndx, entry, path, st)
                 self._success(ndx)
                 return
+        if partial is None and st is None and self.fuzzy is not None:
+            partial = self.fuzzy.find(entry, path)  # find_fuzzy: a similar file's blocks
+        if partial is not None:  # recv_generator prepare_to_open: the partial file (or fuzzy match) is the basis
+            self._alt_basis[ndx] = partial
+            self.state.basis_paths[ndx] = (partial.index, partial.path)
         self._request_file(ndx, entry, redo=False, st=st)
 
     def _unchanged(self, entry: FileEntry, path: bytes, st: os.stat_result) -> bool:
@@ -580,7 +614,7 @@ class Generator:
         if not self.opts.dry_run and iflags & (_REPORT_PERMS | _REPORT_TIME | _REPORT_OWNER | _REPORT_GROUP):
             self.state.tree.set_attrs(
                 path,
-                mode=entry.mode & 0o7777 if iflags & _REPORT_PERMS else None,
+                mode=new_file_mode(self.state, entry, st) if iflags & _REPORT_PERMS else None,  # rsync.c dest_mode
                 mtime_ns=entry.mtime_ns if iflags & _REPORT_TIME else None,
                 **self._owner(entry),
             )
@@ -592,6 +626,8 @@ class Generator:
             iflags |= _REPORT_TIME
         if opts.perms and (st.st_mode & 0o7777) != (entry.mode & 0o7777):
             iflags |= _REPORT_PERMS
+        elif not opts.perms and opts.executability and bool(st.st_mode & 0o111) != bool(entry.mode & 0o111):
+            iflags |= _REPORT_PERMS  # generator.c itemize: -E reports an x-bit change
         owner = self._owner(entry)
         if owner.get("uid") is not None and owner["uid"] != st.st_uid:
             iflags |= _REPORT_OWNER
@@ -607,12 +643,20 @@ class Generator:
         state, opts = self.state, self.opts
         path = state.dest[ndx]
         alt = self._alt_basis.get(ndx)
-        if alt is not None:  # generator.c: fnamecmp is basis_dir[j]/fname, itemized against it
+        if redo and alt is None and opts.partial_dir and (alt := partial_basis(state, path)) is not None:
+            self._alt_basis[ndx] = alt  # recv_generator again: the failed update was put into the partial dir
+            state.basis_paths[ndx] = (alt.index, alt.path)
+        partial = alt is not None and alt.index >= FNAMECMP_PARTIAL_DIR  # itemized against the target (real_sx)
+        if alt is not None and not partial:  # generator.c: fnamecmp is basis_dir[j]/fname, itemized against it
             st, path = alt.st, alt.path
         elif st is None and redo:
             st = state.tree.lstat(path)
-        exists = st is not None and stat.S_ISREG(st.st_mode)
+        exists = partial or (st is not None and stat.S_ISREG(st.st_mode))
         iflags = _TRANSFER if alt is None else _TRANSFER | _BASIS_TYPE_FOLLOWS
+        if alt is not None and alt.index >= FNAMECMP_FUZZY:
+            iflags |= _XNAME_FOLLOWS
+        if self.fuzzy is not None and not opts.whole_file and not opts.dry_run:
+            self.fuzzy.mark_sent(state.dest[ndx])  # recv_generator: not a basis for what follows
         if st is None:
             iflags |= _IS_NEW
         else:
@@ -627,14 +671,16 @@ class Generator:
             iflags |= self.acls.report(entry, path, st is None)
         state.requested.add(ndx)
         header = self.ndx.encode(ndx) + encode_shortint(iflags & 0xFFFF)
-        if alt is not None:  # io.c write_ndx_and_attrs: basis type, then the xattr request
+        if alt is not None:  # io.c write_ndx_and_attrs: basis type, the fuzzy name, then the xattr request
             header += bytes((alt.index,))
+            if alt.index >= FNAMECMP_FUZZY:
+                header += encode_vstring(alt.path.rpartition(b"/")[2])
         if self.xattrs is not None:
             header += self.xattrs.trailer(entry, iflags)
         if opts.dry_run:
             self.out.write(header)
             return
-        self.out.write(header + self._sums_for(path, entry, exists, redo))
+        self.out.write(header + self._sums_for(alt.path if partial else path, entry, exists, redo))
 
     def _sums_for(self, path: bytes, entry: FileEntry, exists: bool, redo: bool) -> bytes:
         opts = self.opts

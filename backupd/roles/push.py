@@ -26,7 +26,9 @@ from backupd.protocol.xattrs import XattrDecoder
 from backupd.roles.acl_sync import map_acl_ids
 from backupd.roles.xattr_sync import xattr_name_filter
 from backupd.storage import HistoryStore, ModuleTree
+from backupd.storage.backup import BackupPolicy
 from backupd.storage.catalog import session_writer
+from backupd.storage.fsops import split_path
 
 
 @dataclass
@@ -53,6 +55,8 @@ class PushState:
     dir_created: bool = False
     curr_dir: bytes = b"."  # the receiver's working dir (rsync curr_dir): alt-dest dirs are relative to it
     alt_dirs: list[bytes] = field(default_factory=list)  # resolved --link/copy/compare-dest dirs
+    temp_dir: bytes | None = None  # module path of --temp-dir, where the receiver makes its temp files
+    basis_paths: dict[int, tuple[int, bytes]] = field(default_factory=dict)  # ndx -> partial/fuzzy basis chosen
 
     def module_path(self, ndx: int) -> bytes:
         """Module-relative destination of entry ``ndx``."""
@@ -344,8 +348,8 @@ def check_temp_dir(state: PushState, module) -> None:
 
     rsyncd sanitizes the value into the module (options.c sanitize_path): an
     absolute one is taken from the module root, a relative one from the
-    destination directory; the message shows the sanitized value. backupd
-    then stages in the target directory anyway (the rename is what matters).
+    destination directory; the message shows the sanitized value. The
+    receiver then makes its temp files there (``state.temp_dir``).
 
     Raises:
         RsyncError: missing (or not a directory), exit 1 as rsyncd's.
@@ -366,6 +370,43 @@ def check_temp_dir(state: PushState, module) -> None:
         raise RsyncError(f"The temp-dir does not exist: {text}", ExitCode.SYNTAX, bare=True)
     if not (stat.S_ISDIR(st.st_mode) or stat.S_ISLNK(st.st_mode)):
         raise RsyncError(f"The temp-dir is not a directory: {text}", ExitCode.SYNTAX, bare=True)
+    state.temp_dir = rel  # receiver.c get_tmpname: the temp files are made there
+
+
+def backup_policy(state: PushState, module) -> BackupPolicy:
+    """The client's ``--backup`` for a module without history (rsync options.c, main.c do_recv).
+
+    ``--backup-dir`` is sanitized into the module: absolute is from the
+    module root, relative from the destination dir (the receiver's cwd).
+    The suffix is ``~``, or none with a backup dir, unless ``--suffix`` is given.
+
+    Raises:
+        RsyncError: the backup dir exists and is not a directory (exit 1, as rsyncd's).
+    """
+    opts = state.opts
+    rel = check_backup_dir(state)
+    backup_dir = split_path(rel, module.name) if rel is not None else None
+    suffix = opts.suffix if opts.suffix is not None else (b"" if backup_dir is not None else b"~")
+    return BackupPolicy(suffix=suffix, backup_dir=backup_dir, base=split_path(state.curr_dir, module.name),
+                        module=module.name)
+
+
+def check_backup_dir(state: PushState) -> bytes | None:
+    """Module path of ``--backup-dir`` (None without one), checked as rsync main.c do_recv does.
+
+    Raises:
+        RsyncError: it exists and is not a directory (exit 1, as rsyncd's).
+    """
+    raw = state.opts.backup_dir
+    if raw is None:
+        return None
+    clean = sanitize_path(raw, 0).rstrip(b"/") or b"."
+    rel = clean if raw.startswith(b"/") else join_path(state.curr_dir, clean)
+    st = state.tree.lstat(rel)
+    if st is not None and not stat.S_ISDIR(st.st_mode):
+        shown = clean if not raw.startswith(b"/") else raw.rstrip(b"/")
+        raise RsyncError(f"The backup-dir is not a directory: {os.fsdecode(shown)}", ExitCode.SYNTAX, bare=True)
+    return rel
 
 
 def run_push(session, request, negotiated: Negotiated) -> ExitCode:
@@ -381,8 +422,6 @@ def run_push(session, request, negotiated: Negotiated) -> ExitCode:
     opts, module = request.opts, request.module
     if len(opts.paths) != 1:
         raise RsyncError("a push names exactly one destination", ExitCode.SYNTAX)
-    if (opts.backup or opts.backup_dir) and not module.history:
-        raise RsyncError("--backup is refused: module history is off on this server", ExitCode.UNSUPPORTED)
     read = session.inbox.read
     session.input_buffered = True  # main.c do_server_recv: io_start_multiplex_in
     client_rules = decode_filter_list(read) if (opts.deleting or opts.prune_empty_dirs) else []
@@ -429,6 +468,11 @@ def run_push(session, request, negotiated: Negotiated) -> ExitCode:
             state, opts.paths[0], lambda text: session.outbox.send_msg(MsgCode.INFO, text.encode("utf-8", "replace"))
         )
         check_temp_dir(state, module)
+        if opts.backup and not module.history:  # with history, --backup folds into it
+            tree.backup = backup_policy(state, module)
+            opts.omit_dir_times = opts.omit_dir_times or opts.backup_dir is None  # options.c: implied -O
+        else:
+            check_backup_dir(state)
         if opts.alt_dest_dirs:
             setup_alt_dirs(state, module, lambda text: send_warning(session, text))
         if opts.prune_empty_dirs:

@@ -22,7 +22,9 @@ from backupd.roles.acl_sync import apply_staged
 from backupd.roles.alt_dest import alt_path
 from backupd.roles.channel import peer_exit
 from backupd.roles.errors import FileErrors, wire_text
+from backupd.roles.fuzzy import FNAMECMP_FUZZY
 from backupd.roles.owners import owner_ids
+from backupd.roles.partial_dir import FNAMECMP_PARTIAL_DIR, drop_partial, keep_in_partial_dir, partial_path
 from backupd.roles.push import PushState
 from backupd.roles.xattr_sync import ReceiverXattrs, for_push
 
@@ -155,6 +157,11 @@ class Receiver:
         path = self.state.dest[ndx]
         if basis_type == FNAMECMP_FNAME:
             return path
+        if basis_type == FNAMECMP_PARTIAL_DIR or basis_type >= FNAMECMP_FUZZY:
+            chosen = getattr(self.state, "basis_paths", {}).get(ndx)  # the generator's own choice, not the echo
+            if chosen is None or chosen[0] != basis_type:
+                raise ProtocolError(f"invalid basis_dir index: {basis_type}.")
+            return chosen[1]
         if basis_type >= len(self.state.alt_dirs):
             raise ProtocolError(f"invalid basis_dir index: {basis_type}.")
         return alt_path(self.state, basis_type, path)
@@ -179,7 +186,17 @@ class Receiver:
         if sink.staged is None:
             return
         if ok:
-            self._commit(ndx, entry, path, sink.staged)
+            committed = self._commit(ndx, entry, path, sink.staged, basis_path)
+            if committed and state.basis_paths.get(ndx, (0, b""))[0] == FNAMECMP_PARTIAL_DIR:
+                drop_partial(state, basis_path, self.log)  # receiver.c: the used partial file goes
+        elif self.opts.partial_dir and (ppath := partial_path(state, path)) is not None:
+            if not keep_in_partial_dir(state, sink.staged, ppath):  # receiver.c: the failed update, put aside
+                self.out.send_msg(MsgCode.ERROR, f"Unable to create partial-dir for {os.fsdecode(entry.name)}"
+                                  " -- discarding completed file.\n".encode("utf-8", "replace"))
+            self._verification_failed(ndx, entry, phase, kept="put into partial-dir")
+        elif self._retains_failed():
+            self._retain(entry, path, sink.staged)
+            self._verification_failed(ndx, entry, phase, kept="retained")
         else:
             sink.staged.abort()
             self._verification_failed(ndx, entry, phase)
@@ -190,7 +207,7 @@ class Receiver:
                 st = self.state.tree.lstat(path)
                 if st is None or stat.S_ISREG(st.st_mode):
                     return self.state.tree.open_inplace(path, 0o600, sparse=self.opts.sparse)
-            return self.state.tree.create_staged(path, 0o600, sparse=self.opts.sparse)
+            return self.state.tree.create_staged(path, 0o600, sparse=self.opts.sparse, temp_dir=self.state.temp_dir)
         except (StorageError, FileError) as exc:
             self._file_error(f"cannot create {os.fsdecode(entry.name)}: {exc}")
             return None
@@ -245,10 +262,12 @@ class Receiver:
             return None
         return basis.view(offset, length)
 
-    def _commit(self, ndx: int, entry, path: bytes, staged) -> None:
+    def _commit(self, ndx: int, entry, path: bytes, staged, basis_path: bytes | None = None) -> bool:
         state, opts = self.state, self.opts
         st = state.tree.lstat(path)
-        mode = new_file_mode(state, entry, st)
+        # receiver.c: without -p the mode follows the basis opened (fd1), which may be another file
+        mode_st = st if basis_path in (None, path) else self._basis_stat(basis_path)
+        mode = new_file_mode(state, entry, mode_st)
         if opts.acls:  # ACLs, then xattrs (rsync.c set_file_attrs)
             for message in apply_staged(entry, staged, mode):
                 self._file_error(message)
@@ -260,11 +279,18 @@ class Receiver:
         except (StorageError, FileError) as exc:
             staged.abort()
             self._file_error(f"cannot write {os.fsdecode(entry.name)}: {exc}")
-            return
+            return False
         self.files_received += 1
         ops_logging.file_received(self, entry, path, st)  # ops hook: transfer log line, counters
         if opts.remove_source_files:
             self.out.send_msg(MsgCode.SUCCESS, encode_int32(ndx))
+        return True
+
+    def _basis_stat(self, basis_path: bytes):
+        try:
+            return self.state.tree.lstat(basis_path)
+        except StorageError:
+            return None
 
     def _xattrs_live(self, ndx: int) -> None:
         """An attribute-only change: the entry's xattrs onto the live entry (receiver.c set_file_attrs)."""
@@ -276,22 +302,42 @@ class Receiver:
         for message in failed:
             self._file_error(message)
 
-    def _verification_failed(self, ndx: int, entry, phase: int) -> None:
+    def _retains_failed(self) -> bool:
+        """receiver.c recv_files: --inplace (which --append implies) or --partial keeps a failed update."""
+        opts = self.opts
+        return bool(opts.inplace or opts.append or (opts.partial and not opts.partial_dir))
+
+    def _retain(self, entry, path: bytes, staged) -> None:
+        """A failed update stays in place, its mtime left unset (finish_transfer with ok_to_set_time 0)."""
+        state = self.state
+        try:
+            mode = new_file_mode(state, entry, state.tree.lstat(path))
+            staged.commit(mtime_ns=None, mode=mode, **owner_ids(state, entry))
+        except (StorageError, FileError) as exc:
+            staged.abort()
+            self._file_error(f"cannot write {os.fsdecode(entry.name)}: {exc}")
+
+    def _verification_failed(self, ndx: int, entry, phase: int, kept: str = "discarded") -> None:
         name = os.fsdecode(entry.name)
         if phase == 0:
-            if self.opts.verbose:
+            if self.opts.verbose or "%i" in (self.opts.log_format or ""):  # INFO_GTE(NAME, 1) or -i
                 self.out.send_msg(  # the name as sent: its bytes need not be UTF-8 (issue 15.9)
                     MsgCode.WARNING,
-                    wire_text(f"WARNING: {name} failed verification -- update discarded (will try again).\n"),
+                    wire_text(f"WARNING: {name} failed verification -- update {kept} (will try again).\n"),
                 )
             self.state.events.put(("redo", ndx))
         else:
-            self._file_error(f"ERROR: {name} failed verification -- update discarded.")
+            self._file_error(f"ERROR: {name} failed verification -- update {kept}.")
 
     def _interrupted(self, staged) -> None:
         if staged is None:
             return
-        if self.opts.partial:
+        ppath = partial_path(self.state, staged.path) if self.opts.partial_dir else None
+        if ppath is not None and not self.opts.inplace:  # cleanup.c: into the partial dir (keep_partial implied)
+            if not keep_in_partial_dir(self.state, staged, ppath):
+                staged.abort()
+            return
+        if self.opts.partial or self.opts.partial_dir:  # a --partial-dir of "." is plain --partial (options.c)
             try:
                 staged.keep_partial()
                 return
@@ -308,17 +354,20 @@ def new_file_mode(state: PushState, entry, st) -> int:
     """Permission bits of a file written over ``st`` (None: a new file); rsync.c dest_mode().
 
     -p: the sender's; otherwise an existing regular file keeps its own, a
-    new one gets the sender's minus the umask; -E adds x where r is.
+    new one gets the sender's minus the umask; -E on an existing file clears
+    x when the sender's has none, or adds x where r is when it had none.
     """
     opts = state.opts
     if opts.perms:
-        mode = entry.mode & 0o7777
-    elif st is not None and stat.S_ISREG(st.st_mode):
-        mode = st.st_mode & 0o7777
-    else:
-        mode = entry.mode & 0o777 & ~state.umask
-    if opts.executability and not opts.perms and entry.mode & 0o111:
-        mode |= (mode & 0o444) >> 2
+        return entry.mode & 0o7777
+    if st is None or not stat.S_ISREG(st.st_mode):
+        return entry.mode & 0o777 & ~state.umask  # a new file: no -E tweak
+    mode = st.st_mode & 0o7777
+    if opts.executability and stat.S_ISREG(entry.mode):
+        if not entry.mode & 0o111:
+            mode &= ~0o111
+        elif not st.st_mode & 0o111:  # x for whoever may read, only if not executable yet
+            mode |= (mode & 0o444) >> 2
     return mode
 
 

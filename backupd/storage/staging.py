@@ -33,6 +33,7 @@ from backupd.storage.fsops import (
     fs_errors,
     open_dir,
     show,
+    split_path,
 )
 from backupd.storage.reflink import CloneRun
 from backupd.storage.xattrs import apply_xattrs
@@ -94,6 +95,7 @@ class StagedFile:
         mode: int,
         *,
         sparse: bool = False,
+        temp_fd: int | None = None,
     ) -> None:
         self.path = path
         self.mode = mode
@@ -101,9 +103,11 @@ class StagedFile:
         self._tree = tree
         self._comps = comps
         self._parent_fd = parent_fd
+        # --temp-dir: the temp file is made there (an fd the staged file owns) and moved beside the target at the end
+        self._temp_fd = parent_fd if temp_fd is None else temp_fd
         parent = os.fstat(parent_fd)
         self._parent_id = (parent.st_dev, parent.st_ino)
-        self.temp_name, fd = create_temp(parent_fd, comps[-1])
+        self.temp_name, fd = create_temp(self._temp_fd, comps[-1])
         self._file = open(fd, "wb", buffering=WRITE_BUFFER)  # noqa: SIM115 - closed in finish
         self._done = False
         # the catalog's xxh128 of the stored bytes, hashed as they are written
@@ -259,6 +263,37 @@ class StagedFile:
         """
         self._finish(mode=self.mode, mtime_ns=0, uid=None, gid=None)
 
+    def keep_partial_in(self, path: bytes) -> None:
+        """``--partial-dir``: the data so far becomes module file ``path``, whose dir must exist.
+
+        The temp file moves into that dir and replaces what is there (history
+        first); its mode is the one given at creation, its mtime the time it
+        was written (rsync cleanup.c / receiver.c: finish_transfer with
+        ok_to_set_time 0). The target is untouched.
+
+        Raises:
+            StorageError: any OS error; the temp file is removed.
+        """
+        self._check_open()
+        comps = split_path(path, self._tree.module)
+        try:
+            with fs_errors(self._tree.module, path), self._tree.parent_of(comps, path) as (pfd, _name):
+                self._seal(self.mode, None, None, None)
+                os.rename(self.temp_name, self.temp_name, src_dir_fd=self._temp_fd, dst_dir_fd=pfd)
+                try:
+                    self._tree.install(pfd, self.temp_name, comps, path)
+                except BaseException:
+                    try:
+                        os.unlink(self.temp_name, dir_fd=pfd)
+                    except OSError:
+                        pass
+                    raise
+        except BaseException:
+            self.abort()
+            raise
+        self._done = True
+        self._close_fds()
+
     def abort(self) -> None:
         """Drop the temp file; the target is untouched. Idempotent, never raises."""
         if self._done:
@@ -272,10 +307,24 @@ class StagedFile:
         except OSError:
             pass
         try:
-            os.unlink(self.temp_name, dir_fd=self._parent_fd)
+            os.unlink(self.temp_name, dir_fd=self._temp_fd)
         except OSError:
             pass
+        self._close_fds()
+
+    def _close_fds(self) -> None:
+        if self._temp_fd != self._parent_fd:
+            os.close(self._temp_fd)
+            self._temp_fd = self._parent_fd
         os.close(self._parent_fd)
+
+    def _into_parent(self) -> None:
+        """Move the temp file from the --temp-dir beside the target (rsync robust_rename's first step)."""
+        if self._temp_fd == self._parent_fd:
+            return
+        os.rename(self.temp_name, self.temp_name, src_dir_fd=self._temp_fd, dst_dir_fd=self._parent_fd)
+        os.close(self._temp_fd)
+        self._temp_fd = self._parent_fd
 
     def __enter__(self) -> StagedFile:
         return self
@@ -297,6 +346,7 @@ class StagedFile:
             with fs_errors(self._tree.module, self.path):
                 self._seal(mode, mtime_ns, uid, gid)
                 self._check_parent()
+                self._into_parent()
                 digest = self._hash.hexdigest() if self._hash is not None else None
                 self._tree.install(self._parent_fd, self.temp_name, self._comps, self.path,
                                    digest=digest, xfer_sum=self.xfer_sum, new=self._sealed)
@@ -304,7 +354,7 @@ class StagedFile:
             self.abort()
             raise
         self._done = True
-        os.close(self._parent_fd)
+        self._close_fds()
 
     def _seal(self, mode: int, mtime_ns: int | None, uid: int | None, gid: int | None) -> None:
         """Flush, set attributes on the temp file, fsync, close."""

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import xxhash
 
-from backupd.errors import StorageError
+from backupd.errors import PathEscape, StorageError
 from backupd.storage.acls import AclAccess
 from backupd.storage.catalog import hash_entry_at
 from backupd.storage.fsops import (
@@ -65,6 +65,7 @@ from backupd.storage.xattrs import XattrAccess
 if TYPE_CHECKING:
     from types import TracebackType
 
+    from backupd.storage.backup import BackupPolicy
     from backupd.storage.catalog import CatalogWriter
     from backupd.storage.history import HistoryStore
 
@@ -87,6 +88,9 @@ class ModuleTree:
         catalog: records each version made live or retired (``catalog.py``);
             only with history, and never for paths inside it. Flushed and
             closed by :meth:`close`.
+        backup: without history, the client's ``--backup``: what a write
+            replaces or a delete removes is kept under its backup name
+            (``backup.py``); ignored with history, which keeps everything.
 
     Raises:
         StorageError: the root cannot be opened as a directory.
@@ -101,8 +105,10 @@ class ModuleTree:
         fsync: bool = True,
         root_fd: int | None = None,
         catalog: CatalogWriter | None = None,
+        backup: BackupPolicy | None = None,
     ) -> None:
         self.module = module
+        self.backup = backup if history is None else None
         self.catalog = catalog if history is not None else None
         self._touched: set[bytes] = set()   # directories whose entries changed (catalog: their final mtime)
         self.fsync = fsync  # fsync staged files before the rename (rsync --fsync)
@@ -375,20 +381,34 @@ class ModuleTree:
                 self.catalog.attrs(join_path(comps), None if stat.S_ISLNK(st.st_mode) else mode, mtime_ns,
                                    self._when())
 
-    def create_staged(self, path: bytes, mode: int, *, allow_history: bool = False, sparse: bool = False) -> StagedFile:
+    def create_staged(self, path: bytes, mode: int, *, allow_history: bool = False, sparse: bool = False,
+                      temp_dir: bytes | None = None) -> StagedFile:
         """Start new content for file ``path`` (parent must exist); see StagedFile.
 
         ``mode`` is applied at commit unless commit passes its own; ``sparse``
-        (``-S``) turns blocks of zeros into holes.
+        (``-S``) turns blocks of zeros into holes. ``temp_dir`` (``--temp-dir``,
+        a module dir outside history): the temp file is written there; one that
+        cannot be opened as a plain directory leaves it beside the target.
         """
         comps = self._writable(path, allow_history, displaces=True)
         with fs_errors(self.module, path):
             fd = open_dir(self._root_fd, comps[:-1], self.module, path)
             try:
-                return StagedFile(self, fd, comps, path, mode, sparse=sparse)
+                return StagedFile(self, fd, comps, path, mode, sparse=sparse, temp_fd=self._temp_dir_fd(temp_dir))
             except BaseException:
                 os.close(fd)
                 raise
+
+    def _temp_dir_fd(self, temp_dir: bytes | None) -> int | None:
+        if temp_dir is None:
+            return None
+        comps = split_path(temp_dir, self.module)
+        if self.history is not None and self.history.contains(comps):
+            return None
+        try:
+            return open_dir(self._root_fd, comps, self.module, temp_dir)
+        except (OSError, PathEscape):
+            return None
 
     def open_inplace(self, path: bytes, mode: int, *, sparse: bool = False) -> InplaceFile:
         """``--inplace``: the live regular file at ``path`` opened for rewriting (created if missing).
@@ -421,6 +441,8 @@ class ModuleTree:
                             copy = self.lstat(kept)
                             self.catalog.retired(join_path(comps), st, when, kept,
                                                  copy_ino=copy.st_ino if copy is not None else None)
+                    elif self.backup is not None:
+                        self.backup.copy(self._root_fd, fd, comps, st)
                     return InplaceFile(self, os.open(comps[-1], flags, dir_fd=fd), path, mode, sparse=sparse)
             finally:
                 os.close(fd)
@@ -434,8 +456,11 @@ class ModuleTree:
             self.catalog.made_live(join_path(comps), st, self._when(), xxh128=digest, xfer_sum=value,
                                    xfer_sum_kind=kind)
 
-    def delete(self, path: bytes, *, allow_history: bool = False) -> DeleteCounts:
+    def delete(self, path: bytes, *, allow_history: bool = False, backup: bool = True) -> DeleteCounts:
         """Remove the entry at ``path``: into history (one move) or for real.
+
+        ``backup=False``: rsync's own leftovers (a used partial file), never
+        kept under a ``--backup`` name (history still keeps them).
 
         A directory goes as a whole, whatever it holds (rsync's recursive
         delete); a missing entry (or parent) counts nothing.
@@ -455,7 +480,9 @@ class ModuleTree:
                         st = _lstat(fd, comps[-1])
                     except FileNotFoundError:
                         return DeleteCounts()
-                    if not self._keeps_history(comps) or self._stale_temp(comps, st):
+                    if not self._keeps_history(comps):
+                        return self._remove(fd, comps, st) if backup else remove_tree(fd, comps[-1], st)
+                    if self._stale_temp(comps, st):  # a killed session's temp file: not a version
                         return remove_tree(fd, comps[-1], st)
                     when = self._when()
                     kept = self.history.move_at(fd, comps, st)
@@ -607,11 +634,19 @@ class ModuleTree:
         """
         if not self._keeps_history(comps):
             if stat.S_ISDIR(st.st_mode):
-                remove_tree(parent_fd, comps[-1], st)
+                self._remove(parent_fd, comps, st)
+            elif self.backup is not None:  # rsync.c finish_transfer / atomic_create: make_backup(fname, False)
+                self.backup.keep(self._root_fd, parent_fd, comps, st, prefer_rename=False)
             return None
         if stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode):
             return self.history.preserve_at(parent_fd, comps, st)
         return self.history.move_at(parent_fd, comps, st)
+
+    def _remove(self, parent_fd: int, comps: tuple[bytes, ...], st: os.stat_result) -> DeleteCounts:
+        """Delete for real, each non-directory kept under its backup name first with ``--backup``."""
+        if self.backup is None:
+            return remove_tree(parent_fd, comps[-1], st)
+        return self.backup.remove(self._root_fd, parent_fd, comps, st)
 
     def _keeps_history(self, comps: tuple[bytes, ...]) -> bool:
         return self.history is not None and not self.history.contains(comps)

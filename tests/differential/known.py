@@ -11,41 +11,18 @@ list, with the scenarios, is DIFFERENCES.md. Fixed one? Delete its lines here
 from __future__ import annotations
 
 DIFFERENCES: dict[str, str] = {
-    "DIFF-003": "push -d (no -r) or -E without -l: the daemon's 'skipping non-regular file "
-    "\"X\"' is not printed (or printed elsewhere)",
     "DIFF-004": "-v: no incremental recursion, the client prints 'building file list ... done' / "
     "'receiving file list ... done' instead of '... incremental file list'; so a "
     "module-excluded dir is not created empty (0700) as rsyncd's incremental receiver does",
-    "DIFF-007": "--temp-dir inside the module: backupd stages next to the target, so the temp "
-    "dir's mtime is not touched (rsyncd creates and renames its temp files there)",
-    "DIFF-013": "-R --no-implied-dirs: implied parent dirs are created/updated with the "
-    "sender's modes and itemized, rsyncd leaves or creates them as default dirs",
-    "DIFF-017": "--fuzzy accepted but not used: literal data = whole file",
-    "DIFF-019": "--partial-dir resume: the partial file is not used as basis and the "
-    "partial dir is left behind",
-    "DIFF-021": "--append-verify with a bad prefix: the redo is itemized differently",
     "DIFF-022": "-H --delete: rsyncd deletes in subdirs and links followers to an unchanged "
     "leader before the other transfers; backupd in file-list order (with or without incremental "
     "recursion)",
-    "DIFF-026": "--backup / --suffix / --backup-dir are refused (exit 4) with history = no",
 }
 
 KNOWN: dict[str, str | tuple[str, set[str]]] = {
     "hardlinks-H-delete": "DIFF-022",
     "hardlinks-H-delete-no-inc": "DIFF-022",
-    "push-dirs-only": "DIFF-003",
-    "push-executability": "DIFF-003",
     "push-verbose": "DIFF-004",
     "pull-verbose-stats": "DIFF-004",
-    "push-temp-dir-in-module": "DIFF-007",
-    "push-temp-dir-relative": "DIFF-007",
-    "relative-no-implied-dirs": "DIFF-013",
-    "relative-no-implied-existing": "DIFF-013",
-    "fuzzy": "DIFF-017",
-    "partial-dir-resume": "DIFF-019",
-    "append-verify-bad": "DIFF-021",
-    "backup": ("DIFF-026", {"c3.5.0-hist-no", "c3.2.7-hist-no"}),
-    "backup-suffix": ("DIFF-026", {"c3.5.0-hist-no", "c3.2.7-hist-no"}),
-    "backup-dir": ("DIFF-026", {"c3.5.0-hist-no", "c3.2.7-hist-no"}),
     "module-exclude-push": "DIFF-004",
 }

@@ -192,9 +192,15 @@ scenario("push-without-l", push("-rti"), client=src_tree(), seed=mod_tree())
 scenario("push-ignore-times", push("-ai"), push("-ai", "-I"), client=src_tree())
 scenario("push-numeric-ids", push("-ai", "--numeric-ids"), client=src_tree())
 scenario("push-dirs-only", push("-dti"), client=src_tree())
+scenario("push-recursive-no-inc-nonreg", push("-rti", "--no-inc-recursive"), client=src_tree())
+scenario("push-dirs-only-delete", push("-dti", "--delete"), client=src_tree(), seed=mod_tree())
 scenario("push-omit-dir-times", push("-aiO"), client=src_tree(), seed=mod_tree())
 scenario("push-executability", push("-rtEi"), write("client/src/a.txt", b"x", mode=0o755),
          push("-rtEi"), client=src_tree(), seed=mod_tree())
+scenario("push-executability-modes", push("-rtEi"), client=src_tree(
+         **{"x-only.sh": File(b"#!/bin/sh\n", mode=0o744, mtime=T0), "same.sh": File(b"same\n", mode=0o750, mtime=T0),
+            "drop-x": File(b"dx\n", mode=0o644, mtime=T0)}),
+         seed={"same.sh": File(b"same\n", mode=0o604, mtime=T0), "drop-x": File(b"dx\n", mode=0o775, mtime=T0)})
 scenario("push-prune-empty-dirs", push("-aim"),
          client=src_tree(empty=Dir({"e2": Dir({}, mtime=T0)}, mtime=T0)))
 scenario("push-prune-excluded", push("-aim", "--exclude=*.txt"), client=src_tree())
@@ -344,6 +350,9 @@ scenario("relative-no-implied-dirs",
 scenario("relative-no-implied-existing",
          rsync("-aiR", "--no-implied-dirs", "src/sub/c.txt", "{mod}/"), client=src_tree(),
          seed={"src": Dir({"sub": Dir({}, mode=0o700, mtime=T0)}, mode=0o711, mtime=T0)})
+scenario("relative-no-implied-dir-arg",
+         rsync("-aiR", "--no-implied-dirs", "src/sub/deep", "src/./b.txt", "{mod}/base/"), client=src_tree(),
+         seed={"base": Dir({"src": Dir({}, mode=0o700, mtime=T0)}, mode=0o755, mtime=T0)})
 scenario("relative-several", rsync("-aiR", "src/sub", "src/b.txt", "{mod}/base/"),
          client=src_tree())
 scenario("relative-delete", rsync("-aiR", "--delete", "src/./sub", "{mod}/"),
@@ -417,6 +426,29 @@ scenario("update", push("-aiu"), client=src_tree(),
 scenario("fuzzy", push("-ai", "--fuzzy", "--stats", delta=True),
          client={"src": Dir({"big-v2.bin": File(BIG2, mtime=T0)}, mode=0o755, mtime=T0)},
          seed={"big-v1.bin": File(BIG, mtime=T0)})
+scenario("fuzzy-nearest-name", push("-ai", "--fuzzy", "--stats", delta=True),
+         client={"src": Dir({"data-v3.bin": File(BIG2, mtime=T0 + 900)}, mode=0o755, mtime=T0)},
+         seed={"data-v2.bin": File(BIG, mtime=T0), "dat.bin": File(blob(7, 90000), mtime=T0),
+               "zeta-v3.txt": File(blob(8, 90000), mtime=T0), "empty-v3.bin": File(b"", mtime=T0),
+               "data-v3.bin.d": Dir({}, mtime=T0)})
+scenario("fuzzy-size-mtime-first", push("-ai", "--fuzzy", "--stats", delta=True),
+         client={"src": Dir({"new.bin": File(BIG2, mtime=T0 + 900), "new.bim": File(BIG, mtime=T0 + 9)},
+                            mode=0o755, mtime=T0)},
+         seed={"zz-far-away.dat": File(BIG2, mtime=T0 + 900), "new.bin.old": File(blob(9, 90000), mtime=T0)})
+scenario("fuzzy-no-perms", push("-rti", "--fuzzy", "--stats", delta=True),
+         client={"src": Dir({"big-v2.bin": File(BIG2, mode=0o644, mtime=T0)}, mode=0o755, mtime=T0)},
+         seed={"big-v1.bin": File(BIG, mode=0o600, mtime=T0)})
+scenario("partial-dir-resume-no-perms",
+         write("mod/.p/big.bin", BIG2[:50000], mtime=T0 + 5, mode=0o604),
+         push("-rti", "--partial-dir=.p", "--stats", delta=True), client=DELTA_CLIENT)
+scenario("compare-dest-basis-no-perms", push("-rti", "--compare-dest=../s1", "--stats", dest="s2/", delta=True),
+         client={"src": Dir({"big.bin": File(BIG2, mode=0o644, mtime=T0 + 900)}, mode=0o755, mtime=T0)},
+         seed={"s1": Dir({"big.bin": File(BIG, mode=0o600, mtime=T0)}, mtime=T0), "s2": Dir({}, mtime=T0)})
+scenario("fuzzy-subdir-updated", push("-ai", "--fuzzy", "--stats", delta=True),
+         client={"src": Dir({"d": Dir({"a-v1.bin": File(BIG2, mtime=T0 + 900),
+                                       "a-v2.bin": File(BIG2, mtime=T0 + 901)}, mtime=T0)},
+                            mode=0o755, mtime=T0)},
+         seed={"d": Dir({"a-v1.bin": File(BIG, mtime=T0)}, mtime=T0)})
 
 # ---------------------------------------------------------------- inplace, partial, append
 
@@ -436,12 +468,29 @@ scenario("partial-dir-resume",
          push("-ai", "--partial-dir=src-partial", "--stats", delta=True),
          client=DELTA_CLIENT)
 scenario("partial-dir-dot", push("-ai", "--partial-dir=.rsync-partial"), client=src_tree())
+scenario("partial-dir-resume-existing",
+         write("mod/.part/big.bin", BIG2[:60000], mtime=T0 + 5),
+         write("mod/.part/other", b"someone else's partial\n", mtime=T0 + 5),
+         push("-ai", "--partial-dir=.part", "--stats", delta=True),
+         client=DELTA_CLIENT, seed=DELTA_SEED)
+scenario("partial-dir-up-to-date",
+         write("mod/sub/.part/c.txt", b"stale partial\n", mtime=T0 + 5),
+         push("-ai", "--partial-dir=.part"), client=src_tree(),
+         seed={"sub": Dir({"c.txt": File(b"charlie\n", mode=0o644, mtime=T0 + 3)}, mode=0o755, mtime=T0)})
+scenario("partial-dir-resume-subdir",
+         write("mod/d/pd/big.bin", BIG2[:50000], mtime=T0 + 5),
+         push("-ai", "--partial-dir=pd", "--stats", dest="d/", delta=True),
+         client=DELTA_CLIENT)
 scenario("append-resume", push("-ai", "--append", "--stats", delta=True),
          client=DELTA_CLIENT, seed={"big.bin": File(BIG2[:50000], mtime=T0)})
 scenario("append-verify-good", push("-ai", "--append-verify", "--stats", delta=True),
          client=DELTA_CLIENT, seed={"big.bin": File(BIG2[:50000], mtime=T0)})
 scenario("append-verify-bad", push("-ai", "--append-verify"),
          client=DELTA_CLIENT, seed={"big.bin": File(b"X" * 50000, mtime=T0)})
+scenario("append-verify-bad-verbose", push("-av", "--no-inc-recursive", "--append-verify", "--stats", delta=True),
+         client=DELTA_CLIENT, seed={"big.bin": File(BIG2[:20000] + b"X" * 30000, mtime=T0)})
+scenario("append-bad-prefix-quiet", push("-a", "--append-verify"),
+         client=DELTA_CLIENT, seed={"big.bin": File(b"Y" * 40000, mode=0o600, mtime=T0)})
 scenario("append-verify-new-file", push("-ai", "--append-verify", "--stats", delta=True),
          client=src_tree())
 scenario("append-longer-dest", push("-ai", "--append"), client=src_tree(),
@@ -512,6 +561,24 @@ scenario("backup-suffix", push("-ai", "--backup", "--suffix=.old"), client=src_t
          seed=mod_tree(), history_ignore=("*.old",), history_loose=True)
 scenario("backup-dir", push("-ai", "--backup", "--backup-dir=bak", "--delete"),
          client=src_tree(), seed=mod_tree(), history_ignore=("bak", "bak/*"), history_loose=True)
+# with history on, emptied dirs go to history whole; rsyncd keeps them, holding the NAME~ backups
+scenario("backup-delete", push("-ai", "--backup", "--delete"), client=src_tree(), seed=mod_tree(),
+         history_ignore=("*~", "zdir", "zdir/*"), history_loose=True)
+scenario("backup-twice", push("-ai", "--backup"), write("client/src/b.txt", b"third bravo\n"),
+         push("-ai", "--backup"), client=src_tree(), seed=mod_tree(), history_ignore=("*~",),
+         history_loose=True)
+scenario("backup-dir-replaced", push("-ai", "--backup-dir=old", "--force"), client=src_tree(),
+         seed=mod_tree(**{"x.log": Dir({"inner": File(b"inner\n", mtime=T0)}, mode=0o700, mtime=T0),
+                          "link": File(b"was a file\n", mtime=T0)}),
+         history_ignore=("old", "old/*"), history_loose=True)
+scenario("backup-dir-subdest", push("-ai", "--backup-dir=../bak", dest="sub/"), client=src_tree(),
+         seed=mod_tree(), history_ignore=("bak", "bak/*"), history_loose=True)
+scenario("backup-dir-absolute", push("-ai", "-b", "--backup-dir=/keep/it", "--suffix=.v1", dest="sub/"),
+         client=src_tree(), seed=mod_tree(), history_ignore=("keep", "keep/*"), history_loose=True)
+scenario("backup-dir-not-a-dir", push("-ai", "--backup-dir=./bak/"), client=src_tree(),
+         seed=mod_tree(bak=File(b"in the way\n", mtime=T0)), history_loose=True)
+scenario("backup-inplace", push("-ai", "--backup", "--inplace"), client=src_tree(), seed=mod_tree(),
+         history_ignore=("*~",), history_loose=True)
 
 # ---------------------------------------------------------------- pulls
 

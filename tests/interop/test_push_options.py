@@ -425,22 +425,19 @@ def test_append_verify(make_targets, client, tmp_path, corrupt):
     assert targets["backupd"].versions("log.bin")[0] == bytes(prefix)
 
 
-@pytest.mark.xfail(
-    reason="backupd difference: a failed --append-verify is discarded and resent whole; "
-    "rsyncd retains it ('WARNING: ... failed verification -- update retained (will try "
-    "again)') and redoes it as '<f..t......' with half the literal data",
-    strict=True,
-)
 def test_append_verify_retains_failed_update(make_targets, client, tmp_path):
     full = write_random(tmp_path / "full.bin", MiB, seed=6).read_bytes()
     prefix = bytearray(full[:600_000])
     prefix[1000:1010] = b"X" * 10
     seed = {"log.bin": File(bytes(prefix), mode=0o644, mtime=T0)}
     src = make_source(tmp_path / "src", {"log.bin": File(full, mode=0o644, mtime=T0 + 60)})
-    argv = ["-a", "-i", "--append-verify", f"{src}/"]
-    _, results = run_both(make_targets, client, argv, seed=seed)
+    argv = ["-a", "-i", "--stats", "--append-verify", f"{src}/"]
+    _, results = run_both(make_targets, client, argv, seed=seed)  # itemized alike: the redo is '<f..t......'
     assert "update retained" in results["rsyncd"].stderr, show(results["rsyncd"])
     assert "update retained" in results["backupd"].stderr, show(results["backupd"])
+    stock, ours = (parse_stats(results[k].stdout)["Literal data"] for k in ("rsyncd", "backupd"))
+    # the redo is a delta against the retained file, not the whole file once more
+    assert ours <= stock + 64 * 1024 and ours < len(full), (stock, ours)
 
 
 def test_interrupted_partial_push_keeps_old_version_and_resumes(make_targets, client, tmp_path):
@@ -460,6 +457,25 @@ def test_interrupted_partial_push_keeps_old_version_and_resumes(make_targets, cl
         assert_trees_equal(src, module)
         if kind == "backupd":
             assert target.versions("big.bin") == [old, partial]
+
+
+def test_interrupted_partial_dir_push_keeps_the_partial_aside_and_resumes(make_targets, client, tmp_path):
+    size = 24 * MiB
+    old, new, src, targets = big_file_update(make_targets, tmp_path, size, seed=17)
+    for kind, target in targets.items():
+        module = target.module
+        kill_push_midway(client, target, src, "--partial-dir=.part", after_s=1.0)
+        _wait_settled(module)
+        # --partial-dir: the data so far goes to .part/big.bin (dir 0700), the file itself stays as it was
+        assert (module / "big.bin").read_bytes() == old, kind
+        partial = (module / ".part" / "big.bin").read_bytes()
+        assert 0 < len(partial) < size and new.startswith(partial), (kind, len(partial))
+        assert (module / ".part").stat().st_mode & 0o777 == 0o700, kind
+
+        done = assert_ok(target.push(client, "-a", "--partial-dir=.part", "--stats", f"{src}/"))
+        assert parse_stats(done.stdout)["Matched data"] > 0, done.stdout  # resumed from the partial file
+        assert not (module / ".part").exists(), kind  # used, then removed with its dir
+        assert_trees_equal(src, module)
 
 
 @pytest.mark.parametrize("update", [False, True], ids=["new", "delta"])

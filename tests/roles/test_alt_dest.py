@@ -51,7 +51,8 @@ def test_receiver_takes_the_basis_the_sender_echoes_and_refuses_other_indexes():
     from backupd.errors import ProtocolError
     from backupd.roles.receiver import FNAMECMP_FNAME, Receiver
 
-    state = SimpleNamespace(dest=[b"s3", b"s3/sub/c.txt"], curr_dir=b"s3", alt_dirs=[b"s2", b"s1"])
+    state = SimpleNamespace(dest=[b"s3", b"s3/sub/c.txt"], curr_dir=b"s3", alt_dirs=[b"s2", b"s1"],
+                            basis_paths={0: (0x83, b"s3/other")})
     recv = SimpleNamespace(state=state)
     assert Receiver._basis_path(recv, 1, FNAMECMP_FNAME) == b"s3/sub/c.txt"
     assert Receiver._basis_path(recv, 1, 0) == b"s2/sub/c.txt"
@@ -59,3 +60,8 @@ def test_receiver_takes_the_basis_the_sender_echoes_and_refuses_other_indexes():
     for bad in (2, 0x7F, 0x81, 0x83):
         with pytest.raises(ProtocolError, match="invalid basis_dir index"):
             Receiver._basis_path(recv, 1, bad)
+    # a partial-dir or fuzzy basis only as the generator chose it (the path is its own, not the echo)
+    assert Receiver._basis_path(recv, 0, 0x83) == b"s3/other"
+    for bad in (0x81, 0x84):
+        with pytest.raises(ProtocolError, match="invalid basis_dir index"):
+            Receiver._basis_path(recv, 0, bad)

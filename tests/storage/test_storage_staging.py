@@ -117,6 +117,41 @@ def test_keep_partial_replaces_target_with_mtime_zero_and_keeps_old(tree, root):
     assert set(os.listdir(root)) == {"f", "history-backup"}
 
 
+def test_keep_partial_in_moves_the_data_aside_and_leaves_the_target(tree, root):
+    make_old(root, "f", b"old complete file", 0o644, 10**9)
+    (root / ".part").mkdir()
+    make_old(root, ".part/f", b"an older partial", 0o600, 10**9)
+    staged = tree.create_staged(b"f", 0o640)
+    staged.write(b"part")
+    staged.keep_partial_in(b".part/f")
+    assert (root / "f").read_bytes() == b"old complete file"
+    st = (root / ".part" / "f").stat()
+    assert (root / ".part" / "f").read_bytes() == b"part"
+    assert stat.S_IMODE(st.st_mode) == 0o640 and st.st_mtime_ns > 10**9 * 10  # the write time, not the source's
+    assert (root / DAY / ".part" / "f").read_bytes() == b"an older partial"
+    assert sorted(os.listdir(root / ".part")) == ["f"]  # no temp file left in either dir
+    assert sorted(os.listdir(root)) == [".part", "f", "history-backup"]
+
+
+def test_temp_dir_holds_the_temp_file_until_commit(tree, root):
+    make_old(root, "d/f", b"old", 0o644, 10**9)
+    (root / "tmp").mkdir()
+    staged = tree.create_staged(b"d/f", 0o640, temp_dir=b"tmp")
+    staged.write(b"new")
+    assert [n.startswith(".f.") for n in os.listdir(root / "tmp")] == [True]  # made there, rsync's name
+    assert os.listdir(root / "d") == ["f"]
+    staged.commit(mtime_ns=2 * 10**9)
+    assert (root / "d" / "f").read_bytes() == b"new"
+    assert os.listdir(root / "tmp") == [] and os.listdir(root / "d") == ["f"]
+    assert (root / DAY / "d" / "f").read_bytes() == b"old"
+    aborted = tree.create_staged(b"d/f", 0o640, temp_dir=b"tmp")
+    aborted.abort()
+    assert os.listdir(root / "tmp") == []
+    inside = tree.create_staged(b"d/g", 0o640, temp_dir=b"history-backup")  # never inside history
+    assert sorted(os.listdir(os.fsencode(root / "d"))) == sorted([b"f", inside.temp_name])
+    inside.abort()
+
+
 def test_commit_over_a_directory_moves_it_whole(tree, root, snapshot):
     (root / "x" / "sub").mkdir(parents=True)
     (root / "x" / "sub" / "a").write_bytes(b"a")
