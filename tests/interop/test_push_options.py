@@ -533,7 +533,7 @@ def kill_push_midway(client, target, src: Path, *extra: str, after_s: float) -> 
     assert proc.returncode == -signal.SIGKILL, "the push ended before it was interrupted"
 
 
-def _wait_settled(module: Path, timeout: float = 10) -> Path:
+def _wait_settled(module: Path, timeout: float = 30) -> Path:
     """Wait until no temp file is left next to big.bin (the server ended its session)."""
     deadline = time.monotonic() + timeout
     while list(module.glob(".big.bin.*")) and time.monotonic() < deadline:
