@@ -401,7 +401,8 @@ def copy_file_at(src_fd: int, dst_dir_fd: int, dst_name: bytes) -> None:
     """Copy the regular file open as ``src_fd`` to the new name ``dst_name``.
 
     All or nothing: written under a temp name in the same directory with
-    content, mode, mtime (ns) and, as root, owner; fsynced; then hard-linked
+    content, mode, extended attributes and ACLs, mtime (ns) and, as root,
+    owner; fsynced; then hard-linked
     to ``dst_name``, which fails with ``FileExistsError`` if that is taken
     (where the file system has no hard links: renamed if still free). A
     crash leaves at most a stray ``.name.XXXXXX``, never a torn copy.
@@ -418,6 +419,7 @@ def copy_file_at(src_fd: int, dst_dir_fd: int, dst_name: bytes) -> None:
                 offset += sent
             change_owner(out, st.st_uid, st.st_gid)
             os.fchmod(out, stat.S_IMODE(st.st_mode))
+            copy_xattrs(src_fd, out)
             os.utime(out, ns=(st.st_atime_ns, st.st_mtime_ns))
             os.fsync(out)
         finally:
@@ -428,6 +430,34 @@ def copy_file_at(src_fd: int, dst_dir_fd: int, dst_name: bytes) -> None:
             os.unlink(temp, dir_fd=dst_dir_fd)
         except FileNotFoundError:
             pass
+
+
+_XATTR_SKIP = (errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM, errno.EACCES, errno.ENODATA, errno.E2BIG, errno.ENOSPC)
+
+
+def copy_xattrs(src_fd: int, dst_fd: int) -> int:
+    """Give ``dst_fd`` every extended attribute of ``src_fd`` (POSIX ACLs included); returns how many.
+
+    A copy kept as a version must carry the metadata of the original: the
+    ACLs travel as their ``system.posix_acl_*`` attributes. Names the file
+    system or our privileges refuse (``trusted.*`` as non-root, a value too
+    big for the target) are skipped; the data copy stands.
+    """
+    try:
+        names = os.listxattr(src_fd)
+    except OSError as exc:
+        if exc.errno in _XATTR_SKIP:
+            return 0
+        raise
+    done = 0
+    for name in names:
+        try:
+            os.setxattr(dst_fd, name, os.getxattr(src_fd, name))
+            done += 1
+        except OSError as exc:
+            if exc.errno not in _XATTR_SKIP:
+                raise
+    return done
 
 
 def _publish(dir_fd: int, temp: bytes, name: bytes) -> None:
