@@ -564,12 +564,18 @@ class Generator:
                 self._update_attrs(ndx, entry, path, st)
                 self._success(ndx)
                 return
+        self._note_basis(ndx, entry, path, st, partial)
+        self._request_file(ndx, entry, redo=False, st=st)
+
+    def _note_basis(self, ndx: int, entry: FileEntry, path: bytes, st: os.stat_result | None,
+                    partial: AltBasis | None) -> AltBasis | None:
+        """recv_generator prepare_to_open: a partial file, else (no target) a fuzzy match, is the basis."""
         if partial is None and st is None and self.fuzzy is not None:
             partial = self.fuzzy.find(entry, path)  # find_fuzzy: a similar file's blocks
-        if partial is not None:  # recv_generator prepare_to_open: the partial file (or fuzzy match) is the basis
+        if partial is not None:
             self._alt_basis[ndx] = partial
             self.state.basis_paths[ndx] = (partial.index, partial.path)
-        self._request_file(ndx, entry, redo=False, st=st)
+        return partial
 
     def _unchanged(self, entry: FileEntry, path: bytes, st: os.stat_result) -> bool:
         opts = self.opts
@@ -643,9 +649,8 @@ class Generator:
         state, opts = self.state, self.opts
         path = state.dest[ndx]
         alt = self._alt_basis.get(ndx)
-        if redo and alt is None and opts.partial_dir and (alt := partial_basis(state, path)) is not None:
-            self._alt_basis[ndx] = alt  # recv_generator again: the failed update was put into the partial dir
-            state.basis_paths[ndx] = (alt.index, alt.path)
+        if redo and alt is None and opts.partial_dir:  # recv_generator again: a failed update put into the partial dir
+            alt = self._note_basis(ndx, entry, path, state.tree.lstat(path), partial_basis(state, path))
         partial = alt is not None and alt.index >= FNAMECMP_PARTIAL_DIR  # itemized against the target (real_sx)
         if alt is not None and not partial:  # generator.c: fnamecmp is basis_dir[j]/fname, itemized against it
             st, path = alt.st, alt.path
