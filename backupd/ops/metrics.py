@@ -51,6 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from backupd.errors import ConfigError
+from backupd.process import pid_alive
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 ARCHIVE_FILE = "counter_archive.db"
@@ -298,7 +299,7 @@ class CompactingCollector:
     def __init__(self, path: Path, alive=None) -> None:
         self.path = Path(path)
         self.lock = threading.Lock()
-        self._alive = alive or _pid_alive
+        self._alive = alive or pid_alive
         self._archive = None
 
     def collect(self) -> Iterator:
@@ -345,16 +346,6 @@ class CompactingCollector:
         for key, value, _ts, _pos in MmapedDict.read_all_values_from_file(path):
             current, _ = self._archive.read_value(key)
             self._archive.write_value(key, current + value, 0.0)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class HistoryCollector:

@@ -21,6 +21,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from backupd.process import pid_alive
+
 HEARTBEAT_FILE = "pusher.heartbeat.json"
 HEARTBEAT_S = 1.0  # how often the daemon rewrites it
 STALE_S = 10.0  # older than this: the daemon is taken as dead (hung or killed)
@@ -78,19 +80,6 @@ def read_heartbeat(state_dir: Path) -> Heartbeat | None:
         )
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process ``pid`` exists (one of another user counts)."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def is_alive(beat: Heartbeat | None, now_ns: int | None = None, stale_s: float = STALE_S) -> bool:

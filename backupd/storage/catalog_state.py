@@ -34,6 +34,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from backupd.process import pid_alive
+
 STATE_KEY = "daemon"
 RUNNING, CLEAN = "running", "clean"
 MARKS = "writers"
@@ -124,13 +126,7 @@ def clear_dead_marks(db_path: Path | str) -> int:
 def _alive(pid: int) -> bool:
     if pid == os.getpid():
         return False  # our own marks at start are a previous process's with a reused pid
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid_alive(pid)
 
 
 __all__ = ["CLEAN", "RUNNING", "STATE_KEY", "clear_dead_marks", "close_mark", "left_marks", "marks_dir",
