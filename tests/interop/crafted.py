@@ -10,23 +10,15 @@ forged where a stock client would never send them.
 from __future__ import annotations
 
 import socket
-import struct
 import time
 from pathlib import Path
 
-from tests.interop.fuzz import CAPTURES
+from tests.interop.fuzz import CAPTURES, client_records
 
 
 def records(name: str) -> list[bytes]:
     """The client->server payloads of capture ``name`` (``b-README.md`` record format)."""
-    data, pos, out = (CAPTURES / name).read_bytes(), 0, []
-    while pos + 13 <= len(data):
-        direction, _t, n = struct.unpack_from("<cdI", data, pos)
-        pos += 13
-        if direction == b"C":
-            out.append(data[pos : pos + n])
-        pos += n
-    return out
+    return client_records(CAPTURES / name)
 
 
 def frame(payload: bytes) -> bytes:

@@ -31,6 +31,18 @@ _INTERESTING32 = (0, 1, 0x7F, 0x80, 0xFF, 0x7FFF, 0x8000, 0xFFFF, 0x10000, 0x7FF
 _READ_CHUNK = 1 << 16
 
 
+
+def client_records(path: Path) -> list[bytes]:
+    """The client->server payloads of a ``b-*.bin`` capture (``b-README.md`` record format)."""
+    data, pos, out = path.read_bytes(), 0, []
+    while pos + 13 <= len(data):
+        direction, _t, n = struct.unpack_from("<cdI", data, pos)
+        pos += 13
+        if direction == b"C":
+            out.append(data[pos : pos + n])
+        pos += n
+    return out
+
 def load_seeds(folder: Path = CAPTURES) -> list[bytes]:
     """The client streams of every capture in ``folder``, sorted by file name.
 
@@ -39,14 +51,7 @@ def load_seeds(folder: Path = CAPTURES) -> list[bytes]:
     """
     seeds = [p.read_bytes() for p in sorted(folder.glob("daemon-*.c2s"))]
     for path in sorted(folder.glob("b-*.bin")):
-        data, pos, out = path.read_bytes(), 0, []
-        while pos + 13 <= len(data):
-            direction, _t, n = struct.unpack_from("<cdI", data, pos)
-            pos += 13
-            if direction == b"C":
-                out.append(data[pos : pos + n])
-            pos += n
-        seeds.append(b"".join(out))
+        seeds.append(b"".join(client_records(path)))
     return [s for s in seeds if s]
 
 
