@@ -48,6 +48,7 @@ LOGIN_GRACE_S = 30.0  # OpenSSH's LoginGraceTime, shorter
 MAX_AUTH_TRIES = 6  # OpenSSH's MaxAuthTries
 DRAIN_LIMIT_S = 60.0  # how long a finished session's output may take to leave
 STOP_WAIT_S = 10.0
+PUMP_SLACK = 256 * 1024  # worker-stream buffer above two SSH windows before reading from the channel pauses
 REFUSED_SHELL = "backupd: no shell here; this server only runs rsync (rsync -e ssh SRC user@host:MODULE/PATH)"
 
 
@@ -363,6 +364,13 @@ class RsyncChannel(asyncssh.SSHServerSession):
         loop.add_reader(self._pidfd, self._reaped)
         ours_fd = ours.fileno()
         self.pump, _ = await loop.connect_accepted_socket(lambda: _Pump(self), ours)
+        # Back pressure client -> worker. asyncssh re-opens the whole SSH window whenever it
+        # delivers a packet, also while earlier packets still wait in its buffer; if each
+        # resume let only one packet through (a small high-water mark), that buffer would grow
+        # by a window per pause (545 MB for a 1 GiB push). With room for a whole window above
+        # the low mark, a resume drains asyncssh's buffer completely: at most ~2 windows held.
+        window = self.chan.get_recv_window()
+        self.pump.set_write_buffer_limits(high=2 * window + PUMP_SLACK, low=window)
         self._pump_fd = ours_fd
         for data in self.early:
             self.pump.write(data)

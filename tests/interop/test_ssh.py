@@ -526,3 +526,75 @@ def test_secluded_args_push_and_pull(ssh_server, rsync_client, tmp_path):
     assert_trees_equal(src, dst, mtime_precision_ns=rsync_client.mtime_precision_ns)
     escape = server.rsync(rsync_client, "shell", "alice", "-s", "-a", f"{src}/", server.url("shell", "alice", "../x/"))
     assert escape.returncode == 5 and "tries to leave its module" in escape.stderr, show(escape)
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(entry))
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def _rss_mib(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
+    except (OSError, StopIteration):
+        return 0.0
+
+
+def test_a_client_faster_than_the_worker_cannot_fill_the_ssh_process(ssh_server, rsync_clients, tmp_path):
+    """Back pressure client -> worker: the SSH process holds a few windows, not the push.
+
+    asyncssh re-opens the SSH window on every delivery; with a small buffer
+    towards the worker each pause let the client send one more window, and a
+    1 GiB push grew the SSH process by 470 MB. ``--bwlimit`` is not used: the
+    worker is made slow by ``SIGSTOP``, so the client is always faster.
+    """
+    server = ssh_server()
+    src = tmp_path / "src"
+    src.mkdir()
+    with open(src / "big.bin", "wb") as f:
+        for _ in range(192):
+            f.write(os.urandom(1 << 20))
+    ssh_procs = _children(server.log.proc.pid)
+    assert ssh_procs, "no SSH process under the listener"
+    before = max(_rss_mib(p) for p in ssh_procs)
+    client = rsync_clients["3.5.0"]
+    argv = [*client.argv_prefix, "-a", "-e", server.rsh("alice"), f"{src}/", server.url("shell", "alice")]
+    push = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    peak, workers, deadline = before, set(), time.monotonic() + 120
+    while push.poll() is None and time.monotonic() < deadline:
+        for ssh_proc in ssh_procs:
+            new = set(_children(ssh_proc)) - workers
+            for worker in new:  # stop the worker a while now and then: the client stays ahead
+                os.kill(worker, signal.SIGSTOP)
+            workers |= new
+            peak = max(peak, _rss_mib(ssh_proc))
+        time.sleep(0.2)
+        for worker in workers:
+            try:
+                os.kill(worker, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.05)
+        for worker in workers:
+            try:
+                os.kill(worker, signal.SIGSTOP)
+            except ProcessLookupError:
+                pass
+    for worker in workers:
+        try:
+            os.kill(worker, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+    out, err = push.communicate(timeout=120)
+    assert push.returncode == 0, err
+    assert (server.module / "big.bin").read_bytes() == (src / "big.bin").read_bytes()
+    print(f"SSH process grew {peak - before:.0f} MiB")
+    assert peak - before < 48, f"SSH process grew {peak - before:.0f} MiB during a 192 MiB push"
