@@ -157,12 +157,13 @@ def _letter_table() -> dict[str, Callable[[TransferOptions], None]]:
 
 
 _LETTERS = _letter_table()
-_REFUSED_LETTERS = {"U": "-U (--atimes)", "N": "-N (--crtimes)"}
+_REFUSED_LETTERS = {"U", "N"}  # --atimes, --crtimes
 _REFUSED_LONG = {
     "iconv", "copy-devices", "write-devices", "usermap",
     "groupmap", "chown", "fake-super", "super", "only-write-batch", "read-batch", "write-batch",
     "acls", "xattrs", "atimes", "crtimes", "open-noatime",
 }
+_DAEMON_REFUSED = {"iconv", "copy-devices", "write-devices"}  # refused by stock rsyncd 3.5.0's defaults
 # Options that take a value: "--name=value" or, as popt reads them, "--name value".
 _TWO_ARG = {"backup-dir", "partial-dir", "temp-dir", "compare-dest", "copy-dest", "link-dest", "files-from",
             "max-delete", "min-size", "max-size", "modify-window", "timeout", "bwlimit", "block-size",
@@ -174,7 +175,30 @@ def _int(name: str, value: str) -> int:
     try:
         return int(value)
     except ValueError:
-        raise RsyncError(f"--{name}: invalid number {value!r}", ExitCode.SYNTAX) from None
+        raise popt_error(f"--{name}={value}", "invalid numeric value") from None
+
+
+def popt_error(shown: str, what: str) -> Unsupported:
+    """An option the server's popt rejects, as rsyncd reports it (exit 4, no role tag).
+
+    rsync options.c parse_arguments() puts ``on remote machine: ARG: WHAT``
+    in err_buf (ARG as the client sent it, poptBadOption NOALIAS; WHAT from
+    poptStrerror) and clientserver.c rsync_module() prints it with
+    option_error() and exits RERR_UNSUPPORTED.
+    """
+    return Unsupported(f"rsync: on remote machine: {shown}: {what}")
+
+
+def _refused(name: str, shown: str) -> Unsupported:
+    """An option rsyncd serves and backupd does not: rsyncd's words for an option it does not know.
+
+    ``iconv``, ``copy-devices`` and ``write-devices`` are in rsyncd's own
+    default refusals (a module without ``charset``; loadparm's refuse
+    options), so for those its words are the refuse-options message.
+    """
+    if name in _DAEMON_REFUSED:
+        return Unsupported(f"rsync: The server is configured to refuse --{name}")
+    return popt_error(shown, "unknown option")
 
 
 MAX_BASIS_DIRS = 20  # rsync.h MAX_BASIS_DIRS
@@ -184,18 +208,17 @@ def _alt_dest(kind: str) -> Callable[[TransferOptions, str | None], None]:
     """--link-dest / --copy-dest / --compare-dest DIR, as options.c parse_arguments() takes them.
 
     One kind per transfer and at most MAX_BASIS_DIRS dirs; a violation is
-    rsync's own message, exit 1 (the client checks first, so only a forged
-    argument list gets here).
+    rsync's own message, exit 4 as every parse_arguments() failure in a
+    daemon (the client checks first, so only a forged argument list gets here).
     """
 
     def handler(o: TransferOptions, v: str | None) -> None:
         if o.alt_dest_type is not None and o.alt_dest_type != kind:
-            raise RsyncError(
-                f"ERROR: the --{kind}-dest option conflicts with the --{o.alt_dest_type}-dest option",
-                ExitCode.SYNTAX,
+            raise Unsupported(
+                f"rsync: ERROR: the --{kind}-dest option conflicts with the --{o.alt_dest_type}-dest option"
             )
         if len(o.alt_dest_dirs) >= MAX_BASIS_DIRS:
-            raise RsyncError(f"ERROR: at most {MAX_BASIS_DIRS} --{kind}-dest args may be specified", ExitCode.SYNTAX)
+            raise Unsupported(f"rsync: ERROR: at most {MAX_BASIS_DIRS} --{kind}-dest args may be specified")
         o.alt_dest_type = kind
         o.alt_dest_dirs.append(v.encode("utf-8", "surrogateescape"))
 
@@ -213,7 +236,8 @@ def _long_table() -> dict[str, Callable[[TransferOptions, str | None], None]]:
         return lambda o, v: setattr(o, name, conv(v))
 
     def num(name: str):
-        return lambda o, v: setattr(o, name, _int(name, v))
+        option = name.removesuffix("_s").replace("_", "-")
+        return lambda o, v: setattr(o, name, _int(option, v))
 
     def as_bytes(name: str):
         return lambda o, v: setattr(o, name, v.encode("utf-8", "surrogateescape"))
@@ -286,10 +310,8 @@ def _parse_cluster(opts: TransferOptions, cluster: str) -> None:
             _short_with_value(opts, letter, cluster[i + 1 :])
             break
         handler = _LETTERS.get(letter)
-        if letter in _REFUSED_LETTERS:
-            error = error or Unsupported(f"backupd does not support {_REFUSED_LETTERS[letter]} yet")
-        elif handler is None:
-            error = error or RsyncError(f"unknown option -{letter}", ExitCode.SYNTAX)
+        if letter in _REFUSED_LETTERS or handler is None:
+            error = error or popt_error(f"-{cluster}", "unknown option")
         else:
             handler(opts)
             opts.letters += letter
@@ -312,13 +334,13 @@ def _short_with_value(opts: TransferOptions, letter: str, value: str) -> None:
 def _parse_long(opts: TransferOptions, arg: str, args: list[str], i: int) -> int:
     name, eq, value = arg[2:].partition("=")
     if name in _REFUSED_LONG:
-        raise Unsupported(f"backupd does not support --{name} yet")
+        raise _refused(name, arg)
     handler = _LONG.get(name)
     if handler is None:
-        raise RsyncError(f"unknown option --{name}", ExitCode.SYNTAX)
+        raise popt_error(arg, "unknown option")
     if not eq and name in _TWO_ARG:
         if i + 1 >= len(args):  # popt's words (options.c parse_arguments), exit 1
-            raise RsyncError(f"--{name}: missing argument", ExitCode.SYNTAX)
+            raise popt_error(f"--{name}", "missing argument")
         value, i = args[i + 1], i + 1
     handler(opts, value if (eq or name in _TWO_ARG) else None)
     return i
@@ -345,8 +367,11 @@ def parse_server_args_lenient(argv: list[bytes]) -> tuple[TransferOptions, Rsync
 
     Raises:
         ProtocolError: no ``--server`` first, too many or too long arguments.
-        Unsupported: an option backupd refuses (-A, -X, --iconv ...), exit 4.
-        RsyncError: an unknown option or a bad value, exit 1.
+        Unsupported: an option popt would reject (unknown, a bad number, a
+            missing value, conflicting alternate dirs) or one backupd refuses
+            (-U, --iconv ...): rsyncd's message, exit 4 (clientserver.c
+            rsync_module: parse_arguments fails -> option_error, RERR_UNSUPPORTED).
+        RsyncError: an argument list without '.', exit 1.
     """
     opts = TransferOptions()
     if len(argv) > MAX_ARGS or any(len(a) > MAX_ARG_LEN for a in argv):

@@ -44,6 +44,7 @@ from backupd.protocol.server_args import (
     TransferOptions,
     has_protected_args,
     parse_server_args_lenient,
+    popt_error,
     refused_option,
 )
 from backupd.protocol.sums import SUPPORTED_CHECKSUMS
@@ -394,7 +395,7 @@ class Session:
             dashed = _dash_path_arg(request.opts.paths, request.module.name)
             if dashed is not None:
                 self._setup_for_error(request)
-                raise Unsupported(f"rsync: on remote machine: {dashed}: unknown option")
+                raise popt_error(dashed, "unknown option")
             negotiated = self.setup(request)
             return self._run_role(request, negotiated)
         except DaemonRefusal as exc:

@@ -95,12 +95,13 @@ def test_a_path_escape_in_the_generator_is_a_clean_session_error():
 
 
 @pytest.mark.parametrize("option", ["--compress-choice", "--checksum-choice", "--max-delete", "--timeout"])
-def test_a_value_option_without_its_value_is_a_usage_error(option):
+def test_a_value_option_without_its_value_is_refused_in_popt_words(option):
     from backupd.protocol.server_args import parse_server_args_lenient
 
     opts, error = parse_server_args_lenient([b"--server", b"-tre.LsfxCIvu", option.encode(), b".", b"m/"])
-    assert isinstance(error, RsyncError) and error.exit_code == ExitCode.SYNTAX
-    assert str(error) == f"{option}: missing argument"
+    # a daemon ends every parse_arguments() failure with RERR_UNSUPPORTED (clientserver.c rsync_module)
+    assert isinstance(error, RsyncError) and error.exit_code == ExitCode.UNSUPPORTED
+    assert str(error) == f"rsync: on remote machine: {option}: missing argument"
     assert opts.paths == [b"m/"]
 
 
