@@ -709,6 +709,12 @@ scenario("refuse-delete-after", push("-ai", "--delete-after"), client=src_tree()
          params=REFUSE)
 scenario("refuse-compress", push("-aiz"), client=src_tree(), params=REFUSE)
 scenario("refuse-allowed", push("-ai"), client=src_tree(), params=REFUSE)
+# options the daemon's own option parser rejects (clientserver.c rsync_module -> option_error, exit 4)
+scenario("option-unknown-to-server", push("-ai", "-M--bogus"), client=src_tree())
+scenario("option-unknown-to-server-pull", pull("-ai", "-M--no-such-option=3"), seed=pulled_tree())
+scenario("option-bad-number-to-server", push("-ai", "-M--timeout=abc"), client=src_tree())
+scenario("option-iconv-refused", push("-ai", "--iconv=utf8,latin1"), client=src_tree())
+scenario("option-write-devices-refused", push("-ai", "-M--write-devices"), client=src_tree())
 scenario("refuse-compress-pull", pull("-aiz"), seed=pulled_tree(), params=REFUSE)
 MAXC = {"max connections": 1}
 # rsyncd's session process keeps its slot a moment after the client exits: wait
