@@ -5,7 +5,10 @@ For each server: a first push into an empty module, then a second push after
 touching 1% of the files (new content), in ABBA order, ``--repeats`` times.
 Reports the median wall time of each, the ratio backupd/rsyncd, and the peak
 RSS summed over each server's process group (sampled at 20 Hz from /proc).
-Loopback only. Usage: ``python3 scripts/bench_stdlib.py [--repeats 3]``.
+Loopback only. Usage: ``python3 scripts/bench_stdlib.py [--repeats 3]
+[--rsync-args=-aAX] [--xattrs-acls]``; ``--xattrs-acls`` gives every tenth file
+a ``user.`` xattr and an ACL entry, and every tenth directory a default ACL,
+so that ``-aAX`` has something to carry (both servers run as root).
 """
 
 from __future__ import annotations
@@ -64,7 +67,7 @@ class Server:
         self.proc.wait(10)
 
 
-def timed_push(server: Server, src: Path, dest: str) -> tuple[float, int]:
+def timed_push(server: Server, src: Path, dest: str, rsync_args: list[str]) -> tuple[float, int]:
     peak, stop = [0], threading.Event()
 
     def sample() -> None:
@@ -75,7 +78,7 @@ def timed_push(server: Server, src: Path, dest: str) -> tuple[float, int]:
     t = threading.Thread(target=sample)
     t.start()
     start = time.perf_counter()
-    rc = subprocess.run(["rsync", "-a", "--delete", f"{src}/", f"rsync://127.0.0.1:{server.port}/mod/{dest}/"],
+    rc = subprocess.run(["rsync", *rsync_args, "--delete", f"{src}/", f"rsync://127.0.0.1:{server.port}/mod/{dest}/"],
                         stdout=subprocess.DEVNULL).returncode
     wall = time.perf_counter() - start
     stop.set()
@@ -92,15 +95,36 @@ def touch_some(src: Path, seed: int) -> None:
             f.write(b"# changed\n")
 
 
+def decorate(src: Path) -> None:
+    """Every tenth file: a user xattr and a named-user ACL entry; every tenth dir: a default ACL."""
+    import posix1e
+
+    entries = sorted(p for p in src.rglob("*") if not p.is_symlink())
+    for i, p in enumerate(entries):
+        if i % 10:
+            continue
+        os.setxattr(p, "user.bench", f"value {i}".encode())
+        acl = posix1e.ACL(text="u::rw-,u:nobody:r--,g::r--,m::r--,o::r--" if p.is_file() else
+                          "u::rwx,u:nobody:r-x,g::r-x,m::r-x,o::r-x")
+        acl.applyto(str(p))
+        if p.is_dir():
+            acl.applyto(str(p), posix1e.ACL_TYPE_DEFAULT)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--rsync-args", default="-a", help="the client's options (default -a), e.g. -aAX")
+    ap.add_argument("--xattrs-acls", action="store_true", help="give the tree xattrs and ACLs first")
     args = ap.parse_args()
+    rsync_args = args.rsync_args.split()
     work = Path(tempfile.mkdtemp(prefix="bench-stdlib-"))
     try:
         src = work / "src"
         shutil.copytree(sysconfig.get_paths()["stdlib"], src, symlinks=True,
                         ignore=shutil.ignore_patterns("__pycache__", "site-packages"))
+        if args.xattrs_acls:
+            decorate(src)
         nfiles = sum(1 for p in src.rglob("*") if p.is_file())
         servers = {}
         for name in ("backupd", "rsyncd"):
@@ -120,12 +144,13 @@ def main() -> None:
                     touch_some(src, rep)
                 for name in order:
                     subprocess.run(["sync"])
-                    wall, rss = timed_push(servers[name], src, f"r{rep}")
+                    wall, rss = timed_push(servers[name], src, f"r{rep}", rsync_args)
                     results[name][kind].append(wall)
                     results[name]["rss"].append(rss)
         for s in servers.values():
             s.stop()
-        print(f"stdlib tree: {nfiles} files, {args.repeats} repeats (median wall s, peak RSS MiB)")
+        print(f"stdlib tree: {nfiles} files, rsync {' '.join(rsync_args)} --delete, {args.repeats} repeats "
+              "(median wall s, peak RSS MiB)")
         for kind in ("first", "update"):
             b, r = (statistics.median(results[n][kind]) for n in ("backupd", "rsyncd"))
             print(f"  {kind:7s} push: backupd {b:.2f}  rsyncd {r:.2f}  ratio {b / r:.2f}")

@@ -6,11 +6,19 @@ installed. Nothing here is home-made cryptography.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib.util
 from typing import Any
 
 
+@functools.cache
 def _md4_factory():
+    """hashlib's md4 if OpenSSL has it, else pycryptodomex's, else None.
+
+    Found on first use: pycryptodomex loads cffi and pycparser, ~4 MB that a
+    session without md4 never needs.
+    """
     try:
         hashlib.new("md4")
         return lambda data=b"": hashlib.new("md4", data)
@@ -23,9 +31,6 @@ def _md4_factory():
     return lambda data=b"": MD4.new(data)
 
 
-_MD4 = _md4_factory()
-
-
 def new_digest(name: str, data: bytes = b"") -> Any:
     """Return a hashlib-style object for ``name`` (md4, md5, sha1, sha256, sha512).
 
@@ -33,14 +38,18 @@ def new_digest(name: str, data: bytes = b"") -> Any:
         ValueError: unknown name, or md4 without a provider.
     """
     if name == "md4":
-        if _MD4 is None:
+        md4 = _md4_factory()
+        if md4 is None:
             raise ValueError("md4 is not available")
-        return _MD4(data)
+        return md4(data)
     if name not in ("md5", "sha1", "sha256", "sha512"):
         raise ValueError(f"unknown digest {name!r}")
     return hashlib.new(name, data)
 
 
+@functools.cache
 def have_md4() -> bool:
-    """True when an md4 implementation is importable."""
-    return _MD4 is not None
+    """True when an md4 implementation is importable (checked without importing pycryptodomex)."""
+    if "md4" in hashlib.algorithms_available:
+        return True
+    return importlib.util.find_spec("Cryptodome") is not None

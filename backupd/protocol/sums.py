@@ -14,14 +14,16 @@ import hashlib
 import struct
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-import numpy as np
 import xxhash
 
 from backupd.errors import ExitCode, ProtocolError, Unsupported
 from backupd.protocol.constants import MAX_BLOCK_SIZE
 from backupd.protocol.digests import have_md4, new_digest
+
+if TYPE_CHECKING:
+    import numpy as np
 
 BLOCK_SIZE = 700                # rsync.h BLOCK_SIZE: blength for files up to 700*700 bytes
 SUM_LENGTH = 16                 # rsync.h SUM_LENGTH: longest per-block strong sum used
@@ -232,6 +234,7 @@ def block_sums1(window: Buffer, block_len: int) -> np.ndarray:
     (temporaries: about 8 bytes per byte); the last block may be short.
     Source: rsync checksum.c get_checksum1().
     """
+    import numpy as np  # loaded by the first session that needs it
     x = np.frombuffer(window, dtype=np.int8).astype(np.int64)
     n_full = len(x) // block_len
     full = x[: n_full * block_len].reshape(n_full, block_len)
@@ -256,6 +259,7 @@ def rolling_sums1(data: Buffer, k: int) -> np.ndarray:
     Raises:
         ValueError: ``k < 1``.
     """
+    import numpy as np  # loaded by the first session that needs it
     if k < 1:
         raise ValueError(f"window length {k} < 1")
     x = np.frombuffer(data, dtype=np.int8)
@@ -455,6 +459,7 @@ class StrongSums(Sequence[bytes]):
     @classmethod
     def of(cls, sums: Iterable[bytes], width: int) -> StrongSums:
         """The first ``width`` bytes of each sum (each must have at least that many)."""
+        import numpy as np  # loaded by the first session that needs it
         if isinstance(sums, StrongSums):
             if sums.width == width:
                 return sums
@@ -488,6 +493,7 @@ class StrongSums(Sequence[bytes]):
 
     def array(self) -> np.ndarray:
         """The sums as a NumPy ``S{width}`` array, shape ``(count,)`` (width >= 1)."""
+        import numpy as np  # loaded by the first session that needs it
         return np.frombuffer(self.blob, dtype=f"S{self.width}")
 
 
@@ -500,6 +506,7 @@ def decode_block_sums(data: bytes | memoryview, head: SumHead) -> tuple[np.ndarr
     Raises:
         ProtocolError: ``data`` is not exactly ``count * (4 + s2_len)`` bytes.
     """
+    import numpy as np  # loaded by the first session that needs it
     width = 4 + head.s2_len
     if len(data) != head.count * width:
         raise ProtocolError(

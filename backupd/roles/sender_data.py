@@ -28,7 +28,6 @@ from collections.abc import Callable
 
 from backupd.errors import StorageError
 from backupd.protocol.constants import CHUNK_SIZE
-from backupd.protocol.match import match_tokens
 from backupd.protocol.sums import Checksum, SumHead
 from backupd.protocol.tokens import TokenWriter
 from backupd.storage import ModuleTree
@@ -175,6 +174,8 @@ def send_matched(src: SourceFile, head: SumHead, sum1, sum2: list[bytes], checks
     Raises:
         StorageError: the file cannot be mapped.
     """
+    from backupd.protocol.match import match_tokens  # NumPy: loaded by the first delta, not by every session
+
     if not src.size:
         return send_literal(src, writer, checksum, write)
     try:

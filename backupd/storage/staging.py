@@ -22,7 +22,6 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-import numpy as np
 import xxhash
 
 from backupd.errors import StorageError
@@ -53,6 +52,7 @@ def block_runs(view: memoryview) -> Iterator[tuple[memoryview, bool]]:
     Consecutive zero blocks (and consecutive data blocks) come as one piece,
     found with NumPy; the tail under one block is not included.
     """
+    import numpy as np  # loaded by the first session that needs it
     count = len(view) // SPARSE_BLOCK
     if not count:
         return
@@ -192,6 +192,7 @@ class StagedFile:
 
     def _write_trimmed(self, view: memoryview) -> None:
         """Seek over the leading and trailing zeros of ``view``, write what is between."""
+        import numpy as np  # loaded by the first session that needs it
         if not view:
             return
         nonzero = np.flatnonzero(np.frombuffer(view, dtype=np.uint8))
