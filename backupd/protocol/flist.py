@@ -444,24 +444,25 @@ def _signed32(value: int) -> int:
     return value - (1 << 32) if value & 0x80000000 else value
 
 
-def sort_key(name: bytes, is_dir: bool) -> tuple:
-    """rsync's file-list order (flist.c f_name_cmp, protocol >= 29).
+def sort_key(name: bytes, is_dir: bool) -> bytes:
+    """rsync's file-list order (flist.c f_name_cmp, protocol >= 29), as one bytes key.
 
     Files before directories at each level, directories compared with a
-    trailing ``/``, ``.`` first, bytes unsigned.
+    trailing ``/``, ``.`` first, bytes unsigned. Each directory component is
+    ``01 name /`` and a file's last component ``00 name``: a name holds no
+    ``/``, so comparing the concatenation compares component by component
+    (a directory sorts before its contents, being a prefix of their keys).
+    One memcmp per comparison instead of tuples: the sort of a received file
+    list was a quarter of a no-change push.
     """
-    parts = name.split(b"/")
-    key = []
-    last = len(parts) - 1
-    for i, part in enumerate(parts):
-        if i < last:
-            key.append((1, part + b"/"))
-        elif is_dir:
-            if part != b".":
-                key.append((1, part + b"/"))
-        else:
-            key.append((0, part))
-    return tuple(key)
+    if is_dir:
+        if name == b".":
+            return b""
+        return b"\x01" + name.replace(b"/", b"/\x01") + b"/"
+    head, sep, tail = name.rpartition(b"/")
+    if sep:
+        return b"\x01" + head.replace(b"/", b"/\x01") + b"/\x00" + tail
+    return b"\x00" + name
 
 
 def sort_flist(entries: list[FileEntry]) -> list[FileEntry]:
