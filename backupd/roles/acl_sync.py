@@ -48,10 +48,16 @@ def map_acl_ids(entries: list[FileEntry], users: dict[int, bytes], groups: dict[
             cache[key] = entry.id if found is None else found
         return cache[key]
 
+    done: dict[int, tuple[RsyncAcl, RsyncAcl]] = {}  # id(acl) -> (acl kept alive, its mapped form)
+
     def mapped(acl: RsyncAcl | None) -> RsyncAcl | None:
         if acl is None or not acl.names:
             return acl
-        return dataclasses.replace(acl, names=tuple(dataclasses.replace(e, id=local(e)) for e in acl.names))
+        if (hit := done.get(id(acl))) is None:  # the wire's ACL cache shares one object among many entries
+            names = tuple(e if local(e) == e.id else dataclasses.replace(e, id=local(e)) for e in acl.names)
+            same = all(a is b for a, b in zip(names, acl.names, strict=True))
+            hit = done[id(acl)] = (acl, acl if same else dataclasses.replace(acl, names=names))
+        return hit[1]
 
     for entry in entries:
         if entry.acls is not None:
