@@ -80,6 +80,8 @@ class TransferOptions:
     append: int = 0
     temp_dir: bytes | None = None
     numeric_ids: bool = False
+    usermap: str | None = None  # --usermap (or --chown USER): FROM:TO,... (roles/idmap.py)
+    groupmap: str | None = None  # --groupmap (or --chown :GROUP)
     timeout_s: int = 0
     bwlimit: str | None = None
     block_size: int | None = None
@@ -159,8 +161,8 @@ def _letter_table() -> dict[str, Callable[[TransferOptions], None]]:
 _LETTERS = _letter_table()
 _REFUSED_LETTERS = {"U", "N"}  # --atimes, --crtimes
 _REFUSED_LONG = {
-    "iconv", "copy-devices", "write-devices", "usermap",
-    "groupmap", "chown", "fake-super", "super", "only-write-batch", "read-batch", "write-batch",
+    "iconv", "copy-devices", "write-devices", "chown", "fake-super", "super",
+    "only-write-batch", "read-batch", "write-batch",
     "acls", "xattrs", "atimes", "crtimes", "open-noatime",
 }
 _DAEMON_REFUSED = {"iconv", "copy-devices", "write-devices"}  # refused by stock rsyncd 3.5.0's defaults
@@ -168,7 +170,7 @@ _DAEMON_REFUSED = {"iconv", "copy-devices", "write-devices"}  # refused by stock
 _TWO_ARG = {"backup-dir", "partial-dir", "temp-dir", "compare-dest", "copy-dest", "link-dest", "files-from",
             "max-delete", "min-size", "max-size", "modify-window", "timeout", "bwlimit", "block-size",
             "checksum-seed", "log-format", "out-format", "suffix", "compress-level", "compress-choice", "zc",
-            "checksum-choice", "cc"}
+            "checksum-choice", "cc", "usermap", "groupmap"}
 
 
 def _int(name: str, value: str) -> int:
@@ -245,6 +247,14 @@ def _long_table() -> dict[str, Callable[[TransferOptions, str | None], None]]:
     def append(o: TransferOptions, v: str | None) -> None:
         o.append += 1
 
+    def name_map(attr: str, implies: str):
+        def handler(o: TransferOptions, v: str | None) -> None:
+            if getattr(o, attr) is not None:  # options.c OPT_USERMAP / OPT_GROUPMAP
+                raise Unsupported(f"rsync: You can only specify --{attr} once.")
+            setattr(o, attr, v)
+            setattr(o, implies, True)  # --usermap implies -o, --groupmap -g
+        return handler
+
     def max_delete(o: TransferOptions, v: str | None) -> None:
         n = _int("max-delete", v)
         o.max_delete = 0 if n < 0 else n
@@ -291,6 +301,7 @@ def _long_table() -> dict[str, Callable[[TransferOptions, str | None], None]]:
         "no-i-r": ignore, "no-inc-recursive": ignore, "protect-args": flag("protect_args"),
         "secluded-args": flag("protect_args"), "dirs": flag("dirs"), "omit-dir-times": flag("omit_dir_times"),
         "link-dest": _alt_dest("link"), "copy-dest": _alt_dest("copy"), "compare-dest": _alt_dest("compare"),
+        "usermap": name_map("usermap", "owner"), "groupmap": name_map("groupmap", "group"),
     }
 
 

@@ -24,6 +24,7 @@ from backupd.protocol.server_args import TransferOptions
 from backupd.protocol.sums import Checksum
 from backupd.protocol.xattrs import XattrDecoder
 from backupd.roles.acl_sync import map_acl_ids
+from backupd.roles.idmap import apply_name_maps
 from backupd.roles.xattr_sync import xattr_name_filter
 from backupd.storage import HistoryStore, ModuleTree
 from backupd.storage.backup import BackupPolicy
@@ -431,6 +432,9 @@ def run_push(session, request, negotiated: Negotiated) -> ExitCode:
     flist, io_error = read_file_list(
         opts, negotiated, request.protocol, read, am_root=int(is_root), excluded=excluded
     )
+    if is_root and (opts.usermap is not None or opts.groupmap is not None):  # uidlist.c: root maps owners
+        for text in apply_name_maps(flist, opts, module_numeric_ids=bool(module.numeric_ids)):
+            session.outbox.send_msg(MsgCode.ERROR, f"{text}\n".encode("utf-8", "replace"))
     adjust_incoming(flist, module)
     history = HistoryStore(module.history_dir.encode()) if module.history else None
     tree = ModuleTree(

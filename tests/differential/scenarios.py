@@ -191,6 +191,25 @@ scenario("push-chmod", push("-ai", "--chmod=F600,D700"), client=src_tree())
 scenario("push-without-l", push("-rti"), client=src_tree(), seed=mod_tree())
 scenario("push-ignore-times", push("-ai"), push("-ai", "-I"), client=src_tree())
 scenario("push-numeric-ids", push("-ai", "--numeric-ids"), client=src_tree())
+# --chown is sent as --usermap=*:USER --groupmap=*:GROUP; the receiver maps (uidlist.c parse_name_map)
+scenario("push-chown", push("-ai", "--chown=nobody:nogroup"), client=src_tree(), seed=mod_tree())
+scenario("push-chown-user-only", push("-ai", "--chown=daemon"), client=src_tree())
+scenario("push-chown-group-only", push("-ai", "--chown=:nogroup"), client=src_tree())
+scenario("push-usermap-rules", push("-ai", "--usermap=0-10:daemon,*:nobody", "--groupmap=daemon:nogroup,*:daemon"),
+         client=src_tree())
+# a name rule for id 0: a module's `numeric ids` (the daemon default) drops the sender's names, so
+# only '*' matches there; with `numeric ids = no` the id lists' names count (CF_ID0_NAMES sends root's)
+scenario("push-usermap-root-name", push("-ai", "--no-inc-recursive", "--groupmap=root:nogroup,*:daemon"),
+         client=src_tree())
+scenario("push-usermap-names", push("-ai", "--no-inc-recursive", "--groupmap=root:nogroup,*:daemon"),
+         client=src_tree(), params={"numeric ids": "no"})
+scenario("push-usermap-numeric-ids", push("-ai", "--numeric-ids", "--usermap=0:65534", "--groupmap=0:1"),
+         client=src_tree())
+scenario("push-usermap-unknown-name", push("-ai", "--usermap=*:no-such-user-here"), client=src_tree())
+scenario("push-usermap-no-colon", push("-ai", "--usermap=nobody"), client=src_tree())
+scenario("push-usermap-bad-number", push("-ai", "--usermap=1x:nobody"), client=src_tree())
+scenario("push-groupmap-no-target", push("-ai", "--groupmap=*:"), client=src_tree())
+scenario("push-chown-twice", push("-ai", "--chown=daemon", "--usermap=*:nobody"), client=src_tree())
 scenario("push-dirs-only", push("-dti"), client=src_tree())
 scenario("push-recursive-no-inc-nonreg", push("-rti", "--no-inc-recursive"), client=src_tree())
 scenario("push-dirs-only-delete", push("-dti", "--delete"), client=src_tree(), seed=mod_tree())
