@@ -1,6 +1,6 @@
 #!/bin/sh
 # Thin wrapper: every decision (environment -> config, secrets, the command to
-# exec) is made by backupd/ops/entrypoint.py, which the test suite runs
+# exec) is made by backupd/ops/entrypoint/, which the test suite runs
 # without Docker. `docker run IMAGE backupd prune --dry-run` (any other
 # command) runs that command instead.
 set -e

@@ -3,7 +3,7 @@
 rsyncd mode: the daemon greets on its port. sersync mode: the pusher's
 heartbeat (pusher/heartbeat.py) is fresh and its pid runs. The mode and the
 config are resolved from the environment exactly as the entrypoint does
-(backupd/ops/entrypoint.py), which imports this module.
+(backupd/ops/entrypoint/), which imports this module.
 """
 
 from __future__ import annotations
