@@ -55,7 +55,14 @@ class Deleter:
         self.deleted = {"files": 0, "dirs": 0, "symlinks": 0, "devices": 0, "specials": 0}
         self.deletions_left = self.opts.max_delete if self.opts.max_delete is not None else -1
         self.deletions_skipped = 0
-        self._children = _children_by_dir(state.flist, state.skip)
+        self._children_map: dict[bytes, set[bytes]] | None = None  # made on the first deletion pass
+        self._skip_at_start = frozenset(state.skip)
+
+    @property
+    def _children(self) -> dict[bytes, set[bytes]]:
+        if self._children_map is None:  # a push without --delete never needs it
+            self._children_map = _children_by_dir(self.state.flist, self._skip_at_start)
+        return self._children_map
 
     def allowed(self) -> bool:
         """False (and the client told why) when an I/O error on the sender side forbids deleting."""

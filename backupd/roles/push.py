@@ -243,7 +243,10 @@ def plan_destination(state: PushState, dest_arg: bytes, info=None) -> None:
             st = tree.lstat(base)
     state.curr_dir = base
     if st is not None and stat.S_ISDIR(st.st_mode):
-        state.dest = [join_path(base, e.name) for e in state.flist]
+        if base in (b".", b""):  # the module root: join_path is the name itself (no call per entry)
+            state.dest = [base if e.name in (b".", b"") else e.name for e in state.flist]
+        else:
+            state.dest = [join_path(base, e.name) for e in state.flist]
         return
     if st is not None:
         if total > 1:
@@ -264,7 +267,10 @@ def plan_destination(state: PushState, dest_arg: bytes, info=None) -> None:
             state.dir_created = True
         if say and info is not None:
             info(f"created directory {os.fsdecode(base)}\n")
-        state.dest = [join_path(base, e.name) for e in state.flist]
+        if base in (b".", b""):  # the module root: join_path is the name itself (no call per entry)
+            state.dest = [base if e.name in (b".", b"") else e.name for e in state.flist]
+        else:
+            state.dest = [join_path(base, e.name) for e in state.flist]
         return
     state.dest = [base]
     state.curr_dir = base.rpartition(b"/")[0] or b"."

@@ -1,4 +1,4 @@
-"""The file-list order key (flist.c f_name_cmp) against a plain reading of the rule.
+"""The file-list order key (flist.c f_name_cmp) and the name cleaner's fast path, against plain readings.
 
 ``tuple_key`` is the rule as rsync's f_name_cmp states it, component by
 component: files before directories at each level, a directory compared
@@ -44,3 +44,11 @@ def test_dot_first_then_files_before_dirs_and_a_dir_before_its_contents():
                (b"a/b/c", False), (b"a/b", True), (b"a/c", False), (b"ab", True)]
     ordered = [n for n, d in sorted(entries, key=lambda e: sort_key(*e))]
     assert ordered == [b".", b"a.txt", b"z", b"a", b"a/c", b"a/b", b"a/b/c", b"ab", b"b", b"b/x"]
+
+
+@settings(max_examples=3000)
+@given(st.lists(st.sampled_from([b"a", b".", b"..", b"", b"b.c", b"\x01"]), min_size=1, max_size=6).map(b"/".join))
+def test_clean_wire_name_fast_path_agrees_with_the_component_rule(name):
+    from backupd.protocol.flist import _clean_components, clean_wire_name
+
+    assert clean_wire_name(name) == (_clean_components(name) if name else name)
