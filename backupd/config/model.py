@@ -52,6 +52,7 @@ class ModuleConfig:
     log_format: str = "%o %h [%a] %m (%u) %f %l"
     numeric_ids: bool = True
     munge_symlinks: bool = False
+    open_noatime: bool | None = None  # None: the client's --open-noatime decides (clientserver.c lp_open_noatime)
     ignore_errors: bool = False
     uid: str | None = None
     gid: str | None = None

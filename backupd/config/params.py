@@ -303,6 +303,7 @@ PARAMS: tuple[Param, ...] = (
     _m("transfer logging", to_bool),
     _m("log format", to_str),
     _m("numeric ids", to_bool3),
+    _m("open noatime", to_bool3),
     _m("munge symlinks", to_bool3),
     _m("ignore errors", to_bool),
     _m("uid", to_opt_str),

@@ -8,6 +8,7 @@ and unescaped here, as the 3.5.0 daemon does (io.c unbackslash_arg).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -80,6 +81,7 @@ class TransferOptions:
     append: int = 0
     temp_dir: bytes | None = None
     numeric_ids: bool = False
+    open_noatime: bool = False  # --open-noatime: read sources and basis files without updating atimes
     usermap: str | None = None  # --usermap (or --chown USER): FROM:TO,... (roles/idmap.py)
     groupmap: str | None = None  # --groupmap (or --chown :GROUP)
     timeout_s: int = 0
@@ -163,7 +165,7 @@ _REFUSED_LETTERS = {"U", "N"}  # --atimes, --crtimes
 _REFUSED_LONG = {
     "iconv", "copy-devices", "write-devices", "chown", "fake-super", "super",
     "only-write-batch", "read-batch", "write-batch",
-    "acls", "xattrs", "atimes", "crtimes", "open-noatime",
+    "acls", "xattrs", "atimes", "crtimes",
 }
 _DAEMON_REFUSED = {"iconv", "copy-devices", "write-devices"}  # refused by stock rsyncd 3.5.0's defaults
 # Options that take a value: "--name=value" or, as popt reads them, "--name value".
@@ -302,6 +304,7 @@ def _long_table() -> dict[str, Callable[[TransferOptions, str | None], None]]:
         "secluded-args": flag("protect_args"), "dirs": flag("dirs"), "omit-dir-times": flag("omit_dir_times"),
         "link-dest": _alt_dest("link"), "copy-dest": _alt_dest("copy"), "compare-dest": _alt_dest("compare"),
         "usermap": name_map("usermap", "owner"), "groupmap": name_map("groupmap", "group"),
+        "open-noatime": flag("open_noatime"), "no-open-noatime": flag("open_noatime", False),
     }
 
 
@@ -433,6 +436,17 @@ LETTER_NAMES = {
     "S": "sparse", "z": "compress", "P": "partial", "s": "secluded-args", "C": "cvs-exclude",
     "X": "xattrs", "A": "acls",
 }
+
+
+def read_flags(opts: TransferOptions, module_open_noatime: bool | None) -> int:
+    """Extra flags of a session's read-only opens: ``os.O_NOATIME`` for ``--open-noatime``.
+
+    The module's ``open noatime``, when set, wins over the client's option
+    (clientserver.c rsync_module: lp_open_noatime >= 0); rsync adds the flag
+    in do_open and the sender's confined opens.
+    """
+    wanted = opts.open_noatime if module_open_noatime is None else module_open_noatime
+    return getattr(os, "O_NOATIME", 0) if wanted else 0
 
 
 def refused_option(opts: TransferOptions, patterns: tuple[str, ...]) -> str | None:

@@ -20,7 +20,7 @@ from backupd.protocol.constants import MUNGE_PREFIX, CompatFlags, IoError, MsgCo
 from backupd.protocol.filters import decode_filter_list
 from backupd.protocol.flist import FileEntry, FlistDecoder, check_wire_name, clean_wire_name, sort_key
 from backupd.protocol.negotiate import Negotiated, file_list_options
-from backupd.protocol.server_args import TransferOptions
+from backupd.protocol.server_args import TransferOptions, read_flags
 from backupd.protocol.sums import Checksum
 from backupd.protocol.xattrs import XattrDecoder
 from backupd.roles.acl_sync import map_acl_ids
@@ -447,6 +447,7 @@ def run_push(session, request, negotiated: Negotiated) -> ExitCode:
         module.path, module=module.name, history=history, fsync=module.fsync or opts.fsync, root_fd=request.root_fd,
         catalog=session_writer(module, lambda exc: session.log.warning("catalog of module {}: {}", module.name, exc)),
     )
+    tree.read_flags = read_flags(opts, module.open_noatime)
     generator = None
     try:
         dest_dir = strip_module(opts.paths[0], module.name)

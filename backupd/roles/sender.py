@@ -40,7 +40,7 @@ from backupd.protocol.constants import (
 from backupd.protocol.filters import FilterList, decode_filter_list, rules_from_client
 from backupd.protocol.flist import FlistEncoder
 from backupd.protocol.negotiate import Negotiated, file_list_options
-from backupd.protocol.server_args import TransferOptions
+from backupd.protocol.server_args import TransferOptions, read_flags
 from backupd.protocol.sums import Checksum, SumHead, decode_block_sums, decode_sum_head
 from backupd.protocol.tokens import make_token_writer
 from backupd.protocol.wire import (
@@ -160,6 +160,7 @@ def run_pull(session, request, negotiated: Negotiated) -> ExitCode:
     try:
         writer = session_writer(module) if opts.remove_source_files else None  # deletes go to history
         tree = ModuleTree(module.path, module=module.name, history=history, root_fd=request.root_fd, catalog=writer)
+        tree.read_flags = read_flags(opts, module.open_noatime)
     except StorageError as exc:
         raise RsyncError(f"cannot open module {module.name}: {exc}", ExitCode.FILESELECT) from None
     from backupd.roles.push import build_module_filters

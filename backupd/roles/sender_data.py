@@ -81,7 +81,7 @@ def open_source(tree: ModuleTree, path: bytes) -> SourceFile | None:
         except (FileNotFoundError, NotADirectoryError):
             return None
         try:
-            flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+            flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | tree.read_flags
             try:
                 fd = os.open(comps[-1], flags, dir_fd=dir_fd)
             except (FileNotFoundError, NotADirectoryError):

@@ -416,8 +416,8 @@ class Basis:
         self._view = memoryview(self._map) if self._map is not None else memoryview(b"")
 
     @classmethod
-    def open_at(cls, dir_fd: int, name: bytes) -> Basis | None:
-        """Open regular file ``name`` of ``dir_fd`` (O_NOFOLLOW); None otherwise.
+    def open_at(cls, dir_fd: int, name: bytes, extra_flags: int = 0) -> Basis | None:
+        """Open regular file ``name`` of ``dir_fd`` (O_NOFOLLOW, plus ``extra_flags``); None otherwise.
 
         Raises:
             OSError: anything but "missing" or "not a regular file".
@@ -428,7 +428,7 @@ class Basis:
             return None
         if not stat.S_ISREG(st.st_mode):
             return None  # never open devices or FIFOs
-        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | extra_flags
         try:
             fd = os.open(name, flags, dir_fd=dir_fd)
         except OSError as exc:

@@ -121,6 +121,7 @@ class ModuleTree:
                 self._root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self.history = history
         self.reflink = True  # clone matched blocks where the file system can (False: always copy)
+        self.read_flags = 0  # added to read-only opens of sources and basis files (os.O_NOATIME: --open-noatime)
         self._clone_align: int | None = None
         if history is not None:
             history.bind(self._root_fd, module)
@@ -224,7 +225,7 @@ class ModuleTree:
             except (FileNotFoundError, NotADirectoryError):
                 return None
             try:
-                return Basis.open_at(fd, comps[-1])
+                return Basis.open_at(fd, comps[-1], self.read_flags)
             finally:
                 os.close(fd)
 

@@ -678,3 +678,27 @@ def test_refuse_options_xattrs_refuses_x_as_rsyncd(make_targets, client, source)
     refused = [line for line in done["rsyncd"].stderr.splitlines() if "refuse" in line]
     assert refused and all(line in done["backupd"].stderr for line in refused), show(done["backupd"])
     assert os.listdir(targets["backupd"].module) == []
+
+
+@pytest.mark.parametrize("option", [(), ("--open-noatime",)], ids=["plain", "open-noatime"])
+def test_open_noatime_leaves_source_atimes_as_rsyncd(make_targets, client, tmp_path, option):
+    """A pull reads the module's files; with --open-noatime (O_NOATIME) their atimes stay put.
+
+    The atimes are set far below the mtimes first, so a relatime mount updates
+    them on a plain read; both servers must agree on which files changed.
+    """
+    data = b"read me\n" * 1000
+    targets = make_targets(seed={"a.bin": File(data, mtime=T0), "sub": {"b.bin": File(data, mtime=T0)}})
+    got = {}
+    for kind, target in targets.items():
+        for rel in ("a.bin", "sub/b.bin"):
+            os.utime(target.module / rel, ns=(10**9, T0 * 10**9))
+        done = client.run("-a", *option, target.url(), f"{tmp_path / kind}/")
+        assert done.returncode == 0, show(done)
+        assert (tmp_path / kind / "a.bin").read_bytes() == data
+        got[kind] = {rel: os.stat(target.module / rel).st_atime_ns == 10**9 for rel in ("a.bin", "sub/b.bin")}
+    assert got["backupd"] == got["rsyncd"], got
+    if option:
+        assert all(got["rsyncd"].values()), got  # O_NOATIME: untouched
+    elif all(got["rsyncd"].values()):
+        pytest.skip("this file system does not update atimes on read (noatime mount)")

@@ -106,8 +106,8 @@ def test_server_args(argv, checks):
     [
         ([b"--server", b"-vlogDtprUe.iLsfxCIvu", b".", b"mod/"], Unsupported,
          "rsync: on remote machine: -vlogDtprUe.iLsfxCIvu: unknown option"),
-        ([b"--server", b"-vlogDtpre.iLsfxCIvu", b"--open-noatime", b".", b"mod/"], Unsupported,
-         "rsync: on remote machine: --open-noatime: unknown option"),
+        ([b"--server", b"-vlogDtpre.iLsfxCIvu", b"--super", b".", b"mod/"], Unsupported,
+         "rsync: on remote machine: --super: unknown option"),
         ([b"--server", b"-re.iLsfxCIvu", b"--bogus-option", b".", b"mod/"], Unsupported,
          "rsync: on remote machine: --bogus-option: unknown option"),
         ([b"--server", b"-re.iLsfxCIvu", b"--zzz=3", b".", b"mod/"], Unsupported,
