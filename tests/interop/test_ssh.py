@@ -540,6 +540,14 @@ def _children(pid: int) -> list[int]:
     return found
 
 
+def _signal_all(pids, sig) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
 def _rss_mib(pid: int) -> float:
     try:
         with open(f"/proc/{pid}/status") as f:
@@ -571,28 +579,13 @@ def test_a_client_faster_than_the_worker_cannot_fill_the_ssh_process(ssh_server,
     peak, workers, deadline = before, set(), time.monotonic() + 120
     while push.poll() is None and time.monotonic() < deadline:
         for ssh_proc in ssh_procs:
-            new = set(_children(ssh_proc)) - workers
-            for worker in new:  # stop the worker a while now and then: the client stays ahead
-                os.kill(worker, signal.SIGSTOP)
-            workers |= new
+            workers |= set(_children(ssh_proc))
             peak = max(peak, _rss_mib(ssh_proc))
+        _signal_all(workers, signal.SIGSTOP)  # the worker runs 1/5 of the time: the client stays ahead
         time.sleep(0.2)
-        for worker in workers:
-            try:
-                os.kill(worker, signal.SIGCONT)
-            except ProcessLookupError:
-                pass
+        _signal_all(workers, signal.SIGCONT)
         time.sleep(0.05)
-        for worker in workers:
-            try:
-                os.kill(worker, signal.SIGSTOP)
-            except ProcessLookupError:
-                pass
-    for worker in workers:
-        try:
-            os.kill(worker, signal.SIGCONT)
-        except ProcessLookupError:
-            pass
+    _signal_all(workers, signal.SIGCONT)
     out, err = push.communicate(timeout=120)
     assert push.returncode == 0, err
     assert (server.module / "big.bin").read_bytes() == (src / "big.bin").read_bytes()
