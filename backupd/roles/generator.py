@@ -155,10 +155,14 @@ class Generator:
         deleting = opts.deleting and self.deleter.allowed()
         if deleting and opts.delete_mode == "before":
             self.deleter.delete_pass()
+        first_flush = self._first_flush_ndx()
         for ndx, entry in enumerate(st.flist):
             if ndx in st.skip:
                 continue
             self._process(ndx, entry, deleting and opts.delete_mode == "during")
+            if first_flush is not None and ndx >= first_flush:
+                self.out.flush()  # rsyncd's first loop check: this much reaches the client first
+                first_flush = None
         self.out.write(self.ndx.encode(NDX_DONE))
         redo = self._wait("phase", 1)
         for ndx in redo:
@@ -267,7 +271,7 @@ class Generator:
 
     def _process_dir(self, ndx: int, entry: FileEntry, path: bytes, delete_during: bool) -> None:
         tree, dry = self.state.tree, self.opts.dry_run
-        if ndx:
+        if ndx and self._flushes_at_dirs():
             self.out.flush()  # where rsyncd's generator output reaches the client before a directory
         st = self._lstat(path)
         if st is None and self.opts.existing:  # no new directory, nor anything in it
@@ -302,8 +306,36 @@ class Generator:
         self._dirs.append((ndx, path, st is None))
         if iflags is not None:
             self._itemize(ndx, iflags)
-        if ndx == 0 and not self._rsyncd_inc_recurse():
-            self.out.flush()  # without incremental recursion rsyncd's "./" line reaches the client first
+
+    def _first_flush_ndx(self) -> int | None:
+        """After which entry rsyncd's generator first flushes its output, or None.
+
+        generate_files checks after its first entry (next_loopchk 0) and
+        maybe_flush_socket flushes once the file list is complete
+        (flist_eof): always without incremental recursion (so after the
+        ``.`` entry and its deletions); with it only under -H, whose
+        generator reads the lists ahead; there the first list's first entry
+        is the first one inside ``.`` (``.`` is that list's parent).
+        """
+        if not self._rsyncd_inc_recurse():
+            return 0
+        if not self.opts.hard_links:
+            return None
+        flist = self.state.flist
+        return 1 if flist and flist[0].name == b"." else 0
+
+    def _flushes_at_dirs(self) -> bool:
+        """Whether rsyncd's output reaches the client before each directory's entries.
+
+        Only with incremental recursion: generator.c check_for_finished_files
+        flushes (maybe_flush_socket) as each finished file list is dropped,
+        while more lists are still to come. Without it the whole list is
+        there from the start; with -H the generator first reads the lists
+        ahead (generate_files: until flist_eof or MIN_FILECNT_LOOKAHEAD/2
+        files), so for such trees they are complete too and nothing is
+        flushed before the end of the phase.
+        """
+        return self._rsyncd_inc_recurse() and not self.opts.hard_links
 
     def _rsyncd_inc_recurse(self) -> bool:
         """Whether stock rsyncd would recurse incrementally for this client (compat.c setup_protocol)."""
@@ -562,6 +594,9 @@ class Generator:
                 if partial is not None and not opts.dry_run:  # recv_generator: up to date, partialptr unlinked
                     drop_partial(self.state, partial.path, self.log)
                 self._update_attrs(ndx, entry, path, st)
+                if self.alt is None and self._hlink_leader.get(ndx) == ndx:
+                    # recv_generator: an up-to-date leader links its members at once (finish_hard_link)
+                    self._link_followers(lambda lead: lead == ndx)
                 self._success(ndx)
                 return
         self._note_basis(ndx, entry, path, st, partial)

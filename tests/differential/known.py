@@ -14,14 +14,9 @@ DIFFERENCES: dict[str, str] = {
     "DIFF-004": "-v: no incremental recursion, the client prints 'building file list ... done' / "
     "'receiving file list ... done' instead of '... incremental file list'; so a "
     "module-excluded dir is not created empty (0700) as rsyncd's incremental receiver does",
-    "DIFF-022": "-H --delete: rsyncd deletes in subdirs and links followers to an unchanged "
-    "leader before the other transfers; backupd in file-list order (with or without incremental "
-    "recursion)",
 }
 
 KNOWN: dict[str, str | tuple[str, set[str]]] = {
-    "hardlinks-H-delete": "DIFF-022",
-    "hardlinks-H-delete-no-inc": "DIFF-022",
     "push-verbose": "DIFF-004",
     "pull-verbose-stats": "DIFF-004",
     "module-exclude-push": "DIFF-004",
