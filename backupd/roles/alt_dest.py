@@ -147,7 +147,7 @@ class AltDest:
         self.opts = gen.opts
         self.kind = self.opts.alt_dest_type
         log_format = self.opts.log_format or ""
-        self.itemize_all = "%i%I" in log_format or self.opts.verbose >= 2
+        self.itemize_all = "%i%I" in log_format or self.state.verbosity >= 2  # INFO_GTE(NAME, 2), capped
 
     def alt_path(self, index: int, path: bytes) -> bytes:
         """``basis_dir[index]/fname`` (see :func:`alt_path`)."""

@@ -35,7 +35,9 @@ from backupd.roles.owners import owner_ids
 from backupd.roles.partial_dir import FNAMECMP_PARTIAL_DIR, drop_partial, partial_basis
 from backupd.roles.push import PushState
 from backupd.roles.receiver import new_file_mode
+from backupd.roles.verbosity import delta_line
 from backupd.roles.xattr_sync import GeneratorXattrs, for_push
+from backupd.storage.fsops import split_path
 
 SCAN_CACHE_DIRS = 32
 STOP_WAIT_S = 30.0  # how long a failed push waits for the generator thread to notice
@@ -155,6 +157,8 @@ class Generator:
         deleting = opts.deleting and self.deleter.allowed()
         if deleting and opts.delete_mode == "before":
             self.deleter.delete_pass()
+        if st.verbosity >= 2:  # generate_files, DEBUG FLIST
+            self.out.send_msg(MsgCode.INFO, delta_line(opts.whole_file))
         first_flush = self._first_flush_ndx()
         for ndx, entry in enumerate(st.flist):
             if ndx in st.skip:
@@ -265,7 +269,7 @@ class Generator:
         if self.xattrs is not None:
             iflags |= self.xattrs.report(entry, path, bool(iflags & _IS_NEW))
         log_format = self.opts.log_format or ""
-        if iflags & _SIGNIFICANT or "%i%I" in log_format:
+        if iflags & _SIGNIFICANT or "%i%I" in log_format or self.state.verbosity >= 2:  # INFO_GTE(NAME, 2)
             trailer = b"" if self.xattrs is None else self.xattrs.trailer(self.state.flist[ndx], iflags)
             self.out.write(self.ndx.encode(ndx) + encode_shortint(iflags) + trailer)
 
@@ -442,6 +446,7 @@ class Generator:
             iflags = self._attr_changes(entry, st) & ~_REPORT_PERMS
             if iflags & _REPORT_TIME and not self.opts.dry_run:
                 tree.set_attrs(path, mtime_ns=entry.mtime_ns)
+            self._attrs_report(entry, iflags)
         else:
             if not self.opts.dry_run:
                 tree.symlink(entry.link_target, path)
@@ -659,7 +664,19 @@ class Generator:
                 mtime_ns=entry.mtime_ns if iflags & _REPORT_TIME else None,
                 **self._owner(entry),
             )
+        self._attrs_report(entry, iflags)
         self._itemize(ndx, iflags)
+
+    def _attrs_report(self, entry: FileEntry, iflags: int) -> None:
+        """-vv (INFO NAME2), not -i: ``NAME is uptodate``, or ``NAME`` when attributes changed.
+
+        rsync.c set_file_attrs with ATTRS_REPORT, for an entry the quick
+        check found current; MSG_INFO (FCLIENT).
+        """
+        if self.state.verbosity < 2 or "%i" in (self.opts.log_format or ""):
+            return
+        changed = iflags & (_REPORT_PERMS | _REPORT_TIME | _REPORT_OWNER | _REPORT_GROUP)
+        self.out.send_msg(MsgCode.INFO, entry.name + (b"\n" if changed else b" is uptodate\n"))
 
     def _attr_changes(self, entry: FileEntry, st: os.stat_result) -> int:
         opts, iflags = self.opts, 0
@@ -721,6 +738,9 @@ class Generator:
             self.out.write(header)
             return
         self.out.write(header + self._sums_for(alt.path if partial else path, entry, exists, redo))
+        backup = state.tree.backup
+        if opts.inplace and not redo and alt is None and exists and backup is not None and backup.report:
+            backup.report(split_path(path, state.tree.module))  # recv_generator: its --inplace backup copy
 
     def _sums_for(self, path: bytes, entry: FileEntry, exists: bool, redo: bool) -> bytes:
         opts = self.opts
