@@ -587,9 +587,14 @@ class Generator:
             if found is True:  # linked, copied or matched: nothing to receive (try_dests_reg -2)
                 self._success(ndx)
                 return
-            if found is not False:  # a basis in an alternate dir
-                self._alt_basis[ndx] = found
-                self._request_file(ndx, entry, redo=False)
+            if found is not False:  # a basis in an alternate dir, unless a partial file replaces it
+                partial = partial_basis(self.state, path) if opts.partial_dir else None  # prepare_to_open
+                if partial is None:
+                    self._alt_basis[ndx] = found
+                    self._request_file(ndx, entry, redo=False)
+                else:  # itemized against the alternate (real_sx), its blocks from the partial file
+                    self._note_basis(ndx, entry, path, None, partial)
+                    self._request_file(ndx, entry, redo=False, st=found.st)
                 return
         partial = partial_basis(self.state, path) if opts.partial_dir else None
         if regular:
