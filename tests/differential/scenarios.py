@@ -785,5 +785,5 @@ scenario("dont-compress", push("-aiz", "--stats", delta=True), client=DELTA_CLIE
 scenario("module-comment-listing", rsync("{host}/"), params={"comment": "the backup module"})
 scenario("list-false", rsync("{host}/"), params={"list": False})
 
-# ---------------------------------------------------------------- alternate basis dirs
-from tests.differential import scenarios_alt_dest  # noqa: E402,F401 - adds its scenarios to SCENARIOS
+# ---------------------------------------------------------------- alternate basis dirs, everyday commands
+from tests.differential import scenarios_alt_dest, scenarios_everyday  # noqa: E402,F401 - add their scenarios
