@@ -14,10 +14,14 @@ DIFFERENCES: dict[str, str] = {
     "DIFF-004": "-v: no incremental recursion, the client prints 'building file list ... done' / "
     "'receiving file list ... done' instead of '... incremental file list'; so a "
     "module-excluded dir is not created empty (0700) as rsyncd's incremental receiver does",
+    "DIFF-032": "pull -vv with 'max verbosity = 2': rsyncd's sender ends with 'total: matches=M  "
+    "hash_hits=H  false_alarms=F data=N' (match.c match_report, DEBUG DELTASUM); backupd's sends "
+    "no such line (its block search counts no hash hits)",
 }
 
 KNOWN: dict[str, str | tuple[str, set[str]]] = {
     "push-verbose": "DIFF-004",
     "pull-verbose-stats": "DIFF-004",
     "module-exclude-push": "DIFF-004",
+    "pull-vv-max-verbosity": "DIFF-032",
 }

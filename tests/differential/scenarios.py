@@ -618,6 +618,7 @@ scenario("link-dest-ivv-default-max", push("-aivv", "--no-inc-recursive", "--lin
          client=src_tree(), seed={"prev": Dir(pulled_tree(), mode=0o755, mtime=T0)})
 scenario("link-dest-ivv-max-verbosity", push("-aivv", "--no-inc-recursive", "--link-dest=../prev", dest="cur/"),
          client=src_tree(), seed={"prev": Dir(pulled_tree(), mode=0o755, mtime=T0)}, params=VV)
+scenario("pull-vv-max-verbosity", pull("-avv", "--no-inc-recursive"), seed=pulled_tree(), params=VV)
 scenario("push-vv-default-max", push("-avv", "--no-inc-recursive", "--delete"), client=src_tree(),
          seed=mod_tree())
 scenario("backup-info-backup", push("-ai", "--info=backup", "--backup", "--suffix=.v1"), client=src_tree(),
