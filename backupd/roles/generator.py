@@ -219,6 +219,8 @@ class Generator:
                     return
                 if leader != ndx:
                     self._hlink_followers.append((ndx, leader))
+                    if self.state.verbosity >= 2:
+                        self._linked_uptodate(entry, path, leader)
                     return
                 self._process_file(ndx, entry, path)
             elif entry.is_link:
@@ -678,10 +680,28 @@ class Generator:
         rsync.c set_file_attrs with ATTRS_REPORT, for an entry the quick
         check found current; MSG_INFO (FCLIENT).
         """
-        if self.state.verbosity < 2 or "%i" in (self.opts.log_format or ""):
-            return
-        changed = iflags & (_REPORT_PERMS | _REPORT_TIME | _REPORT_OWNER | _REPORT_GROUP)
-        self.out.send_msg(MsgCode.INFO, entry.name + (b"\n" if changed else b" is uptodate\n"))
+        if iflags & (_REPORT_PERMS | _REPORT_TIME | _REPORT_OWNER | _REPORT_GROUP):
+            self.say_uptodate(entry.name, updated=True)
+        else:
+            self.say_uptodate(entry.name)
+
+    def _linked_uptodate(self, entry: FileEntry, path: bytes, leader: int) -> None:
+        """-vv: a member already linked to its up-to-date leader says so at its own place.
+
+        rsync takes the group's first existing member as its leader and each
+        later one is then "uptodate" in hlink.c maybe_hard_link; backupd
+        links them to the last one afterwards, finding nothing to do.
+        """
+        st, lead_st = self._lstat(path), self._lstat(self.state.dest[leader])
+        if (st is not None and lead_st is not None and stat.S_ISREG(lead_st.st_mode)
+                and (st.st_dev, st.st_ino) == (lead_st.st_dev, lead_st.st_ino)
+                and self._unchanged(self.state.flist[leader], self.state.dest[leader], lead_st)):
+            self.say_uptodate(entry.name)
+
+    def say_uptodate(self, name: bytes, *, updated: bool = False) -> None:
+        """-vv (INFO NAME2), not -i: ``NAME is uptodate`` (``NAME`` alone when ``updated``), MSG_INFO."""
+        if self.state.verbosity >= 2 and "%i" not in (self.opts.log_format or ""):
+            self.out.send_msg(MsgCode.INFO, name + (b"\n" if updated else b" is uptodate\n"))
 
     def _attr_changes(self, entry: FileEntry, st: os.stat_result) -> int:
         opts, iflags = self.opts, 0

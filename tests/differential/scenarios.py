@@ -619,6 +619,11 @@ scenario("link-dest-ivv-default-max", push("-aivv", "--no-inc-recursive", "--lin
 scenario("link-dest-ivv-max-verbosity", push("-aivv", "--no-inc-recursive", "--link-dest=../prev", dest="cur/"),
          client=src_tree(), seed={"prev": Dir(pulled_tree(), mode=0o755, mtime=T0)}, params=VV)
 scenario("pull-vv-max-verbosity", pull("-avv", "--no-inc-recursive"), seed=pulled_tree(), params=VV)
+scenario("link-dest-vv-max-verbosity", push("-avv", "--no-inc-recursive", "--link-dest=../prev", dest="cur/"),
+         client=src_tree(), seed={"prev": Dir(pulled_tree(), mode=0o755, mtime=T0)}, params=VV)
+scenario("hardlinks-vv-max-verbosity", hardlink("client/src/a.txt", "client/src/a-link"),
+         push("-avvH", "--no-inc-recursive"), push("-avvH", "--no-inc-recursive"), client=src_tree(),
+         seed=mod_tree(), params=VV)
 scenario("push-vv-default-max", push("-avv", "--no-inc-recursive", "--delete"), client=src_tree(),
          seed=mod_tree())
 scenario("backup-info-backup", push("-ai", "--info=backup", "--backup", "--suffix=.v1"), client=src_tree(),
