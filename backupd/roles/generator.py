@@ -453,14 +453,16 @@ class Generator:
             if not self.opts.dry_run:
                 tree.symlink(entry.link_target, path)
                 self._changed(path)
-                mtime = entry.mtime_ns if self.opts.times else None
+                mtime = entry.mtime_ns if self.opts.times and not self.opts.omit_link_times else None
                 made = tree.lstat(path) if mtime is not None else None
                 if made is not None and self._same_mtime(entry, made):
                     mtime = None  # rsync set_file_attrs: a new link within the same second keeps its time
                 tree.set_attrs(path, mtime_ns=mtime, **self._owner(entry))
             iflags = _LOCAL_CHANGE | _IS_NEW
             if st is not None:  # retargeted: the change, and the new link's time (itemize of the old one)
-                iflags = _LOCAL_CHANGE | _REPORT_CHANGE | (self._attr_changes(entry, st) & _REPORT_TIME)
+                keep_time = self.opts.times and not self.opts.omit_link_times  # else itemize reports it anyway
+                time = self._attr_changes(entry, st) & _REPORT_TIME if keep_time else _REPORT_TIME
+                iflags = _LOCAL_CHANGE | _REPORT_CHANGE | time
             if found is not Outcome.NONE:
                 iflags = self._alt_made_flags(entry, found)
         if iflags is not None:
@@ -705,7 +707,8 @@ class Generator:
 
     def _attr_changes(self, entry: FileEntry, st: os.stat_result) -> int:
         opts, iflags = self.opts, 0
-        if opts.times and not (entry.is_dir and opts.omit_dir_times) and not self._same_mtime(entry, st):
+        if (opts.times and not (entry.is_dir and opts.omit_dir_times) and not (entry.is_link and opts.omit_link_times)
+                and not self._same_mtime(entry, st)):  # itemize keep_time (-O, -J)
             iflags |= _REPORT_TIME
         if opts.perms and (st.st_mode & 0o7777) != (entry.mode & 0o7777):
             iflags |= _REPORT_PERMS

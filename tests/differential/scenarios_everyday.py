@@ -1,16 +1,17 @@
 """Everyday client commands not covered elsewhere: quiet and human-readable output, -s,
 name rules of --usermap, --chown on a pull, --modify-window, -x, --bwlimit, --delete-before with -v,
-the "delete only" idiom (--existing --ignore-existing --delete), -8 and listings with
---no-motd / -h.
+the "delete only" idiom (--existing --ignore-existing --delete), -8, listings with
+--no-motd / -h, --no-perms/--no-owner/--no-group, symbolic --chmod, hidden-file excludes,
+the "only *.txt" filter idiom with -m, -J, --fake-super, -u --delete, a pull with --chmod.
 
 Imported by scenarios.py, which holds the list.
 """
 
 from __future__ import annotations
 
-from tests.differential.harness import T0, rsync
+from tests.differential.harness import T0, Change, rsync
 from tests.differential.scenarios import ODD, mod_tree, pull, pulled_tree, push, scenario, src_tree
-from tests.helpers import Dir, File
+from tests.helpers import Dir, File, Symlink
 
 scenario("push-quiet", push("-aq", "--delete"), client=src_tree(), seed=mod_tree())
 scenario("push-stats-human", push("-a", "--stats", "-h"), client=src_tree(), seed=mod_tree())
@@ -31,3 +32,20 @@ scenario("push-8-bit-output", push("-ai8"), client={"src": Dir(dict(ODD), mode=0
 scenario("list-no-motd", rsync("--no-motd", "{host}/"))
 scenario("list-only-human", rsync("--list-only", "-rh", "{mod}/"),
          seed=pulled_tree(big=File(b"x" * 123456, mtime=T0)))
+scenario("push-no-perms-owner", push("-ai", "--no-perms", "--no-owner", "--no-group"), client=src_tree(),
+         seed=mod_tree())
+scenario("push-chmod-symbolic", push("-ai", "--chmod=ugo=rwX,o-w"), client=src_tree(), seed=mod_tree())
+scenario("push-exclude-hidden", push("-ai", "--exclude=.*", "--delete"),
+         client=src_tree(**{".hidden": File(b"h\n", mtime=T0), ".cache": Dir({"c": File(b"c\n", mtime=T0)},
+                                                                              mtime=T0)}),
+         seed=mod_tree(**{".keep": File(b"k\n", mtime=T0)}))
+scenario("push-only-txt-prune", push("-aim", "--include=*/", "--include=*.txt", "--exclude=*"), client=src_tree())
+scenario("push-omit-link-times", push("-aiJ"), client=src_tree(), seed=mod_tree())
+scenario("push-omit-link-times-again", push("-aiJ"), push("-aiJ"),
+         Change(lambda b: (b / "client/src/link").unlink() or (b / "client/src/link").symlink_to("b.txt"),
+                "retarget link"),
+         push("-aiJ"), client=src_tree(), seed=mod_tree(link=Symlink("a.txt", mtime=T0)))
+scenario("push-fake-super", push("-ai", "--fake-super"), client=src_tree())
+scenario("push-update-delete", push("-aiu", "--delete"), client=src_tree(),
+         seed=mod_tree(**{"x.log": File(b"newer on the server\n", mtime=T0 + 9999)}))
+scenario("pull-chmod-delete", pull("-ai", "--chmod=Fgo-rwx", "--delete"), seed=pulled_tree())
