@@ -49,3 +49,11 @@ scenario("push-fake-super", push("-ai", "--fake-super"), client=src_tree())
 scenario("push-update-delete", push("-aiu", "--delete"), client=src_tree(),
          seed=mod_tree(**{"x.log": File(b"newer on the server\n", mtime=T0 + 9999)}))
 scenario("pull-chmod-delete", pull("-ai", "--chmod=Fgo-rwx", "--delete"), seed=pulled_tree())
+scenario("push-double-colon", rsync("-ai", "--port={port}", "src/", "127.0.0.1::mod/"), client=src_tree())
+scenario("push-contimeout", push("-ai", "--contimeout=10", "--timeout=30"), client=src_tree())
+scenario("push-checksum-xxh128", push("-aic", "--cc=xxh128"), client=src_tree(), seed=mod_tree())
+scenario("push-remote-option", push("-ai", "--remote-option=--omit-dir-times"), client=src_tree(), seed=mod_tree())
+scenario("push-out-format-fields", push("-a", "--out-format=%o %n%L %l %b %f"), client=src_tree(), seed=mod_tree())
+scenario("pull-delete-excluded", Change(lambda b: (b / "client/dst").mkdir(), "mkdir dst"),
+         Change(lambda b: (b / "client/dst/old.log").write_bytes(b"o\n"), "dst/old.log"),
+         pull("-ai", "--delete-excluded", "--exclude=*.log"), seed=pulled_tree())
