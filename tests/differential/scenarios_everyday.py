@@ -57,3 +57,17 @@ scenario("push-out-format-fields", push("-a", "--out-format=%o %n%L %l %b %f"), 
 scenario("pull-delete-excluded", Change(lambda b: (b / "client/dst").mkdir(), "mkdir dst"),
          Change(lambda b: (b / "client/dst/old.log").write_bytes(b"o\n"), "dst/old.log"),
          pull("-ai", "--delete-excluded", "--exclude=*.log"), seed=pulled_tree())
+scenario("push-several-files", rsync("-ai", "src/a.txt", "src/b.txt", "src/sub", "{mod}/two/"), client=src_tree(),
+         seed={"two": Dir({"a.txt": File(b"other\n", mtime=T0)}, mtime=T0)})
+scenario("push-delay-updates-delete", push("-ai", "--delay-updates", "--delete"), client=src_tree(), seed=mod_tree())
+scenario("push-backup-dir-delete-after", push("-ai", "--delete-after", "--backup-dir=/old", dest="cur/"),
+         client=src_tree(), seed={"cur": Dir(mod_tree(), mtime=T0)}, history_ignore=("old", "old/*"),
+         history_loose=True)
+# the backup dir inside the deleted tree (a relative --backup-dir is below the destination): rsyncd's
+# delete pass reads each dir as it gets there, so it also deletes (and backs up again, into old/old)
+# the backups it made of the dirs deleted before; backupd's plan lists the dirs first
+scenario("push-backup-dir-inside-delete-after", push("-ai", "--delete-after", "--backup-dir=old", dest="cur/"),
+         client=src_tree(), seed={"cur": Dir(mod_tree(), mtime=T0)}, history_ignore=("cur/old", "cur/old/*"),
+         history_loose=True)
+scenario("push-delete-delay-verbose", push("-av", "--delete-delay", "--no-inc-recursive"), client=src_tree(),
+         seed=mod_tree())
