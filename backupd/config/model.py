@@ -41,6 +41,7 @@ class ModuleConfig:
     max_connections: int = 0
     lock_file: Path | None = None
     timeout_s: int = 0
+    max_verbosity: int = 1  # the client's -v is capped at this (options.c limit_output_verbosity)
     refuse_options: tuple[str, ...] = ()
     filter: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()

@@ -293,6 +293,7 @@ PARAMS: tuple[Param, ...] = (
     Param("max connections", int_range(None, None), "max_connections", "max_connections"),
     _m("lock file", to_path),
     _m("timeout", int_range(0, None), "timeout_s"),
+    _m("max verbosity", int_range(None, None)),
     _m("refuse options", to_words),
     _m("filter", to_filter),
     _m("exclude", to_words),
@@ -328,7 +329,6 @@ PARAMS: tuple[Param, ...] = (
     # rsyncd module parameters accepted and ignored
     _ignored("name"),
     _ignored("charset"),
-    _ignored("max verbosity"),
     _ignored("syslog facility"),
     _ignored("syslog tag"),
     _ignored("open noatime"),

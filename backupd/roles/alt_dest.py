@@ -147,7 +147,7 @@ class AltDest:
         self.opts = gen.opts
         self.kind = self.opts.alt_dest_type
         log_format = self.opts.log_format or ""
-        self.itemize_all = "%i%I" in log_format or self.opts.verbose >= 2
+        self.itemize_all = "%i%I" in log_format or self.state.verbosity >= 2  # INFO_GTE(NAME, 2), capped
 
     def alt_path(self, index: int, path: bytes) -> bytes:
         """``basis_dir[index]/fname`` (see :func:`alt_path`)."""
@@ -272,11 +272,13 @@ class AltDest:
                     self.gen.deleter.count(self.state.tree.delete(path))
                     self.gen._noted(path)
                 self._itemize(ndx, self.item_flags(entry, best.st, 0))
+                self.gen.say_uptodate(entry.name)
                 return True
             if self._link(best.path, path):
                 self.gen.alt_written(ndx)  # -H: its waiting members first (finish_hard_link)
                 if self.itemize_all:
                     self._itemize(ndx, _LOCAL_CHANGE | _XNAME_FOLLOWS, b"")
+                self.gen.say_uptodate(entry.name)
                 return True
         elif st is not None:
             return False
@@ -284,6 +286,8 @@ class AltDest:
             if not self._copy(entry, best.path, path):
                 return False
             self._itemize(ndx, self.item_flags(entry, best.st, _LOCAL_CHANGE))
+            if level == 3:
+                self.gen.say_uptodate(entry.name)
             self.gen.alt_written(ndx)
             return True
         return best
@@ -386,6 +390,7 @@ class AltDest:
                 chg |= _XNAME_FOLLOWS
             flags = self.item_flags(entry, best.st, chg | _MATCHED, xname=b"" if level == 3 else None)
             self._itemize(ndx, flags & 0xFFFF, b"" if level == 3 else None)
+        self.gen.say_uptodate(entry.name + (b"/" if entry.is_dir else b""))
         return outcome
 
 

@@ -176,15 +176,26 @@ class Deleter:
         self.deletions_skipped += plan.skipped
 
     def _remove(self, step: Removal) -> bool:
+        backup = self.state.tree.backup
+        reporter = backup.report if backup is not None else None
+        held: dict[bytes, bytes] = {}  # -vv: "backed up" lines, each said just before its "deleting"
         if not self.opts.dry_run:
+            if reporter is not None:
+                reporter.hold()
             try:
                 self.count(self.state.tree.delete(step.path))
             except StorageError as exc:
                 self.errors.record(f"delete failed: {exc}", step.path)
                 return False
+            finally:
+                if reporter is not None:
+                    for comps, line in reporter.take():
+                        held[b"/".join(comps)] = held.get(b"/".join(comps), b"") + line
         if self.deletions_left > 0:
             self.deletions_left -= step.spent
         for rel, is_dir in step.reported:
+            if (line := held.pop(step.path + rel[len(step.rel):], None)) is not None:
+                self.out.send_msg(MsgCode.INFO, line)  # delete.c delete_item: make_backup, then log_delete
             if is_dir and not self.opts.dry_run and self._kept_by_backup(step.path + rel[len(step.rel):]):
                 self.out.send_msg(MsgCode.INFO, Note(rel).text)  # a NAME~ backup inside: rmdir's ENOTEMPTY
             else:

@@ -35,7 +35,9 @@ from backupd.roles.owners import owner_ids
 from backupd.roles.partial_dir import FNAMECMP_PARTIAL_DIR, drop_partial, partial_basis
 from backupd.roles.push import PushState
 from backupd.roles.receiver import new_file_mode
+from backupd.roles.verbosity import delta_line
 from backupd.roles.xattr_sync import GeneratorXattrs, for_push
+from backupd.storage.fsops import split_path
 
 SCAN_CACHE_DIRS = 32
 STOP_WAIT_S = 30.0  # how long a failed push waits for the generator thread to notice
@@ -155,10 +157,16 @@ class Generator:
         deleting = opts.deleting and self.deleter.allowed()
         if deleting and opts.delete_mode == "before":
             self.deleter.delete_pass()
+        if st.verbosity >= 2:  # generate_files, DEBUG FLIST
+            self.out.send_msg(MsgCode.INFO, delta_line(opts.whole_file))
+        first_flush = self._first_flush_ndx()
         for ndx, entry in enumerate(st.flist):
             if ndx in st.skip:
                 continue
             self._process(ndx, entry, deleting and opts.delete_mode == "during")
+            if first_flush is not None and ndx >= first_flush:
+                self.out.flush()  # rsyncd's first loop check: this much reaches the client first
+                first_flush = None
         self.out.write(self.ndx.encode(NDX_DONE))
         redo = self._wait("phase", 1)
         for ndx in redo:
@@ -211,6 +219,8 @@ class Generator:
                     return
                 if leader != ndx:
                     self._hlink_followers.append((ndx, leader))
+                    if self.state.verbosity >= 2:
+                        self._linked_uptodate(entry, path, leader)
                     return
                 self._process_file(ndx, entry, path)
             elif entry.is_link:
@@ -261,13 +271,13 @@ class Generator:
         if self.xattrs is not None:
             iflags |= self.xattrs.report(entry, path, bool(iflags & _IS_NEW))
         log_format = self.opts.log_format or ""
-        if iflags & _SIGNIFICANT or "%i%I" in log_format:
+        if iflags & _SIGNIFICANT or "%i%I" in log_format or self.state.verbosity >= 2:  # INFO_GTE(NAME, 2)
             trailer = b"" if self.xattrs is None else self.xattrs.trailer(self.state.flist[ndx], iflags)
             self.out.write(self.ndx.encode(ndx) + encode_shortint(iflags) + trailer)
 
     def _process_dir(self, ndx: int, entry: FileEntry, path: bytes, delete_during: bool) -> None:
         tree, dry = self.state.tree, self.opts.dry_run
-        if ndx:
+        if ndx and self._flushes_at_dirs():
             self.out.flush()  # where rsyncd's generator output reaches the client before a directory
         st = self._lstat(path)
         if st is None and self.opts.existing:  # no new directory, nor anything in it
@@ -302,8 +312,36 @@ class Generator:
         self._dirs.append((ndx, path, st is None))
         if iflags is not None:
             self._itemize(ndx, iflags)
-        if ndx == 0 and not self._rsyncd_inc_recurse():
-            self.out.flush()  # without incremental recursion rsyncd's "./" line reaches the client first
+
+    def _first_flush_ndx(self) -> int | None:
+        """After which entry rsyncd's generator first flushes its output, or None.
+
+        generate_files checks after its first entry (next_loopchk 0) and
+        maybe_flush_socket flushes once the file list is complete
+        (flist_eof): always without incremental recursion (so after the
+        ``.`` entry and its deletions); with it only under -H, whose
+        generator reads the lists ahead; there the first list's first entry
+        is the first one inside ``.`` (``.`` is that list's parent).
+        """
+        if not self._rsyncd_inc_recurse():
+            return 0
+        if not self.opts.hard_links:
+            return None
+        flist = self.state.flist
+        return 1 if flist and flist[0].name == b"." else 0
+
+    def _flushes_at_dirs(self) -> bool:
+        """Whether rsyncd's output reaches the client before each directory's entries.
+
+        Only with incremental recursion: generator.c check_for_finished_files
+        flushes (maybe_flush_socket) as each finished file list is dropped,
+        while more lists are still to come. Without it the whole list is
+        there from the start; with -H the generator first reads the lists
+        ahead (generate_files: until flist_eof or MIN_FILECNT_LOOKAHEAD/2
+        files), so for such trees they are complete too and nothing is
+        flushed before the end of the phase.
+        """
+        return self._rsyncd_inc_recurse() and not self.opts.hard_links
 
     def _rsyncd_inc_recurse(self) -> bool:
         """Whether stock rsyncd would recurse incrementally for this client (compat.c setup_protocol)."""
@@ -410,18 +448,21 @@ class Generator:
             iflags = self._attr_changes(entry, st) & ~_REPORT_PERMS
             if iflags & _REPORT_TIME and not self.opts.dry_run:
                 tree.set_attrs(path, mtime_ns=entry.mtime_ns)
+            self._attrs_report(entry, iflags)
         else:
             if not self.opts.dry_run:
                 tree.symlink(entry.link_target, path)
                 self._changed(path)
-                mtime = entry.mtime_ns if self.opts.times else None
+                mtime = entry.mtime_ns if self.opts.times and not self.opts.omit_link_times else None
                 made = tree.lstat(path) if mtime is not None else None
                 if made is not None and self._same_mtime(entry, made):
                     mtime = None  # rsync set_file_attrs: a new link within the same second keeps its time
                 tree.set_attrs(path, mtime_ns=mtime, **self._owner(entry))
             iflags = _LOCAL_CHANGE | _IS_NEW
             if st is not None:  # retargeted: the change, and the new link's time (itemize of the old one)
-                iflags = _LOCAL_CHANGE | _REPORT_CHANGE | (self._attr_changes(entry, st) & _REPORT_TIME)
+                keep_time = self.opts.times and not self.opts.omit_link_times  # else itemize reports it anyway
+                time = self._attr_changes(entry, st) & _REPORT_TIME if keep_time else _REPORT_TIME
+                iflags = _LOCAL_CHANGE | _REPORT_CHANGE | time
             if found is not Outcome.NONE:
                 iflags = self._alt_made_flags(entry, found)
         if iflags is not None:
@@ -550,9 +591,14 @@ class Generator:
             if found is True:  # linked, copied or matched: nothing to receive (try_dests_reg -2)
                 self._success(ndx)
                 return
-            if found is not False:  # a basis in an alternate dir
-                self._alt_basis[ndx] = found
-                self._request_file(ndx, entry, redo=False)
+            if found is not False:  # a basis in an alternate dir, unless a partial file replaces it
+                partial = partial_basis(self.state, path) if opts.partial_dir else None  # prepare_to_open
+                if partial is None:
+                    self._alt_basis[ndx] = found
+                    self._request_file(ndx, entry, redo=False)
+                else:  # itemized against the alternate (real_sx), its blocks from the partial file
+                    self._note_basis(ndx, entry, path, None, partial)
+                    self._request_file(ndx, entry, redo=False, st=found.st)
                 return
         partial = partial_basis(self.state, path) if opts.partial_dir else None
         if regular:
@@ -562,6 +608,9 @@ class Generator:
                 if partial is not None and not opts.dry_run:  # recv_generator: up to date, partialptr unlinked
                     drop_partial(self.state, partial.path, self.log)
                 self._update_attrs(ndx, entry, path, st)
+                if self.alt is None and self._hlink_leader.get(ndx) == ndx:
+                    # recv_generator: an up-to-date leader links its members at once (finish_hard_link)
+                    self._link_followers(lambda lead: lead == ndx)
                 self._success(ndx)
                 return
         self._note_basis(ndx, entry, path, st, partial)
@@ -624,11 +673,42 @@ class Generator:
                 mtime_ns=entry.mtime_ns if iflags & _REPORT_TIME else None,
                 **self._owner(entry),
             )
+        self._attrs_report(entry, iflags)
         self._itemize(ndx, iflags)
+
+    def _attrs_report(self, entry: FileEntry, iflags: int) -> None:
+        """-vv (INFO NAME2), not -i: ``NAME is uptodate``, or ``NAME`` when attributes changed.
+
+        rsync.c set_file_attrs with ATTRS_REPORT, for an entry the quick
+        check found current; MSG_INFO (FCLIENT).
+        """
+        if iflags & (_REPORT_PERMS | _REPORT_TIME | _REPORT_OWNER | _REPORT_GROUP):
+            self.say_uptodate(entry.name, updated=True)
+        else:
+            self.say_uptodate(entry.name)
+
+    def _linked_uptodate(self, entry: FileEntry, path: bytes, leader: int) -> None:
+        """-vv: a member already linked to its up-to-date leader says so at its own place.
+
+        rsync takes the group's first existing member as its leader and each
+        later one is then "uptodate" in hlink.c maybe_hard_link; backupd
+        links them to the last one afterwards, finding nothing to do.
+        """
+        st, lead_st = self._lstat(path), self._lstat(self.state.dest[leader])
+        if (st is not None and lead_st is not None and stat.S_ISREG(lead_st.st_mode)
+                and (st.st_dev, st.st_ino) == (lead_st.st_dev, lead_st.st_ino)
+                and self._unchanged(self.state.flist[leader], self.state.dest[leader], lead_st)):
+            self.say_uptodate(entry.name)
+
+    def say_uptodate(self, name: bytes, *, updated: bool = False) -> None:
+        """-vv (INFO NAME2), not -i: ``NAME is uptodate`` (``NAME`` alone when ``updated``), MSG_INFO."""
+        if self.state.verbosity >= 2 and "%i" not in (self.opts.log_format or ""):
+            self.out.send_msg(MsgCode.INFO, name + (b"\n" if updated else b" is uptodate\n"))
 
     def _attr_changes(self, entry: FileEntry, st: os.stat_result) -> int:
         opts, iflags = self.opts, 0
-        if opts.times and not (entry.is_dir and opts.omit_dir_times) and not self._same_mtime(entry, st):
+        if (opts.times and not (entry.is_dir and opts.omit_dir_times) and not (entry.is_link and opts.omit_link_times)
+                and not self._same_mtime(entry, st)):  # itemize keep_time (-O, -J)
             iflags |= _REPORT_TIME
         if opts.perms and (st.st_mode & 0o7777) != (entry.mode & 0o7777):
             iflags |= _REPORT_PERMS
@@ -686,6 +766,9 @@ class Generator:
             self.out.write(header)
             return
         self.out.write(header + self._sums_for(alt.path if partial else path, entry, exists, redo))
+        backup = state.tree.backup
+        if opts.inplace and not redo and alt is None and exists and backup is not None and backup.report:
+            backup.report(split_path(path, state.tree.module))  # recv_generator: its --inplace backup copy
 
     def _sums_for(self, path: bytes, entry: FileEntry, exists: bool, redo: bool) -> bytes:
         opts = self.opts

@@ -25,11 +25,10 @@ from backupd.protocol.sums import Checksum
 from backupd.protocol.xattrs import XattrDecoder
 from backupd.roles.acl_sync import map_acl_ids
 from backupd.roles.idmap import apply_name_maps
+from backupd.roles.verbosity import server_verbosity
 from backupd.roles.xattr_sync import xattr_name_filter
 from backupd.storage import HistoryStore, ModuleTree
-from backupd.storage.backup import BackupPolicy
 from backupd.storage.catalog import session_writer
-from backupd.storage.fsops import split_path
 
 
 @dataclass
@@ -58,6 +57,7 @@ class PushState:
     alt_dirs: list[bytes] = field(default_factory=list)  # resolved --link/copy/compare-dest dirs
     temp_dir: bytes | None = None  # module path of --temp-dir, where the receiver makes its temp files
     basis_paths: dict[int, tuple[int, bytes]] = field(default_factory=dict)  # ndx -> partial/fuzzy basis chosen
+    verbosity: int = 1  # the client's -v capped by the module's max verbosity (roles/verbosity.py)
 
     def module_path(self, ndx: int) -> bytes:
         """Module-relative destination of entry ``ndx``."""
@@ -380,42 +380,6 @@ def check_temp_dir(state: PushState, module) -> None:
     state.temp_dir = rel  # receiver.c get_tmpname: the temp files are made there
 
 
-def backup_policy(state: PushState, module) -> BackupPolicy:
-    """The client's ``--backup`` for a module without history (rsync options.c, main.c do_recv).
-
-    ``--backup-dir`` is sanitized into the module: absolute is from the
-    module root, relative from the destination dir (the receiver's cwd).
-    The suffix is ``~``, or none with a backup dir, unless ``--suffix`` is given.
-
-    Raises:
-        RsyncError: the backup dir exists and is not a directory (exit 1, as rsyncd's).
-    """
-    opts = state.opts
-    rel = check_backup_dir(state)
-    backup_dir = split_path(rel, module.name) if rel is not None else None
-    suffix = opts.suffix if opts.suffix is not None else (b"" if backup_dir is not None else b"~")
-    return BackupPolicy(suffix=suffix, backup_dir=backup_dir, base=split_path(state.curr_dir, module.name),
-                        module=module.name)
-
-
-def check_backup_dir(state: PushState) -> bytes | None:
-    """Module path of ``--backup-dir`` (None without one), checked as rsync main.c do_recv does.
-
-    Raises:
-        RsyncError: it exists and is not a directory (exit 1, as rsyncd's).
-    """
-    raw = state.opts.backup_dir
-    if raw is None:
-        return None
-    clean = sanitize_path(raw, 0).rstrip(b"/") or b"."
-    rel = clean if raw.startswith(b"/") else join_path(state.curr_dir, clean)
-    st = state.tree.lstat(rel)
-    if st is not None and not stat.S_ISDIR(st.st_mode):
-        shown = clean if not raw.startswith(b"/") else raw.rstrip(b"/")
-        raise RsyncError(f"The backup-dir is not a directory: {os.fsdecode(shown)}", ExitCode.SYNTAX, bare=True)
-    return rel
-
-
 def run_push(session, request, negotiated: Negotiated) -> ExitCode:
     """Receive one push into the request's module. Returns the session's exit code.
 
@@ -423,6 +387,7 @@ def run_push(session, request, negotiated: Negotiated) -> ExitCode:
         RsyncError: fatal problems (reported by the session).
     """
     from backupd.roles.alt_dest import send_warning, setup_alt_dirs
+    from backupd.roles.backup_opts import backup_policy, check_backup_dir
     from backupd.roles.generator import STOP_WAIT_S, Generator
     from backupd.roles.receiver import Receiver
 
@@ -474,13 +439,13 @@ def run_push(session, request, negotiated: Negotiated) -> ExitCode:
             io_error=io_error,
             is_root=is_root,
         )
-        state.umask = current_umask()
+        state.umask, state.verbosity = current_umask(), server_verbosity(opts.verbose, module.max_verbosity)
         plan_destination(
             state, opts.paths[0], lambda text: session.outbox.send_msg(MsgCode.INFO, text.encode("utf-8", "replace"))
         )
         check_temp_dir(state, module)
         if opts.backup and not module.history:  # with history, --backup folds into it
-            tree.backup = backup_policy(state, module)
+            tree.backup = backup_policy(state, module, lambda line: session.outbox.send_msg(MsgCode.INFO, line))
             opts.omit_dir_times = opts.omit_dir_times or opts.backup_dir is None  # options.c: implied -O
         else:
             check_backup_dir(state)

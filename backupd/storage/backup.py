@@ -18,7 +18,8 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from backupd.storage.fsops import (
     DIR_READ_FLAGS,
@@ -47,12 +48,16 @@ class BackupPolicy:
         base: module components of the destination dir (rsync's cwd):
             names below it are kept at the same relative path in the backup dir.
         module: the module's name, for messages.
+        report: called with the components of each entry ``keep`` keeps
+            (rsync's ``backed up X to Y`` at -vv), or None; the generator
+            reports ``copy`` (``--inplace``) itself, where rsync's does.
     """
 
     suffix: bytes
     backup_dir: tuple[bytes, ...] | None
     base: tuple[bytes, ...] = ()
     module: str = ""
+    report: Callable[[tuple[bytes, ...]], None] | None = field(default=None, compare=False)
 
     def is_backup_name(self, name: bytes) -> bool:
         """True for a name that is itself a backup, never backed up again (delete.c is_backup_file)."""
@@ -76,15 +81,18 @@ class BackupPolicy:
         dst_fd, dst_name = self._backup_parent(root_fd, comps)
         try:
             try:
-                return self._link_or_rename(parent_fd, comps[-1], dst_fd, dst_name, prefer_rename)
+                moved = self._link_or_rename(parent_fd, comps[-1], dst_fd, dst_name, prefer_rename)
             except OSError as exc:
                 if exc.errno not in (errno.EEXIST, errno.EISDIR, errno.ENOTEMPTY, errno.ENOTDIR):
                     raise
-            old = os.stat(dst_name, dir_fd=dst_fd, follow_symlinks=False)
-            remove_tree(dst_fd, dst_name, old)  # delete_item(buf, DEL_FOR_BACKUP | DEL_RECURSE)
-            return self._link_or_rename(parent_fd, comps[-1], dst_fd, dst_name, prefer_rename)
+                old = os.stat(dst_name, dir_fd=dst_fd, follow_symlinks=False)
+                remove_tree(dst_fd, dst_name, old)  # delete_item(buf, DEL_FOR_BACKUP | DEL_RECURSE)
+                moved = self._link_or_rename(parent_fd, comps[-1], dst_fd, dst_name, prefer_rename)
         finally:
             os.close(dst_fd)
+        if self.report is not None:
+            self.report(comps)
+        return moved
 
     def copy(self, root_fd: int, parent_fd: int, comps: tuple[bytes, ...], st: os.stat_result) -> None:
         """Copy regular file ``comps`` to its backup name, replacing one there (``--inplace``).

@@ -111,7 +111,7 @@ def test_realistic_warnings_name_file_and_line(realistic):
 
 def test_ignored_known_parameters_are_silent():
     cfg = parse_rsyncd_conf(
-        "use chroot = yes\nsyslog facility = local3\nsyslog tag = x\nmax verbosity = 2\n"
+        "use chroot = yes\nsyslog facility = local3\nsyslog tag = x\n"
         "charset = utf-8\nopen noatime = yes\nforward lookup = no\ntemp dir = /tmp\n"
         "socket options = SO_KEEPALIVE\nlisten backlog = 10\n[m]\npath = /m\n"
         "name converter = /bin/nc\nignore nonreadable = yes\n"
@@ -366,3 +366,9 @@ def test_table_reaches_every_model_field():
     daemon_fields -= {"modules", "source", "warnings"}
     assert module_fields == {p.module_field for p in PARAMS if p.module_field}
     assert daemon_fields == {p.daemon_field for p in PARAMS if p.daemon_field}
+
+
+def test_max_verbosity_caps_per_module():
+    cfg = parse_rsyncd_conf("max verbosity = 3\n[a]\npath = /a\n[b]\npath = /b\nmax verbosity = 0\n[c]\npath = /c\n")
+    assert [cfg.modules[m].max_verbosity for m in "abc"] == [3, 0, 3]
+    assert parse_rsyncd_conf("[m]\npath = /m\n").modules["m"].max_verbosity == 1  # rsyncd's default

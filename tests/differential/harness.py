@@ -274,6 +274,7 @@ class hold_connection:
 # rsync's " at main.c(1338) [sender=3.5.0]"; backupd's own " at backupd [Receiver=backupd-V]"
 TRAILER = re.compile(r" at (?:[\w./-]+\.c\(\d+\)|backupd) \[[A-Za-z]+=[^\]]*\]")
 PORT = re.compile(r"127\.0\.0\.1:\d+")
+TCP_PORT = re.compile(r"(?<=^opening tcp connection to 127\.0\.0\.1 port )\d+$")  # -vv
 STAMP = re.compile(r"\d{4}/\d\d/\d\d \d\d:\d\d:\d\d")
 LISTING = re.compile(r"^([-dlcbps][-rwxsStT]{9})\s+([\d,]+) (.*)$")
 STAT_LINE = re.compile(r"^([A-Z][A-Za-z ]+?):\s+([\d,]+)(?: bytes)?\b")
@@ -310,6 +311,7 @@ def _lines(ctx: SideContext, text: str, *, stdout: bool) -> list[str]:
     for line in text.splitlines():
         line = TRAILER.sub("", line)
         line = PORT.sub("127.0.0.1:PORT", line)
+        line = TCP_PORT.sub("PORT", line)
         line = STAMP.sub(lambda m: _stamp(ctx, m.group(0)), line)
         if stdout:
             if VOLATILE_LINE.match(line) or line.startswith(VOLATILE_STATS):

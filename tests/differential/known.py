@@ -14,15 +14,19 @@ DIFFERENCES: dict[str, str] = {
     "DIFF-004": "-v: no incremental recursion, the client prints 'building file list ... done' / "
     "'receiving file list ... done' instead of '... incremental file list'; so a "
     "module-excluded dir is not created empty (0700) as rsyncd's incremental receiver does",
-    "DIFF-022": "-H --delete: rsyncd deletes in subdirs and links followers to an unchanged "
-    "leader before the other transfers; backupd in file-list order (with or without incremental "
-    "recursion)",
+    "DIFF-032": "pull -vv with 'max verbosity = 2': rsyncd's sender ends with 'total: matches=M  "
+    "hash_hits=H  false_alarms=F data=N' (match.c match_report, DEBUG DELTASUM); backupd's sends "
+    "no such line (its block search counts no hash hits)",
+    "DIFF-033": "--backup-dir inside the deleted tree with --delete-after (history = no): rsyncd's "
+    "delete pass reads each dir when it gets there, so it also deletes (backing them up again, into "
+    "old/old) the backups it just made of the dirs deleted before it; backupd plans from the dirs "
+    "as they were when the pass began",
 }
 
 KNOWN: dict[str, str | tuple[str, set[str]]] = {
-    "hardlinks-H-delete": "DIFF-022",
-    "hardlinks-H-delete-no-inc": "DIFF-022",
     "push-verbose": "DIFF-004",
     "pull-verbose-stats": "DIFF-004",
     "module-exclude-push": "DIFF-004",
+    "pull-vv-max-verbosity": "DIFF-032",
+    "push-backup-dir-inside-delete-after": ("DIFF-033", {"c3.5.0-hist-no", "c3.2.7-hist-no"}),
 }

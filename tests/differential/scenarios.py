@@ -598,6 +598,36 @@ scenario("backup-dir-not-a-dir", push("-ai", "--backup-dir=./bak/"), client=src_
          seed=mod_tree(bak=File(b"in the way\n", mtime=T0)), history_loose=True)
 scenario("backup-inplace", push("-ai", "--backup", "--inplace"), client=src_tree(), seed=mod_tree(),
          history_ignore=("*~",), history_loose=True)
+# -vv (info BACKUP) with "max verbosity = 2": the receiver says "backed up X to Y" for each kept version
+# (backup.c keep_backup); without incremental recursion, which backupd declines ("building file list")
+VV = {"max verbosity": 2}
+scenario("backup-vv", push("-avv", "--no-inc-recursive", "--backup"), client=src_tree(), seed=mod_tree(),
+         history_ignore=("*~",), history_loose=True, params=VV)
+scenario("backup-dir-vv-delete", push("-avv", "--no-inc-recursive", "--backup-dir=bak", "--suffix=.old", "--delete"),
+         client=src_tree(), seed=mod_tree(), history_ignore=("bak", "bak/*"), history_loose=True,
+         params=VV)
+scenario("backup-inplace-vv", push("-avv", "--no-inc-recursive", "--backup", "--inplace"), client=src_tree(),
+         seed=mod_tree(), history_ignore=("*~",), history_loose=True, params=VV)
+scenario("backup-dir-absolute-vv", push("-avv", "--no-inc-recursive", "-b", "--backup-dir=/keep/it", dest="sub/"),
+         client=src_tree(), seed=mod_tree(), history_ignore=("keep", "keep/*"), history_loose=True, params=VV)
+scenario("push-vv-max-verbosity", push("-avv", "--no-inc-recursive", "--delete"), client=src_tree(),
+         seed=mod_tree(**{"a.txt": File(b"alpha\n", mode=0o600, mtime=T0)}), params=VV)
+scenario("push-ivv-max-verbosity", push("-aivv", "--no-inc-recursive"), client=src_tree(), seed=mod_tree(),
+         params=VV)
+scenario("link-dest-ivv-default-max", push("-aivv", "--no-inc-recursive", "--link-dest=../prev", dest="cur/"),
+         client=src_tree(), seed={"prev": Dir(pulled_tree(), mode=0o755, mtime=T0)})
+scenario("link-dest-ivv-max-verbosity", push("-aivv", "--no-inc-recursive", "--link-dest=../prev", dest="cur/"),
+         client=src_tree(), seed={"prev": Dir(pulled_tree(), mode=0o755, mtime=T0)}, params=VV)
+scenario("pull-vv-max-verbosity", pull("-avv", "--no-inc-recursive"), seed=pulled_tree(), params=VV)
+scenario("link-dest-vv-max-verbosity", push("-avv", "--no-inc-recursive", "--link-dest=../prev", dest="cur/"),
+         client=src_tree(), seed={"prev": Dir(pulled_tree(), mode=0o755, mtime=T0)}, params=VV)
+scenario("hardlinks-vv-max-verbosity", hardlink("client/src/a.txt", "client/src/a-link"),
+         push("-avvH", "--no-inc-recursive"), push("-avvH", "--no-inc-recursive"), client=src_tree(),
+         seed=mod_tree(), params=VV)
+scenario("push-vv-default-max", push("-avv", "--no-inc-recursive", "--delete"), client=src_tree(),
+         seed=mod_tree())
+scenario("backup-info-backup", push("-ai", "--info=backup", "--backup", "--suffix=.v1"), client=src_tree(),
+         seed=mod_tree(), history_ignore=("*.v1",), history_loose=True)
 
 # ---------------------------------------------------------------- pulls
 
@@ -761,5 +791,5 @@ scenario("dont-compress", push("-aiz", "--stats", delta=True), client=DELTA_CLIE
 scenario("module-comment-listing", rsync("{host}/"), params={"comment": "the backup module"})
 scenario("list-false", rsync("{host}/"), params={"list": False})
 
-# ---------------------------------------------------------------- alternate basis dirs
-from tests.differential import scenarios_alt_dest  # noqa: E402,F401 - adds its scenarios to SCENARIOS
+# ---------------------------------------------------------------- alternate basis dirs, everyday commands
+from tests.differential import scenarios_alt_dest, scenarios_everyday  # noqa: E402,F401 - add their scenarios

@@ -148,3 +148,19 @@ scenario("link-dest-whole-file-basis", push("-ai", dest="s1/"),
 scenario("link-dest-many-dirs", push("-ai", dest="s1/"),
          *[push("-ai", *[f"--link-dest=../m{i}" for i in range(19)], "--link-dest=../s1",
                 dest="s2/")], client=src_tree())
+# --partial-dir with an alternate: a partial file there is the basis, not the alternate's differing
+# file (generator.c recv_generator prepare_to_open: partialptr replaces the try_dests_reg basis)
+_PARTIAL_CLIENT = {"src": Dir({"big.bin": File(BIG2, mode=0o644, mtime=T0 + 900)}, mode=0o755, mtime=T0)}
+for _kind in ("link", "copy", "compare"):
+    scenario(f"partial-dir-over-{_kind}-dest", write("mod/s2/.part/big.bin", BIG2[:90000], mtime=T0 + 5),
+             push("-ai", "--partial-dir=.part", f"--{_kind}-dest=../s1", "--stats", dest="s2/", delta=True),
+             client=_PARTIAL_CLIENT,
+             seed={"s1": Dir({"big.bin": File(BIG[40000:] + BIG[:40000], mode=0o644, mtime=T0)}, mtime=T0)})
+scenario("partial-dir-alt-dest-matches", write("mod/s2/.part/big.bin", BIG2[:90000], mtime=T0 + 5),
+         push("-ai", "--partial-dir=.part", "--link-dest=../s1", dest="s2/"), client=_PARTIAL_CLIENT,
+         seed={"s1": Dir({"big.bin": File(BIG2, mode=0o644, mtime=T0 + 900)}, mtime=T0)})
+scenario("partial-dir-link-dest-existing", write("mod/s2/.part/big.bin", BIG2[:90000], mtime=T0 + 5),
+         push("-ai", "--partial-dir=.part", "--link-dest=../s1", "--stats", dest="s2/", delta=True),
+         client=_PARTIAL_CLIENT,
+         seed={"s1": Dir({"big.bin": File(BIG[40000:] + BIG[:40000], mode=0o644, mtime=T0)}, mtime=T0),
+               "s2": Dir({"big.bin": File(BIG[:20000], mode=0o600, mtime=T0 + 1)}, mtime=T0)})
