@@ -458,6 +458,8 @@ def sort_key(name: bytes, is_dir: bool) -> bytes:
     if is_dir:
         if name == b".":
             return b""
+        if name.endswith(b"/."):  # a directory's trailing "." names the directory itself
+            name = name[:-2]
         return b"\x01" + name.replace(b"/", b"/\x01") + b"/"
     head, sep, tail = name.rpartition(b"/")
     if sep:
