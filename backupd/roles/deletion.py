@@ -196,13 +196,15 @@ class Deleter:
         for key in self.deleted:
             self.deleted[key] += getattr(counts, key, 0)
 
-    def send_del_stats(self, ndx: NdxEncoder) -> None:
-        """The --max-delete warning, then NDX_DEL_STATS and its five counts (main.c write_del_stats)."""
+    def send_del_stats(self, ndx: NdxEncoder, counts: bool = True) -> None:
+        """The --max-delete warning, then (``counts``) NDX_DEL_STATS and its five counts (main.c write_del_stats)."""
         if self.deletions_skipped:
             self.out.send_msg(
                 MsgCode.WARNING,
                 f"Deletions stopped due to --max-delete limit ({self.deletions_skipped} skipped)\n".encode(),
             )
+        if not counts:
+            return
         d = self.deleted
         out = ndx.encode(NDX_DEL_STATS)
         for value in (d["files"], d["dirs"], d["symlinks"], d["devices"], d["specials"]):

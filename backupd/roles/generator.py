@@ -67,7 +67,7 @@ class Generator:
         self.out = session.outbox
         self.out.msgs_overtake = True  # rsync's generator: messages go ahead of buffered data
         self.log = session.log
-        self.ndx = NdxEncoder()
+        self.ndx = NdxEncoder(state.protocol)
         self.error: RsyncError | None = None
         self.errors = FileErrors(self.out.send_msg, self.log, "generator", state)
         self.deleter = Deleter(state, self.out, self.log, self.errors)
@@ -165,14 +165,18 @@ class Generator:
             self._request_file(ndx, st.flist[ndx], redo=True)
         redone = set(redo)
         self._link_followers(lambda leader: leader not in redone)  # their leaders are written: itemize them
-        self.out.write(self.ndx.encode(NDX_DONE) + self.ndx.encode(NDX_DONE))
-        self._wait("phase", 3)
+        if st.protocol >= 29:  # generator.c generate_files: the delay-updates phase is protocol 29+
+            self.out.write(self.ndx.encode(NDX_DONE) + self.ndx.encode(NDX_DONE))
+            self._wait("phase", 3)
+        else:
+            self.out.write(self.ndx.encode(NDX_DONE))
+            self._wait("phase", 2)
         self._link_followers(lambda leader: True)
         if deleting and opts.delete_mode in ("after", "delay"):
             self.deleter.delete_pass()
         self._touch_up_dirs()
-        if opts.deleting:
-            self.deleter.send_del_stats(self.ndx)
+        if opts.deleting:  # the stats themselves: not below protocol 30 (only 31+ in rsync; 30 kept as it was)
+            self.deleter.send_del_stats(self.ndx, counts=st.protocol >= 30)
         if st.protocol >= 31:  # generator.c generate_files(): the late-delete DONE is protocol 31+
             self.out.write(self.ndx.encode(NDX_DONE))
         self._wait("goodbye")
@@ -261,6 +265,8 @@ class Generator:
         if self.xattrs is not None:
             iflags |= self.xattrs.report(entry, path, bool(iflags & _IS_NEW))
         log_format = self.opts.log_format or ""
+        if self.state.protocol < 29:  # generator.c itemize: no iflags on the wire below 29
+            return
         if iflags & _SIGNIFICANT or "%i%I" in log_format:
             trailer = b"" if self.xattrs is None else self.xattrs.trailer(self.state.flist[ndx], iflags)
             self.out.write(self.ndx.encode(ndx) + encode_shortint(iflags) + trailer)
@@ -675,8 +681,12 @@ class Generator:
         if self.acls is not None:
             iflags |= self.acls.report(entry, path, st is None)
         state.requested.add(ndx)
-        header = self.ndx.encode(ndx) + encode_shortint(iflags & 0xFFFF)
-        if alt is not None:  # io.c write_ndx_and_attrs: basis type, the fuzzy name, then the xattr request
+        if state.protocol < 29:  # only the ndx: the sender assumes ITEM_TRANSFER (rsync.c read_ndx_and_attrs)
+            header = self.ndx.encode(ndx)
+        else:
+            header = self.ndx.encode(ndx) + encode_shortint(iflags & 0xFFFF)
+        # io.c write_ndx_and_attrs: basis type, the fuzzy name, then the xattr request
+        if alt is not None and state.protocol >= 29:
             header += bytes((alt.index,))
             if alt.index >= FNAMECMP_FUZZY:
                 header += encode_vstring(alt.path.rpartition(b"/")[2])
@@ -761,6 +771,8 @@ class Generator:
                 if alt_st is not None:
                     iflags = self.alt.item_flags(entry, alt_st, _LOCAL_CHANGE | _XNAME_FOLLOWS, xname=xname)
             iflags |= xreport
+            if self.state.protocol < 29:
+                return
             trailer = b"" if self.xattrs is None else self.xattrs.trailer(entry, iflags)
             self.out.write(self.ndx.encode(ndx) + encode_shortint(iflags) + encode_vstring(xname) + trailer)
         except StorageError as exc:

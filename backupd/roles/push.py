@@ -18,7 +18,8 @@ from backupd.protocol.acls import AclDecoder
 from backupd.protocol.chmod import current_umask, parse_chmod
 from backupd.protocol.constants import MUNGE_PREFIX, CompatFlags, IoError, MsgCode
 from backupd.protocol.filters import decode_filter_list
-from backupd.protocol.flist import FileEntry, FlistDecoder, check_wire_name, clean_wire_name, sort_key
+from backupd.protocol.flist import FileEntry, check_wire_name, clean_wire_name, sort_key
+from backupd.protocol.flist_legacy import new_flist_decoder
 from backupd.protocol.negotiate import Negotiated, file_list_options
 from backupd.protocol.server_args import TransferOptions
 from backupd.protocol.sums import Checksum
@@ -103,7 +104,7 @@ def read_file_list(
     Raises:
         ProtocolError: an unsafe name or a malformed entry.
     """
-    decoder = FlistDecoder(file_list_options(state_opts, negotiated, protocol))
+    decoder = new_flist_decoder(file_list_options(state_opts, negotiated, protocol))
     xattrs = XattrDecoder(am_root=am_root, level=state_opts.xattrs, excluded=excluded) if state_opts.xattrs else None
     acls = AclDecoder() if state_opts.acls else None
     entries = []

@@ -737,4 +737,8 @@ scenario("module-comment-listing", rsync("{host}/"), params={"comment": "the bac
 scenario("list-false", rsync("{host}/"), params={"list": False})
 
 # ---------------------------------------------------------------- alternate basis dirs
-from tests.differential import scenarios_alt_dest  # noqa: E402,F401 - adds its scenarios to SCENARIOS
+# the same for old clients (--protocol=29/28/27)
+from tests.differential import (  # noqa: E402 - each adds its scenarios to SCENARIOS
+    scenarios_alt_dest,  # noqa: F401
+    scenarios_legacy,  # noqa: F401
+)
