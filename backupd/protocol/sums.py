@@ -84,7 +84,8 @@ NULL_SUM_HEAD = SumHead(0, 0, 0, 0)
 
 
 def decode_sum_head(
-    data: bytes | memoryview, digest_len: int = SUM_LENGTH, *, max_alloc: int | None = MAX_ALLOC
+    data: bytes | memoryview, digest_len: int = SUM_LENGTH, *, max_alloc: int | None = MAX_ALLOC,
+    max_block_len: int = MAX_BLOCK_SIZE,
 ) -> SumHead:
     """Decode and bound-check the 16-byte sum head.
 
@@ -104,6 +105,7 @@ def decode_sum_head(
         data: exactly 16 bytes.
         digest_len: full digest length of the negotiated checksum.
         max_alloc: rsync's --max-alloc; None: no bound.
+        max_block_len: 131072, or OLD_MAX_BLOCK_SIZE (2**29) below protocol 30.
 
     Raises:
         ProtocolError: wrong size or a field out of bounds (exit code 2),
@@ -114,8 +116,8 @@ def decode_sum_head(
     count, block_len, s2_len, remainder = _HEAD.unpack(data)
     if count < 0:
         raise ProtocolError(f"invalid checksum count {count}")
-    if not 0 <= block_len <= MAX_BLOCK_SIZE:
-        raise ProtocolError(f"invalid block length {block_len} (max {MAX_BLOCK_SIZE})")
+    if not 0 <= block_len <= max_block_len:
+        raise ProtocolError(f"invalid block length {block_len} (max {max_block_len})")
     if count and not block_len:
         raise ProtocolError(f"invalid zero block length for {count} blocks")
     max_s2 = max(SUM_LENGTH, digest_len)
