@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from enum import IntEnum, IntFlag
 
-MIN_PROTOCOL = 29
+MIN_PROTOCOL = 27
 LEGACY_PROTOCOL = 30          # below it: byte flags, int32 fields, int32 ndx, no compat flags
 MAX_PROTOCOL = 32
 OUR_PROTOCOL = 32

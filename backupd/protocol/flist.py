@@ -464,6 +464,20 @@ def sort_key(name: bytes, is_dir: bool) -> tuple:
     return tuple(key)
 
 
+def legacy_sort_key(name: bytes, is_dir: bool) -> bytes:
+    """rsync's file-list order below protocol 29: the whole path, bytes unsigned (strcmp).
+
+    Source: flist.c f_name_cmp() with ``t_path = t_ITEM``: no trailing ``/``
+    for directories, no files-first rule, ``.`` not special.
+    """
+    return name
+
+
+def sort_key_for(protocol: int):
+    """The file-list order of ``protocol``: :func:`sort_key` (29+) or :func:`legacy_sort_key`."""
+    return sort_key if protocol >= 29 else legacy_sort_key
+
+
 def sort_flist(entries: list[FileEntry]) -> list[FileEntry]:
     """Sorted copy with later duplicates removed (a directory wins over a file)."""
     ordered = sorted(entries, key=lambda e: sort_key(e.name, e.is_dir))

@@ -266,14 +266,40 @@ class Generator:
             iflags |= self.xattrs.report(entry, path, bool(iflags & _IS_NEW))
         log_format = self.opts.log_format or ""
         if self.state.protocol < 29:  # generator.c itemize: no iflags on the wire below 29
+            self._legacy_name_line(entry, iflags)
             return
         if iflags & _SIGNIFICANT or "%i%I" in log_format:
             trailer = b"" if self.xattrs is None else self.xattrs.trailer(self.state.flist[ndx], iflags)
             self.out.write(self.ndx.encode(ndx) + encode_shortint(iflags) + trailer)
 
+    def _legacy_name_line(self, entry: FileEntry, iflags: int, realname: bytes | None = None) -> None:
+        """Below protocol 29 the generator names what it made itself, with -v (MSG_INFO).
+
+        A directory whose attributes it set (``NAME/``), a symlink, device
+        or special it created (``NAME -> TARGET``, ``NAME``), a hard link
+        (``NAME => LEADER``). Source: generator.c recv_generator() and
+        hlink.c maybe_hard_link(), ``rprintf(code, ...)`` with INFO_GTE(NAME, 1).
+        """
+        if not self.opts.verbose:
+            return
+        name = entry.name
+        if realname is not None:
+            line = name + b" => " + realname
+        elif entry.is_dir:
+            if not iflags & (_IS_NEW | _REPORT_TIME | _REPORT_PERMS | _REPORT_OWNER | _REPORT_GROUP):
+                return
+            line = name + b"/"
+        elif not iflags & _LOCAL_CHANGE:
+            return
+        elif entry.is_link:
+            line = name + b" -> " + (entry.link_target or b"")
+        else:
+            line = name
+        self.out.send_msg(MsgCode.INFO, line + b"\n")
+
     def _process_dir(self, ndx: int, entry: FileEntry, path: bytes, delete_during: bool) -> None:
         tree, dry = self.state.tree, self.opts.dry_run
-        if ndx:
+        if ndx and self.state.protocol >= 29:  # below 29 the name lines overtake the requests
             self.out.flush()  # where rsyncd's generator output reaches the client before a directory
         st = self._lstat(path)
         if st is None and self.opts.existing:  # no new directory, nor anything in it
@@ -484,7 +510,7 @@ class Generator:
                 self.errors.record(f"could not make way for new {what}: {os.fsdecode(rel)}", prefixed=False)
                 return False
             for item_rel, item_is_dir in items:
-                self.out.send_msg(MsgCode.DELETED, item_rel + (b"\0" if item_is_dir else b""))
+                self.deleter.report_deleted(item_rel, item_is_dir)
         if not self.opts.dry_run:
             counts = tree.delete(path)
             counts.dirs -= stat.S_ISDIR(st.st_mode)  # the room made is not a deletion, what was in it is
@@ -772,6 +798,7 @@ class Generator:
                     iflags = self.alt.item_flags(entry, alt_st, _LOCAL_CHANGE | _XNAME_FOLLOWS, xname=xname)
             iflags |= xreport
             if self.state.protocol < 29:
+                self._legacy_name_line(entry, iflags, realname=xname)
                 return
             trailer = b"" if self.xattrs is None else self.xattrs.trailer(entry, iflags)
             self.out.write(self.ndx.encode(ndx) + encode_shortint(iflags) + encode_vstring(xname) + trailer)

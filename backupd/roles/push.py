@@ -18,7 +18,7 @@ from backupd.protocol.acls import AclDecoder
 from backupd.protocol.chmod import current_umask, parse_chmod
 from backupd.protocol.constants import MUNGE_PREFIX, CompatFlags, IoError, MsgCode
 from backupd.protocol.filters import decode_filter_list
-from backupd.protocol.flist import FileEntry, check_wire_name, clean_wire_name, sort_key
+from backupd.protocol.flist import FileEntry, check_wire_name, clean_wire_name, sort_key_for
 from backupd.protocol.flist_legacy import new_flist_decoder
 from backupd.protocol.negotiate import Negotiated, file_list_options
 from backupd.protocol.server_args import TransferOptions
@@ -127,7 +127,8 @@ def read_file_list(
             entry.user_name = users.get(entry.uid)
         if entry.gid is not None and entry.group_name is None:
             entry.group_name = groups.get(entry.gid)
-    entries.sort(key=lambda e: sort_key(e.name, e.is_dir))
+    order = sort_key_for(protocol)
+    entries.sort(key=lambda e: order(e.name, e.is_dir))
     return entries, decoder.io_error
 
 

@@ -255,6 +255,7 @@ def _build_list(session, tree: ModuleTree, request, negotiated: Negotiated, rule
         tree, opts, make_filters=make_filters, module_filters=build_module_filters(module),
         report=lambda code, text: session.outbox.send_msg(code, wire_text(text)),
         module=module.name, munge_symlinks=module.munge_symlinks, file_checksum=file_checksum,
+        protocol=request.protocol,
     )
     built = builder.build(args, names)
     if module.outgoing_chmod:
@@ -390,7 +391,10 @@ class Sender:
             ProtocolError: a negative ndx other than DONE/DEL_STATS, or one
                 past the file list ("Invalid file index").
         """
-        self.out.flush()    # the client may be waiting for what we wrote before it asks again
+        # the client may be waiting for what we wrote before it asks again; below 30, as rsync's
+        # sender, only once the requests read so far are answered (one burst, as the client expects)
+        if not (self.legacy and self.session.inbox.has_buffered()):
+            self.out.flush()
         while True:
             ndx = self.ndx_in.decode(self.read)
             if ndx == NDX_DEL_STATS:

@@ -17,6 +17,8 @@ DIFFERENCES: dict[str, str] = {
     "DIFF-022": "-H --delete: rsyncd deletes in subdirs and links followers to an unchanged "
     "leader before the other transfers; backupd in file-list order (with or without incremental "
     "recursion)",
+    "DIFF-032": "--protocol=26 and older: rsyncd serves them (3.5.0 speaks 20-32); backupd refuses "
+    "below 27 with '@ERROR: protocol version 26 is too old' (exit 5)",
 }
 
 KNOWN: dict[str, str | tuple[str, set[str]]] = {
@@ -25,4 +27,5 @@ KNOWN: dict[str, str | tuple[str, set[str]]] = {
     "push-verbose": "DIFF-004",
     "pull-verbose-stats": "DIFF-004",
     "module-exclude-push": "DIFF-004",
+    "proto26-refused": "DIFF-032",
 }
