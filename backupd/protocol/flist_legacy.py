@@ -63,6 +63,7 @@ class LegacyFlistDecoder(FlistDecoder):
         self._rdev = 0
         self._groups: dict[tuple[int, int], int] = {}
         self._members: dict[int, int] = {}
+        self.dev_ino: dict[int, tuple[int, int]] = {}  # wire ndx -> (dev + 1, inode) as sent
 
     def read_entry(self, read: Read) -> FileEntry | None:
         """Read one entry, or the 00 end byte (returns None).
@@ -142,16 +143,16 @@ class LegacyFlistDecoder(FlistDecoder):
             minor = read(1)[0] if xflags & _RDEV_MINOR_8_pre30 else decode_int32(read) & 0xFFFFFFFF
         if entry.is_device:
             entry.rdev_major, entry.rdev_minor = major, minor
-        else:
-            entry.size = 0
+        entry.size = 0  # recv_file_entry: a device's or special's length is 0
 
     def _read_dev_ino(self, read: Read, xflags: int, entry: FileEntry) -> None:
         if self.opts.protocol < 28 or not xflags & _SAME_DEV_pre30:
             self._dev = decode_longint(read)
         ino = decode_longint(read)
+        ndx = self.ndx_start + len(self.wire_entries)
+        self.dev_ino[ndx] = (self._dev, ino)
         if entry.is_dir:
             return
-        ndx = self.ndx_start + len(self.wire_entries)
         group = self._groups.setdefault((self._dev, ino), ndx)
         entry.hlink_group, entry.hlink_first = group, group == ndx
         self._members[group] = self._members.get(group, 0) + 1
@@ -186,12 +187,15 @@ class LegacyFlistEncoder(FlistEncoder):
 
     Hard links: each entry's ``hlink_group`` stands in for its inode (dev
     1); at 27 a regular file outside any group gets an inode of its own.
+    ``dev_ino(entry) -> (dev + 1, inode)``, when given, supplies the pair
+    to send instead (a replay of captured bytes).
     """
 
-    def __init__(self, opts: FlistOptions) -> None:
+    def __init__(self, opts: FlistOptions, dev_ino=None) -> None:
         super().__init__(opts)
         self._rdev = 0  # rsync's statics start at 0
         self._dev = -1
+        self._dev_ino = dev_ino
 
     def encode_entry(self, entry: FileEntry) -> bytes:
         """Wire bytes of one entry; advances the "same as previous" state."""
@@ -204,10 +208,12 @@ class LegacyFlistEncoder(FlistEncoder):
             l1 += 1
         suffix = name[l1:]
         xflags |= (_SAME_NAME if l1 else 0) | (_LONG_NAME if len(suffix) > 255 else 0)
-        out = [self._flag_bytes(xflags, entry)]
+        xflags = self._final_flags(xflags, entry)
+        two_bytes = o.protocol >= 28 and xflags & _EXTENDED_FLAGS  # 27: that bit is SAME_RDEV_pre28
+        out = [bytes([xflags & 0xFF, xflags >> 8]) if two_bytes else bytes([xflags])]
         if l1:
             out.append(bytes([l1]))
-        out.append(encode_int32(len(suffix)) if len(suffix) > 255 else bytes([len(suffix)]))
+        out.append(encode_int32(len(suffix)) if xflags & _LONG_NAME else bytes([len(suffix)]))
         out += [suffix, encode_longint(entry.size)]
         if not xflags & _SAME_TIME:
             out.append(encode_int32(_s32(entry.mtime)))
@@ -221,25 +227,28 @@ class LegacyFlistEncoder(FlistEncoder):
         if o.preserve_links and entry.is_link:
             target = entry.link_target or b""
             out.append(encode_int32(len(target)) + target)
-        if self._inode(entry) is not None:
+        if (pair := self._pair(entry)) is not None:
             if not xflags & _SAME_DEV_pre30:
-                out.append(encode_longint(1))
-            out.append(encode_longint(self._inode(entry)))
+                out.append(encode_longint(pair[0]))
+            out.append(encode_longint(pair[1]))
         if o.csum_len and (entry.is_reg or o.protocol < 28):
             sum_ = entry.checksum if entry.is_reg and entry.checksum else b""
             out.append(sum_[: o.csum_len].ljust(o.csum_len, b"\0"))
         self._remember(entry)
         return b"".join(out)
 
-    def _inode(self, entry: FileEntry) -> int | None:
+    def _pair(self, entry: FileEntry) -> tuple[int, int] | None:
+        """(dev + 1, inode) to send for ``entry``, or None (flist.c make_file: tmp_dev)."""
         o = self.opts
-        if not o.preserve_hard_links or entry.is_dir:
+        if not o.preserve_hard_links or entry.is_dir or (o.protocol < 28 and not entry.is_reg):
             return None
+        if o.protocol >= 28 and entry.hlink_group is None:
+            return None
+        if self._dev_ino is not None:
+            return self._dev_ino(entry)
         if entry.hlink_group is not None:
-            return entry.hlink_group + 1
-        if o.protocol < 28 and entry.is_reg:
-            return (1 << 32) + self.entries_written  # never another entry's inode
-        return None
+            return 1, entry.hlink_group + 1
+        return 1, (1 << 32) + self.entries_written  # 27: never another entry's inode
 
     def _legacy_flags(self, entry: FileEntry) -> int:
         o, prev = self.opts, self._prev
@@ -263,23 +272,24 @@ class LegacyFlistEncoder(FlistEncoder):
             xflags |= _SAME_GID
         if entry.mtime == prev.mtime:
             xflags |= _SAME_TIME
-        if self._inode(entry) is not None:
+        if (pair := self._pair(entry)) is not None:
             xflags |= _HLINKED if o.protocol >= 28 else 0
-            if o.protocol >= 28 and self._dev == 1:
+            if o.protocol >= 28 and self._dev == pair[0]:
                 xflags |= _SAME_DEV_pre30
-            self._dev = 1
+            self._dev = pair[0]
         return xflags
 
-    def _flag_bytes(self, xflags: int, entry: FileEntry) -> bytes:
+    def _final_flags(self, xflags: int, entry: FileEntry) -> int:
+        """Never a 0 first byte (the end marker): TOP_DIR on a non-dir, EXTENDED_FLAGS, or at 27 LONG_NAME."""
         if self.opts.protocol >= 28:
             if not xflags and not entry.is_dir:
                 xflags |= _TOP_DIR
             if xflags & 0xFF00 or not xflags:
-                return bytes([(xflags | _EXTENDED_FLAGS) & 0xFF, xflags >> 8])
-            return bytes([xflags])
+                xflags |= _EXTENDED_FLAGS
+            return xflags
         if not xflags & 0xFF:
             xflags |= _LONG_NAME if entry.is_dir else _TOP_DIR
-        return bytes([xflags & 0xFF])
+        return xflags & 0xFF
 
     def _rdev_bytes(self, entry: FileEntry, xflags: int) -> bytes:
         o = self.opts
