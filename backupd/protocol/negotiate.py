@@ -141,6 +141,30 @@ def legacy_setup(opts: TransferOptions, seed: int) -> Negotiated:
     return Negotiated(CompatFlags(0), MD4_OLD, "md4", compression, opts.compress_level, seed)
 
 
+def legacy_refusal(opts: TransferOptions, protocol: int) -> str | None:
+    """What rsync refuses to do below protocol 30 with these options, in its words; None if nothing.
+
+    Source: compat.c setup_protocol() (a 3.x client checks the same and
+    stops first; an older client cannot ask for these).
+    """
+    if protocol < 30:
+        for wanted, what in ((opts.acls, "--acls"), (opts.xattrs, "--xattrs")):
+            if wanted:
+                return f"{what} requires protocol 30 or higher (negotiated {protocol})."
+    if protocol >= 29:
+        return None
+    if opts.fuzzy:
+        return f"--fuzzy requires protocol 29 or higher (negotiated {protocol})."
+    alt = f"--{opts.alt_dest_type}-dest"
+    if opts.alt_dest_dirs and opts.inplace:
+        return f"{alt} with --inplace requires protocol 29 or higher (negotiated {protocol})."
+    if len(opts.alt_dest_dirs) > 1:
+        return f"Using more than one {alt} option requires protocol 29 or higher (negotiated {protocol})."
+    if opts.prune_empty_dirs:
+        return f"--prune-empty-dirs requires protocol 29 or higher (negotiated {protocol})."
+    return None
+
+
 def _forced(name: str, ours: Sequence[str], what: str) -> str:
     name = "xxh64" if name == "xxhash" else name
     if name not in ours:

@@ -709,6 +709,8 @@ class Generator:
         state.requested.add(ndx)
         if state.protocol < 29:  # only the ndx: the sender assumes ITEM_TRANSFER (rsync.c read_ndx_and_attrs)
             header = self.ndx.encode(ndx)
+            if alt is not None:  # no basis type on the wire: the receiver takes the generator's choice
+                state.basis_paths.setdefault(ndx, (alt.index, alt.path))
         else:
             header = self.ndx.encode(ndx) + encode_shortint(iflags & 0xFFFF)
         # io.c write_ndx_and_attrs: basis type, the fuzzy name, then the xattr request

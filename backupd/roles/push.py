@@ -17,7 +17,7 @@ from backupd.errors import ExitCode, PathEscape, ProtocolError, RsyncError, Stor
 from backupd.protocol.acls import AclDecoder
 from backupd.protocol.chmod import current_umask, parse_chmod
 from backupd.protocol.constants import MUNGE_PREFIX, CompatFlags, IoError, MsgCode
-from backupd.protocol.filters import decode_filter_list
+from backupd.protocol.filters import decode_filter_list, old_prefix_rule
 from backupd.protocol.flist import FileEntry, check_wire_name, clean_wire_name, sort_key_for
 from backupd.protocol.flist_legacy import new_flist_decoder
 from backupd.protocol.negotiate import Negotiated, file_list_options
@@ -426,7 +426,11 @@ def run_push(session, request, negotiated: Negotiated) -> ExitCode:
         raise RsyncError("a push names exactly one destination", ExitCode.SYNTAX)
     read = session.inbox.read
     session.input_buffered = True  # main.c do_server_recv: io_start_multiplex_in
-    client_rules = decode_filter_list(read) if (opts.deleting or opts.prune_empty_dirs) else []
+    # exclude.c send_filter_list: below 29 a --delete-excluded client sends no list
+    wants_list = opts.prune_empty_dirs or (opts.deleting and (not opts.delete_excluded or request.protocol >= 29))
+    client_rules = decode_filter_list(read) if wants_list else []
+    if request.protocol < 29:
+        client_rules = [old_prefix_rule(t) for t in client_rules]
     is_root = os.geteuid() == 0
     filters, module_filters = build_filters(client_rules), build_module_filters(module)
     excluded = xattr_name_filter([module_filters, filters], "receiver")

@@ -118,7 +118,8 @@ class Receiver:
             if self.state.protocol < 29:  # rsync.c read_ndx_and_attrs: no iflags on the wire
                 self._check_transfer(ndx, phase, max_phase)
                 if not self.opts.dry_run:
-                    self._receive_file(ndx, phase, self.state.dest[ndx])
+                    chosen = self.state.basis_paths.get(ndx)  # receiver.c: no fnamecmp_type below 29
+                    self._receive_file(ndx, phase, self.state.dest[ndx] if chosen is None else chosen[1])
                 continue
             iflags = decode_shortint(read)
             basis_type = read(1)[0] if iflags & ItemFlags.BASIS_TYPE_FOLLOWS else FNAMECMP_FNAME

@@ -39,7 +39,7 @@ from backupd.protocol.constants import (
     ItemFlags,
     MsgCode,
 )
-from backupd.protocol.filters import FilterList, decode_filter_list, rules_from_client
+from backupd.protocol.filters import FilterList, decode_filter_list, old_prefix_rule, rules_from_client
 from backupd.protocol.flist_legacy import new_flist_encoder
 from backupd.protocol.negotiate import Negotiated, file_list_options
 from backupd.protocol.server_args import TransferOptions
@@ -177,6 +177,8 @@ def run_pull(session, request, negotiated: Negotiated) -> ExitCode:
                 raise
         read = session.inbox.read
         texts = decode_filter_list(read)
+        if request.protocol < 29:
+            texts = [old_prefix_rule(t) for t in texts]
         if opts.files_from == b"-":
             names = read_files_from(read, opts.from0)
         rules = rules_from_client(texts, sender=True, cvs_exclude="C" in opts.letters)

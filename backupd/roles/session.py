@@ -39,7 +39,7 @@ from backupd.errors import (
 from backupd.ops import metrics as ops_metrics
 from backupd.protocol import greeting as gr
 from backupd.protocol.constants import LEGACY_PROTOCOL, MUNGE_PREFIX, MsgCode
-from backupd.protocol.negotiate import Negotiated, finish_setup, legacy_setup, plan_setup
+from backupd.protocol.negotiate import Negotiated, finish_setup, legacy_refusal, legacy_setup, plan_setup
 from backupd.protocol.server_args import (
     TransferOptions,
     has_protected_args,
@@ -350,6 +350,9 @@ class Session:
             seed = opts.checksum_seed if opts.checksum_seed is not None else self._make_seed()
             self.stream.sendall(encode_int32(_signed(seed)))
             self._start_output(request)
+            refused = legacy_refusal(opts, request.protocol)
+            if refused is not None:
+                raise RsyncError(refused, ExitCode.PROTOCOL, bare=True)
             return legacy_setup(opts, _signed(seed))
         plan = plan_setup(opts)
         out = encode_varint(int(plan.compat_flags))
@@ -486,8 +489,10 @@ class Session:
         what = EXIT_TEXT.get(code, "error")
         trailer = f"rsync error: {what} (code {int(code)}) at backupd [{self.role}=backupd-{__version__}]\n"
         self.outbox.send_msg(MsgCode.ERROR, trailer.encode())
-        self.outbox.send_msg(MsgCode.ERROR_EXIT, encode_int32(int(code)))
         protocol = self.request.protocol if self.request is not None else 31
+        # cleanup.c _exit_cleanup: MSG_ERROR_EXIT from a protocol 31+ peer or a receiver (30 kept as it was)
+        if protocol >= LEGACY_PROTOCOL or self.input_buffered:
+            self.outbox.send_msg(MsgCode.ERROR_EXIT, encode_int32(int(code)))
         # cleanup.c _exit_cleanup: only a receiver or a protocol 31+ peer waits for the client's EOF
         self.reset_on_close = not self.input_buffered or (self.role == "sender" and protocol < 31)
         return code
