@@ -101,7 +101,7 @@ class LegacyFlistDecoder(FlistDecoder):
         if not xflags & _SAME_MODE:
             prev.mode = decode_int32(read) & 0xFFFFFFFF
         entry.mode = prev.mode
-        if entry.mode != 0 and stat.S_IFMT(entry.mode) not in _VALID_TYPES:
+        if entry.mode > 0o177777 or (entry.mode != 0 and stat.S_IFMT(entry.mode) not in _VALID_TYPES):
             raise ProtocolError(f"{name!r}: invalid file mode {entry.mode:#o}")
         if entry.is_dir:
             entry.xflags = xflags & _TOP_DIR
@@ -142,6 +142,8 @@ class LegacyFlistDecoder(FlistDecoder):
             major = prev.rdev_major
             minor = read(1)[0] if xflags & _RDEV_MINOR_8_pre30 else decode_int32(read) & 0xFFFFFFFF
         if entry.is_device:
+            if major > 0x7FFFFFFF or minor > 0x7FFFFFFF:  # no dev_t holds them (os.makedev refuses)
+                raise ProtocolError(f"{entry.name!r}: device number {major}:{minor} out of range")
             entry.rdev_major, entry.rdev_minor = major, minor
         entry.size = 0  # recv_file_entry: a device's or special's length is 0
 

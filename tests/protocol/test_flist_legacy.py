@@ -203,7 +203,7 @@ def test_md4_old_block_sums_of_a_captured_pull():
 # ---------------------------------------------------------------- hypothesis round trip
 
 _MODES = [stat.S_IFREG | 0o644, stat.S_IFDIR | 0o755, stat.S_IFLNK | 0o777, stat.S_IFCHR | 0o600,
-          stat.S_IFBLK | 0o660, stat.S_IFIFO | 0o644, stat.S_IFSOCK | 0o755, stat.S_IFREG | 0o4755]
+          stat.S_IFBLK | 0o660, stat.S_IFIFO | 0o644, stat.S_IFSOCK | 0o755, stat.S_IFREG | 0o7777]
 
 
 @st.composite
@@ -231,8 +231,8 @@ def _lists(draw):
         if e.is_link:
             e.link_target = draw(st.binary(min_size=1, max_size=40))
         if e.is_device:
-            e.rdev_major = draw(st.integers(0, 4095 if protocol < 28 else 0xFFFFFFFF))
-            e.rdev_minor = draw(st.integers(0, 255 if protocol < 28 else 0xFFFFFFFF))
+            e.rdev_major = draw(st.integers(0, 4095 if protocol < 28 else 0x7FFFFFFF))
+            e.rdev_minor = draw(st.integers(0, 255 if protocol < 28 else 0x7FFFFFFF))
         if e.is_reg and fopts.csum_len:
             e.checksum = draw(st.binary(min_size=16, max_size=16))
         if fopts.preserve_hard_links and not e.is_dir and (protocol >= 28 or e.is_reg) and draw(st.booleans()):
@@ -278,6 +278,8 @@ def test_round_trip(case):
 
 @given(st.binary(max_size=80), st.sampled_from([27, 28, 29]))
 @example(bytes.fromhex("40ffffffff"), 29)  # LONG_NAME with a negative length
+@example(bytes.fromhex("0101" "61" "00000000" "00000000" "a4810080"), 29)  # mode bits above 16: refused
+@example(bytes.fromhex("0101" "61" "00000000" "00000000" "a4210000" "00000000" "ffffffff" "ffffffff"), 28)
 def test_junk_is_decoded_or_refused(junk, protocol):
     fopts = FlistOptions(protocol=protocol, preserve_uid=True, preserve_links=True, preserve_devices=True,
                          preserve_hard_links=True)
@@ -288,3 +290,14 @@ def test_junk_is_decoded_or_refused(junk, protocol):
             pass
     except ProtocolError:
         return
+
+
+@pytest.mark.parametrize("wire", [
+    "0101" "61" "00000000" "00000000" "a4810080",                                  # mode bits above 16
+    "0101" "61" "00000000" "00000000" "a4210000" "00000000" "ffffffff" "ffffffff",  # device 2**32-1
+])
+def test_values_no_system_call_takes_are_refused(wire):
+    """A mode over 16 bits or a device number over 31 bits would crash mknod later (fuzzer find)."""
+    fopts = FlistOptions(protocol=28, preserve_uid=True, preserve_devices=True)
+    with pytest.raises(ProtocolError):
+        LegacyFlistDecoder(fopts).read_entry(ByteReader(bytes.fromhex(wire)).read)
