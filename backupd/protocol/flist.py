@@ -2,7 +2,9 @@
 
 Source: rsync flist.c send_file_entry()/recv_file_entry(), flist.c f_name_cmp(),
 uidlist.c send_id_lists()/recv_id_list(), protocols 30-32 with
-CF_VARINT_FLIST_FLAGS; rsync-protocol-a.md §8.
+CF_VARINT_FLIST_FLAGS; rsync-protocol-a.md §8. Protocols 27-29: flist_legacy.py
+(same entries and state, other field forms; the sort order below 29 is
+:func:`legacy_sort_key`).
 """
 
 from __future__ import annotations

@@ -330,9 +330,22 @@ class Session:
         for _ in range(1025):
             arg = self.inbox.read_line(4096).rstrip(b"\r")
             if not arg:
-                return argv
+                break
             argv.append(arg)
-        raise ProtocolError("argument list over 1024 arguments")
+        else:
+            raise ProtocolError("argument list over 1024 arguments")
+        if has_protected_args(argv):  # the secluded list is NUL-separated at every protocol
+            second = []
+            for _ in range(1025):
+                arg = self.inbox.read_until_nul(4096)
+                if not arg:
+                    break
+                second.append(arg)
+            # below 30 the client also puts "(null)", "." and its paths in the first list; as
+            # rsyncd, only that list's options count, the second list gives the rest
+            options = next((i for i, a in enumerate(argv) if not a.startswith(b"-")), len(argv))
+            argv = argv[:options] + second[1:]
+        return argv
 
     # -- the binary setup ----------------------------------------------------------------
     def setup(self, request: ModuleRequest) -> Negotiated:

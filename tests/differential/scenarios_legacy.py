@@ -90,6 +90,9 @@ EXTRA = [
     ("partial-dir-resume", lambda p: (write("mod/src-partial/big.bin", BIG2[:50000], mtime=T0 + 5),
                                       push(p, "-ai", "--partial-dir=src-partial", "--stats", delta=True)),
      dict(client=DELTA_CLIENT)),
+    ("push-secluded", lambda p: (push(p, "-ais"),), dict(client=src_tree())),
+    ("pull-secluded", lambda p: (pull(p, "-ais"),), dict(seed=pulled_tree())),
+    ("push-verbose-stats", lambda p: (push(p, "-av", "--stats"),), dict(client=src_tree(), seed=mod_tree())),
     ("list-only-long", lambda p: (rsync(p, "--list-only", "{mod}/sub/"),), dict(seed=pulled_tree())),
 ]
 for proto in ("29", "28", "27"):
