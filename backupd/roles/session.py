@@ -503,8 +503,8 @@ class Session:
         trailer = f"rsync error: {what} (code {int(code)}) at backupd [{self.role}=backupd-{__version__}]\n"
         self.outbox.send_msg(MsgCode.ERROR, trailer.encode())
         protocol = self.request.protocol if self.request is not None else 31
-        # cleanup.c _exit_cleanup: MSG_ERROR_EXIT from a protocol 31+ peer or a receiver (30 kept as it was)
-        if protocol >= LEGACY_PROTOCOL or self.input_buffered:
+        # cleanup.c _exit_cleanup: MSG_ERROR_EXIT only at protocol 31+ or from a running receiver
+        if protocol >= 31 or self.input_buffered:
             self.outbox.send_msg(MsgCode.ERROR_EXIT, encode_int32(int(code)))
         # cleanup.c _exit_cleanup: only a receiver or a protocol 31+ peer waits for the client's EOF
         self.reset_on_close = not self.input_buffered or (self.role == "sender" and protocol < 31)
