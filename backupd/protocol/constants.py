@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from enum import IntEnum, IntFlag
 
-MIN_PROTOCOL = 30
+MIN_PROTOCOL = 27
+LEGACY_PROTOCOL = 30          # below it: byte flags, int32 fields, int32 ndx, no compat flags
 MAX_PROTOCOL = 32
 OUR_PROTOCOL = 32
 
@@ -16,6 +17,7 @@ MPLEX_BASE = 7
 MAX_FRAME_PAYLOAD = 0xFFFFFF
 MAX_MSG_PAYLOAD = 5120        # non-DATA payloads larger than this are fatal (io.c)
 MAX_BLOCK_SIZE = 131072       # protocol >= 30
+OLD_MAX_BLOCK_SIZE = 1 << 29  # protocols < 30 (rsync.h OLD_MAX_BLOCK_SIZE)
 MAX_PATH_LEN = 4096           # MAXPATHLEN
 MAX_FILTER_RULE_LEN = 5120
 CHUNK_SIZE = 32 * 1024        # literal run size of the C sender
@@ -71,6 +73,10 @@ class XmitFlags(IntFlag):
     MOD_NSEC = 1 << 13
     SAME_ATIME = 1 << 14
     CRTIME_EQ_MTIME = 1 << 17
+    # protocols < 30 (rsync.h *_pre28 / *_pre30): the same bits, other meanings
+    SAME_RDEV_pre28 = 1 << 2     # protocol 27: second-byte escape not yet defined
+    SAME_DEV_pre30 = 1 << 10     # protocols 28-29, hard-linked entries
+    RDEV_MINOR_8_pre30 = 1 << 11  # protocols 28-29, devices: the minor is one byte
 
 
 class ItemFlags(IntFlag):
@@ -92,6 +98,7 @@ class ItemFlags(IntFlag):
     IS_NEW = 1 << 13
     LOCAL_CHANGE = 1 << 14
     TRANSFER = 1 << 15
+    MISSING_DATA = 1 << 16       # protocols < 29: what the sender assumes without iflags (rsync.c)
 
 
 SIGNIFICANT_ITEM_FLAGS = ~(

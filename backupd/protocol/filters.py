@@ -357,6 +357,18 @@ def parse_merge_file(content: bytes, rule: FilterRule, where: str = "merge file"
     return rules
 
 
+def old_prefix_rule(text: bytes) -> bytes:
+    """A rule of a protocol 27-28 client in today's syntax (exclude.c XFLG_OLD_PREFIXES).
+
+    Only ``+ `` and ``- `` are prefixes then; ``!`` alone clears the list;
+    anything else is an exclude of the whole text (``+`` and ``- `` at the
+    start of a pattern travel behind a ``- `` prefix, get_rule_prefix()).
+    """
+    if text[:2] in (b"+ ", b"- ") or text == b"!":
+        return text
+    return b"- " + text
+
+
 def rules_from_client(texts: Iterable[bytes], *, sender: bool, cvs_exclude: bool = False
                       ) -> list[FilterRule]:
     """Parse a received filter list, adding what rsync's server adds for ``-C``.

@@ -2,7 +2,9 @@
 
 Source: rsync flist.c send_file_entry()/recv_file_entry(), flist.c f_name_cmp(),
 uidlist.c send_id_lists()/recv_id_list(), protocols 30-32 with
-CF_VARINT_FLIST_FLAGS; rsync-protocol-a.md §8.
+CF_VARINT_FLIST_FLAGS; rsync-protocol-a.md §8. Protocols 27-29: flist_legacy.py
+(same entries and state, other field forms; the sort order below 29 is
+:func:`legacy_sort_key`).
 """
 
 from __future__ import annotations
@@ -465,6 +467,20 @@ def sort_key(name: bytes, is_dir: bool) -> bytes:
     if sep:
         return b"\x01" + head.replace(b"/", b"/\x01") + b"/\x00" + tail
     return b"\x00" + name
+
+
+def legacy_sort_key(name: bytes, is_dir: bool) -> bytes:
+    """rsync's file-list order below protocol 29: the whole path, bytes unsigned (strcmp).
+
+    Source: flist.c f_name_cmp() with ``t_path = t_ITEM``: no trailing ``/``
+    for directories, no files-first rule, ``.`` not special.
+    """
+    return name
+
+
+def sort_key_for(protocol: int):
+    """The file-list order of ``protocol``: :func:`sort_key` (29+) or :func:`legacy_sort_key`."""
+    return sort_key if protocol >= 29 else legacy_sort_key
 
 
 def sort_flist(entries: list[FileEntry]) -> list[FileEntry]:

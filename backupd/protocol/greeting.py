@@ -53,7 +53,7 @@ def negotiate_protocol(peer: Greeting, ours: int = MAX_PROTOCOL) -> int:
     """The session's protocol version: the lower major, per compat.c.
 
     Raises:
-        DaemonRefusal: below protocol 30, a >= 30 peer without ``.sub``, or a
+        DaemonRefusal: below MIN_PROTOCOL (27), a >= 30 peer without ``.sub``, or a
             > 31 peer without a digest list (the messages rsyncd uses).
     """
     if peer.protocol >= 30 and peer.sub is None:
@@ -66,7 +66,7 @@ def negotiate_protocol(peer: Greeting, ours: int = MAX_PROTOCOL) -> int:
     if protocol < MIN_PROTOCOL:
         raise DaemonRefusal(
             f"protocol version {protocol} is too old: backupd speaks protocols {MIN_PROTOCOL}-{MAX_PROTOCOL}"
-            " (rsync 3.0.0 or later)",
+            " (rsync 2.6.0 or later)",
             ExitCode.PROTOCOL,
         )
     return protocol

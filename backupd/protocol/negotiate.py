@@ -14,7 +14,7 @@ from backupd.errors import Unsupported
 from backupd.protocol.constants import CompatFlags
 from backupd.protocol.flist import FlistOptions
 from backupd.protocol.server_args import TransferOptions
-from backupd.protocol.sums import Checksum
+from backupd.protocol.sums import MD4_OLD, Checksum
 
 OUR_COMPRESSIONS = ("zstd", "lz4", "zlibx", "zlib", "none")
 MAX_NAME_LIST = 255
@@ -120,6 +120,49 @@ def finish_setup(
     if compression == "none" or opts.compress_level == 0:
         compression = None
     return Negotiated(plan.compat_flags, checksum, file_checksum, compression, opts.compress_level, seed)
+
+
+def legacy_setup(opts: TransferOptions, seed: int) -> Negotiated:
+    """The session's algorithms below protocol 30: nothing is negotiated.
+
+    Transfer sums are CSUM_MD4_OLD (``md4_old``), ``-c`` file sums plain
+    MD4, ``-z`` the zlib token stream; no compat flags. Adjusts ``opts``
+    as compat.c does: ``--append`` becomes ``--append-verify``, a plain
+    ``--delete`` means ``--delete-before``. Source: rsync
+    checksum.c parse_csum_name(NULL) for protocols 27-29, compat.c
+    setup_protocol() (negotiate_the_strings is protocol 30+).
+    """
+    if opts.append == 1:
+        opts.append = 2  # --append is --append-verify below 30
+    named = {"--delete-before", "--delete-during", "--delete-delay", "--delete-after"}
+    if opts.delete_mode == "during" and not named & set(opts.given):
+        opts.delete_mode = "before"  # a plain --delete deletes before the transfer below 30
+    compression = "zlib" if opts.compression_on and opts.compress_level != 0 else None
+    return Negotiated(CompatFlags(0), MD4_OLD, "md4", compression, opts.compress_level, seed)
+
+
+def legacy_refusal(opts: TransferOptions, protocol: int) -> str | None:
+    """What rsync refuses to do below protocol 30 with these options, in its words; None if nothing.
+
+    Source: compat.c setup_protocol() (a 3.x client checks the same and
+    stops first; an older client cannot ask for these).
+    """
+    if protocol < 30:
+        for wanted, what in ((opts.acls, "--acls"), (opts.xattrs, "--xattrs")):
+            if wanted:
+                return f"{what} requires protocol 30 or higher (negotiated {protocol})."
+    if protocol >= 29:
+        return None
+    if opts.fuzzy:
+        return f"--fuzzy requires protocol 29 or higher (negotiated {protocol})."
+    alt = f"--{opts.alt_dest_type}-dest"
+    if opts.alt_dest_dirs and opts.inplace:
+        return f"{alt} with --inplace requires protocol 29 or higher (negotiated {protocol})."
+    if len(opts.alt_dest_dirs) > 1:
+        return f"Using more than one {alt} option requires protocol 29 or higher (negotiated {protocol})."
+    if opts.prune_empty_dirs:
+        return f"--prune-empty-dirs requires protocol 29 or higher (negotiated {protocol})."
+    return None
 
 
 def _forced(name: str, ours: Sequence[str], what: str) -> str:

@@ -86,7 +86,8 @@ NULL_SUM_HEAD = SumHead(0, 0, 0, 0)
 
 
 def decode_sum_head(
-    data: bytes | memoryview, digest_len: int = SUM_LENGTH, *, max_alloc: int | None = MAX_ALLOC
+    data: bytes | memoryview, digest_len: int = SUM_LENGTH, *, max_alloc: int | None = MAX_ALLOC,
+    max_block_len: int = MAX_BLOCK_SIZE,
 ) -> SumHead:
     """Decode and bound-check the 16-byte sum head.
 
@@ -106,6 +107,7 @@ def decode_sum_head(
         data: exactly 16 bytes.
         digest_len: full digest length of the negotiated checksum.
         max_alloc: rsync's --max-alloc; None: no bound.
+        max_block_len: 131072, or OLD_MAX_BLOCK_SIZE (2**29) below protocol 30.
 
     Raises:
         ProtocolError: wrong size or a field out of bounds (exit code 2),
@@ -116,8 +118,8 @@ def decode_sum_head(
     count, block_len, s2_len, remainder = _HEAD.unpack(data)
     if count < 0:
         raise ProtocolError(f"invalid checksum count {count}")
-    if not 0 <= block_len <= MAX_BLOCK_SIZE:
-        raise ProtocolError(f"invalid block length {block_len} (max {MAX_BLOCK_SIZE})")
+    if not 0 <= block_len <= max_block_len:
+        raise ProtocolError(f"invalid block length {block_len} (max {max_block_len})")
     if count and not block_len:
         raise ProtocolError(f"invalid zero block length for {count} blocks")
     max_s2 = max(SUM_LENGTH, digest_len)
@@ -305,7 +307,9 @@ class _LittleEndianXxh:
         return self._inner.digest()[::-1]    # canonical big-endian -> LE (xxh128: low64 first)
 
 
-_DIGEST_LEN = {"xxh128": 16, "xxh3": 8, "xxh64": 8, "md5": 16, "md4": 16, "sha1": 20}
+_DIGEST_LEN = {"xxh128": 16, "xxh3": 8, "xxh64": 8, "md5": 16, "md4": 16, "sha1": 20, "md4_old": 16}
+# the implied checksum of protocols 27-29 (checksum.c CSUM_MD4_OLD); never negotiated by name
+MD4_OLD = "md4_old"
 _ALIASES = {"xxhash": "xxh64"}
 HAVE_MD4 = have_md4()
 # rsync checksum.c valid_checksums order; md4 where a library provides it (pycryptodomex on OpenSSL 3)
@@ -319,7 +323,10 @@ class Checksum:
     sign-extended to 64 bits; md5 and sha1 prepend the 4 seed bytes (LE;
     md5 appends them without CF_CHKSUM_SEED_FIX); md4 appends them; seed 0
     means no seed bytes. The whole-file sum is never seeded (sum_init for
-    protocol >= 30; for md4 that is CSUM_MD4: plain MD4, no seed). Digests
+    protocol >= 30; for md4 that is CSUM_MD4: plain MD4, no seed). Protocols
+    27-29 imply ``md4_old`` (CSUM_MD4_OLD): its block sum is md4's (the
+    seed appended when non-zero), its whole-file sum MD4 of the 4 seed
+    bytes, always, then the data (sum_init). Digests
     are in wire byte order. md4 comes from hashlib or pycryptodomex
     (``digests.new_digest``), never a home-made one. Source: protocol-b §4.4, §4.5, §13.2-3.
     """
@@ -337,7 +344,7 @@ class Checksum:
             ValueError: seed outside int32.
         """
         canonical = _ALIASES.get(name, name)
-        if canonical not in _DIGEST_LEN or (canonical == "md4" and not HAVE_MD4):
+        if canonical not in _DIGEST_LEN or (canonical in ("md4", MD4_OLD) and not HAVE_MD4):
             raise Unsupported(f"checksum {name!r} is not supported")
         if not -(1 << 31) <= seed < 1 << 31:
             raise ValueError(f"checksum seed {seed} outside int32")
@@ -347,7 +354,7 @@ class Checksum:
         self.digest_len = _DIGEST_LEN[canonical]
         self._seed64 = seed & 0xFFFFFFFFFFFFFFFF
         self._seed_bytes = struct.pack("<i", seed) if seed else b""
-        self._block = getattr(self, "_block_" + canonical)
+        self._block = getattr(self, "_block_" + ("md4" if canonical == MD4_OLD else canonical))
 
     def __repr__(self) -> str:
         return f"Checksum({self.name!r}, {self.seed})"
@@ -386,7 +393,9 @@ class Checksum:
         return h.digest()
 
     def file_sum_hasher(self) -> Hasher:
-        """A fresh, unseeded whole-file hasher; ``digest()`` is ``digest_len`` bytes, wire order."""
+        """A fresh whole-file hasher (seeded only for md4_old); ``digest()`` is ``digest_len`` bytes, wire order."""
+        if self.name == MD4_OLD:
+            return new_digest("md4", struct.pack("<i", self.seed))
         if self.name == "xxh128":
             return _LittleEndianXxh(xxhash.xxh3_128())
         if self.name == "xxh3":

@@ -4,7 +4,8 @@ Decoders take ``read(n) -> bytes``, a callable that returns exactly ``n``
 bytes or raises (``ProtocolError`` / ``StreamClosed``). Every length read from
 the wire is bounded by the caller before anything is allocated.
 Source: rsync io.c write_varint/read_varint, write_varlong/read_varlong,
-write_vstring, write_ndx/read_ndx (protocols 30-32); rsync-protocol-a.md §1.
+write_vstring, write_ndx/read_ndx (protocols 30-32), write_longint/read_longint
+and the plain int32 ndx of protocols 27-29; rsync-protocol-a.md §1.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ Read = Callable[[int], bytes]
 
 _I32 = struct.Struct("<i")
 _U16 = struct.Struct("<H")
+_I64 = struct.Struct("<q")
+_LONGINT_ESCAPE = b"\xff\xff\xff\xff"
 
 
 class ByteReader:
@@ -61,6 +64,25 @@ def encode_shortint(value: int) -> bytes:
 def decode_shortint(read: Read) -> int:
     """Read an unsigned 16-bit little-endian int."""
     return _U16.unpack(read(2))[0]
+
+
+def encode_longint(value: int) -> bytes:
+    """A 64-bit value as protocols < 30 send it (io.c write_longint).
+
+    Wire: int32 when ``0 <= value <= 0x7FFFFFFF``, else ``ff ff ff ff`` and
+    the value as int64 little-endian (12 bytes).
+    """
+    if 0 <= value <= 0x7FFFFFFF:
+        return _I32.pack(value)
+    return _LONGINT_ESCAPE + _I64.pack(value)
+
+
+def decode_longint(read: Read) -> int:
+    """Read a longint (io.c read_longint): an int32, or -1 then an int64."""
+    head = read(4)
+    if head != _LONGINT_ESCAPE:
+        return _I32.unpack(head)[0]
+    return _I64.unpack(read(8))[0]
 
 
 def encode_varint(value: int) -> bytes:
@@ -171,14 +193,21 @@ def decode_vstring(read: Read, max_len: int = 0x7FFF) -> bytes:
 
 
 class NdxEncoder:
-    """Writes file-list indexes for one direction (io.c write_ndx, protocol >= 30)."""
+    """Writes file-list indexes for one direction (io.c write_ndx).
 
-    def __init__(self) -> None:
+    Protocol >= 30: the difference coding below; protocols < 30: a plain
+    int32 (``NDX_DONE`` is ``ff ff ff ff``).
+    """
+
+    def __init__(self, protocol: int = 32) -> None:
         self._prev_pos = -1
         self._prev_neg = 1
+        self._legacy = protocol < 30
 
     def encode(self, ndx: int) -> bytes:
         """Return the wire bytes of ``ndx`` and advance this direction's state."""
+        if self._legacy:
+            return _I32.pack(ndx)
         if ndx == NDX_DONE:
             return b"\x00"
         if ndx >= 0:
@@ -196,14 +225,17 @@ class NdxEncoder:
 
 
 class NdxDecoder:
-    """Reads file-list indexes for one direction (io.c read_ndx, protocol >= 30)."""
+    """Reads file-list indexes for one direction (io.c read_ndx; int32 below protocol 30)."""
 
-    def __init__(self) -> None:
+    def __init__(self, protocol: int = 32) -> None:
         self._prev_pos = -1
         self._prev_neg = 1
+        self._legacy = protocol < 30
 
     def decode(self, read: Read) -> int:
         """Read one ndx. Raises ProtocolError for a value above 0x7FFFFFFF."""
+        if self._legacy:
+            return _I32.unpack(read(4))[0]
         b = read(1)[0]
         if b == 0:
             return NDX_DONE

@@ -245,6 +245,8 @@ class AltDest:
 
     def _itemize(self, ndx: int, iflags: int, xname: bytes | None = None) -> None:
         """Send ndx + iflags (+ xname) when significant or -ii asks (itemize's last test)."""
+        if self.gen.state.protocol < 29:  # generator.c itemize: no iflags on the wire below 29
+            return
         if iflags & _SIGNIFICANT or self.itemize_all or xname:
             wire = self.gen.ndx.encode(ndx) + encode_shortint(iflags & 0xFFFF)
             if iflags & _XNAME_FOLLOWS:

@@ -107,6 +107,10 @@ class Inbox:
                 raise ProtocolError(f"argument longer than {max_len} bytes")
             self._fill()
 
+    def has_buffered(self) -> bool:
+        """True when input has arrived that no read has taken yet (a read would not wait for the peer)."""
+        return len(self._data) > self._dpos or bool(self._raw)
+
     def start_mux(self) -> None:
         """From now on the peer's bytes are multiplexed frames."""
         self.muxed = True

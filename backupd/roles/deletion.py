@@ -199,10 +199,25 @@ class Deleter:
             if is_dir and not self.opts.dry_run and self._kept_by_backup(step.path + rel[len(step.rel):]):
                 self.out.send_msg(MsgCode.INFO, Note(rel).text)  # a NAME~ backup inside: rmdir's ENOTEMPTY
             else:
-                self.out.send_msg(MsgCode.DELETED, rel + (b"\0" if is_dir else b""))
+                self.report_deleted(rel, is_dir)
         self.log.debug("deleted {} ({})", os.fsdecode(step.rel), step.reason)
         ops_logging.file_deleted(self, step.rel, step.is_dir, step.contents)  # transfer log "del.", counters
         return True
+
+    def report_deleted(self, rel: bytes, is_dir: bool) -> None:
+        """Tell the client about one deletion (log.c log_delete).
+
+        Protocol 29+: MSG_DELETED (a directory's name with a trailing NUL).
+        Below 29 the server formats the line itself, as MSG_INFO: the
+        client's ``--log-format`` when it has ``%i`` or ``%o``, else
+        ``deleting %n`` with -v; nothing without either.
+        """
+        if self.state.protocol >= 29:
+            self.out.send_msg(MsgCode.DELETED, rel + (b"\0" if is_dir else b""))
+            return
+        line = legacy_delete_line(self.opts.log_format, self.opts.verbose, rel, is_dir)
+        if line is not None:
+            self.out.send_msg(MsgCode.INFO, line)
 
     def _kept_by_backup(self, path: bytes) -> bool:
         """True when a directory deleted with ``--backup`` (suffix backups beside) is still there."""
@@ -214,18 +229,49 @@ class Deleter:
         for key in self.deleted:
             self.deleted[key] += getattr(counts, key, 0)
 
-    def send_del_stats(self, ndx: NdxEncoder) -> None:
-        """The --max-delete warning, then NDX_DEL_STATS and its five counts (main.c write_del_stats)."""
+    def send_del_stats(self, ndx: NdxEncoder, counts: bool = True) -> None:
+        """The --max-delete warning, then (``counts``) NDX_DEL_STATS and its five counts (main.c write_del_stats)."""
         if self.deletions_skipped:
             self.out.send_msg(
                 MsgCode.WARNING,
                 f"Deletions stopped due to --max-delete limit ({self.deletions_skipped} skipped)\n".encode(),
             )
+        if not counts:
+            return
         d = self.deleted
         out = ndx.encode(NDX_DEL_STATS)
         for value in (d["files"], d["dirs"], d["symlinks"], d["devices"], d["specials"]):
             out += encode_varint(min(value, 0x7FFFFFFF))
         self.out.write(out)
+
+
+_DELETE_ESCAPES = {b"i": b"*deleting  ", b"o": b"del.", b"%": b"%"}
+
+
+def legacy_delete_line(log_format: str | None, verbose: int, rel: bytes, is_dir: bool) -> bytes | None:
+    r"""The line a protocol 27-28 server sends for a deletion, with its ``\n``; None for none.
+
+    ``log_format`` is the client's ``--log-format`` (``%i``, ``%i%I``,
+    ``%o`` or ``X``). Escapes: ``%i`` (``*deleting`` padded to 11),
+    ``%o`` (``del.``), ``%n`` (the name, ``/`` after a directory's), ``%%``;
+    any other stays as written. Source: log.c log_delete()/log_formatted().
+    """
+    fmt = log_format.encode() if log_format else None
+    if not verbose and fmt is None:
+        return None
+    if fmt is None or (b"%i" not in fmt and b"%o" not in fmt):
+        fmt = b"deleting %n"
+    name = rel + (b"/" if is_dir else b"")
+    out, i = bytearray(), 0
+    while i < len(fmt):
+        if fmt[i : i + 1] == b"%" and i + 1 < len(fmt):
+            esc = fmt[i + 1 : i + 2]
+            out += name if esc == b"n" else _DELETE_ESCAPES.get(esc, fmt[i : i + 2])
+            i += 2
+        else:
+            out += fmt[i : i + 1]
+            i += 1
+    return bytes(out) + b"\n"
 
 
 def _parent_key(name: bytes) -> bytes:

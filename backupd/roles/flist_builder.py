@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from backupd.errors import PathEscape, StorageError
 from backupd.protocol.constants import MUNGE_PREFIX, IoError, MsgCode, XmitFlags
 from backupd.protocol.filters import MAX_MERGE_FILE_SIZE, FilterList
-from backupd.protocol.flist import FileEntry, sort_key
+from backupd.protocol.flist import FileEntry, sort_key_for
 from backupd.protocol.server_args import TransferOptions
 from backupd.roles.errors import ErrorTally, FileErrors
 from backupd.storage import ModuleTree
@@ -231,14 +231,17 @@ class FlistBuilder:
         munge_symlinks: the module's ``munge symlinks``: strip the prefix.
         file_checksum: ``fn(module_path) -> (digest, size) | None`` for ``-c``
             (None: the file is gone), else None.
+        protocol: the session's protocol (below 29 the list sorts by whole path).
     """
 
     def __init__(self, tree: ModuleTree, opts: TransferOptions, *,
                  make_filters: Callable[[bytes], FilterList | None],
                  module_filters: FilterList | None, report: Report,
                  module: str = "", munge_symlinks: bool = False,
-                 file_checksum: Callable[[bytes], tuple[bytes, int] | None] | None = None) -> None:
+                 file_checksum: Callable[[bytes], tuple[bytes, int] | None] | None = None,
+                 protocol: int = 32) -> None:
         self.tree, self.opts, self.module = tree, opts, module
+        self.protocol = protocol
         self.resolver = Resolver(tree)
         self.make_filters = make_filters
         self.module_filters = module_filters
@@ -536,7 +539,8 @@ class FlistBuilder:
         a non-directory and a content directory over one sent without its
         contents (an implied dir), as the receiver merges them.
         """
-        ordered = sorted(self.items, key=lambda it: sort_key(it.entry.name, it.entry.is_dir))
+        order = sort_key_for(self.protocol)
+        ordered = sorted(self.items, key=lambda it: order(it.entry.name, it.entry.is_dir))
         out: list[Listed] = []
         seen: dict[bytes, int] = {}
         for item in ordered:
@@ -549,7 +553,7 @@ class FlistBuilder:
                                         (item.entry.is_content_dir and not out[at].entry.is_content_dir)):
                 out[at] = item
         if len(out) != len(ordered):
-            out.sort(key=lambda it: sort_key(it.entry.name, it.entry.is_dir))
+            out.sort(key=lambda it: order(it.entry.name, it.entry.is_dir))
         return out
 
 

@@ -69,7 +69,7 @@ class Generator:
         self.out = session.outbox
         self.out.msgs_overtake = True  # rsync's generator: messages go ahead of buffered data
         self.log = session.log
-        self.ndx = NdxEncoder()
+        self.ndx = NdxEncoder(state.protocol)
         self.error: RsyncError | None = None
         self.errors = FileErrors(self.out.send_msg, self.log, "generator", state)
         self.deleter = Deleter(state, self.out, self.log, self.errors)
@@ -173,14 +173,18 @@ class Generator:
             self._request_file(ndx, st.flist[ndx], redo=True)
         redone = set(redo)
         self._link_followers(lambda leader: leader not in redone)  # their leaders are written: itemize them
-        self.out.write(self.ndx.encode(NDX_DONE) + self.ndx.encode(NDX_DONE))
-        self._wait("phase", 3)
+        if st.protocol >= 29:  # generator.c generate_files: the delay-updates phase is protocol 29+
+            self.out.write(self.ndx.encode(NDX_DONE) + self.ndx.encode(NDX_DONE))
+            self._wait("phase", 3)
+        else:
+            self.out.write(self.ndx.encode(NDX_DONE))
+            self._wait("phase", 2)
         self._link_followers(lambda leader: True)
         if deleting and opts.delete_mode in ("after", "delay"):
             self.deleter.delete_pass()
         self._touch_up_dirs()
-        if opts.deleting:
-            self.deleter.send_del_stats(self.ndx)
+        if opts.deleting:  # the stats themselves: not below protocol 30 (only 31+ in rsync; 30 kept as it was)
+            self.deleter.send_del_stats(self.ndx, counts=st.protocol >= 30)
         if st.protocol >= 31:  # generator.c generate_files(): the late-delete DONE is protocol 31+
             self.out.write(self.ndx.encode(NDX_DONE))
         self._wait("goodbye")
@@ -271,13 +275,41 @@ class Generator:
         if self.xattrs is not None:
             iflags |= self.xattrs.report(entry, path, bool(iflags & _IS_NEW))
         log_format = self.opts.log_format or ""
+        if self.state.protocol < 29:  # generator.c itemize: no iflags on the wire below 29
+            self._legacy_name_line(entry, iflags)
+            return
         if iflags & _SIGNIFICANT or "%i%I" in log_format or self.state.verbosity >= 2:  # INFO_GTE(NAME, 2)
             trailer = b"" if self.xattrs is None else self.xattrs.trailer(self.state.flist[ndx], iflags)
             self.out.write(self.ndx.encode(ndx) + encode_shortint(iflags) + trailer)
 
+    def _legacy_name_line(self, entry: FileEntry, iflags: int, realname: bytes | None = None) -> None:
+        """Below protocol 29 the generator names what it made itself, with -v (MSG_INFO).
+
+        A directory whose attributes it set (``NAME/``), a symlink, device
+        or special it created (``NAME -> TARGET``, ``NAME``), a hard link
+        (``NAME => LEADER``). Source: generator.c recv_generator() and
+        hlink.c maybe_hard_link(), ``rprintf(code, ...)`` with INFO_GTE(NAME, 1).
+        """
+        if not self.opts.verbose:
+            return
+        name = entry.name
+        if realname is not None:
+            line = name + b" => " + realname
+        elif entry.is_dir:
+            if not iflags & (_IS_NEW | _REPORT_TIME | _REPORT_PERMS | _REPORT_OWNER | _REPORT_GROUP):
+                return
+            line = name + b"/"
+        elif not iflags & _LOCAL_CHANGE:
+            return
+        elif entry.is_link:
+            line = name + b" -> " + (entry.link_target or b"")
+        else:
+            line = name
+        self.out.send_msg(MsgCode.INFO, line + b"\n")
+
     def _process_dir(self, ndx: int, entry: FileEntry, path: bytes, delete_during: bool) -> None:
         tree, dry = self.state.tree, self.opts.dry_run
-        if ndx and self._flushes_at_dirs():
+        if ndx and self.state.protocol >= 29 and self._flushes_at_dirs():  # below 29 name lines overtake requests
             self.out.flush()  # where rsyncd's generator output reaches the client before a directory
         st = self._lstat(path)
         if st is None and self.opts.existing:  # no new directory, nor anything in it
@@ -519,7 +551,7 @@ class Generator:
                 self.errors.record(f"could not make way for new {what}: {os.fsdecode(rel)}", prefixed=False)
                 return False
             for item_rel, item_is_dir in items:
-                self.out.send_msg(MsgCode.DELETED, item_rel + (b"\0" if item_is_dir else b""))
+                self.deleter.report_deleted(item_rel, item_is_dir)
         if not self.opts.dry_run:
             counts = tree.delete(path)
             counts.dirs -= stat.S_ISDIR(st.st_mode)  # the room made is not a deletion, what was in it is
@@ -755,8 +787,14 @@ class Generator:
         if self.acls is not None:
             iflags |= self.acls.report(entry, path, st is None)
         state.requested.add(ndx)
-        header = self.ndx.encode(ndx) + encode_shortint(iflags & 0xFFFF)
-        if alt is not None:  # io.c write_ndx_and_attrs: basis type, the fuzzy name, then the xattr request
+        if state.protocol < 29:  # only the ndx: the sender assumes ITEM_TRANSFER (rsync.c read_ndx_and_attrs)
+            header = self.ndx.encode(ndx)
+            if alt is not None:  # no basis type on the wire: the receiver takes the generator's choice
+                state.basis_paths.setdefault(ndx, (alt.index, alt.path))
+        else:
+            header = self.ndx.encode(ndx) + encode_shortint(iflags & 0xFFFF)
+        # io.c write_ndx_and_attrs: basis type, the fuzzy name, then the xattr request
+        if alt is not None and state.protocol >= 29:
             header += bytes((alt.index,))
             if alt.index >= FNAMECMP_FUZZY:
                 header += encode_vstring(alt.path.rpartition(b"/")[2])
@@ -844,6 +882,9 @@ class Generator:
                 if alt_st is not None:
                     iflags = self.alt.item_flags(entry, alt_st, _LOCAL_CHANGE | _XNAME_FOLLOWS, xname=xname)
             iflags |= xreport
+            if self.state.protocol < 29:
+                self._legacy_name_line(entry, iflags, realname=xname)
+                return
             trailer = b"" if self.xattrs is None else self.xattrs.trailer(entry, iflags)
             self.out.write(self.ndx.encode(ndx) + encode_shortint(iflags) + encode_vstring(xname) + trailer)
         except StorageError as exc:

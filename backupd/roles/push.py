@@ -17,8 +17,9 @@ from backupd.errors import ExitCode, PathEscape, ProtocolError, RsyncError, Stor
 from backupd.protocol.acls import AclDecoder
 from backupd.protocol.chmod import current_umask, parse_chmod
 from backupd.protocol.constants import MUNGE_PREFIX, CompatFlags, IoError, MsgCode
-from backupd.protocol.filters import decode_filter_list
-from backupd.protocol.flist import FileEntry, FlistDecoder, check_wire_name, clean_wire_name, sort_key
+from backupd.protocol.filters import decode_filter_list, old_prefix_rule
+from backupd.protocol.flist import FileEntry, check_wire_name, clean_wire_name, sort_key_for
+from backupd.protocol.flist_legacy import new_flist_decoder
 from backupd.protocol.negotiate import Negotiated, file_list_options
 from backupd.protocol.server_args import TransferOptions, read_flags
 from backupd.protocol.sums import Checksum
@@ -104,7 +105,7 @@ def read_file_list(
     Raises:
         ProtocolError: an unsafe name or a malformed entry.
     """
-    decoder = FlistDecoder(file_list_options(state_opts, negotiated, protocol))
+    decoder = new_flist_decoder(file_list_options(state_opts, negotiated, protocol))
     xattrs = XattrDecoder(am_root=am_root, level=state_opts.xattrs, excluded=excluded) if state_opts.xattrs else None
     acls = AclDecoder() if state_opts.acls else None
     entries = []
@@ -127,7 +128,8 @@ def read_file_list(
             entry.user_name = users.get(entry.uid)
         if entry.gid is not None and entry.group_name is None:
             entry.group_name = groups.get(entry.gid)
-    entries.sort(key=lambda e: sort_key(e.name, e.is_dir))
+    order = sort_key_for(protocol)
+    entries.sort(key=lambda e: order(e.name, e.is_dir))
     return entries, decoder.io_error
 
 
@@ -396,7 +398,11 @@ def run_push(session, request, negotiated: Negotiated) -> ExitCode:
         raise RsyncError("a push names exactly one destination", ExitCode.SYNTAX)
     read = session.inbox.read
     session.input_buffered = True  # main.c do_server_recv: io_start_multiplex_in
-    client_rules = decode_filter_list(read) if (opts.deleting or opts.prune_empty_dirs) else []
+    # exclude.c send_filter_list: below 29 a --delete-excluded client sends no list
+    wants_list = opts.prune_empty_dirs or (opts.deleting and (not opts.delete_excluded or request.protocol >= 29))
+    client_rules = decode_filter_list(read) if wants_list else []
+    if request.protocol < 29:
+        client_rules = [old_prefix_rule(t) for t in client_rules]
     is_root = os.geteuid() == 0
     filters, module_filters = build_filters(client_rules), build_module_filters(module)
     excluded = xattr_name_filter([module_filters, filters], "receiver")

@@ -15,7 +15,7 @@ import stat
 from backupd.errors import FileError, ProtocolError, RsyncError, StorageError
 from backupd.ops import logging as ops_logging
 from backupd.protocol.constants import NDX_DONE, IoError, ItemFlags, MsgCode
-from backupd.protocol.sums import decode_sum_head
+from backupd.protocol.sums import MD4_OLD, decode_sum_head
 from backupd.protocol.tokens import BlockMatch, Literal, make_token_reader
 from backupd.protocol.wire import NdxDecoder, decode_int32, decode_shortint, decode_vstring, encode_int32
 from backupd.roles.acl_sync import apply_staged
@@ -76,7 +76,7 @@ class Receiver:
         self.inbox = session.inbox
         self.out = session.outbox
         self.log = session.log
-        self.ndx = NdxDecoder()
+        self.ndx = NdxDecoder(state.protocol)
         self.tokens = make_token_reader(state.negotiated.compression)
         self.inbox.on_message = self._on_message
         self.files_received = 0
@@ -105,15 +105,22 @@ class Receiver:
             StreamClosed: the client went away.
         """
         read, phase = self.inbox.read, 0
+        max_phase = MAX_PHASE if self.state.protocol >= 29 else 1
         while True:
             ndx = self.ndx.decode(read)
             if ndx == NDX_DONE:
                 phase += 1
                 self.state.events.put(("phase", phase))
-                if phase > MAX_PHASE:
+                if phase > max_phase:
                     break
                 continue
             self._check_ndx(ndx)
+            if self.state.protocol < 29:  # rsync.c read_ndx_and_attrs: no iflags on the wire
+                self._check_transfer(ndx, phase, max_phase)
+                if not self.opts.dry_run:
+                    chosen = self.state.basis_paths.get(ndx)  # receiver.c: no fnamecmp_type below 29
+                    self._receive_file(ndx, phase, self.state.dest[ndx] if chosen is None else chosen[1])
+                continue
             iflags = decode_shortint(read)
             basis_type = read(1)[0] if iflags & ItemFlags.BASIS_TYPE_FOLLOWS else FNAMECMP_FNAME
             if iflags & ItemFlags.XNAME_FOLLOWS:
@@ -124,7 +131,7 @@ class Receiver:
                 if self.xattrs is not None and self.xattrs.applies_to_live(iflags):
                     self._xattrs_live(ndx)
                 continue
-            self._check_transfer(ndx, phase)
+            self._check_transfer(ndx, phase, max_phase)
             if not self.opts.dry_run:
                 self._receive_file(ndx, phase, self._basis_path(ndx, basis_type))
         # protocol 31+: the client echoes the generator's last DONE (main.c read_final_goodbye);
@@ -139,8 +146,8 @@ class Receiver:
         if not 0 <= ndx < len(self.state.flist):
             raise ProtocolError(f"Invalid file index: {ndx} (file list of {len(self.state.flist)} entries)")
 
-    def _check_transfer(self, ndx: int, phase: int) -> None:
-        if phase == MAX_PHASE:
+    def _check_transfer(self, ndx: int, phase: int, max_phase: int = MAX_PHASE) -> None:
+        if phase == max_phase and max_phase == MAX_PHASE:
             raise ProtocolError("got transfer request in phase 2")
         if not self.state.flist[ndx].is_reg:
             raise ProtocolError(f"received request to transfer non-regular file: {ndx}")
@@ -249,7 +256,8 @@ class Receiver:
                 break
         sent = read(self.state.checksum.digest_len)
         ok = good and hasher.digest() == sent
-        if ok and staged.staged is not None:  # the catalog keeps the checksum the transfer verified
+        # the catalog keeps the checksum the transfer verified (not md4_old's: it is seeded)
+        if ok and staged.staged is not None and self.state.checksum.name != MD4_OLD:
             staged.staged.xfer_sum = (self.state.checksum.name, sent.hex())
         return ok
 

@@ -29,16 +29,18 @@ from dataclasses import dataclass, field
 from backupd.errors import ExitCode, ProtocolError, RsyncError, StorageError, Unsupported
 from backupd.protocol.chmod import parse_chmod
 from backupd.protocol.constants import (
+    MAX_BLOCK_SIZE,
     MAX_PATH_LEN,
     NDX_DEL_STATS,
     NDX_DONE,
+    OLD_MAX_BLOCK_SIZE,
     CompatFlags,
     IoError,
     ItemFlags,
     MsgCode,
 )
-from backupd.protocol.filters import FilterList, decode_filter_list, rules_from_client
-from backupd.protocol.flist import FlistEncoder
+from backupd.protocol.filters import FilterList, decode_filter_list, old_prefix_rule, rules_from_client
+from backupd.protocol.flist_legacy import new_flist_encoder
 from backupd.protocol.negotiate import Negotiated, file_list_options
 from backupd.protocol.server_args import TransferOptions, read_flags
 from backupd.protocol.sums import Checksum, SumHead, decode_block_sums, decode_sum_head
@@ -51,6 +53,7 @@ from backupd.protocol.wire import (
     decode_varint,
     decode_vstring,
     encode_int32,
+    encode_longint,
     encode_shortint,
     encode_varint,
     encode_varlong,
@@ -175,6 +178,8 @@ def run_pull(session, request, negotiated: Negotiated) -> ExitCode:
                 raise
         read = session.inbox.read
         texts = decode_filter_list(read)
+        if request.protocol < 29:
+            texts = [old_prefix_rule(t) for t in texts]
         if opts.files_from == b"-":
             names = read_files_from(read, opts.from0)
         rules = rules_from_client(texts, sender=True, cvs_exclude="C" in opts.letters)
@@ -253,6 +258,7 @@ def _build_list(session, tree: ModuleTree, request, negotiated: Negotiated, rule
         tree, opts, make_filters=make_filters, module_filters=build_module_filters(module),
         report=lambda code, text: session.outbox.send_msg(code, wire_text(text)),
         module=module.name, munge_symlinks=module.munge_symlinks, file_checksum=file_checksum,
+        protocol=request.protocol,
     )
     built = builder.build(args, names)
     if module.outgoing_chmod:
@@ -271,7 +277,8 @@ class Sender:
         self.out = session.outbox
         self.log = session.log
         self.items = state.built.items
-        self.ndx_out, self.ndx_in = NdxEncoder(), NdxDecoder()
+        self.ndx_out, self.ndx_in = NdxEncoder(state.protocol), NdxDecoder(state.protocol)
+        self.legacy = state.protocol < 30  # byte-flag lists, int32 ndx, longint stats, no MSG_NO_SEND
         neg = state.negotiated
         self.checksum = Checksum(neg.checksum, neg.seed, seed_fix=bool(neg.compat_flags & CompatFlags.CHKSUM_SEED_FIX))
         try:
@@ -314,7 +321,7 @@ class Sender:
             self.session.inbox.on_message = self._on_message
         saved = self.io_error
         self._send_files()
-        if self.io_error != saved:
+        if self.io_error != saved and not self.legacy:  # sender.c send_files: protocol 30+
             self.out.send_msg(MsgCode.IO_ERROR, encode_int32(self.io_error))
         self._write(self.ndx_out.encode(NDX_DONE))
         self._write(self._stats())
@@ -336,7 +343,7 @@ class Sender:
         """Entries, the end marker with io_error, the id lists (flist.c send_file_list())."""
         if self.opts.hard_links:
             self.state.built.group_hard_links()
-        encoder = FlistEncoder(file_list_options(self.opts, self.state.negotiated, self.state.protocol))
+        encoder = new_flist_encoder(file_list_options(self.opts, self.state.negotiated, self.state.protocol))
         buf = bytearray()
         for item in self.items:
             buf += encoder.encode_entry(item.entry)
@@ -356,8 +363,10 @@ class Sender:
         buf += encoder.encode_end(self.io_error if safe and not ignore else 0)
         if not self.opts.numeric_ids:
             buf += encoder.encode_id_lists(*self._id_lists())
+        if self.legacy:  # flist.c send_file_list: the io_error follows the id lists below 30
+            buf += encode_int32(0 if ignore else self.io_error)
         self._write(bytes(buf))
-        if not safe and self.io_error and not ignore:
+        if not safe and self.io_error and not ignore and not self.legacy:
             self.out.send_msg(MsgCode.IO_ERROR, encode_int32(self.io_error))
         self.out.flush()
 
@@ -385,7 +394,10 @@ class Sender:
             ProtocolError: a negative ndx other than DONE/DEL_STATS, or one
                 past the file list ("Invalid file index").
         """
-        self.out.flush()    # the client may be waiting for what we wrote before it asks again
+        # the client may be waiting for what we wrote before it asks again; below 30, as rsync's
+        # sender, only once the requests read so far are answered (one burst, as the client expects)
+        if not (self.legacy and self.session.inbox.has_buffered()):
+            self.out.flush()
         while True:
             ndx = self.ndx_in.decode(self.read)
             if ndx == NDX_DEL_STATS:
@@ -396,18 +408,22 @@ class Sender:
                 continue
             if ndx == NDX_DONE:
                 return ndx
+            if self.legacy and ndx == len(self.items) and self.state.protocol >= 29:
+                if decode_shortint(self.read) == ItemFlags.IS_NEW:  # rsync.c: the protocol-29 keep-alive
+                    continue
+                raise ProtocolError(f"Invalid file index: {ndx} (-1 - {len(self.items) - 1}) [sender]")
             if not 0 <= ndx < len(self.items):
                 raise ProtocolError(f"Invalid file index: {ndx} (-1 - {len(self.items) - 1}) [sender]")
             return ndx
 
     def _send_files(self) -> None:
         """The request loop: phases 0 (normal), 1 (redo), 2 (delay), then leave."""
-        phase = 0
+        phase, max_phase = 0, 2 if self.state.protocol >= 29 else 1
         while True:
             ndx = self._read_ndx()
             if ndx == NDX_DONE:
                 phase += 1
-                if phase > 2:
+                if phase > max_phase:
                     return
                 self._write(self.ndx_out.encode(NDX_DONE))
                 continue
@@ -421,7 +437,7 @@ class Sender:
             if not iflags & ItemFlags.TRANSFER or self.opts.dry_run:
                 self._write(self.ndx_out.encode(ndx) + attrs)
                 continue
-            if phase == 2:
+            if phase == 2 and max_phase == 2:
                 raise ProtocolError("got transfer request in phase 2 [sender]")
             self._transfer(ndx, attrs)
 
@@ -432,7 +448,12 @@ class Sender:
         self.xattrs.errors.clear()
 
     def _read_attrs(self) -> tuple[int, bytes]:
-        """iflags, then the basis type and xname if flagged; returns them re-encoded for the echo."""
+        """iflags, then the basis type and xname if flagged; returns them re-encoded for the echo.
+
+        Below protocol 29 nothing follows the ndx: a transfer (rsync.c read_ndx_and_attrs).
+        """
+        if self.state.protocol < 29:
+            return int(ItemFlags.TRANSFER | ItemFlags.MISSING_DATA), b""
         iflags = decode_shortint(self.read)
         echo = encode_shortint(iflags)
         if iflags & ItemFlags.BASIS_TYPE_FOLLOWS:
@@ -442,7 +463,8 @@ class Sender:
         return iflags, echo
 
     def _read_sums(self, append: bool) -> tuple[SumHead, object, list[bytes]]:
-        head = decode_sum_head(self.read(16), self.checksum.digest_len)
+        head = decode_sum_head(self.read(16), self.checksum.digest_len,
+                               max_block_len=OLD_MAX_BLOCK_SIZE if self.legacy else MAX_BLOCK_SIZE)
         if append or not head.count:
             return head, None, []
         if head.count > MAX_SUM_COUNT:
@@ -464,7 +486,8 @@ class Sender:
             if append and src.size < item.entry.size:
                 text = f"skipped diminished file: {self._shown(item.source)}\n"
                 self.out.send_msg(MsgCode.WARNING, text.encode("utf-8", "replace"))
-                self.out.send_msg(MsgCode.NO_SEND, encode_int32(ndx))
+                if not self.legacy:
+                    self.out.send_msg(MsgCode.NO_SEND, encode_int32(ndx))
                 return
             self._write(self.ndx_out.encode(ndx) + attrs + head.encode())
             self.writer.start_file()
@@ -498,7 +521,7 @@ class Sender:
                 self.errors.flag(IoError.VANISHED)
                 text = f"file has vanished: {self._shown(source)}\n"
                 self.out.send_msg(MsgCode.WARNING, text.encode("utf-8", "replace"))
-        if src is None:
+        if src is None and not self.legacy:  # sender.c: MSG_NO_SEND is protocol 30+
             self.out.send_msg(MsgCode.NO_SEND, encode_int32(ndx))
         return src
 
@@ -512,10 +535,15 @@ class Sender:
 
     # -- after the loop ----------------------------------------------------------------
     def _stats(self) -> bytes:
-        """handle_stats(): read, written, total size, build and transfer time (5 x varlong(3))."""
+        """handle_stats(): read, written, total size, build and transfer time (5 x varlong(3)).
+
+        Below protocol 30 longints; below 29 without the two times (main.c handle_stats).
+        """
         total_size = sum(item.entry.size for item in self.items if item.entry.is_reg or item.entry.is_link)
         written = max(self.out.bytes_written, self.written)
         values = (self.session.inbox.bytes_read, written, total_size, self.state.build_ms, self.state.xfer_ms)
+        if self.legacy:
+            return b"".join(encode_longint(v) for v in values[: 5 if self.state.protocol >= 29 else 3])
         return b"".join(encode_varlong(v, 3) for v in values)
 
     def _final_goodbye(self) -> None:

@@ -38,8 +38,8 @@ from backupd.errors import (
 )
 from backupd.ops import metrics as ops_metrics
 from backupd.protocol import greeting as gr
-from backupd.protocol.constants import MUNGE_PREFIX, MsgCode
-from backupd.protocol.negotiate import Negotiated, finish_setup, plan_setup
+from backupd.protocol.constants import LEGACY_PROTOCOL, MUNGE_PREFIX, MsgCode
+from backupd.protocol.negotiate import Negotiated, finish_setup, legacy_refusal, legacy_setup, plan_setup
 from backupd.protocol.server_args import (
     TransferOptions,
     has_protected_args,
@@ -165,7 +165,7 @@ class Session:
             read_only, self.view_name = True, name
         root_fd = self._enter_module(module)
         self.stream.sendall(b"@RSYNCD: OK\n")
-        argv = self._read_args()
+        argv = self._read_args() if protocol >= LEGACY_PROTOCOL else self._read_arg_lines()
         opts, error = parse_server_args_lenient(argv)
         self.log = self.log.bind(module=module.name, user=user or "-")
         return ModuleRequest(module, user, read_only, protocol, opts, error, root_fd)
@@ -322,14 +322,52 @@ class Session:
             argv += second[1:]
         return argv
 
+    def _read_arg_lines(self) -> list[bytes]:
+        r"""The arguments of a protocol 27-29 client: ``\n``-terminated lines up to an empty one.
+
+        Source: rsync clientserver.c rsync_module -> io.c read_args (rl_nulls off below 30).
+        """
+        argv = []
+        for _ in range(1025):
+            arg = self.inbox.read_line(4096).rstrip(b"\r")
+            if not arg:
+                break
+            argv.append(arg)
+        else:
+            raise ProtocolError("argument list over 1024 arguments")
+        if has_protected_args(argv):  # the secluded list is NUL-separated at every protocol
+            second = []
+            for _ in range(1025):
+                arg = self.inbox.read_until_nul(4096)
+                if not arg:
+                    break
+                second.append(arg)
+            # below 30 the client also puts "(null)", "." and its paths in the first list; as
+            # rsyncd, only that list's options count, the second list gives the rest
+            options = next((i for i, a in enumerate(argv) if not a.startswith(b"-")), len(argv))
+            argv = argv[:options] + second[1:]
+        return argv
+
     # -- the binary setup ----------------------------------------------------------------
     def setup(self, request: ModuleRequest) -> Negotiated:
         """Compat flags, name lists, seed; then both directions multiplexed.
+
+        Below protocol 30 only the seed is sent, and only our output is
+        multiplexed: the client's stream stays raw (main.c
+        do_server_recv/start_server, compat.c setup_protocol).
 
         Raises:
             Unsupported: a client without varint flists, or no common name.
         """
         opts = request.opts
+        if request.protocol < LEGACY_PROTOCOL:
+            seed = opts.checksum_seed if opts.checksum_seed is not None else self._make_seed()
+            self.stream.sendall(encode_int32(_signed(seed)))
+            self._start_output(request)
+            refused = legacy_refusal(opts, request.protocol)
+            if refused is not None:
+                raise RsyncError(refused, ExitCode.PROTOCOL, bare=True)
+            return legacy_setup(opts, _signed(seed))
         plan = plan_setup(opts)
         out = encode_varint(int(plan.compat_flags))
         if plan.send_checksum_list:
@@ -343,16 +381,8 @@ class Session:
         client_zips = decode_vstring(self.inbox.read_raw, 255) if plan.send_compress_list else None
         seed = opts.checksum_seed if opts.checksum_seed is not None else self._make_seed()
         self.stream.sendall(encode_int32(_signed(seed)))
-        self.outbox = Outbox(self.stream)
         self.inbox.start_mux()
-        timeout = _effective_timeout(request.module.timeout_s, opts.timeout_s)
-        self.inbox.timeout_s = timeout or None
-        self.stream.settimeout(timeout or None)
-        if timeout:
-            self.outbox.send_msg(MsgCode.IO_TIMEOUT, encode_int32(timeout))
-            self.outbox.keepalive_s = max(1, (timeout + 1) // 2)
-            self.inbox.timeout_s = timeout
-            self.stream.settimeout(timeout)
+        self._start_output(request)
         return finish_setup(
             plan,
             opts,
@@ -361,6 +391,20 @@ class Session:
             our_checksums=SUPPORTED_CHECKSUMS,
             seed=_signed(seed),
         )
+
+    def _start_output(self, request: ModuleRequest) -> None:
+        """Multiplex our output from here on; the session's I/O timeout and keep-alives."""
+        opts = request.opts
+        self.outbox = Outbox(self.stream)
+        timeout = _effective_timeout(request.module.timeout_s, opts.timeout_s)
+        self.inbox.timeout_s = timeout or None
+        self.stream.settimeout(timeout or None)
+        if timeout:
+            if request.protocol >= LEGACY_PROTOCOL:  # main.c: 31+ (30 kept as it was); old clients die on it
+                self.outbox.send_msg(MsgCode.IO_TIMEOUT, encode_int32(timeout))
+            self.outbox.keepalive_s = max(1, (timeout + 1) // 2)
+            self.inbox.timeout_s = timeout
+            self.stream.settimeout(timeout)
 
     def _make_seed(self) -> int:
         return (int(self.ctx.clock()) ^ (os.getpid() << 6)) & 0x7FFFFFFF
@@ -372,7 +416,8 @@ class Session:
         except RsyncError:
             if self.outbox is None:
                 self.outbox = Outbox(self.stream)
-                self.inbox.start_mux()
+                if request.protocol >= LEGACY_PROTOCOL:
+                    self.inbox.start_mux()
 
     # -- running ---------------------------------------------------------------------------
     def run(self) -> ExitCode:
@@ -458,8 +503,10 @@ class Session:
         what = EXIT_TEXT.get(code, "error")
         trailer = f"rsync error: {what} (code {int(code)}) at backupd [{self.role}=backupd-{__version__}]\n"
         self.outbox.send_msg(MsgCode.ERROR, trailer.encode())
-        self.outbox.send_msg(MsgCode.ERROR_EXIT, encode_int32(int(code)))
         protocol = self.request.protocol if self.request is not None else 31
+        # cleanup.c _exit_cleanup: MSG_ERROR_EXIT only at protocol 31+ or from a running receiver
+        if protocol >= 31 or self.input_buffered:
+            self.outbox.send_msg(MsgCode.ERROR_EXIT, encode_int32(int(code)))
         # cleanup.c _exit_cleanup: only a receiver or a protocol 31+ peer waits for the client's EOF
         self.reset_on_close = not self.input_buffered or (self.role == "sender" and protocol < 31)
         return code

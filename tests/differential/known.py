@@ -21,6 +21,8 @@ DIFFERENCES: dict[str, str] = {
     "delete pass reads each dir when it gets there, so it also deletes (backing them up again, into "
     "old/old) the backups it just made of the dirs deleted before it; backupd plans from the dirs "
     "as they were when the pass began",
+    "DIFF-034": "--protocol=26 and older: rsyncd serves them (3.5.0 speaks 20-32); backupd refuses "
+    "below 27 with '@ERROR: protocol version 26 is too old' (exit 5)",
 }
 
 KNOWN: dict[str, str | tuple[str, set[str]]] = {
@@ -29,4 +31,5 @@ KNOWN: dict[str, str | tuple[str, set[str]]] = {
     "module-exclude-push": "DIFF-004",
     "pull-vv-max-verbosity": "DIFF-032",
     "push-backup-dir-inside-delete-after": ("DIFF-033", {"c3.5.0-hist-no", "c3.2.7-hist-no"}),
+    "proto26-refused": "DIFF-034",
 }

@@ -792,4 +792,9 @@ scenario("module-comment-listing", rsync("{host}/"), params={"comment": "the bac
 scenario("list-false", rsync("{host}/"), params={"list": False})
 
 # ---------------------------------------------------------------- alternate basis dirs, everyday commands
-from tests.differential import scenarios_alt_dest, scenarios_everyday  # noqa: E402,F401 - add their scenarios
+# and the same for old clients (--protocol=29/28/27)
+from tests.differential import (  # noqa: E402 - each adds its scenarios to SCENARIOS
+    scenarios_alt_dest,  # noqa: F401
+    scenarios_everyday,  # noqa: F401
+    scenarios_legacy,  # noqa: F401
+)

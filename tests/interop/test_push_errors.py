@@ -56,17 +56,7 @@ def module_dir(target, name: str):
         pytest.param("ro", None, None, "ERROR: module is read only", id="read-only"),
     ],
 )
-def test_refused_push_matches_rsyncd(
-    request, both, rsync_client, source, module, user, password, message
-):
-    if module == "ro" and rsync_client.protocol == 30:
-        request.applymarker(
-            pytest.mark.xfail(
-                reason="backupd difference: at protocol 30 rsyncd's read-only refusal makes "
-                "the client exit 10 (connection reset), backupd's exit 1",
-                strict=True,
-            )
-        )
+def test_refused_push_matches_rsyncd(both, rsync_client, source, module, user, password, message):
     results = {}
     for kind, target in both.items():
         url = target.server.url(module, user=user)

@@ -169,6 +169,30 @@ def test_pull_and_list_only(ssh_server, rsync_client, tmp_path, form):
     assert_trees_equal(server.module, dst, mtime_precision_ns=rsync_client.mtime_precision_ns)
 
 
+@pytest.mark.parametrize("protocol", ["29", "28", "27"])
+@pytest.mark.parametrize("form", FORMS)
+def test_old_protocols_push_delta_and_pull(ssh_server, rsync_client, tmp_path, form, protocol):
+    """An old client over SSH: the same legacy codecs as over TCP (session.setup), both forms."""
+    server = ssh_server()
+    src = tmp_path / "src"
+    make_tree(src, {"a.txt": "alpha\n", "d": {"big.bin": bytes(range(256)) * 400}})
+    for path in (src / "a.txt", src / "d" / "big.bin", src / "d", src):
+        set_mtime(path, T0)
+    proto = f"--protocol={protocol}"
+    assert_ok(server.rsync(rsync_client, form, "alice", proto, "-a", f"{src}/", server.url(form, "alice")))
+    assert_trees_equal(src, server.module, mtime_precision_ns=10**9)
+    (src / "d" / "big.bin").write_bytes(bytes(range(256)) * 200 + b"changed" + bytes(range(256)) * 200)
+    set_mtime(src / "d" / "big.bin", T0 + 10)
+    set_mtime(src / "d", T0)
+    done = assert_ok(server.rsync(rsync_client, form, "alice", proto, "-a", "--stats", f"{src}/",
+                                  server.url(form, "alice")))
+    assert "Matched data: 0 bytes" not in done.stdout, done.stdout
+    assert_trees_equal(src, server.module, mtime_precision_ns=10**9)
+    dst = tmp_path / "dst"
+    assert_ok(server.rsync(rsync_client, form, "bob", proto, "-a", server.url(form, "bob"), f"{dst}/"))
+    assert (dst / "d" / "big.bin").read_bytes() == (src / "d" / "big.bin").read_bytes()
+
+
 def test_daemon_form_lists_modules(ssh_server, rsync_clients):
     server = ssh_server({"comment": "the module"})
     client = rsync_clients["3.5.0"]

@@ -52,7 +52,7 @@ def test_greeting_negotiation():
 @pytest.mark.parametrize(
     ("line", "message"),
     [
-        (b"@RSYNCD: 29.0", "too old"),
+        (b"@RSYNCD: 26.0", "too old"),
         (b"@RSYNCD: 31", "omitted the subprotocol"),
         (b"@RSYNCD: 32.0", "omitted the digest name list"),
         (b"GET / HTTP/1.0", "protocol startup error"),

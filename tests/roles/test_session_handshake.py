@@ -127,7 +127,7 @@ def test_challenge_response_auth(config, monkeypatch, password, ok):
 @pytest.mark.parametrize(
     ("greeting", "reply"),
     [
-        (b"@RSYNCD: 29.0\n", b"@ERROR: protocol version 29 is too old"),
+        (b"@RSYNCD: 26.0\n", b"@ERROR: protocol version 26 is too old"),
         (b"@RSYNCD: 32.0\n", b"@ERROR: your client omitted the digest name list"),
         (b"\x16\x03\x01\x02\x00random tls junk\n", b"@ERROR: protocol startup error"),
     ],
