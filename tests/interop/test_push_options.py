@@ -665,8 +665,8 @@ def test_unsupported_option_refused_with_code_4(make_targets, client, source, op
     stock_done = stock.push(client, "-a", option, f"{source}/")
     assert stock_done.returncode == 4, show(stock_done)
     assert done.returncode == 4, show(done)
-    name = {"-U": "atimes"}[option]
-    assert name in done.stderr or option in done.stderr, show(done)
+    # rsyncd's words for an option its parser does not know: the whole cluster that holds it
+    assert re.search(r"rsync: on remote machine: -\w*U[\w.]*: unknown option", done.stderr), show(done)
     assert "code 4" in done.stderr, show(done)
     assert os.listdir(ours.module) == []
 
