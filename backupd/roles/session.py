@@ -303,23 +303,24 @@ class Session:
                 return entry.access or ""
         return None
 
-    def _read_args(self) -> list[bytes]:
+    def _read_arg_list(self, read_one) -> list[bytes]:
+        """Arguments from ``read_one()`` up to an empty one, at most 1024 (ProtocolError beyond)."""
         argv = []
         for _ in range(1025):
-            arg = self.inbox.read_until_nul(4096)
+            arg = read_one()
             if not arg:
-                break
+                return argv
             argv.append(arg)
-        else:
-            raise ProtocolError("argument list over 1024 arguments")
+        raise ProtocolError("argument list over 1024 arguments")
+
+    def _read_nul_list(self) -> list[bytes]:
+        """A NUL-separated list (the arguments from protocol 30 on; the ``-s`` second list at every protocol)."""
+        return self._read_arg_list(lambda: self.inbox.read_until_nul(4096))
+
+    def _read_args(self) -> list[bytes]:
+        argv = self._read_nul_list()
         if has_protected_args(argv):
-            second = []
-            for _ in range(1025):
-                arg = self.inbox.read_until_nul(4096)
-                if not arg:
-                    break
-                second.append(arg)
-            argv += second[1:]
+            argv += self._read_nul_list()[1:]
         return argv
 
     def _read_arg_lines(self) -> list[bytes]:
@@ -327,21 +328,9 @@ class Session:
 
         Source: rsync clientserver.c rsync_module -> io.c read_args (rl_nulls off below 30).
         """
-        argv = []
-        for _ in range(1025):
-            arg = self.inbox.read_line(4096).rstrip(b"\r")
-            if not arg:
-                break
-            argv.append(arg)
-        else:
-            raise ProtocolError("argument list over 1024 arguments")
-        if has_protected_args(argv):  # the secluded list is NUL-separated at every protocol
-            second = []
-            for _ in range(1025):
-                arg = self.inbox.read_until_nul(4096)
-                if not arg:
-                    break
-                second.append(arg)
+        argv = self._read_arg_list(lambda: self.inbox.read_line(4096).rstrip(b"\r"))
+        if has_protected_args(argv):
+            second = self._read_nul_list()
             # below 30 the client also puts "(null)", "." and its paths in the first list; as
             # rsyncd, only that list's options count, the second list gives the rest
             options = next((i for i, a in enumerate(argv) if not a.startswith(b"-")), len(argv))

@@ -37,6 +37,19 @@ def _read_until(reader: ByteReader, stop: bytes) -> bytes:
     return bytes(out)
 
 
+def split_frames(raw: bytes) -> tuple[bytes, list]:
+    """A multiplexed stream: (the MSG_DATA payloads joined, the other frames in order)."""
+    mux = MuxDecoder()
+    mux.feed(raw)
+    data, messages = bytearray(), []
+    while (frame := mux.next_frame()) is not None:
+        if frame.code == 0:
+            data += frame.payload
+        else:
+            messages.append(frame)
+    return bytes(data), messages
+
+
 def client_side(name: str) -> ClientSide:
     """Parse ``NAME.c2s`` of a daemon capture (protocol >= 30)."""
     raw = (CAPTURES / f"{name}.c2s").read_bytes()
@@ -60,15 +73,8 @@ def client_side(name: str) -> ClientSide:
         decode_vstring(r.read)
     if "v" in opts.capabilities and opts.compression_on and opts.compress_choice is None:
         decode_vstring(r.read)
-    mux = MuxDecoder()
-    mux.feed(r.read(r.remaining))
-    data, messages = bytearray(), []
-    while (frame := mux.next_frame()) is not None:
-        if frame.code == 0:
-            data += frame.payload
-        else:
-            messages.append(frame)
-    return ClientSide(lines, argv, opts, bytes(data), messages)
+    data, messages = split_frames(r.read(r.remaining))
+    return ClientSide(lines, argv, opts, data, messages)
 
 
 def decoded_names(name: str) -> list[str]:

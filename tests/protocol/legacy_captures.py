@@ -12,11 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from backupd.protocol.flist import FlistOptions
-from backupd.protocol.mux import MuxDecoder
 from backupd.protocol.server_args import TransferOptions, parse_server_args_lenient
 from backupd.protocol.wire import ByteReader, decode_int32
 
-from .captures import CAPTURES
+from .captures import CAPTURES, split_frames
 
 
 @dataclass
@@ -53,15 +52,8 @@ def legacy_session(name: str) -> LegacySession:
     assert _line(s2c).startswith(b"@RSYNCD: ")
     assert _line(s2c) == b"@RSYNCD: OK"
     seed = decode_int32(s2c.read)
-    mux = MuxDecoder()
-    mux.feed(s2c.read(s2c.remaining))
-    data, messages = bytearray(), []
-    while (frame := mux.next_frame()) is not None:
-        if frame.code == 0:
-            data += frame.payload
-        else:
-            messages.append(frame)
-    return LegacySession(protocol, argv, opts, c2s.read(c2s.remaining), seed, bytes(data), messages)
+    data, messages = split_frames(s2c.read(s2c.remaining))
+    return LegacySession(protocol, argv, opts, c2s.read(c2s.remaining), seed, data, messages)
 
 
 def legacy_flist_options(opts: TransferOptions, protocol: int) -> FlistOptions:
