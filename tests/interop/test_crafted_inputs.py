@@ -88,8 +88,9 @@ CASES = [
     ("long-destination", {3}, b"cannot stat destination", b"cannot stat destination"),
     # compat.c: "unknown compress name: ", exit 4
     ("compress-choice-empty", {4}, b"unknown compress name: ", b"unknown compress name: "),
-    # popt would take '.' as the value; backupd parses options up to '.': a clean usage error
-    ("compress-choice-no-value", {1}, None, b"--compress-choice: missing argument"),
+    # popt would take '.' as the value; backupd parses options up to '.' and answers as rsyncd
+    # answers an option it cannot parse (clientserver.c rsync_module: option_error, exit 4)
+    ("compress-choice-no-value", {4}, None, b"--compress-choice: missing argument"),
     # the name's own bytes in both messages, as rsyncd sends them
     ("non-utf8-verification-failed", {23}, b"ERROR: a\xff.bin failed verification -- update discarded.\n",
      b"ERROR: a\xff.bin failed verification -- update discarded.\n"),

@@ -18,20 +18,14 @@ import pytest
 from tests.helpers import File, make_tree, scan_tree
 from tests.interop.conftest import T0, assert_ok, show
 
-P30_EXIT = ("backupd difference: at protocol 30 rsyncd's read-only refusal makes the client exit 10 "
-            "(connection reset), backupd's exit 1 (as test_push_errors.py read-only)")
-
-
 @pytest.fixture
 def source(tmp_path):
     return make_tree(tmp_path / "src", {"a.txt": File(b"a\n", mtime=T0), "d": {"b": File(b"b\n", mtime=T0)}})
 
 
 @pytest.mark.parametrize("form", ["url", "double-colon"])
-def test_push_to_a_view_is_refused_like_a_read_only_module(request, make_targets, rsync_client, source,
+def test_push_to_a_view_is_refused_like_a_read_only_module(make_targets, rsync_client, source,
                                                            tmp_path, form):
-    if rsync_client.protocol == 30:
-        request.applymarker(pytest.mark.xfail(reason=P30_EXIT, strict=True))
     stock = make_targets(("rsyncd",), extra_modules={"ro": {"path": None, "read only": True}})["rsyncd"]
     ours = make_targets(("backupd",), params={"catalog dir": tmp_path / "catalogs"})["backupd"]
     assert_ok(ours.push(rsync_client, "-a", f"{source}/"))          # a catalog with one version of each
