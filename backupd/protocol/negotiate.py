@@ -64,13 +64,26 @@ def plan_setup(opts: TransferOptions, *, allow_inc_recurse: bool = False) -> Set
     for letter, flag in _CAP_FLAGS:
         if letter in caps:
             flags |= flag
-    if allow_inc_recurse and "i" in caps and opts.recursive and not opts.use_qsort:
+    if allow_inc_recurse and inc_recurse_allowed(opts):
         flags |= CompatFlags.INC_RECURSE
     return SetupPlan(
         compat_flags=flags,
         send_checksum_list=opts.checksum_choice is None,
         send_compress_list=opts.compression_on and opts.compress_choice is None,
     )
+
+
+def inc_recurse_allowed(opts: TransferOptions) -> bool:
+    """Whether rsyncd recurses incrementally with this client (compat.c set_allow_inc_recurse).
+
+    The client must offer ``i`` and recurse without --use-qsort; a
+    receiving server also refuses it for --delete-before/-after,
+    --delay-updates and -m, whose passes need the whole list.
+    """
+    if "i" not in (opts.capabilities or "") or not opts.recursive or opts.use_qsort:
+        return False
+    return opts.sender or not (opts.delete_mode in ("before", "after") or opts.delay_updates
+                               or opts.prune_empty_dirs)
 
 
 def choose_name(client_list: bytes, ours: Sequence[str], what: str) -> str:

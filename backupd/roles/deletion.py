@@ -64,6 +64,13 @@ class Deleter:
             self._children_map = _children_by_dir(self.state.flist, self._skip_at_start)
         return self._children_map
 
+    def add_children(self, entries: list[FileEntry]) -> None:
+        """An incremental sub-list's entries: names a deletion in their directory keeps."""
+        if self._children_map is None:
+            self._children_map = {}
+        for parent, names in _children_by_dir(entries).items():
+            self._children_map.setdefault(parent, set()).update(names)
+
     def allowed(self) -> bool:
         """False (and the client told why) when an I/O error on the sender side forbids deleting."""
         if self.state.io_error & IoError.GENERAL and not self.opts.ignore_errors:

@@ -11,6 +11,7 @@ delete_in_dir(); rsync-protocol-b.md §1.4, §3, §4, §8.
 from __future__ import annotations
 
 import os
+import queue
 import stat
 import threading
 from collections import OrderedDict
@@ -23,6 +24,7 @@ from backupd.protocol.constants import (
     MsgCode,
 )
 from backupd.protocol.flist import FileEntry
+from backupd.protocol.negotiate import inc_recurse_allowed
 from backupd.protocol.sums import NULL_SUM_HEAD, Checksum, iter_sums_wire, sum_sizes
 from backupd.protocol.wire import NdxEncoder, encode_int32, encode_shortint, encode_vstring
 from backupd.roles.acl_sync import GeneratorAcls
@@ -87,6 +89,12 @@ class Generator:
         self._hlink_done: dict[int, int] = {}  # -H with alternates: group -> ndx of its written leader
         self.xattrs = for_push(GeneratorXattrs, state)
         self.acls = GeneratorAcls(state.tree, dry_run=self.opts.dry_run) if self.opts.acls else None
+        self.inc = state.inc  # incremental recursion: the lists as they arrive (inc_lists.py)
+        self._stash: list[tuple[str, object]] = []  # receiver events read while working on the lists
+        self._redo_queue: list[int] = []
+        self._first_unfinished = 0  # position in inc.lists of the oldest list not yet freed by an NDX_DONE
+        self._cur_list: int | None = 0
+        self._precreated: set[bytes] = set()  # dirs made 0700 while their parent's list was processed
 
     # -- thread control ----------------------------------------------------------------
     def start(self) -> None:
@@ -123,7 +131,7 @@ class Generator:
         self.out.flush()
         redo = []
         while True:
-            event, arg = self.state.events.get()
+            event, arg = self._stash.pop(0) if self._stash else self.state.events.get()
             if event == "abort":
                 raise _Aborted()
             if event == "redo":
@@ -159,15 +167,18 @@ class Generator:
             self.deleter.delete_pass()
         if st.verbosity >= 2:  # generate_files, DEBUG FLIST
             self.out.send_msg(MsgCode.INFO, delta_line(opts.whole_file))
-        first_flush = self._first_flush_ndx()
-        for ndx, entry in enumerate(st.flist):
-            if ndx in st.skip:
-                continue
-            self._process(ndx, entry, deleting and opts.delete_mode == "during")
-            if first_flush is not None and ndx >= first_flush:
-                self.out.flush()  # rsyncd's first loop check: this much reaches the client first
-                first_flush = None
-        self.out.write(self.ndx.encode(NDX_DONE))
+        if self.inc is not None:
+            self._generate_lists(deleting and opts.delete_mode == "during")
+        else:
+            first_flush = self._first_flush_ndx()
+            for ndx, entry in enumerate(st.flist):
+                if ndx in st.skip:
+                    continue
+                self._process(ndx, entry, deleting and opts.delete_mode == "during")
+                if first_flush is not None and ndx >= first_flush:
+                    self.out.flush()  # rsyncd's first loop check: this much reaches the client first
+                    first_flush = None
+            self.out.write(self.ndx.encode(NDX_DONE))
         redo = self._wait("phase", 1)
         for ndx in redo:
             self._request_file(ndx, st.flist[ndx], redo=True)
@@ -191,10 +202,113 @@ class Generator:
         self.out.write(self.ndx.encode(NDX_DONE))
         self.out.flush()
 
+    # -- incremental recursion ------------------------------------------------------------
+    def _generate_lists(self, delete_during: bool) -> None:
+        """Each list as it arrives, in order; an NDX_DONE per finished list (generator.c generate_files).
+
+        A list's directory is handled in full at its reserved ndx, right
+        before its contents (the deletions in it too); directories inside
+        the list are only made (0700) so the parent's mtime can be set
+        (recv_generator with is_dir < 0). The last list's NDX_DONE is the
+        end of phase 0.
+        """
+        st, inc = self.state, self.inc
+        position = 0
+        while (lst := self._next_list(position)) is not None:
+            self._cur_list = position
+            entries = st.flist[lst.start:lst.start + lst.count]
+            self.deleter.add_children(entries)
+            if lst.parent is not None and lst.start - 1 not in st.skip:
+                self._process(lst.start - 1, st.flist[lst.start - 1], delete_during)
+            for ndx in range(lst.start, lst.start + lst.count):
+                if ndx not in st.skip:
+                    self._process(ndx, st.flist[ndx], delete_during)
+                    self._check_finished(check_redo=False)
+            position += 1
+        self._cur_list = None
+        while self._first_unfinished < len(inc.lists):
+            self._check_finished(check_redo=True)
+            if self._first_unfinished < len(inc.lists):
+                self._next_event()
+
+    def _next_list(self, position: int):
+        """The list at ``position`` once it has arrived; None after NDX_FLIST_EOF and the last list."""
+        inc = self.inc
+        while True:
+            self._check_finished(check_redo=True)
+            if position < len(inc.lists):
+                return inc.lists[position]
+            if inc.eof:
+                return None
+            self._next_event()
+
+    def _next_event(self) -> None:
+        """Block for one receiver event and account for it (io.c wait_for_receiver)."""
+        self.out.flush()
+        self._account(*self.state.events.get())
+
+    def _account(self, event: str, arg) -> None:
+        """A finished, redone or failed transfer counts against its list (io.c got_flist_entry_status)."""
+        if event == "abort":
+            raise _Aborted()
+        if event in ("fdone", "redo"):
+            lst = self.inc.lists[self.inc.index_of(arg)]
+            lst.in_progress -= 1
+            if event == "redo":
+                lst.to_redo += 1
+                self._redo_queue.append(arg)
+        elif event not in ("flist", "flist_eof"):
+            self._stash.append((event, arg))
+
+    def _check_finished(self, *, check_redo: bool) -> None:
+        """Redo requests, then an NDX_DONE for each oldest finished list (generator.c check_for_finished_files)."""
+        events, inc = self.state.events, self.inc
+        while True:
+            try:
+                self._account(*events.get_nowait())
+            except queue.Empty:
+                break
+        while check_redo and self._redo_queue:
+            ndx = self._redo_queue.pop(0)
+            inc.lists[inc.index_of(ndx)].to_redo -= 1
+            self._request_file(ndx, self.state.flist[ndx], redo=True)
+        cur = len(inc.lists) if self._cur_list is None else self._cur_list
+        while self._first_unfinished < cur:
+            lst = inc.lists[self._first_unfinished]
+            if lst.in_progress or lst.to_redo:
+                break
+            self.out.write(self.ndx.encode(NDX_DONE))
+            self._first_unfinished += 1
+
+    def _precreate_dir(self, entry: FileEntry, path: bytes) -> None:
+        """A directory of the list being processed, made 0700 if missing (recv_generator, is_dir < 0).
+
+        Only with -t and without -O; nothing else is checked or said here
+        (rsync's daemon filter passes it too): the full pass at the
+        directory's own list itemizes, refuses or fixes it.
+        """
+        opts = self.opts
+        if not opts.times or opts.omit_dir_times or opts.dry_run or opts.existing:
+            return
+        if entry.is_implied_dir and not opts.implied_dirs:
+            return
+        if self._refused_dirs and any(path.startswith(d + b"/") for d in self._refused_dirs):
+            return
+        if self.state.tree.is_history_path(path) or self._lstat(path) is not None:
+            return
+        try:
+            self.state.tree.mkdir(path, entry.mode & 0o700, exist_ok=True)
+        except StorageError:
+            return  # generator.c: any error is reported by the full pass
+        self._precreated.add(path)
+
     # -- one entry ---------------------------------------------------------------------
     def _process(self, ndx: int, entry: FileEntry, delete_during: bool) -> None:
         self._check_aborted()
         path = self.state.dest[ndx]
+        if self.inc is not None and entry.is_dir and not self.inc.is_parent_slot(ndx):
+            self._precreate_dir(entry, path)
+            return
         if self.state.tree.is_history_path(path):
             self._file_error(f"refusing to write {os.fsdecode(path)!r} inside the history folder", entry)
             return
@@ -314,6 +428,8 @@ class Generator:
         st = self._lstat(path)
         if st is None and self.opts.existing:  # no new directory, nor anything in it
             return
+        if path in self._precreated:  # FLAG_DIR_CREATED: itemized and set up as new
+            st = None
         if ndx == 0 and self.state.dir_created:  # get_local_name made it: FLAG_DIR_CREATED
             st = None
             iflags = _IS_NEW | _LOCAL_CHANGE
@@ -377,10 +493,7 @@ class Generator:
 
     def _rsyncd_inc_recurse(self) -> bool:
         """Whether stock rsyncd would recurse incrementally for this client (compat.c setup_protocol)."""
-        opts = self.opts
-        return ("i" in (opts.capabilities or "") and opts.recursive and not opts.use_qsort
-                and opts.delete_mode not in ("before", "after") and not opts.delay_updates
-                and not opts.prune_empty_dirs)
+        return inc_recurse_allowed(self.opts)
 
     def _alt_dir_flags(self, ndx: int, entry: FileEntry, path: bytes, iflags: int) -> int | None:
         """A new dir with an alternate: None (matched, not reported) or iflags against it."""
@@ -803,6 +916,8 @@ class Generator:
         if opts.dry_run:
             self.out.write(header)
             return
+        if self.inc is not None:  # generator.c recv_generator notify_others: the list waits for it
+            self.inc.lists[self.inc.index_of(ndx)].in_progress += 1
         self.out.write(header + self._sums_for(alt.path if partial else path, entry, exists, redo))
         backup = state.tree.backup
         if opts.inplace and not redo and alt is None and exists and backup is not None and backup.report:

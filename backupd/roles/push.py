@@ -14,18 +14,17 @@ import stat
 from dataclasses import dataclass, field
 
 from backupd.errors import ExitCode, PathEscape, ProtocolError, RsyncError, StorageError
-from backupd.protocol.acls import AclDecoder
 from backupd.protocol.chmod import current_umask, parse_chmod
-from backupd.protocol.constants import MUNGE_PREFIX, CompatFlags, IoError, MsgCode
+from backupd.protocol.constants import MUNGE_PREFIX, NDX_FLIST_EOF, NDX_FLIST_OFFSET, CompatFlags, IoError, MsgCode
 from backupd.protocol.filters import decode_filter_list, old_prefix_rule
-from backupd.protocol.flist import FileEntry, check_wire_name, clean_wire_name, sort_key_for
-from backupd.protocol.flist_legacy import new_flist_decoder
+from backupd.protocol.flist import FileEntry
 from backupd.protocol.negotiate import Negotiated, file_list_options
 from backupd.protocol.server_args import TransferOptions, read_flags
 from backupd.protocol.sums import Checksum
-from backupd.protocol.xattrs import XattrDecoder
+from backupd.protocol.wire import NdxDecoder
 from backupd.roles.acl_sync import map_acl_ids
 from backupd.roles.idmap import apply_name_maps
+from backupd.roles.inc_lists import FileListReader, IncLists
 from backupd.roles.verbosity import server_verbosity
 from backupd.roles.xattr_sync import xattr_name_filter
 from backupd.storage import HistoryStore, ModuleTree
@@ -59,6 +58,10 @@ class PushState:
     temp_dir: bytes | None = None  # module path of --temp-dir, where the receiver makes its temp files
     basis_paths: dict[int, tuple[int, bytes]] = field(default_factory=dict)  # ndx -> partial/fuzzy basis chosen
     verbosity: int = 1  # the client's -v capped by the module's max verbosity (roles/verbosity.py)
+    inc: IncLists | None = None  # incremental recursion: the lists so far (inc_lists.py)
+    ndx_in: NdxDecoder | None = None  # the receiver's ndx decoder, when run_push read from it first
+    list_reader: FileListReader | None = None
+    incoming: object = None  # callable(entries): the module's and client's adjustments of a new list
 
     def module_path(self, ndx: int) -> bytes:
         """Module-relative destination of entry ``ndx``."""
@@ -105,32 +108,77 @@ def read_file_list(
     Raises:
         ProtocolError: an unsafe name or a malformed entry.
     """
-    decoder = new_flist_decoder(file_list_options(state_opts, negotiated, protocol))
-    xattrs = XattrDecoder(am_root=am_root, level=state_opts.xattrs, excluded=excluded) if state_opts.xattrs else None
-    acls = AclDecoder() if state_opts.acls else None
-    entries = []
-    while (entry := decoder.read_entry(read)) is not None:
-        if acls is not None and not entry.is_link:
-            entry.acls = acls.decode(read, entry.mode, entry.is_dir)
-        if xattrs is not None:
-            entry.xattrs = xattrs.decode(read)
-        entry.name = clean_wire_name(entry.name)  # x//y -> x/y, sub/ -> sub (issue 15.9)
-        if entry.name != b".":
-            check_wire_name(entry.name)
-        elif not entry.is_dir:
-            raise ProtocolError("file-list entry '.' is not a directory")
-        entries.append(entry)
-    users, groups = decoder.read_id_lists(read)
-    if acls is not None and not state_opts.numeric_ids:
+    reader = list_reader(state_opts, negotiated, protocol, am_root=am_root, excluded=excluded)
+    entries = reader.read_entries(read)
+    users, groups = reader.decoder.read_id_lists(read)
+    if reader.acls is not None and not state_opts.numeric_ids:
         map_acl_ids(entries, users, groups)
     for entry in entries:
         if entry.uid is not None and entry.user_name is None:
             entry.user_name = users.get(entry.uid)
         if entry.gid is not None and entry.group_name is None:
             entry.group_name = groups.get(entry.gid)
-    order = sort_key_for(protocol)
-    entries.sort(key=lambda e: order(e.name, e.is_dir))
-    return entries, decoder.io_error
+    reader.sort(entries)
+    return entries, reader.io_error
+
+
+def list_reader(opts: TransferOptions, negotiated: Negotiated, protocol: int, *, am_root: int = 0,
+                excluded=None) -> FileListReader:
+    """The decoder of this push's file lists (inc_lists.FileListReader)."""
+    return FileListReader(file_list_options(opts, negotiated, protocol), xattrs=opts.xattrs, acls=opts.acls,
+                          am_root=am_root, excluded=excluded)
+
+
+def receive_sub_list(state: PushState, dir_index: int, read) -> None:
+    """Read the sub-list of directory ``dir_index`` and append it (rsync flist.c recv_file_list(f, dir_ndx)).
+
+    Its entries must all lie directly in that directory; they get the same
+    adjustments as the first list, are sorted, and mapped to module paths
+    below the destination as plan_destination mapped the first list.
+
+    Raises:
+        ProtocolError: an unknown or repeated directory index, an entry from
+            another directory, or a malformed entry.
+    """
+    inc, reader = state.inc, state.list_reader
+    parent_ndx = inc.parent_of_sub_list(dir_index)
+    parent = state.flist[parent_ndx].name
+    prefix = b"" if parent == b"." else parent + b"/"
+    reader.next_list()
+    entries = reader.read_entries(read)
+    for entry in entries:
+        if not entry.name.startswith(prefix) or b"/" in entry.name[len(prefix):]:
+            raise ProtocolError(f"file-list entry {entry.name!r} is not in directory {parent!r}")
+    state.incoming(entries)
+    reader.sort(entries)
+    state.io_error |= reader.io_error
+    base = state.dest_dir
+    paths = [e.name for e in entries] if base in (b".", b"") else [join_path(base, e.name) for e in entries]
+    lst = inc.add(state.flist, state.dest, entries, paths, dir_index)
+    state.events.put(("flist", lst))
+
+
+def _read_first_lists(reader: FileListReader, ndx_in: NdxDecoder, read) -> tuple[list, list | None, bool]:
+    """The first incremental list, and when it holds one entry the list after it (main.c do_server_recv).
+
+    Returns (first list, the directory's sub-list or None, NDX_FLIST_EOF seen).
+
+    Raises:
+        ProtocolError: the next ndx is neither a sub-list of that entry nor NDX_FLIST_EOF.
+    """
+    first = reader.read_entries(read)
+    reader.sort(first)
+    if len(first) != 1:
+        return first, None, False
+    ndx = ndx_in.decode(read)  # flist.c recv_additional_file_list
+    if ndx == NDX_FLIST_EOF:
+        return first, None, True
+    if ndx != NDX_FLIST_OFFSET or not first[0].is_dir:
+        raise ProtocolError(f"Invalid dir index: {NDX_FLIST_OFFSET - ndx}")
+    reader.next_list()
+    extra = reader.read_entries(read)
+    reader.sort(extra)
+    return first, extra, False
 
 
 def adjust_incoming(entries: list[FileEntry], module) -> None:
@@ -406,13 +454,27 @@ def run_push(session, request, negotiated: Negotiated) -> ExitCode:
     is_root = os.geteuid() == 0
     filters, module_filters = build_filters(client_rules), build_module_filters(module)
     excluded = xattr_name_filter([module_filters, filters], "receiver")
-    flist, io_error = read_file_list(
-        opts, negotiated, request.protocol, read, am_root=int(is_root), excluded=excluded
-    )
-    if is_root and (opts.usermap is not None or opts.groupmap is not None):  # uidlist.c: root maps owners
-        for text in apply_name_maps(flist, opts, module_numeric_ids=bool(module.numeric_ids)):
-            session.outbox.send_msg(MsgCode.ERROR, f"{text}\n".encode("utf-8", "replace"))
-    adjust_incoming(flist, module)
+    inc = bool(negotiated.compat_flags & CompatFlags.INC_RECURSE)
+    reader = ndx_in = first = extra = None
+    if inc:
+        reader = list_reader(opts, negotiated, request.protocol, am_root=int(is_root), excluded=excluded)
+        ndx_in = NdxDecoder(request.protocol)
+        first, extra, eof = _read_first_lists(reader, ndx_in, read)
+        flist, io_error = first + (extra or []), reader.io_error
+    else:
+        flist, io_error = read_file_list(
+            opts, negotiated, request.protocol, read, am_root=int(is_root), excluded=excluded
+        )
+    maps = is_root and (opts.usermap is not None or opts.groupmap is not None)  # uidlist.c: root maps owners
+
+    def incoming(entries: list[FileEntry], say=None) -> None:
+        if maps:
+            for text in apply_name_maps(entries, opts, module_numeric_ids=bool(module.numeric_ids)):
+                if say is not None:
+                    say(text)
+        adjust_incoming(entries, module)
+
+    incoming(flist, lambda text: session.outbox.send_msg(MsgCode.ERROR, f"{text}\n".encode("utf-8", "replace")))
     history = HistoryStore(module.history_dir.encode()) if module.history else None
     tree = ModuleTree(
         module.path, module=module.name, history=history, fsync=module.fsync or opts.fsync, root_fd=request.root_fd,
@@ -449,6 +511,8 @@ def run_push(session, request, negotiated: Negotiated) -> ExitCode:
         plan_destination(
             state, opts.paths[0], lambda text: session.outbox.send_msg(MsgCode.INFO, text.encode("utf-8", "replace"))
         )
+        if inc:
+            _index_lists(state, first, extra, eof, reader, ndx_in, incoming)
         check_temp_dir(state, module)
         if opts.backup and not module.history:  # with history, --backup folds into it
             tree.backup = backup_policy(state, module, lambda line: session.outbox.send_msg(MsgCode.INFO, line))
@@ -469,6 +533,19 @@ def run_push(session, request, negotiated: Negotiated) -> ExitCode:
             tree.close()
         else:  # never close an fd a running thread may still use (the number could be reused)
             session.log.warning("generator still running after {} s: module fd left open", STOP_WAIT_S)
+
+
+def _index_lists(state: PushState, first, extra, eof: bool, reader, ndx_in, incoming) -> None:
+    """The first list (and the one read with it) as wire-indexed tables with reserved slots (inc_lists.py)."""
+    dest = state.dest
+    state.flist, state.dest = [], []
+    state.inc = IncLists()
+    state.inc.add(state.flist, state.dest, first, dest[:len(first)], None)
+    if extra is not None:
+        state.inc.parent_of_sub_list(0)
+        state.inc.add(state.flist, state.dest, extra, dest[len(first):], 0)
+    state.inc.eof = eof
+    state.list_reader, state.ndx_in, state.incoming = reader, ndx_in, incoming
 
 
 def _run_both(generator, receiver, session) -> ExitCode:

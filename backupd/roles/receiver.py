@@ -14,7 +14,7 @@ import stat
 
 from backupd.errors import FileError, ProtocolError, RsyncError, StorageError
 from backupd.ops import logging as ops_logging
-from backupd.protocol.constants import NDX_DONE, IoError, ItemFlags, MsgCode
+from backupd.protocol.constants import NDX_DONE, NDX_FLIST_EOF, NDX_FLIST_OFFSET, IoError, ItemFlags, MsgCode
 from backupd.protocol.sums import MD4_OLD, decode_sum_head
 from backupd.protocol.tokens import BlockMatch, Literal, make_token_reader
 from backupd.protocol.wire import NdxDecoder, decode_int32, decode_shortint, decode_vstring, encode_int32
@@ -25,7 +25,7 @@ from backupd.roles.errors import FileErrors, wire_text
 from backupd.roles.fuzzy import FNAMECMP_FUZZY
 from backupd.roles.owners import owner_ids
 from backupd.roles.partial_dir import FNAMECMP_PARTIAL_DIR, drop_partial, keep_in_partial_dir, partial_path
-from backupd.roles.push import PushState
+from backupd.roles.push import PushState, receive_sub_list
 from backupd.roles.xattr_sync import ReceiverXattrs, for_push
 
 MAX_PHASE = 2
@@ -83,6 +83,11 @@ class Receiver:
         self.bytes_literal = 0
         self.xattrs = for_push(ReceiverXattrs, state)
         self.errors = FileErrors(self.out.send_msg, self.log, "receiver", state, io_flag=IoError.GENERAL)
+        if state.ndx_in is not None:  # run_push read an ndx already (the list after a one-entry first list)
+            self.ndx = state.ndx_in
+        self._lists_freed = 0      # incremental recursion: lists the client sender's NDX_DONEs freed
+        self._sent_once: set[int] = set()  # ...and files already received once (FLAG_FILE_SENT: a redo)
+        self._redo_asked = False
 
     def _on_message(self, code: MsgCode, payload: bytes) -> None:
         """Messages from the client sender (rsync io.c read_a_msg)."""
@@ -91,7 +96,10 @@ class Receiver:
         if code == MsgCode.IO_ERROR and len(payload) == 4:
             self.errors.flag(int.from_bytes(payload, "little") & 7)
         elif code == MsgCode.NO_SEND and len(payload) == 4:
-            self.log.info("client could not send ndx {}", int.from_bytes(payload, "little"))
+            ndx = int.from_bytes(payload, "little")
+            self.log.info("client could not send ndx {}", ndx)
+            if self.state.inc is not None and 0 <= ndx < len(self.state.flist):
+                self.state.events.put(("fdone", ndx))  # io.c got_flist_entry_status FES_NO_SEND
         elif code in (MsgCode.INFO, MsgCode.WARNING, MsgCode.ERROR, MsgCode.ERROR_XFER):
             self.log.info("client says: {}", payload.decode("utf-8", "replace").rstrip())
         elif code not in (MsgCode.NOOP, MsgCode.DATA):
@@ -106,13 +114,21 @@ class Receiver:
         """
         read, phase = self.inbox.read, 0
         max_phase = MAX_PHASE if self.state.protocol >= 29 else 1
+        inc = self.state.inc
         while True:
             ndx = self.ndx.decode(read)
             if ndx == NDX_DONE:
+                if inc is not None and phase == 0:  # receiver.c recv_files: each frees the oldest list
+                    self._lists_freed += 1
+                    if self._lists_freed < len(inc.lists):
+                        continue
                 phase += 1
                 self.state.events.put(("phase", phase))
                 if phase > max_phase:
                     break
+                continue
+            if ndx < 0:
+                self._file_list(ndx)
                 continue
             self._check_ndx(ndx)
             if self.state.protocol < 29:  # rsync.c read_ndx_and_attrs: no iflags on the wire
@@ -133,7 +149,7 @@ class Receiver:
                 continue
             self._check_transfer(ndx, phase, max_phase)
             if not self.opts.dry_run:
-                self._receive_file(ndx, phase, self._basis_path(ndx, basis_type))
+                self._receive_counted(ndx, phase, self._basis_path(ndx, basis_type))
         # protocol 31+: the client echoes the generator's last DONE (main.c read_final_goodbye);
         # a protocol-30 client reads one DONE and says nothing more
         if self.state.protocol >= 31 and self.ndx.decode(read) != NDX_DONE:
@@ -141,6 +157,40 @@ class Receiver:
         if self.state.tree.catalog is not None:  # this session's versions are in the catalog before the client ends
             self.state.tree.catalog.flush()
         self.state.events.put(("goodbye", None))
+
+    def _receive_counted(self, ndx: int, phase: int, basis_path: bytes) -> None:
+        """One file; with incremental recursion its list learns it is done (MSG_SUCCESS/MSG_NO_SEND in rsync).
+
+        There a redo comes in phase 0: a file received once before is the
+        redo (receiver.c FLAG_FILE_SENT), reported as an error if it fails again.
+        """
+        if self.state.inc is None:
+            self._receive_file(ndx, phase, basis_path)
+            return
+        redoing = ndx in self._sent_once
+        self._sent_once.add(ndx)
+        self._redo_asked = False
+        try:
+            self._receive_file(ndx, 1 if redoing or phase else 0, basis_path)
+        finally:
+            if not self._redo_asked:
+                self.state.events.put(("fdone", ndx))
+
+    def _file_list(self, ndx: int) -> None:
+        """A sub-list or NDX_FLIST_EOF in the client sender's stream (rsync.c read_ndx_and_attrs).
+
+        Raises:
+            ProtocolError: any other negative ndx, a list without incremental
+                recursion or after NDX_FLIST_EOF, or a bad list.
+        """
+        inc = self.state.inc
+        if inc is None or inc.eof or (ndx != NDX_FLIST_EOF and ndx > NDX_FLIST_OFFSET):
+            raise ProtocolError(f"Invalid file index: {ndx}")
+        if ndx == NDX_FLIST_EOF:
+            inc.eof = True
+            self.state.events.put(("flist_eof", None))
+            return
+        receive_sub_list(self.state, NDX_FLIST_OFFSET - ndx, self.inbox.read)
 
     def _check_ndx(self, ndx: int) -> None:
         if not 0 <= ndx < len(self.state.flist):
@@ -333,6 +383,7 @@ class Receiver:
                     MsgCode.WARNING,
                     wire_text(f"WARNING: {name} failed verification -- update {kept} (will try again).\n"),
                 )
+            self._redo_asked = True
             self.state.events.put(("redo", ndx))
         else:
             self._file_error(f"ERROR: {name} failed verification -- update {kept}.")

@@ -357,7 +357,7 @@ class Session:
             if refused is not None:
                 raise RsyncError(refused, ExitCode.PROTOCOL, bare=True)
             return legacy_setup(opts, _signed(seed))
-        plan = plan_setup(opts)
+        plan = plan_setup(opts, allow_inc_recurse=not opts.sender and not opts.hard_links)  # pushes
         out = encode_varint(int(plan.compat_flags))
         if plan.send_checksum_list:
             out += encode_vstring(" ".join(SUPPORTED_CHECKSUMS).encode())

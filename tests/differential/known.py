@@ -26,9 +26,7 @@ DIFFERENCES: dict[str, str] = {
 }
 
 KNOWN: dict[str, str | tuple[str, set[str]]] = {
-    "push-verbose": "DIFF-004",
     "pull-verbose-stats": "DIFF-004",
-    "module-exclude-push": "DIFF-004",
     "pull-vv-max-verbosity": "DIFF-032",
     "push-backup-dir-inside-delete-after": ("DIFF-033", {"c3.5.0-hist-no", "c3.2.7-hist-no"}),
     "proto26-refused": "DIFF-034",

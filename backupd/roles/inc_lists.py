@@ -1,0 +1,162 @@
+"""The client's file lists on a push: one list, or incremental sub-lists as they arrive.
+
+Without incremental recursion the client sends one list (then its uid/gid
+name lists) and ndx ``i`` is the i-th sorted entry. With it (compat flag
+``CF_INC_RECURSE``) the first list holds the top-level entries, and every
+directory then gets a sub-list of its own, announced in the sender's data
+stream by ``NDX_FLIST_OFFSET - dir_index`` and ended by ``NDX_FLIST_EOF``
+(rsync flist.c recv_file_list / recv_additional_file_list, protocol 30+).
+List k starts at ndx ``prev_start + prev_count + 1``; the skipped ndx
+``start - 1`` names the list's parent directory (flist.c flist_new), which
+the generator itemizes, and the client's sender resolves, by that number.
+
+``PushState.flist`` and ``PushState.dest`` are indexed by wire ndx: each
+list's reserved slot holds its parent's entry (the same object as in the
+parent's list) or, for a first list without ``.``, a placeholder that is
+never processed. Nothing else about the push changes: every ndx-keyed table
+(skip, requested, basis paths) works across lists.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from dataclasses import dataclass
+
+from backupd.errors import ProtocolError
+from backupd.protocol.acls import AclDecoder
+from backupd.protocol.flist import FileEntry, check_wire_name, clean_wire_name, sort_key_for
+from backupd.protocol.flist_legacy import new_flist_decoder
+from backupd.protocol.xattrs import XattrDecoder
+
+PLACEHOLDER = FileEntry(name=b"", mode=0)  # the reserved slot of a first list that has no '.'
+
+
+class FileListReader:
+    """Decodes the client's file lists; its "same as previous" state runs across sub-lists.
+
+    ``flist_options`` comes from negotiate.file_list_options; with ``-X``
+    each entry is followed by its xattr block (flist.c recv_file_entry ->
+    receive_xattr), with ``-A`` by its ACLs; ``am_root`` and the xattr
+    filter ``excluded`` (None: no ``x`` rules) decide which names are kept.
+    """
+
+    def __init__(self, flist_options, *, xattrs: int = 0, acls: bool = False, am_root: int = 0,
+                 excluded=None) -> None:
+        self.decoder = new_flist_decoder(flist_options)
+        self.xattrs = XattrDecoder(am_root=am_root, level=xattrs, excluded=excluded) if xattrs else None
+        self.acls = AclDecoder() if acls else None
+        self.order = sort_key_for(flist_options.protocol)
+
+    @property
+    def io_error(self) -> int:
+        """The io_error the last end-of-list marker carried (0 if none)."""
+        return self.decoder.io_error
+
+    def read_entries(self, read) -> list[FileEntry]:
+        """One list's entries up to its end marker, cleaned and checked, in wire order.
+
+        Raises:
+            ProtocolError: an unsafe name, a '.' that is not a directory, or a
+                malformed entry.
+        """
+        entries = []
+        acls, xattrs = self.acls, self.xattrs
+        while (entry := self.decoder.read_entry(read)) is not None:
+            if acls is not None and not entry.is_link:
+                entry.acls = acls.decode(read, entry.mode, entry.is_dir)
+            if xattrs is not None:
+                entry.xattrs = xattrs.decode(read)
+            entry.name = clean_wire_name(entry.name)  # x//y -> x/y, sub/ -> sub (issue 15.9)
+            if entry.name != b".":
+                check_wire_name(entry.name)
+            elif not entry.is_dir:
+                raise ProtocolError("file-list entry '.' is not a directory")
+            entries.append(entry)
+        return entries
+
+    def sort(self, entries: list[FileEntry]) -> None:
+        """rsync's file-list order (flist.c f_name_cmp), in place."""
+        order = self.order
+        entries.sort(key=lambda e: order(e.name, e.is_dir))
+
+    def next_list(self) -> None:
+        """The ndx numbering of the next sub-list (its start follows this one's end plus one)."""
+        self.decoder.next_list()
+
+
+@dataclass
+class FileList:
+    """One received list: wire ndx ``start .. start+count-1``; ``start-1`` names ``parent``.
+
+    ``parent`` is the dir_flist index of the directory whose contents this is
+    (None for a first list without ``.``). ``in_progress`` counts requested
+    transfers the receiver has not finished, ``to_redo`` those waiting for a
+    redo request (generator.c check_for_finished_files frees a list, with an
+    extra NDX_DONE, once both are 0).
+    """
+
+    start: int
+    count: int
+    parent: int | None
+    in_progress: int = 0
+    to_redo: int = 0
+
+
+class IncLists:
+    """The lists of an incremental push and rsync's dir_flist of every directory received.
+
+    Appended to only by the receiver's thread (``add``); the generator learns
+    of each new list from an event and reads ``lists`` up to what it was told.
+    """
+
+    def __init__(self) -> None:
+        self.lists: list[FileList] = []
+        self.dirs: list[int] = []          # dir_flist: ndx of each directory, list by list, sorted
+        self._listed: set[int] = set()     # dir_flist indexes whose sub-list has arrived
+        self._starts: list[int] = []
+        self.eof = False
+
+    def parent_of_sub_list(self, dir_index: int) -> int:
+        """ndx of the directory a sub-list announced as ``NDX_FLIST_OFFSET - dir_index`` belongs to.
+
+        Raises:
+            ProtocolError: an index no list has named, or a second list for
+                the same directory (flist.c recv_additional_file_list:
+                "Invalid dir index").
+        """
+        if not 0 <= dir_index < len(self.dirs) or dir_index in self._listed:
+            raise ProtocolError(f"Invalid dir index: {dir_index} ({len(self.dirs)} directories known)")
+        self._listed.add(dir_index)
+        return self.dirs[dir_index]
+
+    def add(self, flist: list[FileEntry], dest: list[bytes], entries: list[FileEntry], paths: list[bytes],
+            parent: int | None) -> FileList:
+        """Append one sorted list (and its destination paths) to the wire-indexed tables.
+
+        ``parent`` is the dir_flist index of a sub-list's directory; None for
+        the first list, whose parent is its own ``.`` when it has one
+        (flist.c recv_file_list: parent_ndx 0, else -1).
+        """
+        start = len(flist) + 1
+        first_dir = len(self.dirs)
+        flist.append(PLACEHOLDER if parent is None else flist[self.dirs[parent]])
+        dest.append(b"" if parent is None else dest[self.dirs[parent]])
+        flist.extend(entries)
+        dest.extend(paths)
+        self.dirs.extend(start + i for i, e in enumerate(entries) if e.is_dir)
+        if parent is None and not self.lists and entries and entries[0].name == b"." and entries[0].is_dir:
+            flist[start - 1], dest[start - 1], parent = entries[0], paths[0], first_dir
+            self._listed.add(first_dir)  # its contents are this list
+        lst = FileList(start=start, count=len(entries), parent=parent)
+        self.lists.append(lst)
+        self._starts.append(start - 1)
+        return lst
+
+    def index_of(self, ndx: int) -> int:
+        """Which list (position in ``lists``) wire ndx ``ndx`` belongs to (its reserved slot included)."""
+        return bisect_right(self._starts, ndx) - 1
+
+    def is_parent_slot(self, ndx: int) -> bool:
+        """True for a list's reserved ndx (``start - 1``): the generator's full pass over that directory."""
+        i = self.index_of(ndx)
+        return i >= 0 and self.lists[i].start - 1 == ndx
