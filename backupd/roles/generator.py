@@ -224,6 +224,8 @@ class Generator:
                 if ndx not in st.skip:
                     self._process(ndx, st.flist[ndx], delete_during)
                     self._check_finished(check_redo=False)
+            if position == 0:  # rsyncd's generator then waits for the next list: this much reaches the client
+                self.out.flush()
             position += 1
         self._cur_list = None
         while self._first_unfinished < len(inc.lists):
@@ -423,7 +425,7 @@ class Generator:
 
     def _process_dir(self, ndx: int, entry: FileEntry, path: bytes, delete_during: bool) -> None:
         tree, dry = self.state.tree, self.opts.dry_run
-        if ndx and self.state.protocol >= 29 and self._flushes_at_dirs():  # below 29 name lines overtake requests
+        if ndx and self.inc is None and self.state.protocol >= 29 and self._flushes_at_dirs():  # below 29 name lines overtake requests
             self.out.flush()  # where rsyncd's generator output reaches the client before a directory
         st = self._lstat(path)
         if st is None and self.opts.existing:  # no new directory, nor anything in it
@@ -446,7 +448,7 @@ class Generator:
             return
         else:
             if st is not None and not dry:
-                self.deleter.count(tree.delete(path))
+                tree.delete(path)  # delete_item DEL_FOR_DIR: making room is neither said nor counted
             if not dry:
                 # a concurrent push may have made it: recv_generator lets EEXIST pass
                 tree.mkdir(path, 0o700 | (entry.mode & 0o7777), exist_ok=True)
