@@ -279,6 +279,7 @@ class Generator:
             lst = inc.lists[self._first_unfinished]
             if lst.in_progress or lst.to_redo:
                 break
+            inc.dones_sent += 1  # before the write: the echo may come back at once
             self.out.write(self.ndx.encode(NDX_DONE))
             self._first_unfinished += 1
 

@@ -115,6 +115,7 @@ class IncLists:
         self._listed: set[int] = set()     # dir_flist indexes whose sub-list has arrived
         self._starts: list[int] = []
         self.eof = False
+        self.dones_sent = 0  # the generator's per-list NDX_DONEs: the client sender echoes no more than these
 
     def parent_of_sub_list(self, dir_index: int) -> int:
         """ndx of the directory a sub-list announced as ``NDX_FLIST_OFFSET - dir_index`` belongs to.

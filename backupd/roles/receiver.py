@@ -119,6 +119,8 @@ class Receiver:
             ndx = self.ndx.decode(read)
             if ndx == NDX_DONE:
                 if inc is not None and phase == 0:  # receiver.c recv_files: each frees the oldest list
+                    if self._lists_freed >= inc.dones_sent:  # an echo of nothing: the generator still works
+                        raise ProtocolError("NDX_DONE for a file list the generator has not finished")
                     self._lists_freed += 1
                     if self._lists_freed < len(inc.lists):
                         continue
