@@ -67,7 +67,7 @@ if TYPE_CHECKING:
 
     from backupd.storage.backup import BackupPolicy
     from backupd.storage.catalog import CatalogWriter
-    from backupd.storage.history import HistoryStore
+    from backupd.storage.history import HistoryStore, Kept
 
 
 T = TypeVar("T")
@@ -437,11 +437,9 @@ class ModuleTree:
                 with self._entry_lock(fd, comps):
                     if self._keeps_history(comps):
                         when = self._when()
-                        kept = self.history.preserve_at(fd, comps, st, copy=True)
+                        kept = self.history.preserve_entry(fd, comps, st, copy=True)
                         if self.catalog is not None:
-                            copy = self.lstat(kept)
-                            self.catalog.retired(join_path(comps), st, when, kept,
-                                                 copy_ino=copy.st_ino if copy is not None else None)
+                            self.catalog.retired(join_path(comps), st, when, kept.path, copy_ino=kept.copy_ino)
                     elif self.backup is not None:
                         self.backup.copy(self._root_fd, fd, comps, st)
                     return InplaceFile(self, os.open(comps[-1], flags, dir_fd=fd), path, mode, sparse=sparse)
@@ -486,9 +484,9 @@ class ModuleTree:
                     if self._stale_temp(comps, st):  # a killed session's temp file: not a version
                         return remove_tree(fd, comps[-1], st)
                     when = self._when()
-                    kept = self.history.move_at(fd, comps, st)
+                    kept, copy_ino = self.history.move_entry(fd, comps, st)
                     if self.catalog is not None:
-                        self.catalog.retired(join_path(comps), st, when, kept, copy_ino=self._copy_ino(kept, st))
+                        self.catalog.retired(join_path(comps), st, when, kept, copy_ino=copy_ino)
                         self._touched.add(join_path(comps[:-1]))
             finally:
                 os.close(fd)
@@ -557,9 +555,8 @@ class ModuleTree:
                 digest = hash_entry_at(parent_fd, temp, new)
             os.rename(temp, name, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
             kind, value = xfer_sum if xfer_sum else (None, None)
-            copy_ino = self._copy_ino(kept, st) if st is not None else None
-            self.catalog.installed(join_path(comps), st, kept, new, when, xxh128=digest, xfer_sum=value,
-                                   xfer_sum_kind=kind, copy_ino=copy_ino)
+            self.catalog.installed(join_path(comps), st, kept.path if kept else None, new, when, xxh128=digest,
+                                   xfer_sum=value, xfer_sum_kind=kind, copy_ino=kept.copy_ino if kept else None)
             self._touched.add(join_path(comps[:-1]))
 
     def _record_new(self, parent_fd: int, name: bytes, comps: tuple[bytes, ...]) -> None:
@@ -623,7 +620,7 @@ class ModuleTree:
         finally:
             os.close(fd)  # releases the lock
 
-    def _displace(self, parent_fd: int, comps: tuple[bytes, ...], st: os.stat_result) -> bytes | None:
+    def _displace(self, parent_fd: int, comps: tuple[bytes, ...], st: os.stat_result) -> Kept | None:
         """Make way for a rename over ``comps[-1]`` without losing the old entry.
 
         File or symlink: linked (or copied) into history and left in place
@@ -631,7 +628,8 @@ class ModuleTree:
         Without history only a directory needs removing.
 
         Returns:
-            The history path the old entry went to (None without history).
+            Where the old entry went in history, and its copy's inode when
+            history holds a copy (None without history).
         """
         if not self._keeps_history(comps):
             if stat.S_ISDIR(st.st_mode):
@@ -640,8 +638,8 @@ class ModuleTree:
                 self.backup.keep(self._root_fd, parent_fd, comps, st, prefer_rename=False)
             return None
         if stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode):
-            return self.history.preserve_at(parent_fd, comps, st)
-        return self.history.move_at(parent_fd, comps, st)
+            return self.history.preserve_entry(parent_fd, comps, st)
+        return self.history.move_entry(parent_fd, comps, st)
 
     def _remove(self, parent_fd: int, comps: tuple[bytes, ...], st: os.stat_result) -> DeleteCounts:
         """Delete for real, each non-directory kept under its backup name first with ``--backup``."""
@@ -651,13 +649,6 @@ class ModuleTree:
 
     def _keeps_history(self, comps: tuple[bytes, ...]) -> bool:
         return self.history is not None and not self.history.contains(comps)
-
-    def _copy_ino(self, kept: bytes | None, old: os.stat_result) -> int | None:
-        """The inode of history's copy at ``kept`` when it is not ``old``'s own (copied, not linked)."""
-        if kept is None or stat.S_ISDIR(old.st_mode):
-            return None
-        copy = self.lstat(kept)
-        return copy.st_ino if copy is not None and copy.st_ino != old.st_ino else None
 
     def _stale_temp(self, comps: tuple[bytes, ...], st: os.stat_result) -> bool:
         """A killed session's ``.NAME.XXXXXX`` temp file: not a version, deleted without history.
