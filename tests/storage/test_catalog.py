@@ -274,3 +274,51 @@ def test_inplace_rewrite_is_a_new_version_and_the_copy_is_stored(env, tmp_path):
         assert verify_module(t, catalog).findings == []
     assert restored(tmp_path, db, module, b"f", t1, "one") == {"f": b"first content"}
     assert restored(tmp_path, db, module, b"f", t2, "two") == {"f": b"second"}
+
+
+def test_knows_live_answers_from_queued_ops_then_from_the_writers_connection(tmp_path, monkeypatch):
+    """A stale-temp check per deleted name: after the first flush no connection is opened for it."""
+    from backupd.storage import catalog as catalog_mod
+
+    (tmp_path / "f").write_bytes(b"v1")
+    st = os.lstat(tmp_path / "f")
+    db = tmp_path / "c.sqlite"
+    writer = CatalogWriter(db)
+    assert not writer.knows_live(b"f")        # no catalog yet
+    writer.made_live(b"f", st, 10 * NS)
+    assert writer.knows_live(b"f")            # queued
+    writer.flush()
+    opened = []
+    real = catalog_mod.Catalog
+    monkeypatch.setattr(catalog_mod, "Catalog", lambda *a, **k: opened.append(k) or real(*a, **k))
+    assert writer.knows_live(b"f") and not writer.knows_live(b"g")
+    other = CatalogWriter(db)                 # another session's committed batch is seen too
+    other.made_live(b"g", st, 11 * NS)
+    other.close()
+    assert writer.knows_live(b"g")
+    writer.retired(b"f", st, 12 * NS, b"history-backup/d/f")
+    writer.flush()
+    assert not writer.knows_live(b"f")
+    assert opened == [{}]                     # only `other`'s writer connection
+    writer.close()
+
+
+def test_session_writer_defers_wal_checkpoints_to_close_and_loses_nothing(tmp_path):
+    """Batches stay in the WAL during the session (no checkpoint fsyncs); close checkpoints them."""
+    (tmp_path / "f").write_bytes(b"x")
+    st = os.lstat(tmp_path / "f")
+    db = tmp_path / "c.sqlite"
+    writer = CatalogWriter(db, batch_ops=50)
+    for i in range(2000):
+        writer.made_live(b"d/f%04d" % i, st, (i + 1) * NS, xxh128="%032x" % i)
+    writer.flush()
+    wal = tmp_path / "c.sqlite-wal"
+    with Catalog(db, readonly=True) as reader:   # a reader sees every committed batch
+        assert reader.count() == 2000
+    # SQLite's default would have checkpointed (and restarted the WAL) past 1000 pages
+    assert writer._catalog.db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] > 1000
+    writer.close()
+    assert not wal.exists() or wal.stat().st_size == 0      # checkpointed into the database at close
+    with Catalog(db) as catalog:
+        rows = catalog.rows()
+    assert len(rows) == 2000 and rows[7].xxh128 == "%032x" % 7 and rows[7].live_from == 8 * NS
