@@ -322,3 +322,38 @@ def test_session_writer_defers_wal_checkpoints_to_close_and_loses_nothing(tmp_pa
     with Catalog(db) as catalog:
         rows = catalog.rows()
     assert len(rows) == 2000 and rows[7].xxh128 == "%032x" % 7 and rows[7].live_from == 8 * NS
+
+
+def test_sigkilled_session_keeps_its_flushed_batches_and_reconcile_finds_the_rest(env):
+    """A session SIGKILLed mid-push: its committed batches (still in the WAL, no checkpoint yet) survive,
+    its writer mark says a walk is needed, and the walk adds exactly the versions of the lost batch."""
+    import signal
+
+    from backupd.storage.catalog_state import left_marks
+
+    module, clock, db, tree = env
+    clock.now = datetime.now().replace(microsecond=0) - timedelta(seconds=30)  # history ctimes: real
+    pid = os.fork()
+    if pid == 0:  # the session: batches of 8 ops, killed with 6 installs queued
+        try:
+            t = tree()
+            t.catalog.batch_ops = 8
+            for i in range(21):
+                put(t, b"d/f%02d" % i, b"v%d" % i)
+            assert len(t.catalog._ops) == 6 and (module.parent / "state" / "mod.sqlite-wal").stat().st_size > 0
+        except BaseException:
+            os._exit(3)
+        os.kill(os.getpid(), signal.SIGKILL)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+    assert len(left_marks(db)) == 1
+    with Catalog(db, readonly=True) as catalog:   # recovered from the WAL the kill left
+        flushed = {r.path for r in catalog.rows("type = 'file'")}
+    assert flushed == {b"d/f%02d" % i for i in range(15)}
+    with tree(catalog=False) as t, Catalog(db) as catalog:
+        plan = plan_reconcile(t, catalog, "history-backup", 0)
+        assert sorted((r.kind, r.path) for r in plan.repairs if r.path.startswith(b"d/f")) == [
+            ("live", b"d/f%02d" % i) for i in range(15, 21)]
+        apply_reconcile(catalog, plan)
+        assert plan_reconcile(t, catalog, "history-backup", 0).repairs == []
+        assert len(catalog.rows("type = 'file' AND live_to IS NULL")) == 21
