@@ -99,6 +99,7 @@ class HistoryStore:
         if not self.comps:
             raise StorageError("history dir must not be the module root")
         self._clock = clock
+        self._wall_clock = clock == datetime.now   # now_ns without a datetime (compared once, not per call)
         self._root_fd = -1
         self.module = ""
 
@@ -125,7 +126,7 @@ class HistoryStore:
 
         With the real clock, ``time.time_ns`` (no datetime made per call).
         """
-        if self._clock == datetime.now:
+        if self._wall_clock:
             return time.time_ns() // 1000 * 1000
         return int(round(self.now().timestamp() * 1_000_000)) * 1000
 

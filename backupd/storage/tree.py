@@ -110,7 +110,8 @@ class ModuleTree:
         self.module = module
         self.backup = backup if history is None else None
         self.catalog = catalog if history is not None else None
-        self._touched: set[bytes] = set()   # directories whose entries changed (catalog: their final mtime)
+        # directories whose entries changed (catalog: their final mtime), as components: joined once at close
+        self._touched: set[tuple[bytes, ...]] = set()
         self.fsync = fsync  # fsync staged files before the rename (rsync --fsync)
         self.root = root if isinstance(root, bytes) else os.fsencode(os.fspath(root))
         self._root_fd = -1
@@ -487,7 +488,7 @@ class ModuleTree:
                     kept, copy_ino = self.history.move_entry(fd, comps, st)
                     if self.catalog is not None:
                         self.catalog.retired(join_path(comps), st, when, kept, copy_ino=copy_ino)
-                        self._touched.add(join_path(comps[:-1]))
+                        self._touched.add(comps[:-1])
             finally:
                 os.close(fd)
             if not stat.S_ISDIR(st.st_mode):
@@ -557,13 +558,13 @@ class ModuleTree:
             kind, value = xfer_sum if xfer_sum else (None, None)
             self.catalog.installed(join_path(comps), st, kept.path if kept else None, new, when, xxh128=digest,
                                    xfer_sum=value, xfer_sum_kind=kind, copy_ino=kept.copy_ino if kept else None)
-            self._touched.add(join_path(comps[:-1]))
+            self._touched.add(comps[:-1])
 
     def _record_new(self, parent_fd: int, name: bytes, comps: tuple[bytes, ...]) -> None:
         """Catalog op of a directory just made."""
         if self.catalog is not None and self._keeps_history(comps):
             self.catalog.made_live(join_path(comps), _lstat(parent_fd, name), self._when())
-            self._touched.update((join_path(comps), join_path(comps[:-1])))
+            self._touched.update((comps, comps[:-1]))
 
     def _record_touched_dirs(self) -> None:
         """Record the final mode and mtime of every directory this session changed.
@@ -572,7 +573,7 @@ class ModuleTree:
         rsync leaves a same-second one alone, so set_attrs alone misses it.
         """
         when = self._when() if self._touched else 0
-        for path in sorted(self._touched):
+        for path in sorted({join_path(comps) for comps in self._touched}):
             try:
                 st = self.lstat(path) if path else None
             except StorageError:
