@@ -28,7 +28,9 @@ through a :class:`CatalogWriter`: ops are recorded in memory once the
 rename that makes a version live or retires one is done, and applied in
 batched transactions (every ``BATCH_OPS`` ops and when the session ends;
 runs of plain inserts as one ``executemany``), so a small-file push pays
-one SQLite commit per batch. Ops are keyed by (path, ino) and applied
+one SQLite commit per batch (WAL, ``synchronous=NORMAL``: no fsync per
+commit; the writer's connection checkpoints the WAL past
+``SESSION_CHECKPOINT_PAGES`` and once at close). Ops are keyed by (path, ino) and applied
 idempotently, so two sessions flushing in either order agree; what a crash
 loses (the unflushed batch) is repaired on start by ``reconcile.py``, which
 the session's writer mark (``catalog_state.py``) makes walk the module.
