@@ -29,8 +29,8 @@ rename that makes a version live or retires one is done, and applied in
 batched transactions (every ``BATCH_OPS`` ops and when the session ends;
 runs of plain inserts as one ``executemany``), so a small-file push pays
 one SQLite commit per batch (WAL, ``synchronous=NORMAL``: no fsync per
-commit; the writer's connection checkpoints the WAL past
-``SESSION_CHECKPOINT_PAGES`` and once at close). Ops are keyed by (path, ino) and applied
+commit; SQLite's automatic checkpoints, one per ~1000 pages of WAL, about
+one per 20,000 new files, and one as the last connection closes). Ops are keyed by (path, ino) and applied
 idempotently, so two sessions flushing in either order agree; what a crash
 loses (the unflushed batch) is repaired on start by ``reconcile.py``, which
 the session's writer mark (``catalog_state.py``) makes walk the module.
@@ -58,11 +58,6 @@ from backupd.storage.catalog_state import close_mark, open_mark
 SCHEMA_VERSION = 2       # PRAGMA user_version once SCHEMA is applied (2: the partial history index)
 BATCH_OPS = 512          # ops per transaction while a session runs
 BUSY_TIMEOUT_MS = 30_000  # another session's batch: wait this long for the write lock
-# a session's writer checkpoints the WAL into the database only past this many pages (4 KiB each:
-# 64 MiB, ~250,000 new files; SQLite's default is 1000, several a 20,000-file push, each with
-# an fsync that waits on the file system's journal) and once, passively, at close
-SESSION_CHECKPOINT_PAGES = 16_384
-WAL_KEEP_BYTES = 4 << 20   # a WAL reset after a checkpoint is truncated to this (journal_size_limit)
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS versions(
     id INTEGER PRIMARY KEY,
@@ -409,7 +404,7 @@ class CatalogWriter:
             ops, self._ops = self._ops, []
             try:
                 if self._catalog is None:
-                    self._catalog = _session_catalog(self.db_path)
+                    self._catalog = Catalog(self.db_path)
                 apply_ops(self._catalog.db, ops)
             except (sqlite3.Error, OSError) as exc:
                 self.failed = True
@@ -417,33 +412,15 @@ class CatalogWriter:
                     self.on_error(exc)
 
     def close(self) -> None:
-        """Flush, checkpoint and close; idempotent. The writer mark goes only when every batch was committed.
-
-        The checkpoint is passive: it copies what no other session's reader
-        still needs and never waits (the last connection to close, or the
-        next writer past ``SESSION_CHECKPOINT_PAGES``, copies the rest); a
-        failure there loses nothing (the WAL holds the committed batches).
-        """
+        """Flush and close; idempotent. The writer mark goes only when every batch was committed."""
         self.flush()
         with self._lock:
             if self._catalog is not None:
-                try:
-                    self._catalog.db.execute("PRAGMA wal_checkpoint(PASSIVE)")
-                except sqlite3.Error:
-                    pass
                 self._catalog.close()
                 self._catalog = None
             if self._mark is not None and not self.failed and not self._ops:
                 close_mark(self._mark)
                 self._mark = None
-
-
-def _session_catalog(db_path: Path) -> Catalog:
-    """The writer's connection: WAL checkpoints deferred to ``SESSION_CHECKPOINT_PAGES`` (see there)."""
-    catalog = Catalog(db_path)
-    catalog.db.execute(f"PRAGMA wal_autocheckpoint = {SESSION_CHECKPOINT_PAGES}")
-    catalog.db.execute(f"PRAGMA journal_size_limit = {WAL_KEEP_BYTES}")
-    return catalog
 
 
 def _live_op(path: bytes, st: os.stat_result, when: int, xxh: str | None, xsum: str | None,

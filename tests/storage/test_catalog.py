@@ -303,29 +303,8 @@ def test_knows_live_answers_from_queued_ops_then_from_the_writers_connection(tmp
     writer.close()
 
 
-def test_session_writer_defers_wal_checkpoints_to_close_and_loses_nothing(tmp_path):
-    """Batches stay in the WAL during the session (no checkpoint fsyncs); close checkpoints them."""
-    (tmp_path / "f").write_bytes(b"x")
-    st = os.lstat(tmp_path / "f")
-    db = tmp_path / "c.sqlite"
-    writer = CatalogWriter(db, batch_ops=50)
-    for i in range(2000):
-        writer.made_live(b"d/f%04d" % i, st, (i + 1) * NS, xxh128="%032x" % i)
-    writer.flush()
-    wal = tmp_path / "c.sqlite-wal"
-    with Catalog(db, readonly=True) as reader:   # a reader sees every committed batch
-        assert reader.count() == 2000
-    # SQLite's default would have checkpointed (and restarted the WAL) past 1000 pages
-    assert writer._catalog.db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] > 1000
-    writer.close()
-    assert not wal.exists() or wal.stat().st_size == 0      # checkpointed into the database at close
-    with Catalog(db) as catalog:
-        rows = catalog.rows()
-    assert len(rows) == 2000 and rows[7].xxh128 == "%032x" % 7 and rows[7].live_from == 8 * NS
-
-
 def test_sigkilled_session_keeps_its_flushed_batches_and_reconcile_finds_the_rest(env):
-    """A session SIGKILLed mid-push: its committed batches (still in the WAL, no checkpoint yet) survive,
+    """A session SIGKILLed mid-push: its committed batches (in the WAL it left) survive,
     its writer mark says a walk is needed, and the walk adds exactly the versions of the lost batch."""
     import signal
 
