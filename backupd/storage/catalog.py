@@ -28,7 +28,9 @@ through a :class:`CatalogWriter`: ops are recorded in memory once the
 rename that makes a version live or retires one is done, and applied in
 batched transactions (every ``BATCH_OPS`` ops and when the session ends;
 runs of plain inserts as one ``executemany``), so a small-file push pays
-one SQLite commit per batch. Ops are keyed by (path, ino) and applied
+one SQLite commit per batch (WAL, ``synchronous=NORMAL``: no fsync per
+commit; SQLite's automatic checkpoints, one per ~1000 pages of WAL, about
+one per 20,000 new files, and one as the last connection closes). Ops are keyed by (path, ino) and applied
 idempotently, so two sessions flushing in either order agree; what a crash
 loses (the unflushed batch) is repaired on start by ``reconcile.py``, which
 the session's writer mark (``catalog_state.py``) makes walk the module.
@@ -372,14 +374,20 @@ class CatalogWriter:
     def knows_live(self, path: bytes) -> bool:
         """Whether the catalog has ``path`` as a live version (True too when it cannot tell).
 
-        Ops still queued in this writer count; a catalog that cannot be
-        read answers True, so a caller that would drop an unknown file
-        keeps it instead.
+        Ops still queued in this writer count; once this writer has
+        flushed, its own connection answers (it sees every committed batch,
+        other sessions' too), else a read-only connection is opened for the
+        question. A catalog that cannot be read answers True, so a caller
+        that would drop an unknown file keeps it instead.
         """
         with self._lock:
-            queued = any(len(op) > 1 and op[1] == path for op in self._ops)
-        if queued:
-            return True
+            if any(len(op) > 1 and op[1] == path for op in self._ops):
+                return True
+            if self._catalog is not None and not self.failed:
+                try:
+                    return bool(self._catalog.live_at(path, now_ns()))
+                except sqlite3.Error:
+                    return True
         try:
             with Catalog(self.db_path, readonly=True) as cat:
                 return bool(cat.live_at(path, now_ns()))

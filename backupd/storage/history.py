@@ -23,6 +23,7 @@ import stat
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
+from typing import NamedTuple
 
 from backupd.errors import PathEscape, StorageError
 from backupd.storage.fsops import (
@@ -37,6 +38,19 @@ from backupd.storage.fsops import (
     remove_tree,
     split_path,
 )
+
+class Kept(NamedTuple):
+    """Where an entry's version went in history, and whether it is a copy.
+
+    ``copy_ino``: the inode of history's copy when it is not the entry's own
+    (copied, not linked or renamed: ``-H`` names, ``--inplace``, another file
+    system); None when history holds the entry's own inode, and for a
+    directory (moved whole, or copied entry by entry across devices).
+    """
+
+    path: bytes
+    copy_ino: int | None
+
 
 MAX_VERSIONS_PER_DAY = 100_000  # bound on the suffix search for one name
 # link() impossible: other file system, protected_hardlinks, too many links
@@ -85,6 +99,7 @@ class HistoryStore:
         if not self.comps:
             raise StorageError("history dir must not be the module root")
         self._clock = clock
+        self._wall_clock = clock == datetime.now   # now_ns without a datetime (compared once, not per call)
         self._root_fd = -1
         self.module = ""
 
@@ -111,7 +126,7 @@ class HistoryStore:
 
         With the real clock, ``time.time_ns`` (no datetime made per call).
         """
-        if self._clock == datetime.now:
+        if self._wall_clock:
             return time.time_ns() // 1000 * 1000
         return int(round(self.now().timestamp() * 1_000_000)) * 1000
 
@@ -173,10 +188,17 @@ class HistoryStore:
 
         ``st`` is its lstat. Raises OSError (EISDIR for a directory).
         """
+        return self.preserve_entry(parent_fd, comps, st, copy=copy).path
+
+    def preserve_entry(
+        self, parent_fd: int, comps: tuple[bytes, ...], st: os.stat_result, *, copy: bool = False
+    ) -> Kept:
+        """:meth:`preserve_at`, also saying whether history got a copy (its inode, without a lookup)."""
         if stat.S_ISDIR(st.st_mode):
             raise IsADirectoryError(errno.EISDIR, "cannot preserve a directory in place")
         name, now = comps[-1], self.now()
         use_link = [not copy and not _shares_inode(st)]
+        copied: list[int] = []
 
         def put(cand: bytes) -> None:
             if use_link[0]:
@@ -188,26 +210,33 @@ class HistoryStore:
                     if exc.errno not in LINK_FALLBACK:
                         raise
                     use_link[0] = False
-            copy_entry_at(parent_fd, name, st, hfd, cand)
+            copied.append(_copy_at(parent_fd, name, st, hfd, cand))
 
         hfd, hcomps = self._open_target_dir(comps, now)
         try:
-            return join_path(hcomps + (self._place(name, now, put),))
+            path = join_path(hcomps + (self._place(name, now, put),))
         finally:
             os.close(hfd)
+        return Kept(path, copied[-1] if copied else None)
 
     def move_at(self, parent_fd: int, comps: tuple[bytes, ...], st: os.stat_result) -> bytes:
         """:meth:`move` for entry ``comps[-1]`` of the open ``parent_fd``; raises OSError."""
+        return self.move_entry(parent_fd, comps, st).path
+
+    def move_entry(self, parent_fd: int, comps: tuple[bytes, ...], st: os.stat_result) -> Kept:
+        """:meth:`move_at`, also saying whether history got a copy of a non-directory (see :class:`Kept`)."""
         name, now = comps[-1], self.now()
+        copied: list[int] = []
         hfd, hcomps = self._open_target_dir(comps, now)
         try:
             if stat.S_ISDIR(st.st_mode):
                 put = self._dir_mover(parent_fd, name, st, hfd)
             else:
-                put = self._entry_mover(parent_fd, name, st, hfd)
-            return join_path(hcomps + (self._place(name, now, put),))
+                put = self._entry_mover(parent_fd, name, st, hfd, copied)
+            path = join_path(hcomps + (self._place(name, now, put),))
         finally:
             os.close(hfd)
+        return Kept(path, copied[-1] if copied else None)
 
     @staticmethod
     def _place(name: bytes, now: datetime, put: Callable[[bytes], None]) -> bytes:
@@ -236,16 +265,17 @@ class HistoryStore:
 
         return put
 
-    def _entry_mover(self, parent_fd: int, name: bytes, st: os.stat_result, hfd: int):
+    def _entry_mover(self, parent_fd: int, name: bytes, st: os.stat_result, hfd: int, copied: list[int]):
         """``put`` for a non-directory: link + unlink, else rename, else copy + unlink.
 
         A file other live names share (``-H``) is copied, so the version in
         history has an inode of its own that no later change of them reaches.
+        A copy's inode is appended to ``copied``.
         """
 
         def put(cand: bytes) -> None:
             if _shares_inode(st):
-                copy_entry_at(parent_fd, name, st, hfd, cand)
+                copied.append(_copy_at(parent_fd, name, st, hfd, cand))
                 os.unlink(name, dir_fd=parent_fd)
                 return
             try:
@@ -262,7 +292,7 @@ class HistoryStore:
             except OSError as exc:
                 if exc.errno != errno.EXDEV:
                     raise
-            copy_entry_at(parent_fd, name, st, hfd, cand)
+            copied.append(_copy_at(parent_fd, name, st, hfd, cand))
             os.unlink(name, dir_fd=parent_fd)
 
         return put
@@ -310,6 +340,12 @@ class HistoryStore:
             return stat.S_IMODE(os.fstat(fd).st_mode)
         finally:
             os.close(fd)
+
+
+def _copy_at(parent_fd: int, name: bytes, st: os.stat_result, hfd: int, cand: bytes) -> int:
+    """``copy_entry_at`` into history's ``cand``; returns the copy's inode (one ``fstatat``)."""
+    copy_entry_at(parent_fd, name, st, hfd, cand)
+    return os.stat(cand, dir_fd=hfd, follow_symlinks=False).st_ino
 
 
 def _shares_inode(st: os.stat_result) -> bool:

@@ -67,7 +67,7 @@ if TYPE_CHECKING:
 
     from backupd.storage.backup import BackupPolicy
     from backupd.storage.catalog import CatalogWriter
-    from backupd.storage.history import HistoryStore
+    from backupd.storage.history import HistoryStore, Kept
 
 
 T = TypeVar("T")
@@ -110,7 +110,8 @@ class ModuleTree:
         self.module = module
         self.backup = backup if history is None else None
         self.catalog = catalog if history is not None else None
-        self._touched: set[bytes] = set()   # directories whose entries changed (catalog: their final mtime)
+        # directories whose entries changed (catalog: their final mtime), as components: joined once at close
+        self._touched: set[tuple[bytes, ...]] = set()
         self.fsync = fsync  # fsync staged files before the rename (rsync --fsync)
         self.root = root if isinstance(root, bytes) else os.fsencode(os.fspath(root))
         self._root_fd = -1
@@ -437,11 +438,9 @@ class ModuleTree:
                 with self._entry_lock(fd, comps):
                     if self._keeps_history(comps):
                         when = self._when()
-                        kept = self.history.preserve_at(fd, comps, st, copy=True)
+                        kept = self.history.preserve_entry(fd, comps, st, copy=True)
                         if self.catalog is not None:
-                            copy = self.lstat(kept)
-                            self.catalog.retired(join_path(comps), st, when, kept,
-                                                 copy_ino=copy.st_ino if copy is not None else None)
+                            self.catalog.retired(join_path(comps), st, when, kept.path, copy_ino=kept.copy_ino)
                     elif self.backup is not None:
                         self.backup.copy(self._root_fd, fd, comps, st)
                     return InplaceFile(self, os.open(comps[-1], flags, dir_fd=fd), path, mode, sparse=sparse)
@@ -486,10 +485,10 @@ class ModuleTree:
                     if self._stale_temp(comps, st):  # a killed session's temp file: not a version
                         return remove_tree(fd, comps[-1], st)
                     when = self._when()
-                    kept = self.history.move_at(fd, comps, st)
+                    kept, copy_ino = self.history.move_entry(fd, comps, st)
                     if self.catalog is not None:
-                        self.catalog.retired(join_path(comps), st, when, kept, copy_ino=self._copy_ino(kept, st))
-                        self._touched.add(join_path(comps[:-1]))
+                        self.catalog.retired(join_path(comps), st, when, kept, copy_ino=copy_ino)
+                        self._touched.add(comps[:-1])
             finally:
                 os.close(fd)
             if not stat.S_ISDIR(st.st_mode):
@@ -557,16 +556,15 @@ class ModuleTree:
                 digest = hash_entry_at(parent_fd, temp, new)
             os.rename(temp, name, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
             kind, value = xfer_sum if xfer_sum else (None, None)
-            copy_ino = self._copy_ino(kept, st) if st is not None else None
-            self.catalog.installed(join_path(comps), st, kept, new, when, xxh128=digest, xfer_sum=value,
-                                   xfer_sum_kind=kind, copy_ino=copy_ino)
-            self._touched.add(join_path(comps[:-1]))
+            self.catalog.installed(join_path(comps), st, kept.path if kept else None, new, when, xxh128=digest,
+                                   xfer_sum=value, xfer_sum_kind=kind, copy_ino=kept.copy_ino if kept else None)
+            self._touched.add(comps[:-1])
 
     def _record_new(self, parent_fd: int, name: bytes, comps: tuple[bytes, ...]) -> None:
         """Catalog op of a directory just made."""
         if self.catalog is not None and self._keeps_history(comps):
             self.catalog.made_live(join_path(comps), _lstat(parent_fd, name), self._when())
-            self._touched.update((join_path(comps), join_path(comps[:-1])))
+            self._touched.update((comps, comps[:-1]))
 
     def _record_touched_dirs(self) -> None:
         """Record the final mode and mtime of every directory this session changed.
@@ -575,7 +573,7 @@ class ModuleTree:
         rsync leaves a same-second one alone, so set_attrs alone misses it.
         """
         when = self._when() if self._touched else 0
-        for path in sorted(self._touched):
+        for path in sorted({join_path(comps) for comps in self._touched}):
             try:
                 st = self.lstat(path) if path else None
             except StorageError:
@@ -623,7 +621,7 @@ class ModuleTree:
         finally:
             os.close(fd)  # releases the lock
 
-    def _displace(self, parent_fd: int, comps: tuple[bytes, ...], st: os.stat_result) -> bytes | None:
+    def _displace(self, parent_fd: int, comps: tuple[bytes, ...], st: os.stat_result) -> Kept | None:
         """Make way for a rename over ``comps[-1]`` without losing the old entry.
 
         File or symlink: linked (or copied) into history and left in place
@@ -631,7 +629,8 @@ class ModuleTree:
         Without history only a directory needs removing.
 
         Returns:
-            The history path the old entry went to (None without history).
+            Where the old entry went in history, and its copy's inode when
+            history holds a copy (None without history).
         """
         if not self._keeps_history(comps):
             if stat.S_ISDIR(st.st_mode):
@@ -640,8 +639,8 @@ class ModuleTree:
                 self.backup.keep(self._root_fd, parent_fd, comps, st, prefer_rename=False)
             return None
         if stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode):
-            return self.history.preserve_at(parent_fd, comps, st)
-        return self.history.move_at(parent_fd, comps, st)
+            return self.history.preserve_entry(parent_fd, comps, st)
+        return self.history.move_entry(parent_fd, comps, st)
 
     def _remove(self, parent_fd: int, comps: tuple[bytes, ...], st: os.stat_result) -> DeleteCounts:
         """Delete for real, each non-directory kept under its backup name first with ``--backup``."""
@@ -651,13 +650,6 @@ class ModuleTree:
 
     def _keeps_history(self, comps: tuple[bytes, ...]) -> bool:
         return self.history is not None and not self.history.contains(comps)
-
-    def _copy_ino(self, kept: bytes | None, old: os.stat_result) -> int | None:
-        """The inode of history's copy at ``kept`` when it is not ``old``'s own (copied, not linked)."""
-        if kept is None or stat.S_ISDIR(old.st_mode):
-            return None
-        copy = self.lstat(kept)
-        return copy.st_ino if copy is not None and copy.st_ino != old.st_ino else None
 
     def _stale_temp(self, comps: tuple[bytes, ...], st: os.stat_result) -> bool:
         """A killed session's ``.NAME.XXXXXX`` temp file: not a version, deleted without history.

@@ -274,3 +274,65 @@ def test_inplace_rewrite_is_a_new_version_and_the_copy_is_stored(env, tmp_path):
         assert verify_module(t, catalog).findings == []
     assert restored(tmp_path, db, module, b"f", t1, "one") == {"f": b"first content"}
     assert restored(tmp_path, db, module, b"f", t2, "two") == {"f": b"second"}
+
+
+def test_knows_live_answers_from_queued_ops_then_from_the_writers_connection(tmp_path, monkeypatch):
+    """A stale-temp check per deleted name: after the first flush no connection is opened for it."""
+    from backupd.storage import catalog as catalog_mod
+
+    (tmp_path / "f").write_bytes(b"v1")
+    st = os.lstat(tmp_path / "f")
+    db = tmp_path / "c.sqlite"
+    writer = CatalogWriter(db)
+    assert not writer.knows_live(b"f")        # no catalog yet
+    writer.made_live(b"f", st, 10 * NS)
+    assert writer.knows_live(b"f")            # queued
+    writer.flush()
+    opened = []
+    real = catalog_mod.Catalog
+    monkeypatch.setattr(catalog_mod, "Catalog", lambda *a, **k: opened.append(k) or real(*a, **k))
+    assert writer.knows_live(b"f") and not writer.knows_live(b"g")
+    other = CatalogWriter(db)                 # another session's committed batch is seen too
+    other.made_live(b"g", st, 11 * NS)
+    other.close()
+    assert writer.knows_live(b"g")
+    writer.retired(b"f", st, 12 * NS, b"history-backup/d/f")
+    writer.flush()
+    assert not writer.knows_live(b"f")
+    assert opened == [{}]                     # only `other`'s writer connection
+    writer.close()
+
+
+def test_sigkilled_session_keeps_its_flushed_batches_and_reconcile_finds_the_rest(env):
+    """A session SIGKILLed mid-push: its committed batches (in the WAL it left) survive,
+    its writer mark says a walk is needed, and the walk adds exactly the versions of the lost batch."""
+    import signal
+
+    from backupd.storage.catalog_state import left_marks
+
+    module, clock, db, tree = env
+    clock.now = datetime.now().replace(microsecond=0) - timedelta(seconds=30)  # history ctimes: real
+    pid = os.fork()
+    if pid == 0:  # the session: batches of 8 ops, killed with 6 installs queued
+        try:
+            t = tree()
+            t.catalog.batch_ops = 8
+            for i in range(21):
+                put(t, b"d/f%02d" % i, b"v%d" % i)
+            assert len(t.catalog._ops) == 6 and (module.parent / "state" / "mod.sqlite-wal").stat().st_size > 0
+        except BaseException:
+            os._exit(3)
+        os.kill(os.getpid(), signal.SIGKILL)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+    assert len(left_marks(db)) == 1
+    with Catalog(db, readonly=True) as catalog:   # recovered from the WAL the kill left
+        flushed = {r.path for r in catalog.rows("type = 'file'")}
+    assert flushed == {b"d/f%02d" % i for i in range(15)}
+    with tree(catalog=False) as t, Catalog(db) as catalog:
+        plan = plan_reconcile(t, catalog, "history-backup", 0)
+        assert sorted((r.kind, r.path) for r in plan.repairs if r.path.startswith(b"d/f")) == [
+            ("live", b"d/f%02d" % i) for i in range(15, 21)]
+        apply_reconcile(catalog, plan)
+        assert plan_reconcile(t, catalog, "history-backup", 0).repairs == []
+        assert len(catalog.rows("type = 'file' AND live_to IS NULL")) == 21

@@ -23,7 +23,7 @@ WRITERS, VERSIONS = 6, 8
 
 def _slow_history(store: HistoryStore) -> None:
     """Make the gap between 'old entry linked into history' and the rename wide."""
-    for name in ("preserve_at", "move_at"):
+    for name in ("preserve_entry", "move_entry"):
         real = getattr(store, name)
 
         def slow(*args, _real=real, **kwargs):

@@ -160,6 +160,43 @@ def test_preserve_and_move_api(tree, root):
         history.preserve(b"dir")
 
 
+def test_kept_gives_the_copy_inode_only_when_history_holds_a_copy(tree, root, monkeypatch):
+    """The catalog stores history's inode of a version: a link or rename keeps the entry's own, a copy has its own."""
+    history = tree.history
+    (root / "f").write_bytes(b"v1")
+    own = (root / "f").stat().st_ino
+
+    def entry(op, name=b"f", **kwargs):
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            return op(fd, (name,), os.stat(name, dir_fd=fd, follow_symlinks=False), **kwargs)
+        finally:
+            os.close(fd)
+
+    linked = entry(history.preserve_entry)
+    assert linked.copy_ino is None and (root / linked.path.decode()).stat().st_ino == own
+    copied = entry(history.preserve_entry, copy=True)
+    assert copied.copy_ino == (root / copied.path.decode()).stat().st_ino != own
+    os.link(root / "f", root / "g")  # -H: a shared inode is copied into history, on delete too
+    moved = entry(history.move_entry)
+    assert moved.copy_ino == (root / moved.path.decode()).stat().st_ino != own
+    (root / "k").write_bytes(b"one name")
+    assert entry(history.move_entry, b"k").copy_ino is None  # linked, then unlinked: its own inode
+    real_link = os.link
+
+    def across_devices(src, dst, *, src_dir_fd=None, dst_dir_fd=None, **kwargs):
+        if src_dir_fd != dst_dir_fd:
+            raise OSError(errno.EXDEV, os.strerror(errno.EXDEV))
+        return real_link(src, dst, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd, **kwargs)
+
+    monkeypatch.setattr(os, "link", across_devices)
+    (root / "h").write_bytes(b"v2")
+    fallback = entry(history.preserve_entry, b"h")
+    assert fallback.copy_ino == (root / fallback.path.decode()).stat().st_ino != (root / "h").stat().st_ino
+    (root / "d").mkdir()
+    assert entry(history.move_entry, b"d").copy_ino is None
+
+
 def test_cross_device_directory_move_falls_back_to_copy(tree, root, snapshot, monkeypatch):
     build_tree(root)
     os.remove(root / "d" / "fifo")  # keep the comparison to regular entries
