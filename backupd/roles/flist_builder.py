@@ -27,7 +27,7 @@ import fnmatch
 import os
 import stat
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from backupd.errors import PathEscape, StorageError
 from backupd.protocol.constants import MUNGE_PREFIX, IoError, MsgCode, XmitFlags
@@ -61,13 +61,22 @@ class BuiltList:
     items: list[Listed]
     io_error: int = 0
     errors: int = 0
+    dir_io: dict[bytes, int] = field(default_factory=dict)  # IOERR_* bits met listing each directory
+
+    def list_io(self, directory: bytes | None) -> int:
+        """The IOERR_* bits met while listing ``directory`` (None: the top level and ``.``).
+
+        With incremental recursion these end that directory's file list
+        (flist.c send_extra_file_list: io_error changed while it was listed).
+        """
+        return self.dir_io.get(directory or b".", 0)
 
     @property
     def entries(self) -> list[FileEntry]:
         """The file entries in ndx order."""
         return [item.entry for item in self.items]
 
-    def group_hard_links(self) -> None:
+    def group_hard_links(self, numbered=None) -> None:
         """Mark entries that share an inode as one hard-link group (``-H``).
 
         Every non-directory with more than one link is sent as hard-linked,
@@ -75,9 +84,11 @@ class BuiltList:
         the first of a group in ndx order is its leader (``hlink_first``) and
         every member's ``hlink_group`` is the leader's ndx, which is what the
         file list sends (rsync flist.c send_file_entry, protocol 30+).
+        ``numbered`` gives (wire ndx, item) in wire order when the lists are
+        incremental (default: position in the one list).
         """
         leaders: dict[tuple[int, int], int] = {}
-        for ndx, item in enumerate(self.items):
+        for ndx, item in numbered if numbered is not None else enumerate(self.items):
             if item.inode is not None:
                 first = leaders.setdefault(item.inode, ndx)
                 item.entry.hlink_group, item.entry.hlink_first = first, first == ndx
@@ -256,11 +267,18 @@ class FlistBuilder:
             None, "sender", ErrorTally(), io_flag=IoError.GENERAL,
         )
         self._root_dev = tree.lstat(b"").st_dev
+        self._scope = b"."                  # the directory being listed (its file list's io_error)
+        self._dir_io: dict[bytes, int] = {}
         self._merge_cache: dict[bytes, FilterList | None] = {}
 
     # -- messages ----------------------------------------------------------------------
     def _error(self, text: str, bits: int = IoError.GENERAL) -> None:
         self.errors.record(text, io_flag=bits)
+        self._note(bits)
+
+    def _note(self, bits: int) -> None:
+        if bits:
+            self._dir_io[self._scope] = self._dir_io.get(self._scope, 0) | bits
 
     def _shown(self, path: bytes) -> str:
         return f'"{os.fsdecode(path or b".")}" (in {self.module})'
@@ -289,7 +307,7 @@ class FlistBuilder:
         implied_sent: set[bytes] = set()
         for fbuf, base in todo:
             self._add_arg(split_arg(fbuf, base, relative), relative, implied_sent)
-        return BuiltList(self._sorted(), self.errors.tally.io_error, self.errors.tally.file_errors)
+        return BuiltList(self._sorted(), self.errors.tally.io_error, self.errors.tally.file_errors, self._dir_io)
 
     def _add_arg(self, arg: _Arg, relative: bool, implied_sent: set[bytes]) -> None:
         filters = self._filters_for(arg.root)
@@ -377,6 +395,14 @@ class FlistBuilder:
     def _scan(self, name: bytes, real: bytes, filters: FilterList | None,
               ancestors: set[tuple[int, int]]) -> None:
         """send_directory(): list ``real`` as ``name``; recurse when -r."""
+        outer, self._scope = self._scope, name
+        try:
+            self._scan_listed(name, real, filters, ancestors)
+        finally:
+            self._scope = outer
+
+    def _scan_listed(self, name: bytes, real: bytes, filters: FilterList | None,
+                     ancestors: set[tuple[int, int]]) -> None:
         rel_dir = b"" if name == b"." else name
         if filters is not None:
             filters = filters.enter_dir(rel_dir, self.read_merge_file)
@@ -451,6 +477,7 @@ class FlistBuilder:
 
     def _vanished(self, path: bytes) -> None:
         self.errors.flag(IoError.VANISHED)
+        self._note(IoError.VANISHED)
         self.report(MsgCode.WARNING, f"file has vanished: {self._shown(path)}\n")
 
     # -- entries -----------------------------------------------------------------------
