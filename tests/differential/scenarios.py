@@ -796,5 +796,6 @@ scenario("list-false", rsync("{host}/"), params={"list": False})
 from tests.differential import (  # noqa: E402 - each adds its scenarios to SCENARIOS
     scenarios_alt_dest,  # noqa: F401
     scenarios_everyday,  # noqa: F401
+    scenarios_incremental,  # noqa: F401
     scenarios_legacy,  # noqa: F401
 )
