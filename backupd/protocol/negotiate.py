@@ -54,7 +54,7 @@ def plan_setup(opts: TransferOptions, *, allow_inc_recurse: bool = False) -> Set
     """Compat flags and list choice for ``opts`` (compat.c setup_protocol).
 
     CF_INC_RECURSE: only where the caller allows it (``allow_inc_recurse``:
-    the sender role, see :func:`sender_inc_recurse`), then as rsyncd's
+    the sender role), then as rsyncd's
     compat.c set_allow_inc_recurse() decides for a server: the client's
     ``i`` capability (a client with ``--no-inc-recursive``, or one whose
     receiver cannot, such as ``--delete-before``, leaves it out), ``-r``,
@@ -79,16 +79,6 @@ def plan_setup(opts: TransferOptions, *, allow_inc_recurse: bool = False) -> Set
         send_checksum_list=opts.checksum_choice is None,
         send_compress_list=opts.compression_on and opts.compress_choice is None,
     )
-
-
-def sender_inc_recurse(opts: TransferOptions) -> bool:
-    """Whether a pull may use incremental recursion in backupd (before the client's say).
-
-    Off only where backupd's sender does not implement it: ``-A`` (the
-    ACL entries would need the names inline, acls.c send_ida_entries with
-    inc_recurse). Source: compat.c set_allow_inc_recurse() for the rest.
-    """
-    return not opts.acls
 
 
 def choose_name(client_list: bytes, ours: Sequence[str], what: str) -> str:

@@ -313,7 +313,7 @@ class Sender:
             if opts.xattrs
             else None
         )
-        self.acls = SenderAcls(state.tree) if opts.acls else None
+        self.acls = SenderAcls(state.tree, self._acl_name if self.inc_recurse else None) if opts.acls else None
 
     def _write(self, data: bytes) -> None:
         self.written += len(data)
@@ -430,6 +430,13 @@ class Sender:
             if key not in names:
                 names[key] = _id_names({entry.gid}, _group).get(entry.gid)
             entry.group_name = names[key]
+
+    def _acl_name(self, is_user: bool, ident: int) -> bytes | None:
+        """An ACL entry's name inline (acls.c send_ida_entries; not with numeric ids of either kind)."""
+        if self.opts.numeric_ids or self.state.module_numeric_ids:
+            return None
+        name = _id_names({ident}, _user if is_user else _group).get(ident)
+        return self.encoder.claim_name(is_user, ident, name)
 
     def _list_bits(self, wl: WireList, saved: int) -> int:
         """io_error for a list's end marker: 0 unless errors were met listing or encoding it.

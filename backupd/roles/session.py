@@ -45,7 +45,6 @@ from backupd.protocol.negotiate import (
     legacy_refusal,
     legacy_setup,
     plan_setup,
-    sender_inc_recurse,
 )
 from backupd.protocol.server_args import (
     TransferOptions,
@@ -364,7 +363,7 @@ class Session:
             if refused is not None:
                 raise RsyncError(refused, ExitCode.PROTOCOL, bare=True)
             return legacy_setup(opts, _signed(seed))
-        plan = plan_setup(opts, allow_inc_recurse=opts.sender and sender_inc_recurse(opts))  # pushes: never
+        plan = plan_setup(opts, allow_inc_recurse=opts.sender)  # pushes: never (the receiver has none yet)
         out = encode_varint(int(plan.compat_flags))
         if plan.send_checksum_list:
             out += encode_vstring(" ".join(SUPPORTED_CHECKSUMS).encode())
