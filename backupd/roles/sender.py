@@ -68,8 +68,8 @@ from backupd.protocol.wire import (
 from backupd.roles.acl_sync import SenderAcls
 from backupd.roles.errors import ErrorTally, FileErrors, wire_text
 from backupd.roles.flist_builder import BuiltList, FlistBuilder, expand_globs, sanitize_arg
-from backupd.roles.sender_lists import LOOKAHEAD, WireList, WireLists
 from backupd.roles.sender_data import SourceFile, file_digest, open_source, send_literal, send_matched
+from backupd.roles.sender_lists import LOOKAHEAD, WireList, WireLists
 from backupd.roles.xattr_sync import SenderXattrs, session_am_root, xattr_name_filter, xattr_optim
 from backupd.storage import HistoryStore, ModuleTree
 from backupd.storage.catalog import session_writer
