@@ -14,6 +14,7 @@ by name only: rsyncd sends a list in readdir order, backupd sorted.
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 from types import SimpleNamespace
@@ -91,7 +92,7 @@ def _serve(module_dir, client, server) -> bytes:
     inbox = Inbox(theirs)
     inbox.start_mux()
     session = SimpleNamespace(inbox=inbox, outbox=Outbox(theirs), log=logger)
-    request = ModuleRequest(ModuleConfig(name="mod", path=module_dir), None, True, 32, opts, None)
+    request = ModuleRequest(ModuleConfig(name="mod", path=module_dir, numeric_ids=False), None, True, 32, opts, None)
     negotiated = Negotiated(server.compat_flags, "xxh128", "xxh128", None, None, server.seed)
     box: dict = {}
 
@@ -135,6 +136,10 @@ def test_sub_list_framing_matches_rsyncd(tmp_path):
         w_sorted = sorted(w_entries, key=lambda e: sort_key(e.name, e.is_dir))
         assert [e.name for e in g_entries] == [e.name for e in w_sorted]
     assert got["eof"].hex() == want["eof"].hex() == "fffe80020000"
+    dot = got["lists"][0][1][0]
+    if os.geteuid() == 0:  # uid/gid names inline, no id lists (flist.c send_file_entry with inc_recurse)
+        assert (dot.user_name, dot.group_name) == (b"root", b"root") == (
+            want["lists"][0][1][0].user_name, want["lists"][0][1][0].group_name)
     assert got["transfer"].hex() == want["transfer"].hex()
 
 
