@@ -62,6 +62,7 @@ class BuiltList:
     io_error: int = 0
     errors: int = 0
     dir_io: dict[bytes, int] = field(default_factory=dict)  # IOERR_* bits met listing each directory
+    list_dir: Callable[[bytes], tuple[list[Listed], int]] | None = None  # inc_recurse: a dir's list, its bits
 
     def list_io(self, directory: bytes | None) -> int:
         """The IOERR_* bits met while listing ``directory`` (None: the top level and ``.``).
@@ -76,6 +77,8 @@ class BuiltList:
         """The file entries in ndx order."""
         return [item.entry for item in self.items]
 
+    leaders: dict[tuple[int, int], int] = field(default_factory=dict)  # -H: inode -> leader ndx, all lists
+
     def group_hard_links(self, numbered=None) -> None:
         """Mark entries that share an inode as one hard-link group (``-H``).
 
@@ -85,9 +88,10 @@ class BuiltList:
         every member's ``hlink_group`` is the leader's ndx, which is what the
         file list sends (rsync flist.c send_file_entry, protocol 30+).
         ``numbered`` gives (wire ndx, item) in wire order when the lists are
-        incremental (default: position in the one list).
+        incremental (default: position in the one list); called list by list,
+        a group's leader may be in an earlier list.
         """
-        leaders: dict[tuple[int, int], int] = {}
+        leaders = self.leaders
         for ndx, item in numbered if numbered is not None else enumerate(self.items):
             if item.inode is not None:
                 first = leaders.setdefault(item.inode, ndx)
@@ -243,6 +247,10 @@ class FlistBuilder:
         file_checksum: ``fn(module_path) -> (digest, size) | None`` for ``-c``
             (None: the file is gone), else None.
         protocol: the session's protocol (below 29 the list sorts by whole path).
+        inc_recurse: build only the first list (the arguments, and a ``dir/``
+            argument's members); each directory is listed when
+            :meth:`list_dir` asks for it (flist.c send_file_list with
+            inc_recurse, send1extra()).
     """
 
     def __init__(self, tree: ModuleTree, opts: TransferOptions, *,
@@ -250,7 +258,7 @@ class FlistBuilder:
                  module_filters: FilterList | None, report: Report,
                  module: str = "", munge_symlinks: bool = False,
                  file_checksum: Callable[[bytes], tuple[bytes, int] | None] | None = None,
-                 protocol: int = 32) -> None:
+                 protocol: int = 32, inc_recurse: bool = False) -> None:
         self.tree, self.opts, self.module = tree, opts, module
         self.protocol = protocol
         self.resolver = Resolver(tree)
@@ -260,6 +268,9 @@ class FlistBuilder:
         self.munge = munge_symlinks
         self.file_checksum = file_checksum
         self.recurse = opts.recursive
+        self.inc_recurse = inc_recurse and opts.recursive
+        self._pending: dict[bytes, tuple[bytes, FilterList | None, set]] = {}  # dirs still to list
+        self._held: dict[bytes, list[Listed]] = {}  # entries built with the arguments, by parent dir
         self.xfer_dirs = opts.dirs or opts.recursive or opts.list_only or opts.files_from is not None
         self.items: list[Listed] = []
         self.errors = FileErrors(  # report() takes text: the wire bytes of names survive the round trip
@@ -307,7 +318,32 @@ class FlistBuilder:
         implied_sent: set[bytes] = set()
         for fbuf, base in todo:
             self._add_arg(split_arg(fbuf, base, relative), relative, implied_sent)
-        return BuiltList(self._sorted(), self.errors.tally.io_error, self.errors.tally.file_errors, self._dir_io)
+        items = self._sorted()
+        if self.inc_recurse:
+            items = self._hold_nested(items)
+        return BuiltList(items, self.errors.tally.io_error, self.errors.tally.file_errors, self._dir_io)
+
+    def _hold_nested(self, items: list[Listed]) -> list[Listed]:
+        """The first list; entries under a listed dir (``-R`` paths) wait for that dir's list."""
+        first, self._held = split_nested(items)
+        return first
+
+    def list_dir(self, name: bytes) -> tuple[list[Listed], int]:
+        """The sorted members of directory ``name`` for its list, and the IOERR_* bits met.
+
+        Reads the directory now (send1extra -> send_directory), with the
+        filters and loop guard it was found with; its subdirectories wait
+        for their own lists. A directory not to be read (no content, gone,
+        refused) gives only the entries held for it (``-R`` paths below it).
+        """
+        pending = self._pending.pop(name, None)
+        self.items = []
+        if pending is not None:
+            real, filters, ancestors = pending
+            self._scan(name, real, filters, ancestors)
+        self.items = self._held.pop(name, []) + self.items
+        out, self.items = self._sorted(), []
+        return out, self._dir_io.pop(name, 0)
 
     def _add_arg(self, arg: _Arg, relative: bool, implied_sent: set[bytes]) -> None:
         filters = self._filters_for(arg.root)
@@ -334,7 +370,10 @@ class FlistBuilder:
         if self.recurse or (self.xfer_dirs and arg.contents):
             entry = self._add(arg.name, real, st, XmitFlags.TOP_DIR)
             if entry is not None and is_dir:
-                self._scan(arg.name, real, filters, {(st.st_dev, st.st_ino)})
+                if self.inc_recurse and not arg.dot_dir:  # its members come in its own list
+                    self._pending[arg.name] = (real, filters, {(st.st_dev, st.st_ino)})
+                else:
+                    self._scan(arg.name, real, filters, {(st.st_dev, st.st_ino)})
         else:
             self._add(arg.name, real, st, 0 if not is_dir else XmitFlags.NO_CONTENT_DIR)
 
@@ -423,6 +462,9 @@ class FlistBuilder:
                 self._error(f"directory loop at {self._shown(child_real)}, not descending")
                 continue
             if self.opts.one_file_system and st.st_dev != self._root_dev:
+                continue
+            if self.inc_recurse:
+                self._pending[child_name] = (child_real, filters, ancestors | {key})
                 continue
             self._scan(child_name, child_real, filters, ancestors | {key})
 
@@ -582,6 +624,25 @@ class FlistBuilder:
         if len(out) != len(ordered):
             out.sort(key=lambda it: order(it.entry.name, it.entry.is_dir))
         return out
+
+
+def split_nested(items: list[Listed]) -> tuple[list[Listed], dict[bytes, list[Listed]]]:
+    """(the first list, the other entries by the directory whose list holds them).
+
+    The rule of :func:`backupd.protocol.inc_flist.plan_inc_lists`: an entry
+    goes in the list of the directory entry its parent path names, else in
+    the first list. Order is kept.
+    """
+    dirs = {item.entry.name for item in items if item.entry.is_dir and item.entry.name != b"."}
+    first: list[Listed] = []
+    held: dict[bytes, list[Listed]] = {}
+    for item in items:
+        head, sep, _ = item.entry.name.rpartition(b"/")
+        if sep and head in dirs:
+            held.setdefault(head, []).append(item)
+        else:
+            first.append(item)
+    return first, held
 
 
 def expand_globs(tree: ModuleTree, arg: bytes) -> list[bytes]:

@@ -265,13 +265,23 @@ def _build_list(session, tree: ModuleTree, request, negotiated: Negotiated, rule
         tree, opts, make_filters=make_filters, module_filters=build_module_filters(module),
         report=lambda code, text: session.outbox.send_msg(code, wire_text(text)),
         module=module.name, munge_symlinks=module.munge_symlinks, file_checksum=file_checksum,
-        protocol=request.protocol,
+        protocol=request.protocol, inc_recurse=bool(negotiated.compat_flags & CompatFlags.INC_RECURSE),
     )
-    built = builder.build(args, names)
-    if module.outgoing_chmod:
-        spec = parse_chmod(module.outgoing_chmod)
-        for item in built.items:  # rsync flist.c make_file(): daemon_chmod_modes on the sender
+    spec = parse_chmod(module.outgoing_chmod) if module.outgoing_chmod else None
+
+    def chmod(items: list) -> list:
+        for item in items if spec is not None else ():  # flist.c make_file(): daemon_chmod_modes
             item.entry.mode = spec.apply(item.entry.mode)
+        return items
+
+    built = builder.build(args, names)
+    chmod(built.items)
+    if builder.inc_recurse:
+        def list_dir(name: bytes) -> tuple[list, int]:
+            items, bits = builder.list_dir(name)
+            return chmod(items), bits
+
+        built.list_dir = list_dir
     return built
 
 
@@ -285,7 +295,10 @@ class Sender:
         self.log = session.log
         self.items = state.built.items
         self.inc_recurse = bool(state.negotiated.compat_flags & CompatFlags.INC_RECURSE)
-        self.lists = WireLists(self.items, self.inc_recurse)
+        built = state.built
+        self.lists = WireLists(self.items, self.inc_recurse, built.list_dir, built.list_io(None))
+        self.listed = 0       # entries sent in the lists
+        self.total_size = 0   # their size (regular files, symlinks): the statistics' total
         self.encoder = None
         self.list_io = 0   # io_error as the lists sent so far have reported it
         self._names: dict[tuple[str, int], bytes | None] = {}
@@ -340,7 +353,7 @@ class Sender:
         self._final_goodbye()
         self.out.flush()
         self.log.info("pull of module {}: {} entries listed, {} files sent, {} bytes written",
-                      self.state.module, len(self.items), len(self.state.sent), self.written)
+                      self.state.module, self.listed, len(self.state.sent), self.written)
         return self._exit_code()
 
     def _exit_code(self) -> ExitCode:
@@ -359,10 +372,10 @@ class Sender:
         NDX_FLIST_EOF if no directory needs a list (send_file_list's end).
         """
         if self.opts.hard_links:
-            self.state.built.group_hard_links(self.lists.numbered())
+            self.state.built.group_hard_links(enumerate(self.lists.first.items, self.lists.first.start))
         self.encoder = encoder = new_flist_encoder(
             file_list_options(self.opts, self.state.negotiated, self.state.protocol))
-        first = self.lists.lists[0]
+        first = self.lists.first
         saved = self.io_error
         buf = self._encode_items(first)
         ignore = self.opts.ignore_errors
@@ -398,6 +411,8 @@ class Sender:
         if self.inc_recurse:
             self.encoder.ndx_start = wl.start  # hard links to an earlier list are sent in full
         inline = self.inc_recurse and not self.opts.numeric_ids and not self.state.module_numeric_ids
+        self.listed += len(items)
+        self.total_size += sum(item.entry.size for item in items if item.entry.is_reg or item.entry.is_link)
         for item in items:
             if inline:
                 self._inline_names(item.entry)
@@ -444,8 +459,7 @@ class Sender:
         rsync sends its global io_error when it changed while the list was
         built (send_extra_file_list); here the bits reported by the lists so far.
         """
-        parent = None if wl.parent is None else wl.parent.entry.name
-        bits = self.state.built.list_io(parent if wl.dir_index is not None else None)
+        bits = wl.io_bits
         if self.io_error != saved:
             bits |= self.io_error
         return self.list_io | bits if bits else 0
@@ -463,6 +477,8 @@ class Sender:
         ignore = self.opts.ignore_errors
         while (wl := self.lists.next_to_send(at_least)) is not None:
             saved = self.io_error
+            if self.opts.hard_links:
+                self.state.built.group_hard_links(enumerate(wl.items, wl.start))
             buf = bytearray(self.ndx_out.encode(wl.announce_ndx))
             buf += self._encode_items(wl)
             io = self._list_bits(wl, saved)
@@ -527,8 +543,7 @@ class Sender:
 
     @property
     def _last_ndx(self) -> int:
-        wl = self.lists.lists[self.lists.sent - 1]
-        return wl.end - 1
+        return self.lists.lists[-1].end - 1
 
     def _send_files(self) -> None:
         """The request loop: phases 0 (normal), 1 (redo), 2 (delay), then leave.
@@ -665,7 +680,7 @@ class Sender:
 
         Below protocol 30 longints; below 29 without the two times (main.c handle_stats).
         """
-        total_size = sum(item.entry.size for item in self.items if item.entry.is_reg or item.entry.is_link)
+        total_size = self.total_size
         written = max(self.out.bytes_written, self.written)
         values = (self.session.inbox.bytes_read, written, total_size, self.state.build_ms, self.state.xfer_ms)
         if self.legacy:

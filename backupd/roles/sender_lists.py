@@ -1,15 +1,18 @@
 """The pull sender's file lists by wire ndx: one list, or rsync's incremental lists.
 
 Without incremental recursion: one list, ndx = position from 0. With it
-(CF_INC_RECURSE), the lists of :func:`backupd.protocol.inc_flist.plan_inc_lists`:
-the first list goes out with the file list, the others as the client's
-generator asks for files, keeping at least ``LOOKAHEAD`` entries beyond
-the list being worked on (sender.c send_files() calling
+(CF_INC_RECURSE): the first list goes out with the file list; each
+directory's list is read from the module when it is about to be sent
+(``list_dir``, the builder's send1extra()), as the client's generator
+asks for files, keeping at least ``LOOKAHEAD`` entries beyond the list
+being worked on (sender.c send_files() calling
 send_extra_file_list(f_out, MIN_FILECNT_LOOKAHEAD) before each request).
-The whole tree is scanned before the first list goes out, so memory is
-that of the whole list (as without incremental recursion); only the wire
-order is rsync's. Each NDX_DONE of the client frees the oldest list
-(sender.c send_files(): echoed, no phase change, until the last list goes).
+Lists go depth-first in sorted order, directories numbered into
+``dir_flist`` list by list (flist.c add_dirs_to_tree(); the order of
+:func:`backupd.protocol.inc_flist.plan_inc_lists`). Each NDX_DONE of the
+client frees the oldest list (sender.c send_files(): echoed, no phase
+change, until the last list goes); a freed list's entries are dropped, so
+memory holds the lists in flight, not the tree.
 
 Source: rsync flist.c flist_new(), flist_free(), send_extra_file_list();
 rsync.c flist_for_ndx(), read_ndx_and_attrs(); sender.c send_files().
@@ -18,29 +21,36 @@ rsync.c flist_for_ndx(), read_ndx_and_attrs(); sender.c send_files().
 from __future__ import annotations
 
 from bisect import bisect_right
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from backupd.errors import ProtocolError
 from backupd.protocol.constants import NDX_FLIST_OFFSET
-from backupd.protocol.inc_flist import plan_inc_lists
-from backupd.roles.flist_builder import Listed
+from backupd.roles.flist_builder import Listed, split_nested
 
 LOOKAHEAD = 1000   # rsync.h MIN_FILECNT_LOOKAHEAD
+
+ListDir = Callable[[bytes], tuple[list[Listed], int]]
 
 
 @dataclass
 class WireList:
-    """One file list: its first ndx, entries, parent directory and ``dir_flist`` index."""
+    """One file list: first ndx, entries, parent directory, ``dir_flist`` index, IOERR_* bits met."""
 
     start: int
     items: list[Listed]
     parent: Listed | None = None
     dir_index: int | None = None
+    io_bits: int = 0
+    count: int = 0
+
+    def __post_init__(self) -> None:
+        self.count = len(self.items)
 
     @property
     def end(self) -> int:
         """One past the last ndx of this list."""
-        return self.start + len(self.items)
+        return self.start + self.count
 
     @property
     def announce_ndx(self) -> int:
@@ -50,39 +60,61 @@ class WireList:
 
 
 class WireLists:
-    """Lists in send order; ``sent`` of them are out, ``freed`` of them done by the client.
+    """Lists in send order; all of ``lists`` are sent, ``freed`` of them done by the client.
 
     Args:
-        items: the sorted list of the pull.
-        inc_recurse: cut it into incremental lists (else one list from 0).
+        items: the first list (incremental) or the one sorted list.
+        inc_recurse: incremental lists (else one list from 0).
+        list_dir: ``list_dir(name) -> (sorted members, IOERR_* bits)`` of a
+            directory; None: ``items`` is the whole sorted list, cut here.
+        first_bits: the IOERR_* bits met building the first list.
     """
 
-    def __init__(self, items: list[Listed], inc_recurse: bool) -> None:
+    def __init__(self, items: list[Listed], inc_recurse: bool, list_dir: ListDir | None = None,
+                 first_bits: int = 0) -> None:
         self.inc_recurse = inc_recurse
-        if not inc_recurse:
-            self.lists = [WireList(0, items)]
-        else:
-            plan = plan_inc_lists([item.entry for item in items])
-            self.lists = [
-                WireList(sub.start, [items[p] for p in sub.members],
-                         None if sub.parent is None else items[sub.parent], sub.dir_index)
-                for sub in plan.lists
-            ]
-        self._starts = [wl.start for wl in self.lists]
-        self.sent = 1          # the first list goes out with the file list
         self.freed = 0
         self.cur = 0           # the list of the last request (rsync cur_flist)
         self._ahead = 0        # entries in sent lists after ``cur`` (file_total - file_old_total)
+        self._stack: list[tuple[Listed, int]] = []   # dirs whose lists are still to go, next last
+        self.dir_count = 0     # entries of dir_flist so far
+        if not inc_recurse:
+            self.lists = [WireList(0, items)]
+            self._starts = [0]
+            return
+        if list_dir is None:
+            items, held = split_nested(items)
+            list_dir = lambda name: (held.pop(name, []), 0)  # noqa: E731
+        self.list_dir = list_dir
+        dot = items[0] if items and items[0].entry.name == b"." else None
+        self.lists = [WireList(1, items, dot, None, first_bits)]
+        self._starts = [1]
+        self._add_dirs(items)
 
-    def numbered(self):
-        """(ndx, item) of every entry, in wire order."""
-        for wl in self.lists:
-            yield from enumerate(wl.items, wl.start)
+    def _add_dirs(self, items: list[Listed]) -> None:
+        """A new list's dirs join dir_flist in order; all but ``.`` will get a list (add_dirs_to_tree)."""
+        found = []
+        for item in items:
+            if item.entry.is_dir:
+                if item.entry.name != b".":
+                    found.append((item, self.dir_count))
+                self.dir_count += 1
+        self._stack.extend(reversed(found))
+
+    @property
+    def first(self) -> WireList:
+        """The first list."""
+        return self.lists[0]
+
+    @property
+    def sent(self) -> int:
+        """Lists sent so far (the first with the file list)."""
+        return len(self.lists)
 
     @property
     def eof(self) -> bool:
         """All lists are out (rsync flist_eof)."""
-        return self.sent == len(self.lists)
+        return not self._stack
 
     @property
     def live(self) -> bool:
@@ -90,19 +122,24 @@ class WireLists:
         return self.freed < self.sent
 
     def next_to_send(self, at_least: int) -> WireList | None:
-        """The next list to send while fewer than ``at_least`` entries are ahead, else None."""
-        if self.eof or self._ahead >= at_least:
+        """The next list, read now, while fewer than ``at_least`` entries are ahead; else None."""
+        if not self._stack or self._ahead >= at_least:
             return None
-        wl = self.lists[self.sent]
-        self.sent += 1
-        self._ahead += len(wl.items)
+        parent, dir_index = self._stack.pop()
+        items, bits = self.list_dir(parent.entry.name)
+        wl = WireList(self.lists[-1].end + 1, items, parent, dir_index, bits)
+        self.lists.append(wl)
+        self._starts.append(wl.start)
+        self._ahead += wl.count
+        self._add_dirs(items)
         return wl
 
     def free_oldest(self) -> None:
-        """The client is done with the oldest list (sender.c send_files on NDX_DONE)."""
+        """The client is done with the oldest list (sender.c send_files on NDX_DONE); drop its entries."""
         if self.freed == self.cur:
             self.cur += 1
-            self._ahead -= len(self.lists[self.cur].items) if self.cur < self.sent else 0
+            self._ahead -= self.lists[self.cur].count if self.cur < self.sent else 0
+        self.lists[self.freed].items = []
         self.freed += 1
 
     def item(self, ndx: int) -> Listed:
@@ -116,8 +153,8 @@ class WireLists:
             return self.lists[0].items[ndx]
         at = bisect_right(self._starts, ndx + 1) - 1
         low = self.lists[self.freed].start - 1 if self.live else 0
-        if at < self.freed or at >= self.sent or ndx >= self.lists[at].end or ndx < low:
-            last = self.lists[self.sent - 1].end - 1
+        if at < self.freed or ndx >= self.lists[at].end or ndx < low:
+            last = self.lists[-1].end - 1
             raise ProtocolError(f"File-list index {ndx} not in {low} - {last} (read_ndx_and_attrs) [sender]")
         self._set_cur(at)
         wl = self.lists[at]
@@ -131,17 +168,14 @@ class WireLists:
         """cur_flist moves (rsync.c read_ndx_and_attrs recounts file_old_total)."""
         while self.cur < at:
             self.cur += 1
-            self._ahead -= len(self.lists[self.cur].items)
+            self._ahead -= self.lists[self.cur].count
         while self.cur > at:
-            self._ahead += len(self.lists[self.cur].items)
+            self._ahead += self.lists[self.cur].count
             self.cur -= 1
 
     def find(self, ndx: int) -> Listed | None:
-        """The entry ``ndx`` names, or None (no state change; for MSG_SUCCESS)."""
-        if not self.inc_recurse:
-            items = self.lists[0].items
-            return items[ndx] if 0 <= ndx < len(items) else None
+        """The entry ``ndx`` names in a live list, or None (no state change; for MSG_SUCCESS)."""
         at = bisect_right(self._starts, ndx) - 1
-        if at < 0 or at >= self.sent or ndx >= self.lists[at].end:
+        if at < self.freed or ndx >= self.lists[at].end:
             return None
         return self.lists[at].items[ndx - self.lists[at].start]

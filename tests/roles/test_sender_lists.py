@@ -66,10 +66,11 @@ def _wire(es) -> WireLists:
 def test_aliases_lookup_and_freeing():
     es = entries((".", D, XmitFlags.TOP_DIR), "f", ("d", D), "d/x", ("e", D), "e/y")
     wl = _wire(es)
-    assert [(w.start, len(w.items)) for w in wl.lists] == [(1, 4), (6, 1), (8, 1)]
+    assert not wl.eof
     while wl.next_to_send(1000) is not None:
         pass
     assert wl.eof
+    assert [(w.start, len(w.items), w.dir_index) for w in wl.lists] == [(1, 4, None), (6, 1, 1), (8, 1, 2)]
     assert wl.item(0).entry.name == b"."         # the first list's parent: "."
     assert wl.item(5).entry.name == b"d"         # start - 1 of d's list
     assert wl.item(6).entry.name == b"d/x"
@@ -110,3 +111,16 @@ def test_one_list_without_incremental_recursion():
     assert [w.start for w in wl.lists] == [0] and wl.eof
     assert wl.item(2).entry.name == b"d/x"
     assert wl.find(3) is None
+
+
+def test_lazy_lists_follow_the_plan():
+    """The lists read directory by directory come in plan_inc_lists' order and numbering."""
+    es = entries((".", D, XmitFlags.TOP_DIR), "f", ("a-b", D), ("a-b/s", D), "a-b/s/t", "a-b/y",
+                 ("a", D), ("a/b", D), ("a/b/c", D), "a/b/c/d", "a/x", ("e", D), ("z", D), "z/q")
+    plan = plan_inc_lists(es)
+    wl = _wire(es)
+    while wl.next_to_send(1000) is not None:
+        pass
+    assert [(w.start, w.dir_index, [i.entry.name for i in w.items]) for w in wl.lists] == [
+        (sub.start, sub.dir_index, [es[p].name for p in sub.members]) for sub in plan.lists]
+    assert wl.dir_count == len(plan.dir_flist)
