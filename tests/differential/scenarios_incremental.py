@@ -8,7 +8,8 @@ with --delete into a client tree that has extraneous files and dirs at
 every depth (-a --stats: with -v the client's deletions and received names
 interleave by timing, as they do with rsyncd), into a partly current tree with -ai, a subdir without a
 slash (a one-entry first list), and with --delete-after (the client then
-does not offer incremental recursion).
+does not offer incremental recursion); and 2400 entries in 40 dirs, more than
+the sender's 1000-entry lookahead, with -av and with --delete.
 
 Imported by scenarios.py, which holds the list.
 """
@@ -97,3 +98,19 @@ scenario("pull-inc-subdir-noslash", pull("-av", path="sibs"), seed=many_dirs_tre
 scenario("pull-inc-delete-after", CLIENT_DST, pull("-av", "--delete-after"), seed=many_dirs_tree())
 scenario("pull-inc-hardlinks", *CROSS_LINKS, pull("-aviH"), seed=many_dirs_tree())
 scenario("pull-inc-no-inc-recursive", CLIENT_DST, pull("-av", "--no-inc-recursive"), seed=many_dirs_tree())
+
+
+def lookahead_tree() -> dict:
+    """About 2400 entries in 40 dirs: more than the sender's 1000-entry lookahead of lists."""
+    return {f"d{i:02d}": Dir({f"f{j:02d}": File(f"{i}/{j}\n".encode(), mtime=T0 + j) for j in range(60)},
+                             mtime=T0 + i) for i in range(40)}
+
+
+def _lookahead_dst(base: Path) -> None:
+    make_tree(base / "client" / "dst", {"d05": Dir({"old": File(b"o\n", mtime=T0)}, mtime=T0),
+                                        "d39": Dir({"f59": File(b"stale\n", mtime=T0 - 9)}, mtime=T0)})
+
+
+scenario("pull-inc-lookahead", pull("-av"), seed=lookahead_tree())
+scenario("pull-inc-lookahead-delete", Change(_lookahead_dst, "client dst with extraneous files"),
+         pull("-a", "--delete", "--stats"), seed=lookahead_tree())
