@@ -1,15 +1,15 @@
 """Pulls with incremental recursion over many directories: a file list per directory.
 
-A tree of a few hundred entries: sibling dirs with contents, empty dirs, a
+A tree of about 500 entries: sibling dirs with contents, empty dirs, a
 chain of nested dirs 40 deep, names that sort awkwardly (``a-b`` before
-``a/``), a dir of 300 files (over one lookahead's worth of lists behind
-it), hard links across directories (-H across lists). Pulled with -av,
-with --delete into a client tree that has extraneous files and dirs at
-every depth (-a --stats: with -v the client's deletions and received names
-interleave by timing, as they do with rsyncd), into a partly current tree with -ai, a subdir without a
-slash (a one-entry first list), and with --delete-after (the client then
-does not offer incremental recursion); and 2400 entries in 40 dirs, more than
-the sender's 1000-entry lookahead, with -av and with --delete.
+``a/``), a dir of 300 files, hard links across directories (-H across
+lists). Pulled with -av, with --delete into a client tree that has
+extraneous files and dirs at every depth (-a --stats: with -v the client's
+deletions and received names interleave by timing, as they do with
+rsyncd), into a partly current tree with -ai, a subdir without a slash (a
+one-entry first list), and with --delete-after (the client then does not
+offer incremental recursion); and 2400 entries in 40 dirs, more than the
+sender's 1000-entry lookahead, with -av and with --delete.
 
 Imported by scenarios.py, which holds the list.
 """
