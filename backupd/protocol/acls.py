@@ -24,6 +24,7 @@ protocol >= 30).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from backupd.errors import ProtocolError
@@ -81,10 +82,17 @@ def strip_perms(acl: RsyncAcl, mode: int) -> RsyncAcl:
 
 
 class AclEncoder:
-    """The sender's two caches (access, default) and the block encoder (acls.c send_acl)."""
+    """The sender's two caches (access, default) and the block encoder (acls.c send_acl).
 
-    def __init__(self, *, send_names: bool = False) -> None:
+    ``name_for(is_user, id)``: with incremental recursion, the name to send
+    after a named entry's id, or None (acls.c send_ida_entries: add_uid /
+    add_gid give a name only the first time an id is met, file list included).
+    """
+
+    def __init__(self, *, send_names: bool = False,
+                 name_for: Callable[[bool, int], bytes | None] | None = None) -> None:
         self.send_names = send_names
+        self.name_for = name_for
         self._caches: tuple[dict[tuple, int], dict[tuple, int]] = ({}, {})
 
     def encode(self, access: RsyncAcl, default: RsyncAcl | None, mode: int, is_dir: bool) -> bytes:
@@ -113,8 +121,11 @@ class AclEncoder:
             for entry in acl.names:
                 xbits = entry.perms << 2 | (XFLAG_NAME_IS_USER if entry.is_user else 0)
                 out.append(encode_varint(entry.id))
-                if self.send_names and entry.name:
-                    name = entry.name[:255]
+                name = self.name_for(entry.is_user, entry.id) if self.name_for is not None else None
+                if name is None and self.send_names:
+                    name = entry.name
+                if name:
+                    name = name[:255]
                     out.append(encode_varint(xbits | XFLAG_NAME_FOLLOWS) + bytes([len(name)]) + name)
                 else:
                     out.append(encode_varint(xbits))

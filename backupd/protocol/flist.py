@@ -386,6 +386,18 @@ class FlistEncoder:
             xflags |= _HLINKED | (_HLINK_FIRST if entry.hlink_first else 0)
         return xflags
 
+    def claim_name(self, is_user: bool, ident: int, name: bytes | None) -> bytes | None:
+        """``name`` if the id's name is still to go inline, else None (uidlist.c add_uid/add_gid).
+
+        One set per kind for the entries and the ACLs: rsync's uidlist/gidlist
+        give a name the first time an id is added, from either.
+        """
+        sent = self._sent_users if is_user else self._sent_groups
+        if self.opts.numeric_ids or not self.opts.inc_recurse or ident in sent:
+            return None
+        sent.add(ident)
+        return name[:255] if name else None
+
     def _name_follows(self, ident, name, sent: set[int], preserve: bool, same: int) -> bytes | None:
         o = self.opts
         if not preserve or same or ident is None or o.numeric_ids or not o.inc_recurse or ident in sent:

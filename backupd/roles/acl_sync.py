@@ -109,9 +109,9 @@ def apply_staged(entry: FileEntry, staged, mode: int) -> list[str]:
 class SenderAcls:
     """Pull sender: each entry's ACLs into the file list, and their ids into the id lists."""
 
-    def __init__(self, tree) -> None:
+    def __init__(self, tree, name_for=None) -> None:
         self.tree = tree
-        self.encoder = AclEncoder()
+        self.encoder = AclEncoder(name_for=name_for)  # names inline with incremental recursion
         self.user_ids: set[int] = set()
         self.group_ids: set[int] = set()
         self.errors: list[str] = []

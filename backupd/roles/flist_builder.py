@@ -27,7 +27,7 @@ import fnmatch
 import os
 import stat
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from backupd.errors import PathEscape, StorageError
 from backupd.protocol.constants import MUNGE_PREFIX, IoError, MsgCode, XmitFlags
@@ -61,13 +61,25 @@ class BuiltList:
     items: list[Listed]
     io_error: int = 0
     errors: int = 0
+    dir_io: dict[bytes, int] = field(default_factory=dict)  # IOERR_* bits met listing each directory
+    list_dir: Callable[[bytes], tuple[list[Listed], int]] | None = None  # inc_recurse: a dir's list, its bits
+
+    def list_io(self, directory: bytes | None) -> int:
+        """The IOERR_* bits met while listing ``directory`` (None: the top level and ``.``).
+
+        With incremental recursion these end that directory's file list
+        (flist.c send_extra_file_list: io_error changed while it was listed).
+        """
+        return self.dir_io.get(directory or b".", 0)
 
     @property
     def entries(self) -> list[FileEntry]:
         """The file entries in ndx order."""
         return [item.entry for item in self.items]
 
-    def group_hard_links(self) -> None:
+    leaders: dict[tuple[int, int], int] = field(default_factory=dict)  # -H: inode -> leader ndx, all lists
+
+    def group_hard_links(self, numbered=None) -> None:
         """Mark entries that share an inode as one hard-link group (``-H``).
 
         Every non-directory with more than one link is sent as hard-linked,
@@ -75,9 +87,12 @@ class BuiltList:
         the first of a group in ndx order is its leader (``hlink_first``) and
         every member's ``hlink_group`` is the leader's ndx, which is what the
         file list sends (rsync flist.c send_file_entry, protocol 30+).
+        ``numbered`` gives (wire ndx, item) in wire order when the lists are
+        incremental (default: position in the one list); called list by list,
+        a group's leader may be in an earlier list.
         """
-        leaders: dict[tuple[int, int], int] = {}
-        for ndx, item in enumerate(self.items):
+        leaders = self.leaders
+        for ndx, item in numbered if numbered is not None else enumerate(self.items):
             if item.inode is not None:
                 first = leaders.setdefault(item.inode, ndx)
                 item.entry.hlink_group, item.entry.hlink_first = first, first == ndx
@@ -232,6 +247,10 @@ class FlistBuilder:
         file_checksum: ``fn(module_path) -> (digest, size) | None`` for ``-c``
             (None: the file is gone), else None.
         protocol: the session's protocol (below 29 the list sorts by whole path).
+        inc_recurse: build only the first list (the arguments, and a ``dir/``
+            argument's members); each directory is listed when
+            :meth:`list_dir` asks for it (flist.c send_file_list with
+            inc_recurse, send1extra()).
     """
 
     def __init__(self, tree: ModuleTree, opts: TransferOptions, *,
@@ -239,7 +258,7 @@ class FlistBuilder:
                  module_filters: FilterList | None, report: Report,
                  module: str = "", munge_symlinks: bool = False,
                  file_checksum: Callable[[bytes], tuple[bytes, int] | None] | None = None,
-                 protocol: int = 32) -> None:
+                 protocol: int = 32, inc_recurse: bool = False) -> None:
         self.tree, self.opts, self.module = tree, opts, module
         self.protocol = protocol
         self.resolver = Resolver(tree)
@@ -249,6 +268,9 @@ class FlistBuilder:
         self.munge = munge_symlinks
         self.file_checksum = file_checksum
         self.recurse = opts.recursive
+        self.inc_recurse = inc_recurse and opts.recursive
+        self._pending: dict[bytes, tuple[bytes, FilterList | None, set]] = {}  # dirs still to list
+        self._held: dict[bytes, list[Listed]] = {}  # entries built with the arguments, by parent dir
         self.xfer_dirs = opts.dirs or opts.recursive or opts.list_only or opts.files_from is not None
         self.items: list[Listed] = []
         self.errors = FileErrors(  # report() takes text: the wire bytes of names survive the round trip
@@ -256,11 +278,18 @@ class FlistBuilder:
             None, "sender", ErrorTally(), io_flag=IoError.GENERAL,
         )
         self._root_dev = tree.lstat(b"").st_dev
+        self._scope = b"."                  # the directory being listed (its file list's io_error)
+        self._dir_io: dict[bytes, int] = {}
         self._merge_cache: dict[bytes, FilterList | None] = {}
 
     # -- messages ----------------------------------------------------------------------
     def _error(self, text: str, bits: int = IoError.GENERAL) -> None:
         self.errors.record(text, io_flag=bits)
+        self._note(bits)
+
+    def _note(self, bits: int) -> None:
+        if bits:
+            self._dir_io[self._scope] = self._dir_io.get(self._scope, 0) | bits
 
     def _shown(self, path: bytes) -> str:
         return f'"{os.fsdecode(path or b".")}" (in {self.module})'
@@ -289,7 +318,32 @@ class FlistBuilder:
         implied_sent: set[bytes] = set()
         for fbuf, base in todo:
             self._add_arg(split_arg(fbuf, base, relative), relative, implied_sent)
-        return BuiltList(self._sorted(), self.errors.tally.io_error, self.errors.tally.file_errors)
+        items = self._sorted()
+        if self.inc_recurse:
+            items = self._hold_nested(items)
+        return BuiltList(items, self.errors.tally.io_error, self.errors.tally.file_errors, self._dir_io)
+
+    def _hold_nested(self, items: list[Listed]) -> list[Listed]:
+        """The first list; entries under a listed dir (``-R`` paths) wait for that dir's list."""
+        first, self._held = split_nested(items)
+        return first
+
+    def list_dir(self, name: bytes) -> tuple[list[Listed], int]:
+        """The sorted members of directory ``name`` for its list, and the IOERR_* bits met.
+
+        Reads the directory now (send1extra -> send_directory), with the
+        filters and loop guard it was found with; its subdirectories wait
+        for their own lists. A directory not to be read (no content, gone,
+        refused) gives only the entries held for it (``-R`` paths below it).
+        """
+        pending = self._pending.pop(name, None)
+        self.items = []
+        if pending is not None:
+            real, filters, ancestors = pending
+            self._scan(name, real, filters, ancestors)
+        self.items = self._held.pop(name, []) + self.items
+        out, self.items = self._sorted(), []
+        return out, self._dir_io.pop(name, 0)
 
     def _add_arg(self, arg: _Arg, relative: bool, implied_sent: set[bytes]) -> None:
         filters = self._filters_for(arg.root)
@@ -316,7 +370,10 @@ class FlistBuilder:
         if self.recurse or (self.xfer_dirs and arg.contents):
             entry = self._add(arg.name, real, st, XmitFlags.TOP_DIR)
             if entry is not None and is_dir:
-                self._scan(arg.name, real, filters, {(st.st_dev, st.st_ino)})
+                if self.inc_recurse and not arg.dot_dir:  # its members come in its own list
+                    self._pending[arg.name] = (real, filters, {(st.st_dev, st.st_ino)})
+                else:
+                    self._scan(arg.name, real, filters, {(st.st_dev, st.st_ino)})
         else:
             self._add(arg.name, real, st, 0 if not is_dir else XmitFlags.NO_CONTENT_DIR)
 
@@ -377,6 +434,14 @@ class FlistBuilder:
     def _scan(self, name: bytes, real: bytes, filters: FilterList | None,
               ancestors: set[tuple[int, int]]) -> None:
         """send_directory(): list ``real`` as ``name``; recurse when -r."""
+        outer, self._scope = self._scope, name
+        try:
+            self._scan_listed(name, real, filters, ancestors)
+        finally:
+            self._scope = outer
+
+    def _scan_listed(self, name: bytes, real: bytes, filters: FilterList | None,
+                     ancestors: set[tuple[int, int]]) -> None:
         rel_dir = b"" if name == b"." else name
         if filters is not None:
             filters = filters.enter_dir(rel_dir, self.read_merge_file)
@@ -397,6 +462,9 @@ class FlistBuilder:
                 self._error(f"directory loop at {self._shown(child_real)}, not descending")
                 continue
             if self.opts.one_file_system and st.st_dev != self._root_dev:
+                continue
+            if self.inc_recurse:
+                self._pending[child_name] = (child_real, filters, ancestors | {key})
                 continue
             self._scan(child_name, child_real, filters, ancestors | {key})
 
@@ -451,6 +519,7 @@ class FlistBuilder:
 
     def _vanished(self, path: bytes) -> None:
         self.errors.flag(IoError.VANISHED)
+        self._note(IoError.VANISHED)
         self.report(MsgCode.WARNING, f"file has vanished: {self._shown(path)}\n")
 
     # -- entries -----------------------------------------------------------------------
@@ -555,6 +624,25 @@ class FlistBuilder:
         if len(out) != len(ordered):
             out.sort(key=lambda it: order(it.entry.name, it.entry.is_dir))
         return out
+
+
+def split_nested(items: list[Listed]) -> tuple[list[Listed], dict[bytes, list[Listed]]]:
+    """(the first list, the other entries by the directory whose list holds them).
+
+    The rule of :func:`backupd.protocol.inc_flist.plan_inc_lists`: an entry
+    goes in the list of the directory entry its parent path names, else in
+    the first list. Order is kept.
+    """
+    dirs = {item.entry.name for item in items if item.entry.is_dir and item.entry.name != b"."}
+    first: list[Listed] = []
+    held: dict[bytes, list[Listed]] = {}
+    for item in items:
+        head, sep, _ = item.entry.name.rpartition(b"/")
+        if sep and head in dirs:
+            held.setdefault(head, []).append(item)
+        else:
+            first.append(item)
+    return first, held
 
 
 def expand_globs(tree: ModuleTree, arg: bytes) -> list[bytes]:

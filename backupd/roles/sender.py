@@ -3,8 +3,13 @@
 One thread: rsync's sender alternates between reading the client
 generator's requests and writing file data; the session's Outbox writer
 thread keeps the socket drained, so a long file never blocks the reading
-of requests (rsync-protocol-b.md §1.3). No incremental recursion: one
-sorted file list, ndx = position from 0, then the uid/gid lists.
+of requests (rsync-protocol-b.md §1.3). Without incremental recursion:
+one sorted file list, ndx = position from 0, then the uid/gid lists.
+With it (CF_INC_RECURSE, compat.c set_allow_inc_recurse): the first list
+(uid/gid names inline, no id lists), then a list per directory sent as
+the requests come (``sender_lists``), NDX_FLIST_EOF after the last; each
+NDX_DONE of the client frees the oldest list and is echoed, the one that
+frees the last is the phase change.
 
 Per request: echo the header; for ITEM_TRANSFER read the sum head and the
 block sums, match the file against them (``match_tokens``: NumPy rolling
@@ -33,6 +38,7 @@ from backupd.protocol.constants import (
     MAX_PATH_LEN,
     NDX_DEL_STATS,
     NDX_DONE,
+    NDX_FLIST_EOF,
     OLD_MAX_BLOCK_SIZE,
     CompatFlags,
     IoError,
@@ -63,6 +69,7 @@ from backupd.roles.acl_sync import SenderAcls
 from backupd.roles.errors import ErrorTally, FileErrors, wire_text
 from backupd.roles.flist_builder import BuiltList, FlistBuilder, expand_globs, sanitize_arg
 from backupd.roles.sender_data import SourceFile, file_digest, open_source, send_literal, send_matched
+from backupd.roles.sender_lists import LOOKAHEAD, WireList, WireLists
 from backupd.roles.xattr_sync import SenderXattrs, session_am_root, xattr_name_filter, xattr_optim
 from backupd.storage import HistoryStore, ModuleTree
 from backupd.storage.catalog import session_writer
@@ -258,13 +265,23 @@ def _build_list(session, tree: ModuleTree, request, negotiated: Negotiated, rule
         tree, opts, make_filters=make_filters, module_filters=build_module_filters(module),
         report=lambda code, text: session.outbox.send_msg(code, wire_text(text)),
         module=module.name, munge_symlinks=module.munge_symlinks, file_checksum=file_checksum,
-        protocol=request.protocol,
+        protocol=request.protocol, inc_recurse=bool(negotiated.compat_flags & CompatFlags.INC_RECURSE),
     )
-    built = builder.build(args, names)
-    if module.outgoing_chmod:
-        spec = parse_chmod(module.outgoing_chmod)
-        for item in built.items:  # rsync flist.c make_file(): daemon_chmod_modes on the sender
+    spec = parse_chmod(module.outgoing_chmod) if module.outgoing_chmod else None
+
+    def chmod(items: list) -> list:
+        for item in items if spec is not None else ():  # flist.c make_file(): daemon_chmod_modes
             item.entry.mode = spec.apply(item.entry.mode)
+        return items
+
+    built = builder.build(args, names)
+    chmod(built.items)
+    if builder.inc_recurse:
+        def list_dir(name: bytes) -> tuple[list, int]:
+            items, bits = builder.list_dir(name)
+            return chmod(items), bits
+
+        built.list_dir = list_dir
     return built
 
 
@@ -277,6 +294,14 @@ class Sender:
         self.out = session.outbox
         self.log = session.log
         self.items = state.built.items
+        self.inc_recurse = bool(state.negotiated.compat_flags & CompatFlags.INC_RECURSE)
+        built = state.built
+        self.lists = WireLists(self.items, self.inc_recurse, built.list_dir, built.list_io(None))
+        self.listed = 0       # entries sent in the lists
+        self.total_size = 0   # their size (regular files, symlinks): the statistics' total
+        self.encoder = None
+        self.list_io = 0   # io_error as the lists sent so far have reported it
+        self._names: dict[tuple[str, int], bytes | None] = {}
         self.ndx_out, self.ndx_in = NdxEncoder(state.protocol), NdxDecoder(state.protocol)
         self.legacy = state.protocol < 30  # byte-flag lists, int32 ndx, longint stats, no MSG_NO_SEND
         neg = state.negotiated
@@ -301,7 +326,7 @@ class Sender:
             if opts.xattrs
             else None
         )
-        self.acls = SenderAcls(state.tree) if opts.acls else None
+        self.acls = SenderAcls(state.tree, self._acl_name if self.inc_recurse else None) if opts.acls else None
 
     def _write(self, data: bytes) -> None:
         self.written += len(data)
@@ -328,7 +353,7 @@ class Sender:
         self._final_goodbye()
         self.out.flush()
         self.log.info("pull of module {}: {} entries listed, {} files sent, {} bytes written",
-                      self.state.module, len(self.items), len(self.state.sent), self.written)
+                      self.state.module, self.listed, len(self.state.sent), self.written)
         return self._exit_code()
 
     def _exit_code(self) -> ExitCode:
@@ -340,13 +365,58 @@ class Sender:
 
     # -- file list ---------------------------------------------------------------------
     def _send_file_list(self) -> None:
-        """Entries, the end marker with io_error, the id lists (flist.c send_file_list())."""
+        """Entries, the end marker with io_error, the id lists (flist.c send_file_list()).
+
+        With incremental recursion the first list only, then at once the
+        next list (or NDX_FLIST_EOF) if it holds exactly one entry, or
+        NDX_FLIST_EOF if no directory needs a list (send_file_list's end).
+        """
         if self.opts.hard_links:
-            self.state.built.group_hard_links()
-        encoder = new_flist_encoder(file_list_options(self.opts, self.state.negotiated, self.state.protocol))
+            self.state.built.group_hard_links(enumerate(self.lists.first.items, self.lists.first.start))
+        self.encoder = encoder = new_flist_encoder(
+            file_list_options(self.opts, self.state.negotiated, self.state.protocol))
+        first = self.lists.first
+        saved = self.io_error
+        buf = self._encode_items(first)
+        ignore = self.opts.ignore_errors
+        safe = self._safe_flist
+        io = self.io_error
+        if self.inc_recurse:
+            io = self._list_bits(first, saved)
+            self.list_io = io
+        buf += encoder.encode_end(io if safe and not ignore else 0)
+        if not self.opts.numeric_ids and not self.inc_recurse:
+            buf += encoder.encode_id_lists(*self._id_lists())
+        if self.legacy:  # flist.c send_file_list: the io_error follows the id lists below 30
+            buf += encode_int32(0 if ignore else self.io_error)
+        self._write(bytes(buf))
+        if not safe and io and not ignore and not self.legacy:
+            self.out.send_msg(MsgCode.IO_ERROR, encode_int32(io))
+        if self.inc_recurse and self.items:
+            if self.lists.eof:
+                self._write(self.ndx_out.encode(NDX_FLIST_EOF))
+            elif len(first.items) == 1:  # a 1-entry first list: the client checks for a 1-file transfer
+                self._send_extra(1)
+        self.out.flush()
+
+    @property
+    def _safe_flist(self) -> bool:
+        """io_error in the end marker (use_safe_inc_flist): protocol 31+ or CF_SAFE_FLIST."""
+        return self.state.protocol >= 31 or bool(self.state.negotiated.compat_flags & CompatFlags.SAFE_FLIST)
+
+    def _encode_items(self, wl: WireList) -> bytearray:
+        """Entries (with their ACL and xattr blocks) of one list; big lists are written as they grow."""
         buf = bytearray()
-        for item in self.items:
-            buf += encoder.encode_entry(item.entry)
+        items = wl.items
+        if self.inc_recurse:
+            self.encoder.ndx_start = wl.start  # hard links to an earlier list are sent in full
+        inline = self.inc_recurse and not self.opts.numeric_ids and not self.state.module_numeric_ids
+        self.listed += len(items)
+        self.total_size += sum(item.entry.size for item in items if item.entry.is_reg or item.entry.is_link)
+        for item in items:
+            if inline:
+                self._inline_names(item.entry)
+            buf += self.encoder.encode_entry(item.entry)
             if self.acls is not None:
                 buf += self.acls.encode(item.entry, item.source)
             if self.xattrs is not None:
@@ -358,17 +428,68 @@ class Sender:
             self._xattr_errors()
         for text in self.acls.errors if self.acls is not None else ():
             self._file_error(text)
-        neg, ignore = self.state.negotiated, self.opts.ignore_errors
-        safe = self.state.protocol >= 31 or bool(neg.compat_flags & CompatFlags.SAFE_FLIST)
-        buf += encoder.encode_end(self.io_error if safe and not ignore else 0)
-        if not self.opts.numeric_ids:
-            buf += encoder.encode_id_lists(*self._id_lists())
-        if self.legacy:  # flist.c send_file_list: the io_error follows the id lists below 30
-            buf += encode_int32(0 if ignore else self.io_error)
-        self._write(bytes(buf))
-        if not safe and self.io_error and not ignore and not self.legacy:
-            self.out.send_msg(MsgCode.IO_ERROR, encode_int32(self.io_error))
-        self.out.flush()
+        if self.acls is not None:
+            self.acls.errors.clear()
+        return buf
+
+    def _inline_names(self, entry) -> None:
+        """uid/gid names in the entry (inc_recurse: flist.c send_file_entry add_uid/add_gid)."""
+        names = self._names
+        if self.opts.owner and entry.uid is not None:
+            key = ("u", entry.uid)
+            if key not in names:
+                names[key] = _id_names({entry.uid}, _user).get(entry.uid)
+            entry.user_name = names[key]
+        if self.opts.group and entry.gid is not None:
+            key = ("g", entry.gid)
+            if key not in names:
+                names[key] = _id_names({entry.gid}, _group).get(entry.gid)
+            entry.group_name = names[key]
+
+    def _acl_name(self, is_user: bool, ident: int) -> bytes | None:
+        """An ACL entry's name inline (acls.c send_ida_entries; not with numeric ids of either kind)."""
+        if self.opts.numeric_ids or self.state.module_numeric_ids:
+            return None
+        name = _id_names({ident}, _user if is_user else _group).get(ident)
+        return self.encoder.claim_name(is_user, ident, name)
+
+    def _list_bits(self, wl: WireList, saved: int) -> int:
+        """io_error for a list's end marker: 0 unless errors were met listing or encoding it.
+
+        rsync sends its global io_error when it changed while the list was
+        built (send_extra_file_list); here the bits reported by the lists so far.
+        """
+        bits = wl.io_bits
+        if self.io_error != saved:
+            bits |= self.io_error
+        return self.list_io | bits if bits else 0
+
+    def _send_extra(self, at_least: int = LOOKAHEAD) -> None:
+        """Further lists while fewer than ``at_least`` entries are ahead (flist.c send_extra_file_list).
+
+        Each is NDX_FLIST_OFFSET - dir_index, its entries, the end marker;
+        NDX_FLIST_EOF after the last. Protocol 30 also sends MSG_IO_ERROR
+        when the io_error changed.
+        """
+        if not self.inc_recurse or self.lists.eof:
+            return
+        before = self.list_io
+        ignore = self.opts.ignore_errors
+        while (wl := self.lists.next_to_send(at_least)) is not None:
+            saved = self.io_error
+            if self.opts.hard_links:
+                self.state.built.group_hard_links(enumerate(wl.items, wl.start))
+            buf = bytearray(self.ndx_out.encode(wl.announce_ndx))
+            buf += self._encode_items(wl)
+            io = self._list_bits(wl, saved)
+            if io:
+                self.list_io = io
+            buf += self.encoder.encode_end(io if self._safe_flist and not ignore else 0)
+            if self.lists.eof:
+                buf += self.ndx_out.encode(NDX_FLIST_EOF)
+            self._write(bytes(buf))
+        if self.list_io != before and self.state.protocol == 30 and not ignore:
+            self.out.send_msg(MsgCode.IO_ERROR, encode_int32(self.list_io))
 
     def _id_lists(self) -> tuple[dict[int, bytes], dict[int, bytes]]:
         """uid/gid names for the lists; only id 0's name when the module forces numeric ids."""
@@ -408,6 +529,10 @@ class Sender:
                 continue
             if ndx == NDX_DONE:
                 return ndx
+            if self.inc_recurse:
+                if ndx < 0:
+                    raise ProtocolError(f"Invalid file index: {ndx} (-1 - {self._last_ndx}) [sender]")
+                return ndx
             if self.legacy and ndx == len(self.items) and self.state.protocol >= 29:
                 if decode_shortint(self.read) == ItemFlags.IS_NEW:  # rsync.c: the protocol-29 keep-alive
                     continue
@@ -416,21 +541,38 @@ class Sender:
                 raise ProtocolError(f"Invalid file index: {ndx} (-1 - {len(self.items) - 1}) [sender]")
             return ndx
 
+    @property
+    def _last_ndx(self) -> int:
+        return self.lists.lists[-1].end - 1
+
     def _send_files(self) -> None:
-        """The request loop: phases 0 (normal), 1 (redo), 2 (delay), then leave."""
+        """The request loop: phases 0 (normal), 1 (redo), 2 (delay), then leave.
+
+        With incremental recursion a DONE first frees the oldest list and is
+        echoed; only the one that frees the last list counts as a phase
+        (sender.c send_files). Lists go out before each request is read.
+        """
         phase, max_phase = 0, 2 if self.state.protocol >= 29 else 1
         while True:
+            self._send_extra()
             ndx = self._read_ndx()
             if ndx == NDX_DONE:
+                if self.inc_recurse and self.lists.live:
+                    self.lists.free_oldest()
+                    if self.lists.live:
+                        self._write(self.ndx_out.encode(NDX_DONE))
+                        continue
                 phase += 1
                 if phase > max_phase:
                     return
                 self._write(self.ndx_out.encode(NDX_DONE))
                 continue
+            item = self.lists.item(ndx)
             iflags, attrs = self._read_attrs()
-            entry = self.items[ndx].entry
+            self._send_extra()
+            entry = item.entry
             if self.xattrs is not None:
-                attrs += self.xattrs.answer(self.read, entry, self.items[ndx].source, iflags, self.opts.dry_run)
+                attrs += self.xattrs.answer(self.read, entry, item.source, iflags, self.opts.dry_run)
                 self._xattr_errors()
             if iflags & ItemFlags.TRANSFER and not entry.is_reg:
                 raise ProtocolError(f"received request to transfer non-regular file: {ndx} [sender]")
@@ -439,7 +581,7 @@ class Sender:
                 continue
             if phase == 2 and max_phase == 2:
                 raise ProtocolError("got transfer request in phase 2 [sender]")
-            self._transfer(ndx, attrs)
+            self._transfer(ndx, item, attrs)
 
     def _xattr_errors(self) -> None:
         """Report what could not be read (rsync: FERROR_XFER, io_error general)."""
@@ -473,12 +615,11 @@ class Sender:
         return head, sum1, sum2
 
     # -- one file ----------------------------------------------------------------------
-    def _transfer(self, ndx: int, attrs: bytes) -> None:
+    def _transfer(self, ndx: int, item, attrs: bytes) -> None:
         """Sum head and sums in; header, sum head, tokens and file sum out (or MSG_NO_SEND)."""
         redo = ndx in self.state.sent
         append = 0 if redo else self.opts.append
         head, sum1, sum2 = self._read_sums(bool(append))
-        item = self.items[ndx]
         src = self._open(item.source, ndx)
         if src is None:
             return
@@ -539,7 +680,7 @@ class Sender:
 
         Below protocol 30 longints; below 29 without the two times (main.c handle_stats).
         """
-        total_size = sum(item.entry.size for item in self.items if item.entry.is_reg or item.entry.is_link)
+        total_size = self.total_size
         written = max(self.out.bytes_written, self.written)
         values = (self.session.inbox.bytes_read, written, total_size, self.state.build_ms, self.state.xfer_ms)
         if self.legacy:
@@ -571,9 +712,9 @@ class Sender:
         if code != MsgCode.SUCCESS or len(payload) != 4:
             return
         ndx = decode_int32(lambda n: payload[:n])
-        if not 0 <= ndx < len(self.items) or not self.state.writable:
+        item = self.lists.find(ndx)
+        if item is None or not self.state.writable:
             return
-        item = self.items[ndx]
         try:
             st = self.state.tree.lstat(item.source)
             if st is None or st.st_size != item.entry.size or st.st_mtime_ns != item.entry.mtime_ns:

@@ -39,7 +39,13 @@ from backupd.errors import (
 from backupd.ops import metrics as ops_metrics
 from backupd.protocol import greeting as gr
 from backupd.protocol.constants import LEGACY_PROTOCOL, MUNGE_PREFIX, MsgCode
-from backupd.protocol.negotiate import Negotiated, finish_setup, legacy_refusal, legacy_setup, plan_setup
+from backupd.protocol.negotiate import (
+    Negotiated,
+    finish_setup,
+    legacy_refusal,
+    legacy_setup,
+    plan_setup,
+)
 from backupd.protocol.server_args import (
     TransferOptions,
     has_protected_args,
@@ -357,7 +363,7 @@ class Session:
             if refused is not None:
                 raise RsyncError(refused, ExitCode.PROTOCOL, bare=True)
             return legacy_setup(opts, _signed(seed))
-        plan = plan_setup(opts, allow_inc_recurse=not opts.sender and not opts.hard_links)  # pushes
+        plan = plan_setup(opts, allow_inc_recurse=opts.sender or not opts.hard_links)  # -H pushes: one list
         out = encode_varint(int(plan.compat_flags))
         if plan.send_checksum_list:
             out += encode_vstring(" ".join(SUPPORTED_CHECKSUMS).encode())

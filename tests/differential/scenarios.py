@@ -797,5 +797,6 @@ from tests.differential import (  # noqa: E402 - each adds its scenarios to SCEN
     scenarios_alt_dest,  # noqa: F401
     scenarios_everyday,  # noqa: F401
     scenarios_inc_recurse,  # noqa: F401
+    scenarios_incremental,  # noqa: F401
     scenarios_legacy,  # noqa: F401
 )

@@ -130,3 +130,15 @@ def test_push_inplace_with_acls(pair, client, xattr_dir):
     set_acls(src, ACLS)
     p.compare(p.run(client, "-aAXi", "--inplace", f"{src}/"))
     compare_acls(*p.modules.values())
+
+
+def test_pull_with_acls_incremental(pair, client, xattr_dir):
+    """-v shows the incremental list: the ACL names go inline (acls.c send_ida_entries, inc_recurse)."""
+    p = pair(seed=SOURCE)
+    for module in p.modules.values():
+        set_acls(module, ACLS)
+    p.compare(p.run(client, "-aAXv", into="dst"), trees=(p.base / "dst-rsyncd", p.base / "dst-backupd"))
+    compare_acls(p.base / "dst-rsyncd", p.base / "dst-backupd")
+    p.compare(p.run(client, "-aAXv", "--numeric-ids", into="dst2"),
+              trees=(p.base / "dst2-rsyncd", p.base / "dst2-backupd"))
+    compare_acls(p.base / "dst2-rsyncd", p.base / "dst2-backupd")

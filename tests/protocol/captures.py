@@ -81,3 +81,31 @@ def decoded_names(name: str) -> list[str]:
     """The names the reference decoder printed in NAME.txt, in wire order."""
     text = (CAPTURES / f"{name}.txt").read_text(errors="replace")
     return [line.split("-> name '", 1)[1].rstrip("'") for line in text.splitlines() if "-> name '" in line]
+
+
+@dataclass
+class ServerSide:
+    """The server's bytes of one daemon capture (protocol >= 30): compat flags and MSG_DATA."""
+
+    compat_flags: int
+    seed: int
+    data: bytes
+    messages: list
+
+
+def server_side(name: str, client: ClientSide) -> ServerSide:
+    """Parse ``NAME.s2c``: greeting and OK lines, compat flags, name lists, seed, frames."""
+    from backupd.protocol.wire import decode_int32, decode_varint
+
+    r = ByteReader((CAPTURES / f"{name}.s2c").read_bytes())
+    line = _read_until(r, b"\n")
+    while line != b"@RSYNCD: OK":
+        line = _read_until(r, b"\n")
+    flags = decode_varint(r.read)
+    if "v" in client.opts.capabilities and client.opts.checksum_choice is None:
+        decode_vstring(r.read)
+    if "v" in client.opts.capabilities and client.opts.compression_on and client.opts.compress_choice is None:
+        decode_vstring(r.read)
+    seed = decode_int32(r.read)
+    data, messages = split_frames(r.read(r.remaining))
+    return ServerSide(flags, seed, data, messages)
