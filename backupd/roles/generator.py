@@ -426,7 +426,8 @@ class Generator:
 
     def _process_dir(self, ndx: int, entry: FileEntry, path: bytes, delete_during: bool) -> None:
         tree, dry = self.state.tree, self.opts.dry_run
-        if ndx and self.inc is None and self.state.protocol >= 29 and self._flushes_at_dirs():  # below 29 name lines overtake requests
+        # below 29 name lines overtake requests; with real incremental lists _generate_lists flushes
+        if ndx and self.inc is None and self.state.protocol >= 29 and self._flushes_at_dirs():
             self.out.flush()  # where rsyncd's generator output reaches the client before a directory
         st = self._lstat(path)
         if st is None and self.opts.existing:  # no new directory, nor anything in it

@@ -39,6 +39,7 @@ from backupd.storage.fsops import (
     split_path,
 )
 
+
 class Kept(NamedTuple):
     """Where an entry's version went in history, and whether it is a copy.
 

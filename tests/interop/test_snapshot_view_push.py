@@ -18,6 +18,7 @@ import pytest
 from tests.helpers import File, make_tree, scan_tree
 from tests.interop.conftest import T0, assert_ok, show
 
+
 @pytest.fixture
 def source(tmp_path):
     return make_tree(tmp_path / "src", {"a.txt": File(b"a\n", mtime=T0), "d": {"b": File(b"b\n", mtime=T0)}})
