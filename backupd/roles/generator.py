@@ -42,6 +42,7 @@ from backupd.roles.xattr_sync import GeneratorXattrs, for_push
 from backupd.storage.fsops import split_path
 
 SCAN_CACHE_DIRS = 32
+HLINK_LOOKAHEAD = 500  # generator.c: MIN_FILECNT_LOOKAHEAD / 2 entries read ahead with -H
 STOP_WAIT_S = 30.0  # how long a failed push waits for the generator thread to notice
 # plain ints: IntFlag arithmetic costs a microsecond per operation, per file
 _IS_NEW = int(ItemFlags.IS_NEW)
@@ -79,7 +80,11 @@ class Generator:
         self._thread = threading.Thread(target=self._run, name="generator", daemon=True)
         self._dirs: list[tuple[int, bytes, bool]] = []
         self._aborted = False
-        self._hlink_leader = _hlink_leaders(state.flist) if self.opts.hard_links else {}
+        self._hlink_leader = _hlink_leaders(state.flist) if self.opts.hard_links and state.inc is None else {}
+        self._group_leader: dict[int, int] = {}  # incremental -H: group -> its leader's ndx (hlink.c match_gnums)
+        self._settled: set[int] = set()          # ...leaders written, up to date or not sent: followers link now
+        self._group_last: dict[int, int] = {}    # ...group -> its last member in the lists read so far
+        self._group_scanned = 0
         self._hlink_followers: list[tuple[int, int]] = []
         self._refused_dirs: list[bytes] = []  # module-excluded dirs: their contents are skipped
         self.alt = AltDest(self) if state.alt_dirs else None  # --link/copy/compare-dest
@@ -212,19 +217,31 @@ class Generator:
         (recv_generator with is_dir < 0). The last list's NDX_DONE is the
         end of phase 0.
         """
-        st, inc = self.state, self.inc
-        position = 0
+        st, inc, hard_links = self.state, self.inc, self.opts.hard_links
+        position, first_flush = 0, None
+        if hard_links:  # generate_files: -H reads lists ahead (flist_eof or MIN_FILECNT_LOOKAHEAD/2 files)
+            self._read_ahead(HLINK_LOOKAHEAD)
+            first_flush = 2 if st.flist[1:2] and st.flist[1].name == b"." else 1
         while (lst := self._next_list(position)) is not None:
             self._cur_list = position
             entries = st.flist[lst.start:lst.start + lst.count]
             self.deleter.add_children(entries)
+            if hard_links:
+                self._list_leaders(lst)
             if lst.parent is not None and lst.start - 1 not in st.skip:
                 self._process(lst.start - 1, st.flist[lst.start - 1], delete_during)
             for ndx in range(lst.start, lst.start + lst.count):
                 if ndx not in st.skip:
                     self._process(ndx, st.flist[ndx], delete_during)
                     self._check_finished(check_redo=False)
-            if position == 0:  # rsyncd's generator then waits for the next list: this much reaches the client
+                if first_flush is not None and ndx >= first_flush:
+                    self.out.flush()  # rsyncd's first loop check, the lists being complete
+                    first_flush = None
+            if hard_links:  # leaders skipped, refused or failed here: their followers must not wait
+                for ndx in range(lst.start, lst.start + lst.count):
+                    if self._hlink_leader.get(ndx) == ndx and (ndx not in st.requested or self.opts.dry_run):
+                        self._settle(ndx)
+            if position == 0 and not hard_links:  # rsyncd's generator then waits for the next list
                 self.out.flush()
             position += 1
         self._cur_list = None
@@ -244,6 +261,48 @@ class Generator:
                 return None
             self._next_event()
 
+    def _read_ahead(self, entries: int) -> None:
+        """Wait until the lists hold ``entries`` entries or NDX_FLIST_EOF came (io.c wait_for_receiver)."""
+        inc = self.inc
+        while not inc.eof and sum(lst.count for lst in inc.lists) < entries:
+            self._next_event()
+
+    def _list_leaders(self, lst) -> None:
+        """-H leaders for the groups a new list starts: each group's last member in the lists read so far.
+
+        As rsyncd's receiver does after reading the lists ahead (the generator
+        waits for HLINK_LOOKAHEAD entries first), that is the member it
+        transfers; the others are linked to it (hlink.c match_gnums).
+        """
+        flist, inc, last = self.state.flist, self.inc, self._group_last
+        known = inc.lists[len(inc.lists) - 1]
+        end = known.start + known.count
+        for ndx in range(self._group_scanned, end):
+            entry = flist[ndx]
+            if entry.hlink_group is not None and entry.is_reg and not inc.is_parent_slot(ndx):
+                last[entry.hlink_group] = ndx
+        self._group_scanned = max(self._group_scanned, end)
+        for ndx in range(lst.start, lst.start + lst.count):
+            entry = flist[ndx]
+            if entry.hlink_group is not None and entry.is_reg:
+                leader = self._group_leader.setdefault(entry.hlink_group, last[entry.hlink_group])
+                self._hlink_leader[ndx] = leader
+
+    def _follow(self, ndx: int, leader: int) -> None:
+        """A follower waits for its leader; its list is not finished before it is linked (hlink.c hard_link_check)."""
+        self._hlink_followers.append((ndx, leader))
+        if self.inc is None:
+            return
+        self.inc.lists[self.inc.index_of(ndx)].in_progress += 1
+        if leader in self._settled:
+            self._link_followers(lambda lead: lead == leader)
+
+    def _settle(self, leader: int) -> None:
+        """Incremental -H: ``leader`` is as it will stay; its waiting followers are linked (finish_hard_link)."""
+        if self.inc is not None and leader not in self._settled:
+            self._settled.add(leader)
+            self._link_followers(lambda lead: lead == leader)
+
     def _next_event(self) -> None:
         """Block for one receiver event and account for it (io.c wait_for_receiver)."""
         self.out.flush()
@@ -259,6 +318,8 @@ class Generator:
             if event == "redo":
                 lst.to_redo += 1
                 self._redo_queue.append(arg)
+            elif self._group_leader.get(self.state.flist[arg].hlink_group) == arg:
+                self._settle(arg)
         elif event not in ("flist", "flist_eof"):
             self._stash.append((event, arg))
 
@@ -339,11 +400,13 @@ class Generator:
                         self._hlink_member(ndx, entry, path, leader)
                     return
                 if leader != ndx:
-                    self._hlink_followers.append((ndx, leader))
                     if self.state.verbosity >= 2:
                         self._linked_uptodate(entry, path, leader)
+                    self._follow(ndx, leader)
                     return
                 self._process_file(ndx, entry, path)
+                if leader in self._hlink_leader and (ndx not in self.state.requested or self.opts.dry_run):
+                    self._settle(ndx)  # up to date, failed or a dry run: nothing more will come for it
             elif entry.is_link:
                 self._process_symlink(ndx, entry, path)
             else:
@@ -759,7 +822,10 @@ class Generator:
                 self._update_attrs(ndx, entry, path, st)
                 if self.alt is None and self._hlink_leader.get(ndx) == ndx:
                     # recv_generator: an up-to-date leader links its members at once (finish_hard_link)
-                    self._link_followers(lambda lead: lead == ndx)
+                    if self.inc is not None:
+                        self._settle(ndx)
+                    else:
+                        self._link_followers(lambda lead: lead == ndx)
                 self._success(ndx)
                 return
         self._note_basis(ndx, entry, path, st, partial)
@@ -967,6 +1033,8 @@ class Generator:
         for ndx, leader in sorted(self._hlink_followers, key=lambda f: (f[1], -f[0])):
             if ready(leader):
                 self._link_one(ndx, leader)
+                if self.inc is not None and leader in self._settled:
+                    self.inc.lists[self.inc.index_of(ndx)].in_progress -= 1
             else:
                 later.append((ndx, leader))
         self._hlink_followers = later

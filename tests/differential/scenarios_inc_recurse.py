@@ -77,3 +77,6 @@ scenario("push-inc-hard-links-verbose", hardlink("client/src/d00/f0.txt", "clien
          hardlink("client/src/d00/f0.txt", "client/src/top-link.txt"), push("-aHv"), client=client_tree(tops=2))
 scenario("push-no-inc-delete-during-stats", push("-a", "--no-inc-recursive", "--delete-during", "--stats"),
          client=client_tree(), seed=seeded())
+scenario("push-inc-link-dest-hard-links-verbose",
+         hardlink("client/src/d00/f0.txt", "client/src/d01/s0/linked.txt"), push("-aH", dest="s1/"),
+         push("-aHv", "--link-dest=../s1", dest="s2/"), client=client_tree(tops=2))
