@@ -85,6 +85,7 @@ class Generator:
         self._settled: set[int] = set()          # ...leaders written, up to date or not sent: followers link now
         self._group_last: dict[int, int] = {}    # ...group -> its last member in the lists read so far
         self._group_scanned = 0
+        self._held: set[int] = set()             # ...followers their list waits for
         self._hlink_followers: list[tuple[int, int]] = []
         self._refused_dirs: list[bytes] = []  # module-excluded dirs: their contents are skipped
         self.alt = AltDest(self) if state.alt_dirs else None  # --link/copy/compare-dest
@@ -294,6 +295,7 @@ class Generator:
         if self.inc is None:
             return
         self.inc.lists[self.inc.index_of(ndx)].in_progress += 1
+        self._held.add(ndx)
         if leader in self._settled:
             self._link_followers(lambda lead: lead == leader)
 
@@ -1033,7 +1035,8 @@ class Generator:
         for ndx, leader in sorted(self._hlink_followers, key=lambda f: (f[1], -f[0])):
             if ready(leader):
                 self._link_one(ndx, leader)
-                if self.inc is not None and leader in self._settled:
+                if ndx in self._held:  # linked (or failed to): its list may finish
+                    self._held.discard(ndx)
                     self.inc.lists[self.inc.index_of(ndx)].in_progress -= 1
             else:
                 later.append((ndx, leader))
