@@ -99,3 +99,33 @@ def test_history_keeps_what_an_incremental_push_deletes(make_targets, native_cli
     assert kept["g00/d000/f01"] == [b"0/1\n"]
     assert sum(1 for rel in kept if rel.startswith("g21/")) == 10 * FILES
     assert not (target.module / "g21").exists()
+
+
+def _link_groups(root: Path) -> list[list[str]]:
+    """Names of the files sharing an inode, grouped; the groups sorted."""
+    by_inode: dict[int, list[str]] = {}
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            path = os.path.join(dirpath, name)
+            by_inode.setdefault(os.lstat(path).st_ino, []).append(os.path.relpath(path, root))
+    return sorted(sorted(names) for names in by_inode.values() if len(names) > 1)
+
+
+def test_hard_links_across_many_lists_match_rsyncd(make_targets, native_client, tmp_path):
+    """-H past the generator's 500-entry read-ahead: groups whose members are lists apart."""
+    src = tmp_path / "src"
+    src.mkdir()
+    many_small_files(src)
+    for d in range(0, DIRS, 9):  # each group: a file early in the tree, one far later, one in the last dir
+        first = src / f"g{d // 10:02d}" / f"d{d:03d}" / "f07"
+        later = DIRS - 1 - d // 3
+        os.link(first, src / f"g{later // 10:02d}" / f"d{later:03d}" / f"link{d:03d}")
+        os.link(first, src / "g21" / "d219" / f"also{d:03d}")
+    targets = make_targets(params={"history": False})
+    done = {kind: t.push(native_client, "-aHi", f"{src}/", timeout=300) for kind, t in targets.items()}
+    for result in done.values():
+        assert_ok(result)
+    assert sorted(_itemized(done["backupd"])) == sorted(_itemized(done["rsyncd"])), show(done["backupd"])
+    assert_trees_equal(targets["rsyncd"].module, targets["backupd"].module)
+    groups = _link_groups(targets["backupd"].module)
+    assert groups == _link_groups(targets["rsyncd"].module) and len(groups) == len(range(0, DIRS, 9))
