@@ -181,6 +181,7 @@ class Outbox:
         self.error: BaseException | None = None
         self.bytes_written = 0
         self.msgs_overtake = False
+        self.flush_size = FRAME_DATA_MAX  # buffered data goes to the writer once it reaches this many bytes
         self._thread = threading.Thread(target=self._run, name="outbox", daemon=True)
         self._thread.start()
 
@@ -189,7 +190,7 @@ class Outbox:
         with self._cond:
             self._check()
             self._buf += data
-            if len(self._buf) >= FRAME_DATA_MAX:
+            if len(self._buf) >= self.flush_size:
                 self._move_buffer()
                 while self._queued > HIGH_WATER and self.error is None:
                     self._cond.wait(1.0)

@@ -42,6 +42,7 @@ from backupd.roles.xattr_sync import GeneratorXattrs, for_push
 from backupd.storage.fsops import split_path
 
 SCAN_CACHE_DIRS = 32
+GENERATOR_BUFFER = 32 * 1024  # rsync io.c IO_BUFFER_SIZE
 HLINK_LOOKAHEAD = 500  # generator.c: MIN_FILECNT_LOOKAHEAD / 2 entries read ahead with -H
 STOP_WAIT_S = 30.0  # how long a failed push waits for the generator thread to notice
 # plain ints: IntFlag arithmetic costs a microsecond per operation, per file
@@ -71,6 +72,8 @@ class Generator:
         self.opts = state.opts
         self.out = session.outbox
         self.out.msgs_overtake = True  # rsync's generator: messages go ahead of buffered data
+        if state.inc is not None:  # io.c: its 32 KiB output buffer goes out when full, requests stream
+            self.out.flush_size = GENERATOR_BUFFER
         self.log = session.log
         self.ndx = NdxEncoder(state.protocol)
         self.error: RsyncError | None = None
@@ -294,7 +297,7 @@ class Generator:
         self._hlink_followers.append((ndx, leader))
         if self.inc is None:
             return
-        self.inc.lists[self.inc.index_of(ndx)].in_progress += 1
+        self.inc.lists[self.inc.index_of(ndx)].held += 1
         self._held.add(ndx)
         if leader in self._settled:
             self._link_followers(lambda lead: lead == leader)
@@ -311,36 +314,42 @@ class Generator:
         self._account(*self.state.events.get())
 
     def _account(self, event: str, arg) -> None:
-        """A finished, redone or failed transfer counts against its list (io.c got_flist_entry_status)."""
+        """A receiver event (io.c got_flist_entry_status): a redo, a written -H leader, a new list, a wake-up."""
         if event == "abort":
             raise _Aborted()
-        if event in ("fdone", "redo"):
+        if event == "redo":  # the request is void until it is made again
             lst = self.inc.lists[self.inc.index_of(arg)]
-            lst.in_progress -= 1
-            if event == "redo":
-                lst.to_redo += 1
-                self._redo_queue.append(arg)
-            elif self._group_leader.get(self.state.flist[arg].hlink_group) == arg:
+            lst.requested -= 1
+            lst.to_redo += 1
+            self._redo_queue.append(arg)
+        elif event == "fdone":  # a hard-linked file was written: a leader settles
+            if self._group_leader.get(self.state.flist[arg].hlink_group) == arg:
                 self._settle(arg)
-        elif event not in ("flist", "flist_eof"):
+        elif event not in ("flist", "flist_eof", "wake"):
             self._stash.append((event, arg))
 
     def _check_finished(self, *, check_redo: bool) -> None:
-        """Redo requests, then an NDX_DONE for each oldest finished list (generator.c check_for_finished_files)."""
-        events, inc = self.state.events, self.inc
-        while True:
-            try:
-                self._account(*events.get_nowait())
-            except queue.Empty:
-                break
-        while check_redo and self._redo_queue:
-            ndx = self._redo_queue.pop(0)
-            inc.lists[inc.index_of(ndx)].to_redo -= 1
-            self._request_file(ndx, self.state.flist[ndx], redo=True)
+        """Redo requests, then an NDX_DONE for each oldest finished list (generator.c check_for_finished_files).
+
+        Only counters are compared here (the receiver counts what it
+        finished); the event queue is read while the generator waits
+        (``_next_event``), and with ``check_redo``.
+        """
+        inc = self.inc
+        if check_redo:
+            while True:
+                try:
+                    self._account(*self.state.events.get_nowait())
+                except queue.Empty:
+                    break
+            while self._redo_queue:
+                ndx = self._redo_queue.pop(0)
+                inc.lists[inc.index_of(ndx)].to_redo -= 1
+                self._request_file(ndx, self.state.flist[ndx], redo=True)
         cur = len(inc.lists) if self._cur_list is None else self._cur_list
         while self._first_unfinished < cur:
             lst = inc.lists[self._first_unfinished]
-            if lst.in_progress or lst.to_redo:
+            if lst.finished != lst.requested or lst.held or lst.to_redo:
                 break
             inc.dones_sent += 1  # before the write: the echo may come back at once
             self.out.write(self.ndx.encode(NDX_DONE))
@@ -989,7 +998,7 @@ class Generator:
             self.out.write(header)
             return
         if self.inc is not None:  # generator.c recv_generator notify_others: the list waits for it
-            self.inc.lists[self.inc.index_of(ndx)].in_progress += 1
+            self.inc.lists[self.inc.index_of(ndx)].requested += 1
         self.out.write(header + self._sums_for(alt.path if partial else path, entry, exists, redo))
         backup = state.tree.backup
         if opts.inplace and not redo and alt is None and exists and backup is not None and backup.report:
@@ -1037,7 +1046,7 @@ class Generator:
                 self._link_one(ndx, leader)
                 if ndx in self._held:  # linked (or failed to): its list may finish
                     self._held.discard(ndx)
-                    self.inc.lists[self.inc.index_of(ndx)].in_progress -= 1
+                    self.inc.lists[self.inc.index_of(ndx)].held -= 1
             else:
                 later.append((ndx, leader))
         self._hlink_followers = later

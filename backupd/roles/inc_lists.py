@@ -89,16 +89,20 @@ class FileList:
     """One received list: wire ndx ``start .. start+count-1``; ``start-1`` names ``parent``.
 
     ``parent`` is the dir_flist index of the directory whose contents this is
-    (None for a first list without ``.``). ``in_progress`` counts requested
-    transfers the receiver has not finished, ``to_redo`` those waiting for a
-    redo request (generator.c check_for_finished_files frees a list, with an
-    extra NDX_DONE, once both are 0).
+    (None for a first list without ``.``). A list is finished, and freed
+    with an extra NDX_DONE, once the receiver has ``finished`` every transfer
+    the generator ``requested`` from it, no -H follower is ``held`` for its
+    leader and none waits ``to_redo`` (generator.c check_for_finished_files;
+    rsync's in_progress is requested - finished + held). ``finished`` is
+    written by the receiver's thread only, the others by the generator's.
     """
 
     start: int
     count: int
     parent: int | None
-    in_progress: int = 0
+    requested: int = 0
+    finished: int = 0
+    held: int = 0
     to_redo: int = 0
 
 

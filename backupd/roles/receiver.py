@@ -99,7 +99,7 @@ class Receiver:
             ndx = int.from_bytes(payload, "little")
             self.log.info("client could not send ndx {}", ndx)
             if self.state.inc is not None and 0 <= ndx < len(self.state.flist):
-                self.state.events.put(("fdone", ndx))  # io.c got_flist_entry_status FES_NO_SEND
+                self._finished(ndx)  # io.c got_flist_entry_status FES_NO_SEND
         elif code in (MsgCode.INFO, MsgCode.WARNING, MsgCode.ERROR, MsgCode.ERROR_XFER):
             self.log.info("client says: {}", payload.decode("utf-8", "replace").rstrip())
         elif code not in (MsgCode.NOOP, MsgCode.DATA):
@@ -176,7 +176,22 @@ class Receiver:
             self._receive_file(ndx, 1 if redoing or phase else 0, basis_path)
         finally:
             if not self._redo_asked:
-                self.state.events.put(("fdone", ndx))
+                self._finished(ndx)
+
+    def _finished(self, ndx: int) -> None:
+        """Count a finished transfer for its list; wake the generator only when that may finish the list.
+
+        One event per file would wake the generator's thread for each of
+        them and halve the receiver's speed; a -H member still says which
+        file was written (its followers are linked to it then).
+        """
+        inc = self.state.inc
+        lst = inc.lists[inc.index_of(ndx)]
+        lst.finished += 1
+        if self.opts.hard_links and self.state.flist[ndx].hlink_group is not None:
+            self.state.events.put(("fdone", ndx))
+        elif lst.finished == lst.requested:
+            self.state.events.put(("wake", None))
 
     def _file_list(self, ndx: int) -> None:
         """A sub-list or NDX_FLIST_EOF in the client sender's stream (rsync.c read_ndx_and_attrs).
