@@ -91,17 +91,22 @@ def test_push_new_tree_and_acl_only_change(pair, client, xattr_dir):
     assert "user:1000:rw-" in old or "user:cloudsdk:rw-" in old  # the old ACL kept with the old version
 
 
+def _pull_compared(p, client, *opts: str, into: str = "dst") -> None:
+    """Pull into ``into-rsyncd`` and ``into-backupd``: same output, trees and ACLs."""
+    trees = (p.base / f"{into}-rsyncd", p.base / f"{into}-backupd")
+    p.compare(p.run(client, *opts, into=into), trees=trees)
+    compare_acls(*trees)
+
+
 def test_pull_with_acls(pair, client, xattr_dir):
     p = pair(seed=SOURCE)
     for module in p.modules.values():
         set_acls(module, ACLS)
-    p.compare(p.run(client, "-aAXi", into="dst"), trees=(p.base / "dst-rsyncd", p.base / "dst-backupd"))
-    compare_acls(p.base / "dst-rsyncd", p.base / "dst-backupd")
+    _pull_compared(p, client, "-aAXi")
     for module in p.modules.values():
         shutil.rmtree(module / HISTORY, ignore_errors=True)
         set_acls(module, {"small.txt": ("u::rw-,g::rw-,o::r--", None), "dir": (None, "")})
-    p.compare(p.run(client, "-aAXi", into="dst"), trees=(p.base / "dst-rsyncd", p.base / "dst-backupd"))
-    compare_acls(p.base / "dst-rsyncd", p.base / "dst-backupd")
+    _pull_compared(p, client, "-aAXi")
 
 
 def test_push_content_and_acl_changes_dry_run_and_new_dirs(pair, client, xattr_dir):
@@ -137,8 +142,5 @@ def test_pull_with_acls_incremental(pair, client, xattr_dir):
     p = pair(seed=SOURCE)
     for module in p.modules.values():
         set_acls(module, ACLS)
-    p.compare(p.run(client, "-aAXv", into="dst"), trees=(p.base / "dst-rsyncd", p.base / "dst-backupd"))
-    compare_acls(p.base / "dst-rsyncd", p.base / "dst-backupd")
-    p.compare(p.run(client, "-aAXv", "--numeric-ids", into="dst2"),
-              trees=(p.base / "dst2-rsyncd", p.base / "dst2-backupd"))
-    compare_acls(p.base / "dst2-rsyncd", p.base / "dst2-backupd")
+    _pull_compared(p, client, "-aAXv")
+    _pull_compared(p, client, "-aAXv", "--numeric-ids", into="dst2")
