@@ -156,31 +156,9 @@ class PullClient:
 
     # -- server side -------------------------------------------------------------------
     def _start_server(self, sock: socket.socket) -> tuple[threading.Thread, dict]:
-        from backupd.roles.sender import run_pull
-
-        inbox = Inbox(sock)
-        inbox.start_mux()
-        session = SimpleNamespace(inbox=inbox, outbox=Outbox(sock), log=logger)
         request = ModuleRequest(self.module, None, self.read_only, self.protocol, self.opts, None)
         negotiated = Negotiated(COMPAT, self.checksum_name, self.checksum_name, self.compression, None, SEED)
-        box: dict = {}
-
-        def serve() -> None:
-            try:
-                box["code"] = run_pull(session, request, negotiated)
-            except Exception as exc:  # noqa: BLE001 - the test looks at it
-                box["error"] = exc
-                box["code"] = getattr(exc, "exit_code", -1)
-            finally:
-                session.outbox.close()
-                try:
-                    sock.shutdown(socket.SHUT_WR)
-                except OSError:
-                    pass
-
-        thread = threading.Thread(target=serve, daemon=True)
-        thread.start()
-        return thread, box
+        return start_pull(sock, request, negotiated)
 
     # -- the pull ----------------------------------------------------------------------
     def run(self, *, rules: list[bytes] = (), files_from: list[bytes] | None = None,
@@ -323,3 +301,30 @@ class PullClient:
         hasher = self.checksum.file_sum_hasher()
         hasher.update(bytes(out) if self.opts.append != 1 else bytes(out[head.prefix_len :]))
         return Received(ndx, iflags, head, bytes(out), literal, matched, hasher.digest() == file_sum)
+
+
+def start_pull(sock: socket.socket, request: ModuleRequest, negotiated: Negotiated) -> tuple[threading.Thread, dict]:
+    """run_pull in a thread on ``sock``: returns (thread, box); box gets "code" (and "error" if it raised)."""
+    from backupd.roles.sender import run_pull
+
+    inbox = Inbox(sock)
+    inbox.start_mux()
+    session = SimpleNamespace(inbox=inbox, outbox=Outbox(sock), log=logger)
+    box: dict = {}
+
+    def serve() -> None:
+        try:
+            box["code"] = run_pull(session, request, negotiated)
+        except Exception as exc:  # noqa: BLE001 - the test looks at it
+            box["error"] = exc
+            box["code"] = getattr(exc, "exit_code", -1)
+        finally:
+            session.outbox.close()
+            try:
+                sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return thread, box

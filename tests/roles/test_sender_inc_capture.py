@@ -16,10 +16,6 @@ from __future__ import annotations
 
 import os
 import socket
-import threading
-from types import SimpleNamespace
-
-from loguru import logger
 
 from backupd.config.model import ModuleConfig
 from backupd.protocol.constants import NDX_DONE, NDX_FLIST_EOF, ItemFlags, MsgCode
@@ -29,9 +25,9 @@ from backupd.protocol.mux import encode_frame
 from backupd.protocol.negotiate import Negotiated
 from backupd.protocol.server_args import parse_server_args
 from backupd.protocol.wire import ByteReader, NdxDecoder, decode_int32, decode_shortint
-from backupd.roles.channel import Inbox, Outbox
 from backupd.roles.session import ModuleRequest
 from tests.protocol.captures import client_side, server_side, split_frames
+from tests.roles.sender_harness import start_pull
 
 NAME = "daemon-pull-incremental-tricky-names"
 
@@ -89,26 +85,9 @@ def _build_tree(root, entries) -> None:
 def _serve(module_dir, client, server) -> bytes:
     opts = parse_server_args(client.argv)
     ours, theirs = socket.socketpair()
-    inbox = Inbox(theirs)
-    inbox.start_mux()
-    session = SimpleNamespace(inbox=inbox, outbox=Outbox(theirs), log=logger)
     request = ModuleRequest(ModuleConfig(name="mod", path=module_dir, numeric_ids=False), None, True, 32, opts, None)
     negotiated = Negotiated(server.compat_flags, "xxh128", "xxh128", None, None, server.seed)
-    box: dict = {}
-
-    def run() -> None:
-        from backupd.roles.sender import run_pull
-
-        try:
-            box["code"] = run_pull(session, request, negotiated)
-        except Exception as exc:  # noqa: BLE001 - the test looks at it
-            box["error"] = exc
-        finally:
-            session.outbox.close()
-            theirs.shutdown(socket.SHUT_WR)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
+    thread, box = start_pull(theirs, request, negotiated)
     ours.sendall(encode_frame(MsgCode.DATA, client.data))
     raw = bytearray()
     ours.settimeout(20)
