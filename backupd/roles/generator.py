@@ -243,8 +243,7 @@ class Generator:
                     first_flush = None
             if hard_links:  # leaders skipped, refused or failed here: their followers must not wait
                 for ndx in range(lst.start, lst.start + lst.count):
-                    if self._hlink_leader.get(ndx) == ndx and (ndx not in st.requested or self.opts.dry_run):
-                        self._settle(ndx)
+                    self._settle_if_not_sent(ndx)
             if position == 0 and not hard_links:  # rsyncd's generator then waits for the next list
                 self.out.flush()
             position += 1
@@ -279,7 +278,7 @@ class Generator:
         transfers; the others are linked to it (hlink.c match_gnums).
         """
         flist, inc, last = self.state.flist, self.inc, self._group_last
-        known = inc.lists[len(inc.lists) - 1]
+        known = inc.lists[-1]
         end = known.start + known.count
         for ndx in range(self._group_scanned, end):
             entry = flist[ndx]
@@ -301,6 +300,11 @@ class Generator:
         self._held.add(ndx)
         if leader in self._settled:
             self._link_followers(lambda lead: lead == leader)
+
+    def _settle_if_not_sent(self, ndx: int) -> None:
+        """Incremental -H: a leader with no transfer coming (or a dry run) settles now."""
+        if self._hlink_leader.get(ndx) == ndx and (ndx not in self.state.requested or self.opts.dry_run):
+            self._settle(ndx)
 
     def _settle(self, leader: int) -> None:
         """Incremental -H: ``leader`` is as it will stay; its waiting followers are linked (finish_hard_link)."""
@@ -416,8 +420,7 @@ class Generator:
                     self._follow(ndx, leader)
                     return
                 self._process_file(ndx, entry, path)
-                if leader in self._hlink_leader and (ndx not in self.state.requested or self.opts.dry_run):
-                    self._settle(ndx)  # up to date, failed or a dry run: nothing more will come for it
+                self._settle_if_not_sent(ndx)  # up to date, failed or a dry run: nothing more will come
             elif entry.is_link:
                 self._process_symlink(ndx, entry, path)
             else:
@@ -831,12 +834,10 @@ class Generator:
                 if partial is not None and not opts.dry_run:  # recv_generator: up to date, partialptr unlinked
                     drop_partial(self.state, partial.path, self.log)
                 self._update_attrs(ndx, entry, path, st)
-                if self.alt is None and self._hlink_leader.get(ndx) == ndx:
-                    # recv_generator: an up-to-date leader links its members at once (finish_hard_link)
-                    if self.inc is not None:
-                        self._settle(ndx)
-                    else:
-                        self._link_followers(lambda lead: lead == ndx)
+                if self.alt is None and self.inc is None and self._hlink_leader.get(ndx) == ndx:
+                    # recv_generator: an up-to-date leader links its members at once (finish_hard_link);
+                    # with incremental lists _process settles it right after this
+                    self._link_followers(lambda lead: lead == ndx)
                 self._success(ndx)
                 return
         self._note_basis(ndx, entry, path, st, partial)
