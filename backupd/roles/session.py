@@ -64,6 +64,8 @@ from backupd.transport.stream import Stream, abort
 MAX_EARLY_INPUT = 5120
 AUTH_FAIL_DELAY_S = 1.0
 HANDSHAKE_TIMEOUT_S = 60.0  # a silent client cannot hold a worker before it has logged in
+EXIT_DELAY_S = 0.1  # cleanup.c _exit_cleanup: msleep(100) before a failed server closes
+OPTION_ERROR_DELAY_S = 0.4  # clientserver.c rsync_module: msleep(400) after an option error
 AUTHENTICATED, AUTH_FAILED = "authenticated", "auth-failed"  # SessionContext.on_event
 
 
@@ -124,6 +126,11 @@ class Session:
         # (noop_io_until_death), before it the process exits unread and the kernel resets
         self.input_buffered = False
         self.reset_on_close = False
+        # how long a failed session waits, its messages sent, before it closes: rsyncd sleeps
+        # 100 ms in cleanup.c _exit_cleanup (am_server && exit_code), 400 ms more after an
+        # option error (clientserver.c rsync_module), time in which the client's writes land
+        # and it is reading when the reset comes ("read error", not "write error")
+        self.exit_delay_s = 0.0
         self.view_name: str | None = None  # MODULE@T served (snapshot_view.py), and its scratch dir
         self.view_dir = None
 
@@ -427,14 +434,17 @@ class Session:
                 self.role = "sender"
             if request.args_error is not None:
                 self._setup_for_error(request)
+                self.exit_delay_s = OPTION_ERROR_DELAY_S
                 raise request.args_error
             refused = refused_option(request.opts, request.module.refuse_options)
             if refused is not None:
                 self._setup_for_error(request)
+                self.exit_delay_s = OPTION_ERROR_DELAY_S
                 raise Unsupported(f"rsync: The server is configured to refuse {refused}")  # as rsyncd: no [role]
             dashed = _dash_path_arg(request.opts.paths, request.module.name)
             if dashed is not None:
                 self._setup_for_error(request)
+                self.exit_delay_s = OPTION_ERROR_DELAY_S
                 raise popt_error(dashed, "unknown option")
             negotiated = self.setup(request)
             return self._run_role(request, negotiated)
@@ -486,6 +496,7 @@ class Session:
         self.log.warning("session failed (code {}): {}", int(code), exc)
         if self.outbox is None:
             return code
+        self.exit_delay_s += EXIT_DELAY_S
         text = str(exc)
         if not exc.bare and not text.startswith(("ERROR", "rsync", "@ERROR")):
             text = f"rsync: [{self.role}] {text}"
@@ -509,6 +520,8 @@ class Session:
     def _close(self) -> None:
         if self.outbox is not None:
             self.outbox.close()
+        if self.exit_delay_s:
+            time.sleep(self.exit_delay_s)
         if self.reset_on_close:
             abort(self.stream)
         else:
