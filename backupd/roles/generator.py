@@ -1045,12 +1045,16 @@ class Generator:
         for ndx, leader in sorted(self._hlink_followers, key=lambda f: (f[1], -f[0])):
             if ready(leader):
                 self._link_one(ndx, leader)
-                if ndx in self._held:  # linked (or failed to): its list may finish
-                    self._held.discard(ndx)
-                    self.inc.lists[self.inc.index_of(ndx)].held -= 1
+                self._release(ndx)
             else:
                 later.append((ndx, leader))
         self._hlink_followers = later
+
+    def _release(self, ndx: int) -> None:
+        """Incremental -H: follower ``ndx`` is linked (or failed to be): its list may finish."""
+        if ndx in self._held:
+            self._held.discard(ndx)
+            self.inc.lists[self.inc.index_of(ndx)].held -= 1
 
     def _link_one(self, ndx: int, leader: int) -> None:
         """Hard-link follower ``ndx`` to its written ``leader`` and itemize it (hlink.c maybe_hard_link)."""
@@ -1105,7 +1109,7 @@ class Generator:
             return
         if ndx != last:
             if self._lstat(path) is not None or self.alt.try_reg(ndx, entry, path, None, basis_ok=False) is not True:
-                self._hlink_followers.append((ndx, last))
+                self._follow(ndx, last)
             return
         self._process_file(ndx, entry, path)
         if ndx not in self.state.requested and group not in self._hlink_done and self._lstat(path) is not None:
@@ -1124,6 +1128,7 @@ class Generator:
         self._hlink_followers = [f for f in self._hlink_followers if f[0] not in waiting]
         for follower in sorted(waiting, reverse=True):
             self._link_one(follower, ndx)
+            self._release(follower)
 
     # -- deletion ----------------------------------------------------------------------
     # -- the end -----------------------------------------------------------------------

@@ -370,7 +370,7 @@ class Session:
             if refused is not None:
                 raise RsyncError(refused, ExitCode.PROTOCOL, bare=True)
             return legacy_setup(opts, _signed(seed))
-        plan = plan_setup(opts, allow_inc_recurse=opts.sender or not (opts.hard_links and opts.alt_dest_dirs))
+        plan = plan_setup(opts, allow_inc_recurse=True)
         out = encode_varint(int(plan.compat_flags))
         if plan.send_checksum_list:
             out += encode_vstring(" ".join(SUPPORTED_CHECKSUMS).encode())

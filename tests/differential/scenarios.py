@@ -741,7 +741,7 @@ scenario("write-only-pull", pull("-ai"), seed=pulled_tree(), params=WO)
 EXCL = {"exclude": "*.log secret/"}
 scenario("module-exclude-push", push("-ai"), client=src_tree(
     secret=Dir({"s": File(b"s\n", mtime=T0)}, mtime=T0)), params=EXCL)
-# without incremental recursion rsyncd does not create the refused dir either (see DIFF-004)
+# without incremental recursion rsyncd does not create the refused dir either
 scenario("module-exclude-push-no-inc", push("-ai", "--no-inc-recursive"), client=src_tree(
     secret=Dir({"s": File(b"s\n", mtime=T0)}, mtime=T0)), params=EXCL)
 scenario("module-exclude-pull", pull("-ai"), seed=pulled_tree(
