@@ -13,9 +13,6 @@ from __future__ import annotations
 DIFFERENCES: dict[str, str] = {
     "DIFF-004": "-H pushes with --link-dest/--copy-dest/--compare-dest: no incremental recursion, so with "
     "-v the client prints 'building file list ... done' instead of 'sending incremental file list'",
-    "DIFF-032": "pull -vv with 'max verbosity = 2': rsyncd's sender ends with 'total: matches=M  "
-    "hash_hits=H  false_alarms=F data=N' (match.c match_report, DEBUG DELTASUM); backupd's sends "
-    "no such line (its block search counts no hash hits)",
     "DIFF-033": "--backup-dir inside the deleted tree with --delete-after (history = no): rsyncd's "
     "delete pass reads each dir when it gets there, so it also deletes (backing them up again, into "
     "old/old) the backups it just made of the dirs deleted before it; backupd plans from the dirs "
@@ -26,7 +23,6 @@ DIFFERENCES: dict[str, str] = {
 
 KNOWN: dict[str, str | tuple[str, set[str]]] = {
     "push-inc-link-dest-hard-links-verbose": "DIFF-004",
-    "pull-vv-max-verbosity": "DIFF-032",
     "push-backup-dir-inside-delete-after": ("DIFF-033", {"c3.5.0-hist-no", "c3.2.7-hist-no"}),
     "proto26-refused": "DIFF-034",
 }
