@@ -14,6 +14,11 @@ is one dict lookup by (length, strong sum), so at most one strong sum per
 offset; and where candidates are dense (sums that all share a zero or
 periodic file's weak sum), offsets whose window equals an earlier unmatched
 one are skipped without hashing (``_earlier_twins``).
+
+At -vv the sender reports hash_search()'s totals (match.c match_report):
+given a ``MatchCounts``, the search adds its matches, hash hits, false
+alarms and literal bytes, counted per NumPy pass (match_counts.FileCounter),
+not per offset; without one it does no counting work.
 """
 
 from __future__ import annotations
