@@ -622,6 +622,8 @@ scenario("link-dest-ivv-max-verbosity", push("-aivv", "--no-inc-recursive", "--l
 scenario("pull-vv-max-verbosity", pull("-avv", "--no-inc-recursive"), seed=pulled_tree(), params=VV)
 # the sender's "total: matches=M  hash_hits=H  false_alarms=F data=N" (match.c match_report) on deltas:
 # a shifted copy; blocks sharing a weak sum with other strong sums (false alarms); a table above 65536
+scenario("pull-vv-dry-run-max-verbosity", pull("-avvn", "--no-inc-recursive"), seed=pulled_tree(), params=VV)
+scenario("list-only-vv-max-verbosity", rsync("--list-only", "-vv", "{mod}/"), seed=pulled_tree(), params=VV)
 scenario("pull-vv-delta-max-verbosity", write("client/dst/big.bin", BIG[:90000], mtime=T0),
          pull("-avv", "--no-inc-recursive"), seed={"big.bin": File(BIG2, mtime=T0 + 900)}, params=VV)
 scenario("pull-vv-delta-false-alarms", write("client/dst/rep.bin", REP_BASIS, mtime=T0),
