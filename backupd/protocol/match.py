@@ -14,6 +14,11 @@ is one dict lookup by (length, strong sum), so at most one strong sum per
 offset; and where candidates are dense (sums that all share a zero or
 periodic file's weak sum), offsets whose window equals an earlier unmatched
 one are skipped without hashing (``_earlier_twins``).
+
+At -vv the sender reports hash_search()'s totals (match.c match_report):
+given a ``MatchCounts``, the search adds its matches, hash hits, false
+alarms and literal bytes, counted per NumPy pass (match_counts.FileCounter),
+not per offset; without one it does no counting work.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from typing import NamedTuple
 import numpy as np
 
 from backupd.protocol.constants import CHUNK_SIZE
+from backupd.protocol.match_counts import FileCounter, MatchCounts, hash_tablesize
 from backupd.protocol.sums import (
     Buffer,
     Checksum,
@@ -87,6 +93,7 @@ class _Search:
         checksum: Checksum,
         max_chain: int | None,
         chunk: int,
+        counts: MatchCounts | None = None,
     ) -> None:
         if not len(sum1) == len(sum2) == head.count:
             raise ValueError(f"{len(sum1)}/{len(sum2)} block sums for a head of {head.count}")
@@ -110,6 +117,9 @@ class _Search:
         self._tables: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self.strong_sums = 0  # strong sums computed (bounded: at most one per offset)
         self._powers: tuple[np.ndarray, np.ndarray] | None = None
+        self.counter = None if counts is None or not head.count else FileCounter(
+            counts, self.sum1, self.order, self.last_len, self.b, max_chain)
+        self._found: tuple[int, int, int] | None = None  # (offset, weak, block) of the last find
 
     def hash_powers(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         """``(inverse base ** j, base ** j)`` mod 2**64 for ``j < n``, uint64, kept for the next pass."""
@@ -184,6 +194,8 @@ class _Search:
             return None                               # no block this short
         strong = self.strong_sum(offset, length)
         found = self.chain_match(weak, length, strong)
+        if found is not None:
+            self._found = (offset, weak, found)
         want = self.want
         if (
             found is not None and found != want and want < self.head.count
@@ -196,6 +208,9 @@ class _Search:
     def emit_match(self, offset: int, i: int) -> SendCall:
         """matched(offset, i): literal since last_match, then block ``i``."""
         end = offset + self.block_len(i)
+        if self.counter is not None:
+            _, weak, found = self._found      # find() at ``offset`` came just before
+            self.counter.matched(offset, end - offset, weak, found)
         call = SendCall(self.view[self.last_match : offset], i, self.view[offset:end])
         self.last_match = self.pos = end
         self.want = i + 1
@@ -231,6 +246,7 @@ def match_tokens(
     max_chain: int | None = MAX_CHAIN,
     chunk: int = CHUNK_SIZE,
     window: int | None = None,
+    counts: MatchCounts | None = None,
 ) -> Iterator[SendCall]:
     """Yield the C sender's send_token calls for ``data`` against the generator's sums.
 
@@ -249,17 +265,34 @@ def match_tokens(
         max_chain: equal weak sums tried per offset (3.5.0: 1024; None: 3.2.7).
         chunk: CHUNK_SIZE (a parameter only for tests).
         window: offsets per NumPy pass (tests use small ones).
+        counts: when given, hash_search()'s matches, hash hits, false
+            alarms and literal bytes are added to it (match_counts; costs
+            a few NumPy passes over the weak sums, so only when reported).
 
     Raises:
         ValueError: the number of sums does not match ``head.count``.
     """
-    search = _Search(data, head, sum1, sum2, checksum, max_chain, chunk)
+    calls = _match_calls(data, head, sum1, sum2, checksum, max_chain, chunk, window, counts)
+    if counts is None:
+        yield from calls
+        return
+    for call in calls:
+        counts.data += len(call.literal)
+        yield call
+
+
+def _match_calls(data, head, sum1, sum2, checksum, max_chain, chunk, window, counts) -> Iterator[SendCall]:
+    """:func:`match_tokens` without the literal count."""
+    search = _Search(data, head, sum1, sum2, checksum, max_chain, chunk, counts)
     if not search.size or not head.count:
         yield from literal_calls(search.view, chunk)
         return
     if window is None:
         window = max(MATCH_WINDOW, 16 * head.block_len)
     yield from _scan_full_windows(search, window)
+    if search.counter is not None:   # the offsets whose window runs past the end (offset 0 always)
+        lo = max(search.pos, search.size - search.b + 1, 0)
+        search.counter.add_tail(search.view, lo, max(search.end, 1))
     if head.remainder and search.pos <= search.size - head.remainder:
         offset = search.size - head.remainder       # the only place the short block fits
         yield from search.flushes_before(offset)
@@ -275,7 +308,7 @@ def _scan_full_windows(search: _Search, window: int) -> Iterator[SendCall]:
     full = search.sum1 if search.last_len == b else search.sum1[:-1]
     table = np.unique(full)
     last_full = search.size - b
-    if not len(table) or last_full < 0:
+    if last_full < 0 or not len(table) and search.counter is None:
         return
     bitmap = np.zeros(1 << (32 - _PREFILTER_SHIFT), dtype=bool)
     bitmap[table >> _PREFILTER_SHIFT] = True
@@ -303,6 +336,8 @@ def _scan_full_windows(search: _Search, window: int) -> Iterator[SendCall]:
         at = np.searchsorted(table, sums[hits])     # np.isin would sort the table again
         np.minimum(at, len(table) - 1, out=at)
         hits = hits[table[at] == sums[hits]]
+        if search.counter is not None:
+            search.counter.add_piece(start, sums, hits)
         twin = _earlier_twins(search, piece, sums, hits)
         k = 0
         seg = 0  # offsets (relative) from here on were all looked at, none matched
@@ -389,18 +424,27 @@ def match_tokens_ref(
     *,
     max_chain: int | None = MAX_CHAIN,
     chunk: int = CHUNK_SIZE,
+    counts: MatchCounts | None = None,
 ) -> Iterator[SendCall]:
     """Byte-by-byte transcription of hash_search(): the reference for ``match_tokens``.
 
     Rolls (s1, s2) one byte at a time, walks C's hash table chains
     (tablesize, key and insertion order of build_hash_table()) and checks
-    the early flush at every offset. About a microsecond per byte: tests only.
+    the early flush at every offset, counting as C does into ``counts``.
+    About a microsecond per byte: tests only.
     """
+    for call in _ref_calls(data, head, sum1, sum2, checksum, max_chain, chunk, counts or MatchCounts()):
+        if counts is not None:
+            counts.data += len(call.literal)
+        yield call
+
+
+def _ref_calls(data, head, sum1, sum2, checksum, max_chain, chunk, counts) -> Iterator[SendCall]:
     view = memoryview(data).cast("B")
     if not len(view) or not head.count:
         yield from literal_calls(view, chunk)
         return
-    ref = _RefSearch(view, head, sum1, sum2, checksum, max_chain)
+    ref = _RefSearch(view, head, sum1, sum2, checksum, max_chain, counts)
     size, b = len(view), head.block_len
     end = size + 1 - ref.lens[-1]
     signed = [v - 256 if v > 127 else v for v in view.tobytes()]
@@ -439,13 +483,14 @@ def _split_sum(value: int) -> tuple[int, int]:
 class _RefSearch:
     """C's hash table (build_hash_table()) and chain walk, for ``match_tokens_ref``."""
 
-    def __init__(self, view, head, sum1, sum2, checksum, max_chain) -> None:
+    def __init__(self, view, head, sum1, sum2, checksum, max_chain, counts: MatchCounts) -> None:
         self.view, self.head, self.checksum, self.max_chain = view, head, checksum, max_chain
+        self.counts = counts
         self.lens = [head.block_size(i) for i in range(head.count)]
         self.cmp_len = min(head.s2_len, checksum.digest_len)
         self.sum1 = [int(s) for s in sum1]
         self.sum2 = [s[: self.cmp_len] for s in sum2]
-        self.tablesize = max(1 << 16, (head.count // 8) * 10 + 11)
+        self.tablesize = hash_tablesize(head.count)
         self.buckets: dict[int, int] = {}
         self.next_in_chain = [-1] * head.count
         for i, s in enumerate(self.sum1):
@@ -462,6 +507,7 @@ class _RefSearch:
         """The block matched at ``offset`` (want rule applied), or None."""
         i, equal, strong = self.buckets.get(self.key(weak), -1), 0, None
         length = min(self.head.block_len, len(self.view) - offset)
+        self.counts.hash_hits += i >= 0
         while i >= 0:
             if self.sum1[i] == weak:
                 equal += 1
@@ -472,7 +518,9 @@ class _RefSearch:
                         data = self.view[offset : offset + length]
                         strong = self.checksum.block_sum(data)[: self.cmp_len]
                     if self.sum2[i] == strong:
+                        self.counts.matches += 1
                         return self._prefer_want(i, weak, length, strong)
+                    self.counts.false_alarms += 1
             i = self.next_in_chain[i]
         return None
 

@@ -70,6 +70,7 @@ from backupd.roles.errors import ErrorTally, FileErrors, wire_text
 from backupd.roles.flist_builder import BuiltList, FlistBuilder, expand_globs, sanitize_arg
 from backupd.roles.sender_data import SourceFile, file_digest, open_source, send_literal, send_matched
 from backupd.roles.sender_lists import LOOKAHEAD, WireList, WireLists
+from backupd.roles.verbosity import server_verbosity
 from backupd.roles.xattr_sync import SenderXattrs, session_am_root, xattr_name_filter, xattr_optim
 from backupd.storage import HistoryStore, ModuleTree
 from backupd.storage.catalog import session_writer
@@ -156,6 +157,7 @@ class PullState:
     xfer_ms: int = 0
     xattr_filters: tuple = ()  # FilterLists with the ``x`` rules: the module's, the client's
     sent: set[int] = field(default_factory=set)
+    verbosity: int = 0         # the client's -v count, capped by the module's ``max verbosity``
 
 
 def run_pull(session, request, negotiated: Negotiated) -> ExitCode:
@@ -197,6 +199,7 @@ def run_pull(session, request, negotiated: Negotiated) -> ExitCode:
             module=module.name, writable=not request.read_only, module_numeric_ids=module.numeric_ids,
             build_ms=max(1, int((time.monotonic() - started) * 1000)),
             xattr_filters=(build_module_filters(module), FilterList([r for r in rules if r.xattr])),
+            verbosity=server_verbosity(opts.verbose, module.max_verbosity),
         )
         return Sender(session, state).run()
     finally:
@@ -327,6 +330,11 @@ class Sender:
             else None
         )
         self.acls = SenderAcls(state.tree, self._acl_name if self.inc_recurse else None) if opts.acls else None
+        self.match_counts = None   # DEBUG DELTASUM 1 (-vv): match.c's totals, reported at the end
+        if state.verbosity >= 2:
+            from backupd.protocol.match_counts import MatchCounts  # NumPy: only for -vv pulls
+
+            self.match_counts = MatchCounts()
 
     def _write(self, data: bytes) -> None:
         self.written += len(data)
@@ -348,6 +356,8 @@ class Sender:
         self._send_files()
         if self.io_error != saved and not self.legacy:  # sender.c send_files: protocol 30+
             self.out.send_msg(MsgCode.IO_ERROR, encode_int32(self.io_error))
+        if self.match_counts is not None:               # sender.c send_files: match_report()
+            self.out.send_msg(MsgCode.INFO, self.match_counts.report_line())
         self._write(self.ndx_out.encode(NDX_DONE))
         self._write(self._stats())
         self._final_goodbye()
@@ -635,18 +645,19 @@ class Sender:
             if append:
                 start = min(head.prefix_len, src.size)
                 ok = send_literal(src, self.writer, self.checksum, self._write, start=start,
-                                  hash_from=0 if append > 1 else start)
+                                  hash_from=0 if append > 1 else start, counts=self.match_counts)
             elif head.count:
                 ok = self._send_matched(src, head, sum1, sum2, item.source)
             else:
-                ok = send_literal(src, self.writer, self.checksum, self._write)
+                ok = send_literal(src, self.writer, self.checksum, self._write, counts=self.match_counts)
         if not ok:
             self._file_error(f"read errors mapping {self._shown(item.source)}: the file shrank while it was sent")
         self.state.sent.add(ndx)
 
     def _send_matched(self, src: SourceFile, head: SumHead, sum1, sum2: list[bytes], source: bytes) -> bool:
         try:
-            return send_matched(src, head, sum1, sum2, self.checksum, self.writer, self._write)
+            return send_matched(src, head, sum1, sum2, self.checksum, self.writer, self._write,
+                                counts=self.match_counts)
         except StorageError as exc:
             raise RsyncError(f"send_files: {self._shown(source)}: {exc}", ExitCode.FILEIO) from None
 

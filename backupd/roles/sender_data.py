@@ -25,6 +25,7 @@ import mmap
 import os
 import stat
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from backupd.errors import StorageError
 from backupd.protocol.constants import CHUNK_SIZE
@@ -32,6 +33,9 @@ from backupd.protocol.sums import Checksum, SumHead
 from backupd.protocol.tokens import TokenWriter
 from backupd.storage import ModuleTree
 from backupd.storage.fsops import fs_errors, open_dir, split_path
+
+if TYPE_CHECKING:
+    from backupd.protocol.match_counts import MatchCounts  # NumPy: not loaded by every session
 
 READ_SIZE = 1 << 20          # bytes per preadv on the literal path (a multiple of CHUNK_SIZE)
 HASH_PIECE = 8 << 20         # bytes per checksum update on the matched path
@@ -125,13 +129,17 @@ def spoil(digest: bytes) -> bytes:
 
 
 def send_literal(src: SourceFile, writer: TokenWriter, checksum: Checksum, write: Write, *,
-                 start: int = 0, hash_from: int = 0) -> bool:
+                 start: int = 0, hash_from: int = 0, counts: MatchCounts | None = None) -> bool:
     """Send ``src[start:]`` as literal data, then the whole-file sum of ``src[hash_from:]``.
 
     Calls: ``-2`` at every multiple of CHUNK_SIZE past ``start`` below the
     size, then ``-1`` with the rest (match.c match_sums() without sums).
-    Returns False if the file came up short (a spoiled checksum was sent).
+    ``counts.data`` adds the ``size - start`` literal bytes (matched()'s
+    data_transfer). Returns False if the file came up short (a spoiled
+    checksum was sent).
     """
+    if counts is not None:
+        counts.data += max(0, src.size - start)
     hasher = checksum.file_sum_hasher()
     view = memoryview(bytearray(READ_SIZE))
     complete = _hash_range(src, hasher, view, hash_from, start)
@@ -168,8 +176,11 @@ def _hash_range(src: SourceFile, hasher, view: memoryview, start: int, end: int)
 
 
 def send_matched(src: SourceFile, head: SumHead, sum1, sum2: list[bytes], checksum: Checksum,
-                 writer: TokenWriter, write: Write) -> bool:
+                 writer: TokenWriter, write: Write, *, counts: MatchCounts | None = None) -> bool:
     """Match ``src`` against the client's block sums; send the tokens and the file sum.
+
+    ``counts``, when given, adds the search's matches, hash hits, false
+    alarms and literal bytes (rsync match.c hash_search(), for match_report()).
 
     Raises:
         StorageError: the file cannot be mapped.
@@ -177,14 +188,14 @@ def send_matched(src: SourceFile, head: SumHead, sum1, sum2: list[bytes], checks
     from backupd.protocol.match import match_tokens  # NumPy: loaded by the first delta, not by every session
 
     if not src.size:
-        return send_literal(src, writer, checksum, write)
+        return send_literal(src, writer, checksum, write, counts=counts)
     try:
         mapping = mmap.mmap(src.fd, src.size, access=mmap.ACCESS_READ)
     except (OSError, ValueError) as exc:
         raise StorageError(f"cannot map the file: {exc}") from None
     view = memoryview(mapping)
     try:
-        for call in match_tokens(view, head, sum1, sum2, checksum):
+        for call in match_tokens(view, head, sum1, sum2, checksum, counts=counts):
             data = writer.send(call.literal, call.token, call.block)
             if data:
                 write(data)

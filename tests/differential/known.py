@@ -11,9 +11,6 @@ list, with the scenarios, is DIFFERENCES.md. Fixed one? Delete its lines here
 from __future__ import annotations
 
 DIFFERENCES: dict[str, str] = {
-    "DIFF-032": "pull -vv with 'max verbosity = 2': rsyncd's sender ends with 'total: matches=M  "
-    "hash_hits=H  false_alarms=F data=N' (match.c match_report, DEBUG DELTASUM); backupd's sends "
-    "no such line (its block search counts no hash hits)",
     "DIFF-033": "--backup-dir inside the deleted tree with --delete-after (history = no): rsyncd's "
     "delete pass reads each dir when it gets there, so it also deletes (backing them up again, into "
     "old/old) the backups it just made of the dirs deleted before it; backupd plans from the dirs "
@@ -23,7 +20,6 @@ DIFFERENCES: dict[str, str] = {
 }
 
 KNOWN: dict[str, str | tuple[str, set[str]]] = {
-    "pull-vv-max-verbosity": "DIFF-032",
     "push-backup-dir-inside-delete-after": ("DIFF-033", {"c3.5.0-hist-no", "c3.2.7-hist-no"}),
     "proto26-refused": "DIFF-034",
 }

@@ -13,6 +13,7 @@ import random
 import time
 from pathlib import Path
 
+from tests.delta_data import MANY, MANY2, REP_BASIS, REP_NEW
 from tests.differential.harness import (
     PASSWORD,
     T0,
@@ -619,6 +620,18 @@ scenario("link-dest-ivv-default-max", push("-aivv", "--no-inc-recursive", "--lin
 scenario("link-dest-ivv-max-verbosity", push("-aivv", "--no-inc-recursive", "--link-dest=../prev", dest="cur/"),
          client=src_tree(), seed={"prev": Dir(pulled_tree(), mode=0o755, mtime=T0)}, params=VV)
 scenario("pull-vv-max-verbosity", pull("-avv", "--no-inc-recursive"), seed=pulled_tree(), params=VV)
+# the sender's "total: matches=M  hash_hits=H  false_alarms=F data=N" (match.c match_report) on deltas:
+# a shifted copy; blocks sharing a weak sum with other strong sums (false alarms); a table above 65536
+scenario("pull-vv-dry-run-max-verbosity", pull("-avvn", "--no-inc-recursive"), seed=pulled_tree(), params=VV)
+scenario("list-only-vv-max-verbosity", rsync("--list-only", "-vv", "{mod}/"), seed=pulled_tree(), params=VV)
+scenario("pull-vv-delta-max-verbosity", write("client/dst/big.bin", BIG[:90000], mtime=T0),
+         pull("-avv", "--no-inc-recursive"), seed={"big.bin": File(BIG2, mtime=T0 + 900)}, params=VV)
+scenario("pull-vv-delta-false-alarms", write("client/dst/rep.bin", REP_BASIS, mtime=T0),
+         pull("-avv", "--no-inc-recursive", "--block-size=700"),
+         seed={"rep.bin": File(REP_NEW, mtime=T0 + 900)}, params=VV)
+scenario("pull-vv-delta-big-table", write("client/dst/many.bin", MANY, mtime=T0),
+         pull("-avv", "--no-inc-recursive", "--block-size=32"), seed={"many.bin": File(MANY2, mtime=T0 + 900)},
+         params=VV)
 scenario("link-dest-vv-max-verbosity", push("-avv", "--no-inc-recursive", "--link-dest=../prev", dest="cur/"),
          client=src_tree(), seed={"prev": Dir(pulled_tree(), mode=0o755, mtime=T0)}, params=VV)
 scenario("hardlinks-vv-max-verbosity", hardlink("client/src/a.txt", "client/src/a-link"),

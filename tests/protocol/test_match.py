@@ -13,6 +13,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from backupd.protocol.match import TWIN_WINDOW, literal_calls, match_tokens, match_tokens_ref
+from backupd.protocol.match_counts import MatchCounts
 from backupd.protocol.sums import (
     NULL_SUM_HEAD,
     Checksum,
@@ -170,6 +171,11 @@ def test_fast_search_equals_reference(case, block_size, s2_len, max_chain, chunk
     kwargs = {"max_chain": max_chain, "chunk": chunk}
     fast = as_tuples(match_tokens(new, head, sum1, sum2, checksum, window=window, **kwargs))
     assert fast == as_tuples(match_tokens_ref(new, head, sum1, sum2, checksum, **kwargs))
+    counts, want = MatchCounts(), MatchCounts()
+    counted = match_tokens(new, head, sum1, sum2, checksum, window=window, counts=counts, **kwargs)
+    assert as_tuples(counted) == fast           # counting changes no call
+    list(match_tokens_ref(new, head, sum1, sum2, checksum, counts=want, **kwargs))
+    assert counts == want
     assert covered(fast) == new
     if head.s2_len >= 4:                      # shorter strong sums may let a wrong block match
         assert rebuild(fast, head, basis) == new

@@ -216,3 +216,20 @@ def test_end_phase_per_protocol(module, protocol):
     assert result.exit_code == ExitCode.OK and result.files[b"hello.txt"].sum_ok
     assert result.trailing == b"" and result.error is None
     assert result.by_name(b"hello.txt").mtime_nsec == (123_456_789 if protocol >= 31 else 0)
+
+
+@pytest.mark.parametrize(("verbose", "max_verbosity", "reported"), [("-vv", 2, True), ("-vv", 1, False),
+                                                                     ("-v", 2, False), ("-vvv", 2, True)])
+def test_vv_pull_ends_with_match_report_when_max_verbosity_allows(tmp_path, verbose, max_verbosity, reported):
+    from tests.delta_data import REP_BASIS, REP_NEW, blob
+
+    big = blob(1, 96 * 1024)
+    make_tree(tmp_path / "mod", {"big.bin": File(big[:40000] + b"inserted in the middle\n" + big[40000:90000]),
+                                 "rep.bin": File(REP_NEW), "new.txt": File(b"n" * 1000)})
+    client = PullClient(tmp_path / "mod", ["-rt", verbose], [b"mod/"], max_verbosity=max_verbosity)
+    result = client.run(basis={b"big.bin": big[:90000], b"rep.bin": REP_BASIS})
+    assert result.exit_code == ExitCode.OK
+    # stock rsyncd: 128+5 matches, 129+6 hash hits, 9 false alarms, 723+708+1000 literal bytes (sender.c
+    # send_files calls match_report once, after the last file, as DEBUG DELTASUM 1)
+    line = "total: matches=133  hash_hits=135  false_alarms=9 data=2431\n"
+    assert result.texts(MsgCode.INFO) == ([line] if reported else [])
