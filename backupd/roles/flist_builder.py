@@ -447,6 +447,9 @@ class FlistBuilder:
             filters = filters.enter_dir(rel_dir, self.read_merge_file)
         try:
             children = self._read_dir(real)
+        except FileNotFoundError:  # send_directory: ENOENT is a vanished dir (interpret_stat_error)
+            self._vanished(real, what="directory")
+            return
         except (StorageError, OSError) as exc:
             self._error(f"opendir {self._shown(real)} failed: {getattr(exc, 'strerror', None) or exc}")
             return
@@ -517,10 +520,11 @@ class FlistBuilder:
         finally:
             os.close(fd)
 
-    def _vanished(self, path: bytes) -> None:
+    def _vanished(self, path: bytes, what: str = "file") -> None:
+        """``WHAT has vanished: NAME`` and IOERR_VANISHED (flist.c make_file / interpret_stat_error)."""
         self.errors.flag(IoError.VANISHED)
         self._note(IoError.VANISHED)
-        self.report(MsgCode.WARNING, f"file has vanished: {self._shown(path)}\n")
+        self.report(MsgCode.WARNING, f"{what} has vanished: {self._shown(path)}\n")
 
     # -- entries -----------------------------------------------------------------------
     def _add(self, name: bytes, real: bytes, st: os.stat_result, xflags: int) -> FileEntry | None:

@@ -230,3 +230,32 @@ def test_missing_args_ignored_or_sent_for_deletion(module):
     result, names = listing(module, ["-R", "--delete-missing-args"], [b"mod/sub/nothere", b"mod/top.txt"])
     assert names == [(b"top.txt", None), (b"sub", IMPLIED), (b"sub/nothere", None)]
     assert result.by_name(b"sub/nothere").mode == 0 and not result.texts(MsgCode.ERROR_XFER)
+
+
+def test_a_directory_that_vanishes_between_lists_is_a_vanished_warning(tmp_path):
+    """Incremental lists read each dir when its list goes out: one gone by then is flist.c
+    send_directory's ENOENT, ``directory has vanished: NAME`` and IOERR_VANISHED (exit 24), not
+    an opendir error; the other lists go out as usual."""
+    import shutil
+
+    from backupd.protocol.server_args import parse_server_args
+    from backupd.roles.flist_builder import FlistBuilder
+    from backupd.storage.tree import ModuleTree
+
+    root = tmp_path / "mod"
+    make_tree(root, {"a": {"x": "x\n"}, "gone": {"y": "y\n", "deeper": {"z": "z\n"}}, "f": "f\n"})
+    opts = parse_server_args([b"--server", b"--sender", b"-re.iLsfxC", b".", b"mod/"])
+    said: list[tuple[MsgCode, str]] = []
+    with ModuleTree(root, module="mod") as tree:
+        builder = FlistBuilder(tree, opts, make_filters=lambda abs_root: None, module_filters=None,
+                               report=lambda code, text: said.append((code, text)), module="mod",
+                               inc_recurse=True)
+        first = builder.build([b""])
+        assert [item.entry.name for item in first.items] == [b".", b"f", b"a", b"gone"]
+        shutil.rmtree(root / "gone")
+        items, bits = builder.list_dir(b"a")
+        assert ([item.entry.name for item in items], bits) == ([b"a/x"], 0)
+        items, bits = builder.list_dir(b"gone")
+    assert (items, bits) == ([], IoError.VANISHED)
+    assert said == [(MsgCode.WARNING, "directory has vanished: \"gone\" (in mod)\n")]
+    assert builder.errors.tally.io_error == IoError.VANISHED  # the exit code 24 of a pull
