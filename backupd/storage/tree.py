@@ -456,11 +456,16 @@ class ModuleTree:
             self.catalog.made_live(join_path(comps), st, self._when(), xxh128=digest, xfer_sum=value,
                                    xfer_sum_kind=kind)
 
-    def delete(self, path: bytes, *, allow_history: bool = False, backup: bool = True) -> DeleteCounts:
+    def delete(
+        self, path: bytes, *, allow_history: bool = False, backup: bool = True, only_empty: bool = False
+    ) -> DeleteCounts:
         """Remove the entry at ``path``: into history (one move) or for real.
 
         ``backup=False``: rsync's own leftovers (a used partial file), never
         kept under a ``--backup`` name (history still keeps them).
+        ``only_empty`` (a module without history): a directory is only
+        rmdir'ed, one that holds something stays and counts nothing, as
+        rsync's delete_item() on a directory its delete_dir_contents() emptied.
 
         A directory goes as a whole, whatever it holds (rsync's recursive
         delete); a missing entry (or parent) counts nothing.
@@ -481,6 +486,8 @@ class ModuleTree:
                     except FileNotFoundError:
                         return DeleteCounts()
                     if not self._keeps_history(comps):
+                        if only_empty and stat.S_ISDIR(st.st_mode):
+                            return _rmdir_if_empty(fd, comps[-1])
                         return self._remove(fd, comps, st) if backup else remove_tree(fd, comps[-1], st)
                     if self._stale_temp(comps, st):  # a killed session's temp file: not a version
                         return remove_tree(fd, comps[-1], st)
@@ -745,3 +752,14 @@ def _set_fd_attrs(fd: int, mode: int | None, mtime_ns: int | None, uid: int | No
         os.chmod(fd, stat.S_IMODE(mode))
     if mtime_ns is not None:
         os.utime(fd, ns=(st.st_atime_ns, mtime_ns))
+
+
+def _rmdir_if_empty(parent_fd: int, name: bytes) -> DeleteCounts:
+    """rmdir ``name``: one directory counted, or nothing when it is not empty (it stays)."""
+    try:
+        os.rmdir(name, dir_fd=parent_fd)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+            raise
+        return DeleteCounts()
+    return DeleteCounts(dirs=1)
