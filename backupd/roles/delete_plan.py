@@ -13,6 +13,13 @@ limit skipped. ``roles/deletion.Deleter`` reads the listings, applies the
 plan (into history, or gone with ``history = no``) and reports it;
 ``--dry-run`` reports without applying.
 
+``iter_deletions`` is the same plan step by step (both are it): a directory
+not read yet is asked for (``ReadDir``) when the plan reaches it, after the
+steps before it were applied. With ``--backup`` on a module without history
+a deletion's backups can land in a directory the pass reads later (a
+``--backup-dir`` inside the deleted tree), and rsync, reading each
+directory as it gets there, deletes those too.
+
 Order and counting follow rsync delete.c delete_item() and
 delete_dir_contents(): a directory's entries in reverse file-list order, a
 directory's contents before the directory; every reported name counts one
@@ -28,7 +35,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Generator, Sequence
 from dataclasses import dataclass, field
 
 from backupd.protocol.filters import FilterList
@@ -201,6 +208,37 @@ def extraneous(dir_rel: bytes, dir_path: bytes, item: Listed, keep: Collection[b
     return not rules.protected(join_rel(dir_rel, item.name), path, item.is_dir, inside=False)
 
 
+@dataclass(frozen=True)
+class ReadDir:
+    """A lazy plan's request: the listing of directory ``path`` as it is now, sent back to the plan.
+
+    The driver answers with the entries (``Listed``, children unread) or
+    None when the directory cannot be listed (the driver records the error).
+    """
+
+    rel: bytes
+    path: bytes
+
+
+PlanSteps = Generator[Removal | Note | ReadDir, tuple[Listed, ...] | None, int]
+"""A lazy plan: yields steps in order, is sent a listing at each ``ReadDir``, returns ``skipped``."""
+
+
+def extraneous_entries(
+    dir_rel: bytes, dir_path: bytes, listing: Sequence[Listed], keep: Collection[bytes], rules: DeleteRules
+) -> list[tuple[bytes, bytes, Listed]]:
+    """``(rel, path, item)`` of each entry --delete removes from one directory, in reverse file-list order.
+
+    What rsync generator.c delete_in_dir() passes to delete_item(), or with
+    --delete-delay remembers for later (remember_delete).
+    """
+    return [
+        (join_rel(dir_rel, item.name), join_rel(dir_path, item.name), item)
+        for item in reverse_order(listing)
+        if extraneous(dir_rel, dir_path, item, keep, rules)
+    ]
+
+
 def plan_deletions(
     dir_rel: bytes,
     dir_path: bytes,
@@ -225,11 +263,55 @@ def plan_deletions(
     Raises:
         ValueError: a directory to remove came without its children.
     """
-    planner = _Planner(rules, max_delete_left)
-    for item in reverse_order(listing):
-        if extraneous(dir_rel, dir_path, item, keep, rules):
-            planner.entry(join_rel(dir_rel, item.name), join_rel(dir_path, item.name), item, NOT_IN_FILE_LIST)
-    return planner.plan()
+    entries = extraneous_entries(dir_rel, dir_path, listing, keep, rules)
+    return collect_plan(iter_deletions(entries, NOT_IN_FILE_LIST, rules, max_delete_left))
+
+
+def iter_deletions(
+    entries: Sequence[tuple[bytes, bytes, Listed]],
+    reason: str,
+    rules: DeleteRules,
+    max_delete_left: int | None,
+    *,
+    whole: bool = True,
+) -> PlanSteps:
+    """Plan the removal of ``entries`` step by step, each directory read when the plan reaches it.
+
+    ``entries`` are ``(rel, path, item)`` in the order rsync's delete_item()
+    takes them (``extraneous_entries``). A directory whose ``children`` are
+    None is asked for with a ``ReadDir`` when the plan gets there, after
+    every step before it was applied: what those steps made (a backup in a
+    ``--backup-dir`` inside the deleted tree) is then seen, as rsync's
+    delete_dir_contents() reads each directory when it reaches it.
+    ``whole=False`` empties every directory item by item (rsync's own way;
+    with ``whole`` a directory that may go whole is one removal, a single
+    move into history). Source: rsync delete.c delete_item() /
+    delete_dir_contents(); generator.c delete_in_dir().
+
+    Returns:
+        (as the generator's value) the count of deletions --max-delete skipped.
+    """
+    planner = _Planner(rules, max_delete_left, whole=whole)
+    for rel, path, item in entries:
+        yield from planner.entry(rel, path, item, reason)
+    return planner.skipped
+
+
+def collect_plan(steps: PlanSteps) -> DeletePlan:
+    """Run a plan whose listings were all read beforehand into a ``DeletePlan``.
+
+    Raises:
+        ValueError: the plan asked for a listing that was not read.
+    """
+    out: list[Removal | Note] = []
+    while True:
+        try:
+            step = next(steps)
+        except StopIteration as stop:
+            return DeletePlan(tuple(out), stop.value)
+        if isinstance(step, ReadDir):
+            raise ValueError(f"directory {os.fsdecode(step.rel)!r}: its listing was not read")
+        out.append(step)
 
 
 def plan_missing(
@@ -245,9 +327,7 @@ def plan_missing(
     """
     if item.is_dir and (item.unreadable or not force and _children(item, rel)):
         return DeletePlan((Note(rel),))
-    planner = _Planner(rules, max_delete_left)
-    planner.entry(rel, path, item, MISSING_ARG)
-    return planner.plan()
+    return collect_plan(iter_deletions([(rel, path, item)], MISSING_ARG, rules, max_delete_left))
 
 
 def contents_in_order(rel: bytes, item: Listed) -> list[tuple[bytes, bool]]:
@@ -275,80 +355,100 @@ def _children(item: Listed, rel: bytes) -> tuple[Listed, ...]:
 
 
 class _Planner:
-    """Accumulates steps against the --max-delete budget (rsync's deleted_files counter)."""
+    """Yields steps against the --max-delete budget (rsync's deleted_files counter).
 
-    def __init__(self, rules: DeleteRules, left: int | None) -> None:
+    Every method is a generator of steps; a listing not read yet is asked
+    for with ``ReadDir`` (``_listing``), so the caller applies each step
+    before the next directory is read.
+    """
+
+    def __init__(self, rules: DeleteRules, left: int | None, *, whole: bool) -> None:
         self.rules = rules
         self.left = left
-        self.steps: list[Removal | Note] = []
+        self.whole = whole
         self.skipped = 0
-
-    def plan(self) -> DeletePlan:
-        return DeletePlan(tuple(self.steps), self.skipped)
 
     def _spend(self, n: int) -> None:
         if self.left is not None:
             self.left -= n
 
-    def entry(self, rel: bytes, path: bytes, item: Listed, reason: str) -> None:
+    def entry(self, rel: bytes, path: bytes, item: Listed, reason: str) -> PlanSteps:
         """One top-level entry (delete_item with DEL_RECURSE): whole when it may, else item by item."""
         if not item.is_dir:
-            self._leaf(rel, path, item, reason, nested=False)
-            return
-        if item.unreadable:
-            self.steps.append(Note(rel))
-            return
-        items = self._items(rel, path, item)
-        fits = self.left is None or self.left >= len(items) + 1
-        if fits and not any(protected for _, _, protected in items):
-            self.steps.append(Removal(rel, path, "dir", reason, tuple((r, d) for r, d, _ in items)))
-            self._spend(len(items) + 1)
-        elif self._contents(rel, path, item):
-            self._leaf(rel, path, item, reason, nested=False)
+            yield from self._leaf(rel, path, item, reason, nested=False)
+            return self.skipped
+        children = yield from self._listing(rel, path, item)
+        if children is None:
+            yield Note(rel)
+            return self.skipped
+        if self.whole:
+            items = self._items(rel, path, children)
+            fits = self.left is None or self.left >= len(items) + 1
+            if fits and not any(protected for _, _, protected in items):
+                yield Removal(rel, path, "dir", reason, tuple((r, d) for r, d, _ in items))
+                self._spend(len(items) + 1)
+                return self.skipped
+        if (yield from self._contents(rel, path, children)):
+            yield from self._leaf(rel, path, item, reason, nested=False)
+        return self.skipped
 
-    def _leaf(self, rel: bytes, path: bytes, item: Listed, reason: str, *, nested: bool) -> bool:
-        """One file or emptied directory: the limit check, then the removal (delete_item)."""
+    @staticmethod
+    def _listing(rel: bytes, path: bytes, item: Listed) -> Generator[ReadDir, tuple[Listed, ...] | None,
+                                                                     tuple[Listed, ...] | None]:
+        """What directory ``item`` holds: as read beforehand, else asked for now; None: unreadable."""
+        if item.unreadable:
+            return None
+        if item.children is not None:
+            return item.children
+        return (yield ReadDir(rel, path))
+
+    def _leaf(self, rel: bytes, path: bytes, item: Listed, reason: str, *, nested: bool) -> PlanSteps:
+        """One file or emptied directory: the limit check, then the removal (delete_item); True if planned."""
         if self.left == 0:
             self.skipped += 1
             return False
-        self.steps.append(Removal(rel, path, kind_of(item.mode), reason, nested=nested))
+        yield Removal(rel, path, kind_of(item.mode), reason, nested=nested)
         self._spend(1)
         return True
 
-    def _contents(self, rel: bytes, path: bytes, item: Listed) -> bool:
+    def _contents(self, rel: bytes, path: bytes, children: tuple[Listed, ...]) -> PlanSteps:
         """Empty a directory item by item (delete_dir_contents); True if it would be empty."""
         empty = True
         reason = f"inside {os.fsdecode(rel)}"
-        for child in reverse_order(_children(item, rel)):
+        for child in reverse_order(children):
             child_rel, child_path = join_rel(rel, child.name), join_rel(path, child.name)
             if self.rules.protected(child_rel, child_path, child.is_dir, inside=True):
                 empty = False
-            elif child.is_dir and child.unreadable:
-                self.steps.append(Note(child_rel))
-                empty = False
             elif not child.is_dir:
-                empty = self._leaf(child_rel, child_path, child, reason, nested=True) and empty
+                empty = (yield from self._leaf(child_rel, child_path, child, reason, nested=True)) and empty
+            elif (inner := (yield from self._listing(child_rel, child_path, child))) is None:
+                yield Note(child_rel)
+                empty = False
             else:
-                inner_empty = self._contents(child_rel, child_path, child)
+                inner_empty = yield from self._contents(child_rel, child_path, inner)
                 if self.left == 0:
                     self.skipped += 1
                     empty = False
                 elif not inner_empty:
-                    self.steps.append(Note(child_rel))  # rmdir: ENOTEMPTY, after delete_dir_contents said so
+                    yield Note(child_rel)  # rmdir: ENOTEMPTY, after delete_dir_contents said so
                     empty = False
                 else:
-                    empty = self._leaf(child_rel, child_path, child, reason, nested=True) and empty
+                    empty = (yield from self._leaf(child_rel, child_path, child, reason, nested=True)) and empty
         if not empty:
-            self.steps.append(Note(rel))
+            yield Note(rel)
         return empty
 
-    def _items(self, rel: bytes, path: bytes, item: Listed) -> list[tuple[bytes, bool, bool]]:
-        """Everything inside a directory in delete order: (rel, is_dir, protected)."""
+    def _items(self, rel: bytes, path: bytes, children: tuple[Listed, ...]) -> list[tuple[bytes, bool, bool]]:
+        """Everything inside a directory in delete order: (rel, is_dir, protected).
+
+        Raises:
+            ValueError: a directory inside came without its children.
+        """
         out = []
-        for child in reverse_order(_children(item, rel)):
+        for child in reverse_order(children):
             child_rel, child_path = join_rel(rel, child.name), join_rel(path, child.name)
             if child.is_dir and not child.unreadable:
-                out += self._items(child_rel, child_path, child)
+                out += self._items(child_rel, child_path, _children(child, child_rel))
             protected = child.unreadable or self.rules.protected(child_rel, child_path, child.is_dir, inside=True)
             out.append((child_rel, child.is_dir, protected))
         return out

@@ -21,8 +21,11 @@ from backupd.roles.delete_plan import (
     DeleteRules,
     Listed,
     Note,
+    ReadDir,
     Removal,
     contents_in_order,
+    extraneous_entries,
+    iter_deletions,
     kind_of,
     plan_deletions,
     plan_missing,
@@ -280,3 +283,46 @@ def _below(listing, rel: bytes) -> list[bytes]:
 def test_removal_reported_is_contents_then_itself():
     r = Removal(b"x", b"x", "dir", NOT_IN_FILE_LIST, ((b"x/a", False),))
     assert r.reported == ((b"x/a", False), (b"x", True)) and r.spent == 2
+
+
+# ---------------------------------------------------------------- a lazy plan reads each dir when it gets there
+def _unread(item: Listed) -> Listed:
+    return Listed(item.name, item.mode)
+
+
+def _drive(listing, rules, budget):
+    """Run the lazy plan of ``listing`` answering each ReadDir from the model: steps, events in order, skipped."""
+    steps, events, answer = [], [], None
+    lazy = iter_deletions([(r, p, _unread(i)) for r, p, i in extraneous_entries(b".", b".", listing, set(), rules)],
+                          NOT_IN_FILE_LIST, rules, budget, whole=False)
+    while True:
+        try:
+            step = lazy.send(answer)
+        except StopIteration as stop:
+            return steps, events, stop.value
+        answer = None
+        if isinstance(step, ReadDir):
+            events.append(("read", step.rel))
+            answer = tuple(_unread(c) for c in _find(listing, step.rel).children)
+        else:
+            events.append(("step", step.rel))
+            steps.append(step)
+
+
+def test_a_lazy_plan_asks_for_each_directory_after_the_steps_before_it():
+    listing = [d(b"a", f(b"x")), d(b"b", d(b"c", f(b"y")), f(b"z"))]
+    steps, events, skipped = _drive(listing, NO_RULES, None)
+    assert events == [("read", b"b"), ("read", b"b/c"), ("step", b"b/c/y"), ("step", b"b/c"),  # files sort first
+                      ("step", b"b/z"), ("step", b"b"), ("read", b"a"), ("step", b"a/x"), ("step", b"a")]
+    assert skipped == 0 and all(not s.contents for s in steps if isinstance(s, Removal))  # item by item
+
+
+@given(_listings(3), st.integers(min_value=0, max_value=12) | st.none())
+@example((d(b"a", f(b"a.x"), d(b"q")),), None)
+def test_item_by_item_deletes_what_the_whole_plan_does_in_the_same_order(listing, budget):
+    rules = client_rules(b"- a.x")
+    whole = plan_deletions(b".", b".", listing, set(), rules, budget)
+    steps, _, skipped = _drive(listing, rules, budget)
+    lazy_deleted = [s.rel + (b"/" if s.is_dir else b"") for s in steps if isinstance(s, Removal)]
+    assert lazy_deleted == deleted(whole)
+    assert [s.rel for s in steps if isinstance(s, Note)] == notes(whole) and skipped == whole.skipped
