@@ -6,9 +6,12 @@ directory holds), asks for a ``DeletePlan`` and applies it: each removal
 moves into the module's history (a directory as a whole when it may go
 whole; gone for real with ``history = no``) and is reported to the client
 as MSG_DELETED; the counts go out as NDX_DEL_STATS. With ``--dry-run`` the
-plan is reported and not applied. Source: rsync generator.c
-delete_in_dir(), delete.c delete_item(), main.c write_del_stats();
-rsync-protocol-b.md §8.
+plan is reported and not applied. Each directory is read when the pass
+reaches it (a directory's entries when it gets there, with ``--backup`` and
+no history each directory below them too), so what earlier steps made is
+seen as by rsync; --delete-delay decides in the walk and deletes at the
+end. Source: rsync generator.c delete_in_dir() / do_delayed_deletions(),
+delete.c delete_item(), main.c write_del_stats(); rsync-protocol-b.md §8.
 """
 
 from __future__ import annotations
@@ -23,15 +26,19 @@ from backupd.protocol.constants import NDX_DEL_STATS, IoError, MsgCode
 from backupd.protocol.flist import FileEntry
 from backupd.protocol.wire import NdxEncoder, encode_varint
 from backupd.roles.delete_plan import (
+    NOT_IN_FILE_LIST,
     DeletePlan,
     DeleteRules,
     Listed,
     Note,
+    PlanSteps,
+    ReadDir,
     Removal,
+    collect_plan,
     contents_in_order,
-    extraneous,
+    extraneous_entries,
+    iter_deletions,
     join_rel,
-    plan_deletions,
     plan_missing,
 )
 from backupd.roles.errors import FileErrors
@@ -57,6 +64,8 @@ class Deleter:
         self.deletions_skipped = 0
         self._children_map: dict[bytes, set[bytes]] | None = None  # made on the first deletion pass
         self._skip_at_start = frozenset(state.skip)
+        self._lazy = state.tree.backup is not None  # a deletion's backups may land where a later one reads
+        self._delayed: list[tuple[bytes, bytes, Listed]] = []  # --delete-delay: remembered in the walk
 
     @property
     def _children(self) -> dict[bytes, set[bytes]]:
@@ -94,7 +103,7 @@ class Deleter:
         self.apply(plan_missing(entry.name, path, item, self.rules, self._budget, force=self.opts.force))
 
     def delete_pass(self) -> None:
-        """Sweep every content directory of the list (--delete-before/-after/-delay)."""
+        """Sweep every content directory of the list (--delete-before/-after), each read as the pass reaches it."""
         for ndx, entry in enumerate(self.state.flist):
             if entry.is_content_dir and ndx not in self.state.skip:
                 path = self.state.dest[ndx]
@@ -103,20 +112,56 @@ class Deleter:
                     self.delete_in_dir(ndx, entry, path)
 
     def delete_in_dir(self, ndx: int, entry: FileEntry, path: bytes) -> None:
-        """Delete what the directory holds and the file list does not (generator.c delete_in_dir)."""
-        self.apply(self.plan_dir(entry, path))
+        """Delete what the directory holds and the file list does not (generator.c delete_in_dir).
 
-    def plan_dir(self, entry: FileEntry, path: bytes) -> DeletePlan:
-        """Read directory ``path`` (of file-list directory ``entry``) and plan its deletions; changes nothing."""
+        With --delete-delay the entries are only remembered (remember_delete),
+        for ``delete_delayed`` at the end.
+        """
+        entries = self.extraneous_in(entry, path)
+        if self.opts.delete_mode == "delay":
+            self._delayed += entries
+        else:
+            self.run(self._steps(entries))
+
+    def delete_delayed(self) -> None:
+        """--delete-delay's end: each remembered entry deleted in turn (generator.c do_delayed_deletions).
+
+        An entry that is gone by then is passed over, as rsync's delete_item finds ENOENT.
+        """
+        delayed, self._delayed = self._delayed, []
+        for rel, path, item in delayed:
+            st = self.state.tree.lstat(path)
+            if st is not None:
+                self.run(self._steps([(rel, path, Listed(item.name, st.st_mode))]))
+
+    def extraneous_in(self, entry: FileEntry, path: bytes) -> list[tuple[bytes, bytes, Listed]]:
+        """Read directory ``path`` (of file-list directory ``entry``): ``(rel, path, item)`` of what goes.
+
+        In reverse file-list order; changes nothing (rsync delete_in_dir's get_dirlist and its test).
+        """
         rel = b"." if entry.name in (b".", b"") else entry.name
         keep = self._children.get(_parent_key(entry.name), set())
-        listing = []
-        for name, st in self._scan(path):
-            item = Listed(name, st.st_mode)
-            if item.is_dir and extraneous(rel, path, item, keep, self.rules):
-                item = self._read_item(join_rel(rel, name), join_rel(path, name), name, st.st_mode)
-            listing.append(item)
-        return plan_deletions(rel, path, listing, keep, self.rules, self._budget)
+        listing = [Listed(name, st.st_mode) for name, st in self._scan(path)]
+        return extraneous_entries(rel, path, listing, keep, self.rules)
+
+    def plan_dir(self, entry: FileEntry, path: bytes) -> DeletePlan:
+        """Read directory ``path`` and all it would lose, and plan its deletions whole; changes nothing."""
+        entries = self.extraneous_in(entry, path)
+        entries = [(r, p, self._read_item(r, p, item.name, item.mode)) for r, p, item in entries]
+        return collect_plan(iter_deletions(entries, NOT_IN_FILE_LIST, self.rules, self._budget))
+
+    def _steps(self, entries: list[tuple[bytes, bytes, Listed]]) -> PlanSteps:
+        """The lazy plan for ``entries``.
+
+        With ``--backup`` on a module without history a deletion makes
+        entries (its backups) that a later step may find: every directory
+        is then read when the plan reaches it and emptied item by item, as
+        rsync does. Otherwise nothing a deletion does is seen by another:
+        each entry is read whole and a directory may go in one move.
+        """
+        if not self._lazy:
+            entries = [(r, p, self._read_item(r, p, item.name, item.mode)) for r, p, item in entries]
+        return iter_deletions(entries, NOT_IN_FILE_LIST, self.rules, self._budget, whole=not self._lazy)
 
     def room_contents(self, rel: bytes, path: bytes) -> list[tuple[bytes, bool]]:
         """``(rel, is_dir)`` of what directory ``path`` holds, in the order rsync reports it deleted.
@@ -163,24 +208,52 @@ class Deleter:
 
     # -- applying ------------------------------------------------------------------------
     def apply(self, plan: DeletePlan) -> None:
-        """Carry out ``plan`` in order and report it as rsync does (delete.c delete_item).
+        """Carry out a whole ``plan`` in order and report it as rsync does (see ``run``)."""
+        kept: list[bytes] = []
+        for step in plan.steps:
+            self._apply_step(step, kept)
+        self.deletions_skipped += plan.skipped
+
+    def run(self, steps: PlanSteps) -> None:
+        """Drive a lazy plan: each step applied before the next, each ``ReadDir`` answered as the dir is now.
 
         A removal that fails is recorded as a per-file error and keeps what
         it would have removed; a directory planned to go after it then stays
         with rsync's "cannot delete non-empty directory" note. The budget
         counts only what was removed. --dry-run reports without removing.
+        Source: rsync delete.c delete_item(), delete_dir_contents().
         """
         kept: list[bytes] = []
-        for step in plan.steps:
-            if isinstance(step, Note):
-                self.out.send_msg(MsgCode.INFO, step.text)
-            elif kept and step.is_dir and any(p.startswith(step.path + b"/") for p in kept):
-                for _ in range(2 if step.nested else 1):  # delete_dir_contents, then rmdir's ENOTEMPTY
-                    self.out.send_msg(MsgCode.INFO, Note(step.rel).text)
-                kept.append(step.path)
-            elif not self._remove(step):
-                kept.append(step.path)
-        self.deletions_skipped += plan.skipped
+        answer: tuple[Listed, ...] | None = None
+        while True:
+            try:
+                step = steps.send(answer)
+            except StopIteration as stop:
+                self.deletions_skipped += stop.value
+                return
+            answer = None
+            if isinstance(step, ReadDir):
+                answer = self._read_listing(step)
+            else:
+                self._apply_step(step, kept)
+
+    def _read_listing(self, step: ReadDir) -> tuple[Listed, ...] | None:
+        """What directory ``step.path`` holds now (children unread); None, the error recorded, if unreadable."""
+        try:
+            return tuple(Listed(name, st.st_mode) for name, st in self._scan(step.path))
+        except StorageError as exc:
+            self.errors.record(str(exc), step.path)
+            return None
+
+    def _apply_step(self, step: Removal | Note, kept: list[bytes]) -> None:
+        if isinstance(step, Note):
+            self.out.send_msg(MsgCode.INFO, step.text)
+        elif kept and step.is_dir and any(p.startswith(step.path + b"/") for p in kept):
+            for _ in range(2 if step.nested else 1):  # delete_dir_contents, then rmdir's ENOTEMPTY
+                self.out.send_msg(MsgCode.INFO, Note(step.rel).text)
+            kept.append(step.path)
+        elif not self._remove(step):
+            kept.append(step.path)
 
     def _remove(self, step: Removal) -> bool:
         backup = self.state.tree.backup
@@ -190,7 +263,7 @@ class Deleter:
             if reporter is not None:
                 reporter.hold()
             try:
-                self.count(self.state.tree.delete(step.path))
+                self.count(self.state.tree.delete(step.path, only_empty=self._lazy))
             except StorageError as exc:
                 self.errors.record(f"delete failed: {exc}", step.path)
                 return False
@@ -200,13 +273,19 @@ class Deleter:
                         held[b"/".join(comps)] = held.get(b"/".join(comps), b"") + line
         if self.deletions_left > 0:
             self.deletions_left -= step.spent
+        stays = False
         for rel, is_dir in step.reported:
             if (line := held.pop(step.path + rel[len(step.rel):], None)) is not None:
                 self.out.send_msg(MsgCode.INFO, line)  # delete.c delete_item: make_backup, then log_delete
             if is_dir and not self.opts.dry_run and self._kept_by_backup(step.path + rel[len(step.rel):]):
-                self.out.send_msg(MsgCode.INFO, Note(rel).text)  # a NAME~ backup inside: rmdir's ENOTEMPTY
+                self.out.send_msg(MsgCode.INFO, Note(rel).text)  # a backup inside: rmdir's ENOTEMPTY
+                stays = rel == step.rel
             else:
                 self.report_deleted(rel, is_dir)
+        if stays:  # not deleted, not counted; the directories it is in stay too (DR_NOT_EMPTY up the recursion)
+            if self.opts.max_delete is not None:
+                self.deletions_left += 1
+            return False
         self.log.debug("deleted {} ({})", os.fsdecode(step.rel), step.reason)
         ops_logging.file_deleted(self, step.rel, step.is_dir, step.contents)  # transfer log "del.", counters
         return True

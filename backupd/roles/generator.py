@@ -176,14 +176,15 @@ class Generator:
             self.deleter.delete_pass()
         if st.verbosity >= 2:  # generate_files, DEBUG FLIST
             self.out.send_msg(MsgCode.INFO, delta_line(opts.whole_file))
+        per_dir = deleting and opts.delete_mode in ("during", "delay")  # delay: remembered in the walk
         if self.inc is not None:
-            self._generate_lists(deleting and opts.delete_mode == "during")
+            self._generate_lists(per_dir)
         else:
             first_flush = self._first_flush_ndx()
             for ndx, entry in enumerate(st.flist):
                 if ndx in st.skip:
                     continue
-                self._process(ndx, entry, deleting and opts.delete_mode == "during")
+                self._process(ndx, entry, per_dir)
                 if first_flush is not None and ndx >= first_flush:
                     self.out.flush()  # rsyncd's first loop check: this much reaches the client first
                     first_flush = None
@@ -200,8 +201,10 @@ class Generator:
             self.out.write(self.ndx.encode(NDX_DONE))
             self._wait("phase", 2)
         self._link_followers(lambda leader: True)
-        if deleting and opts.delete_mode in ("after", "delay"):
+        if deleting and opts.delete_mode == "after":
             self.deleter.delete_pass()
+        elif deleting and opts.delete_mode == "delay":
+            self.deleter.delete_delayed()  # generator.c do_delayed_deletions
         self._touch_up_dirs()
         if opts.deleting:  # the stats themselves: not below protocol 30 (only 31+ in rsync; 30 kept as it was)
             self.deleter.send_del_stats(self.ndx, counts=st.protocol >= 30)

@@ -11,15 +11,10 @@ list, with the scenarios, is DIFFERENCES.md. Fixed one? Delete its lines here
 from __future__ import annotations
 
 DIFFERENCES: dict[str, str] = {
-    "DIFF-033": "--backup-dir inside the deleted tree with --delete-after (history = no): rsyncd's "
-    "delete pass reads each dir when it gets there, so it also deletes (backing them up again, into "
-    "old/old) the backups it just made of the dirs deleted before it; backupd plans from the dirs "
-    "as they were when the pass began",
     "DIFF-034": "--protocol=26 and older: rsyncd serves them (3.5.0 speaks 20-32); backupd refuses "
     "below 27 with '@ERROR: protocol version 26 is too old' (exit 5)",
 }
 
 KNOWN: dict[str, str | tuple[str, set[str]]] = {
-    "push-backup-dir-inside-delete-after": ("DIFF-033", {"c3.5.0-hist-no", "c3.2.7-hist-no"}),
     "proto26-refused": "DIFF-034",
 }

@@ -9,6 +9,9 @@ Imported by scenarios.py, which holds the list.
 
 from __future__ import annotations
 
+import os
+import shutil
+
 from tests.differential.harness import T0, Change, rsync
 from tests.differential.scenarios import ODD, mod_tree, pull, pulled_tree, push, scenario, src_tree
 from tests.helpers import Dir, File, Symlink
@@ -65,9 +68,17 @@ scenario("push-backup-dir-delete-after", push("-ai", "--delete-after", "--backup
          history_loose=True)
 # the backup dir inside the deleted tree (a relative --backup-dir is below the destination): rsyncd's
 # delete pass reads each dir as it gets there, so it also deletes (and backs up again, into old/old)
-# the backups it made of the dirs deleted before; backupd's plan lists the dirs first
-scenario("push-backup-dir-inside-delete-after", push("-ai", "--delete-after", "--backup-dir=old", dest="cur/"),
-         client=src_tree(), seed={"cur": Dir(mod_tree(), mtime=T0)}, history_ignore=("cur/old", "cur/old/*"),
-         history_loose=True)
+# the backups it made of the dirs deleted before; --delete-delay decides in the walk, before the
+# transfer made old, and deletes at the end. The second push finds old/old there: zz2's backups land in
+# it before the pass reads it, so they are deleted (backed up into old/old/old) too.
+_REMOVE_ZZ2 = Change(lambda b: shutil.rmtree(b / "client/src/zz2") or os.utime(b / "client/src", (T0 + 8, T0 + 8)),
+                     "remove zz2, src keeps its mtime")  # a new mtime itemizes ./ only across a second boundary
+for _when in ("after", "before", "during", "delay"):
+    _inside = ("-ai", f"--delete-{_when}", "--backup-dir=old")
+    scenario(f"push-backup-dir-inside-delete-{_when}", push(*_inside, dest="cur/"), client=src_tree(),
+             seed={"cur": Dir(mod_tree(), mtime=T0)}, history_ignore=("cur/old", "cur/old/*"), history_loose=True)
+    scenario(f"push-backup-dir-inside-delete-{_when}-again", push(*_inside, dest="cur/"), _REMOVE_ZZ2,
+             push(*_inside, dest="cur/"), client=src_tree(zz2=Dir({"q": File(b"q\n", mtime=T0)}, mtime=T0)),
+             seed={"cur": Dir(mod_tree(), mtime=T0)}, history_ignore=("cur/old", "cur/old/*"), history_loose=True)
 scenario("push-delete-delay-verbose", push("-av", "--delete-delay", "--no-inc-recursive"), client=src_tree(),
          seed=mod_tree())

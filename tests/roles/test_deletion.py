@@ -22,6 +22,7 @@ from backupd.protocol.wire import NdxEncoder
 from backupd.roles.deletion import Deleter
 from backupd.roles.errors import FileErrors
 from backupd.storage import ModuleTree
+from backupd.storage.backup import BackupPolicy
 
 
 class Outbox:
@@ -67,7 +68,7 @@ class Log:
         self.lines.append(fmt.format(*args))
 
 
-def make(tmp_path: Path, files: dict[str, bytes | None], flist: list[FileEntry], **opts):
+def make(tmp_path: Path, files: dict[str, bytes | None], flist: list[FileEntry], backup=None, **opts):
     root = tmp_path / "mod"
     root.mkdir()
     for rel, data in files.items():
@@ -77,7 +78,7 @@ def make(tmp_path: Path, files: dict[str, bytes | None], flist: list[FileEntry],
             p.mkdir()
         else:
             p.write_bytes(data)
-    tree = FailingTree(root, module="m")
+    tree = FailingTree(root, module="m", backup=backup)
     state = SimpleNamespace(
         opts=TransferOptions(**opts), tree=tree, flist=flist, dest=[e.name for e in flist], dest_dir=b".",
         skip=set(), filters=None, module_filters=None, io_error=0, file_errors=0, protocol=32,
@@ -170,3 +171,24 @@ def test_an_unreadable_directory_is_one_error_and_stays_while_the_rest_goes(tmp_
     assert out.of(MsgCode.DELETED) == [b"gone/empty\0", b"gone/a", b"old2", b"old1"]
     assert out.of(MsgCode.INFO) == [b"cannot delete non-empty directory: gone/s\n",
                                     b"cannot delete non-empty directory: gone\n"]
+
+
+def test_backups_made_by_the_pass_are_seen_where_it_reads_later(tmp_path):
+    """--backup-dir=old inside the tree: rsync's delete pass finds the backups of zdir when it empties old."""
+    files = {"zdir/z1": b"1", "old/b.txt": b"b", "keep": b"k"}
+    root, state, out, deleter = make(tmp_path, files, top(b"keep"), backup=BackupPolicy(b"", (b"old",)))
+    deleter.delete_pass()
+    assert out.of(MsgCode.DELETED) == [b"zdir/z1", b"zdir\0", b"old/zdir/z1", b"old/zdir\0", b"old/b.txt"]
+    assert out.of(MsgCode.INFO) == [b"cannot delete non-empty directory: old\n"]  # rmdir: old/old holds them
+    assert sorted(str(p.relative_to(root)) for p in root.rglob("*")) == [
+        "keep", "old", "old/old", "old/old/b.txt", "old/old/zdir", "old/old/zdir/z1"]
+    assert deleter.deleted["dirs"] == 2 and deleter.deleted["files"] == 3
+
+
+def test_delete_delay_decides_in_the_walk_and_deletes_at_the_end(tmp_path):
+    root, state, out, deleter = make(tmp_path, {"gone/a": b"a", "keep": b"k"}, top(b"keep"), delete_mode="delay")
+    deleter.delete_in_dir(0, state.flist[0], b".")
+    assert out.msgs == [] and (root / "gone/a").exists()          # remembered only
+    (root / "late").write_bytes(b"made after the walk")
+    deleter.delete_delayed()
+    assert out.of(MsgCode.DELETED) == [b"gone/a", b"gone\0"] and (root / "late").exists()
