@@ -259,14 +259,16 @@ class _CountState:
     def add(self, lo: int, weak: np.ndarray, size: int) -> None:
         c = self.c
         n = len(weak)
-        ys = lo + np.arange(n, dtype=np.int64)
-        ys, weak = ys[self._looked_at(lo, n)], weak[self._looked_at(lo, n)]
+        buckets = hash_buckets(weak, c.tablesize).astype(np.int64)
+        keep = self._looked_at(lo, n) & (self.max_off[buckets] >= 0)   # an empty bucket stays empty
+        ys = lo + np.flatnonzero(keep)
+        weak, buckets = weak[keep], buckets[keep]
         lengths = np.minimum(c.b, size - ys)
         matched = np.isin(ys, self.matched_at)
         alarms, chain_break = self._alarms(ys, weak, lengths)
         alarms[matched] = 0
         c.counts.false_alarms += int(alarms.sum())
-        c.counts.hash_hits += self._hits(ys, weak, chain_break | matched)
+        c.counts.hash_hits += self._hits(ys, buckets, chain_break | matched)
 
     def _looked_at(self, lo: int, n: int) -> np.ndarray:
         delta = np.zeros(n + 1, dtype=np.int64)
@@ -293,9 +295,8 @@ class _CountState:
         alarms = np.where(lengths == c.b, walked - short, short & (lengths == c.last_len))
         return alarms.astype(np.int64), chain_break
 
-    def _hits(self, ys: np.ndarray, weak: np.ndarray, stopped: np.ndarray) -> int:
+    def _hits(self, ys: np.ndarray, buckets: np.ndarray, stopped: np.ndarray) -> int:
         """Hash hits: the bucket is non-empty, by the previous look at it (module docstring)."""
-        buckets = hash_buckets(weak, self.c.tablesize).astype(np.int64)
         order = np.argsort(buckets, kind="stable")
         bs, at, brk = buckets[order], ys[order], stopped[order]
         first = np.ones(len(bs), dtype=bool)
