@@ -51,3 +51,16 @@ REP_NEW = b"head" + _REP * 3 + twisted(_REP, 9) + b"tail" + REP_BASIS[1400:]
 
 MANY = distinct_blocks(3, 53000, 32)  # 53,000 blocks (over 52,420): rsync's hash table is 66,261, not 65,536
 MANY2 = MANY[:1000] + blob(1, 96 * 1024)[:3000] + MANY[1000:800000] + MANY[800003:]
+
+# --inplace pulls (sender.c updating_basis_file): blocks the new file holds below and above their basis offset
+_B = blob(7, 70000)
+BACKFWD_BASIS = _B
+BACKFWD_NEW = _B[30000:40000] + _B[0:20000] + b"x" * 500 + _B[50000:70000] + _B[20000:30000]
+# zeros 100 bytes before the basis has them: hash_search() re-aligns them to the block boundary
+_ZERO = bytes(8000)
+ZERO_BASIS = blob(8, 3000) + _ZERO + blob(9, 3000)
+ZERO_NEW = blob(8, 3000)[:2900] + bytes(100) + _ZERO + blob(9, 3000)
+# 1 MiB rotated: every block is at a higher offset, then a lower one; the receiver's map window
+# (256 KiB) is re-read from the file it already wrote over, so a backward match corrupts it
+ROT_BASIS = blob(10, 1 << 20)
+ROT_NEW = ROT_BASIS[600000:] + ROT_BASIS[:600000]

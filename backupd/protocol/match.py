@@ -247,6 +247,7 @@ def match_tokens(
     chunk: int = CHUNK_SIZE,
     window: int | None = None,
     counts: MatchCounts | None = None,
+    updating_basis: bool = False,
 ) -> Iterator[SendCall]:
     """Yield the C sender's send_token calls for ``data`` against the generator's sums.
 
@@ -268,11 +269,14 @@ def match_tokens(
         counts: when given, hash_search()'s matches, hash hits, false
             alarms and literal bytes are added to it (match_counts; costs
             a few NumPy passes over the weak sums, so only when reported).
+        updating_basis: the receiver writes into its basis (C's
+            updating_basis_file, ``match_inplace.updating_basis_file``):
+            passed blocks are unusable unless matched at their own offset.
 
     Raises:
         ValueError: the number of sums does not match ``head.count``.
     """
-    calls = _match_calls(data, head, sum1, sum2, checksum, max_chain, chunk, window, counts)
+    calls = _match_calls(data, head, sum1, sum2, checksum, max_chain, chunk, window, counts, updating_basis)
     if counts is None:
         yield from calls
         return
@@ -281,9 +285,15 @@ def match_tokens(
         yield call
 
 
-def _match_calls(data, head, sum1, sum2, checksum, max_chain, chunk, window, counts) -> Iterator[SendCall]:
+def _match_calls(data, head, sum1, sum2, checksum, max_chain, chunk, window, counts,
+                 updating) -> Iterator[SendCall]:
     """:func:`match_tokens` without the literal count."""
-    search = _Search(data, head, sum1, sum2, checksum, max_chain, chunk, counts)
+    if updating and head.count and len(memoryview(data)):
+        from backupd.protocol.match_inplace import InplaceSearch
+
+        search = InplaceSearch(data, head, sum1, sum2, checksum, max_chain, chunk, counts)
+    else:
+        search = _Search(data, head, sum1, sum2, checksum, max_chain, chunk, counts)
     if not search.size or not head.count:
         yield from literal_calls(search.view, chunk)
         return
@@ -425,26 +435,31 @@ def match_tokens_ref(
     max_chain: int | None = MAX_CHAIN,
     chunk: int = CHUNK_SIZE,
     counts: MatchCounts | None = None,
+    updating_basis: bool = False,
 ) -> Iterator[SendCall]:
     """Byte-by-byte transcription of hash_search(): the reference for ``match_tokens``.
 
     Rolls (s1, s2) one byte at a time, walks C's hash table chains
     (tablesize, key and insertion order of build_hash_table()) and checks
     the early flush at every offset, counting as C does into ``counts``.
-    About a microsecond per byte: tests only.
+    With ``updating_basis`` (C's updating_basis_file) the chains lose the
+    blocks the search has passed, the same-offset block is preferred and
+    zero runs re-align (see ``match_inplace``). About a microsecond per
+    byte: tests only.
     """
-    for call in _ref_calls(data, head, sum1, sum2, checksum, max_chain, chunk, counts or MatchCounts()):
+    totals = counts or MatchCounts()
+    for call in _ref_calls(data, head, sum1, sum2, checksum, max_chain, chunk, totals, updating_basis):
         if counts is not None:
             counts.data += len(call.literal)
         yield call
 
 
-def _ref_calls(data, head, sum1, sum2, checksum, max_chain, chunk, counts) -> Iterator[SendCall]:
+def _ref_calls(data, head, sum1, sum2, checksum, max_chain, chunk, counts, updating) -> Iterator[SendCall]:
     view = memoryview(data).cast("B")
     if not len(view) or not head.count:
         yield from literal_calls(view, chunk)
         return
-    ref = _RefSearch(view, head, sum1, sum2, checksum, max_chain, counts)
+    ref = _RefSearch(view, head, sum1, sum2, checksum, max_chain, counts, updating)
     size, b = len(view), head.block_len
     end = size + 1 - ref.lens[-1]
     signed = [v - 256 if v > 127 else v for v in view.tobytes()]
@@ -452,8 +467,9 @@ def _ref_calls(data, head, sum1, sum2, checksum, max_chain, chunk, counts) -> It
     s1, s2 = _split_sum(checksum1_ref(view[:k]))
     offset = last_match = 0
     while True:
-        i = ref.chain_match(offset, (s1 & 0xFFFF) | (s2 & 0xFFFF) << 16)
-        if i is not None:
+        found = ref.chain_match(offset, (s1 & 0xFFFF) | (s2 & 0xFFFF) << 16, last_match)
+        if found is not None:
+            i, offset = found
             yield SendCall(view[last_match:offset], i, view[offset : offset + ref.lens[i]])
             last_match = offset + ref.lens[i]
             offset += ref.lens[i] - 1
@@ -483,9 +499,9 @@ def _split_sum(value: int) -> tuple[int, int]:
 class _RefSearch:
     """C's hash table (build_hash_table()) and chain walk, for ``match_tokens_ref``."""
 
-    def __init__(self, view, head, sum1, sum2, checksum, max_chain, counts: MatchCounts) -> None:
+    def __init__(self, view, head, sum1, sum2, checksum, max_chain, counts: MatchCounts, updating=False) -> None:
         self.view, self.head, self.checksum, self.max_chain = view, head, checksum, max_chain
-        self.counts = counts
+        self.counts, self.updating = counts, updating
         self.lens = [head.block_size(i) for i in range(head.count)]
         self.cmp_len = min(head.s2_len, checksum.digest_len)
         self.sum1 = [int(s) for s in sum1]
@@ -497,39 +513,81 @@ class _RefSearch:
             self.next_in_chain[i] = self.buckets.get(self.key(s), -1)
             self.buckets[self.key(s)] = i
         self.want = 0
+        self.same_offset = [False] * head.count    # SUMFLG_SAME_OFFSET
+        self.aligned_offset = self.aligned_i = 0
 
     def key(self, weak: int) -> int:
         if self.tablesize == 1 << 16:
             return ((weak & 0xFFFF) + (weak >> 16)) & 0xFFFF
         return weak % self.tablesize
 
-    def chain_match(self, offset: int, weak: int) -> int | None:
-        """The block matched at ``offset`` (want rule applied), or None."""
-        i, equal, strong = self.buckets.get(self.key(weak), -1), 0, None
+    def strong(self, offset: int, length: int) -> bytes:
+        return self.checksum.block_sum(self.view[offset : offset + length])[: self.cmp_len]
+
+    def chain_match(self, offset: int, weak: int, last_match: int) -> tuple[int, int] | None:
+        """(block, offset it is sent at) matched at ``offset``, or None; unlinks passed blocks."""
+        key = self.key(weak)
+        i, equal, strong, prev = self.buckets.get(key, -1), 0, None, -1
         length = min(self.head.block_len, len(self.view) - offset)
         self.counts.hash_hits += i >= 0
         while i >= 0:
+            nxt = self.next_in_chain[i]
+            if self.updating and i * self.head.block_len < offset and not self.same_offset[i]:
+                if prev < 0:
+                    self.buckets[key] = nxt        # *prev = chain: the bucket may become empty
+                else:
+                    self.next_in_chain[prev] = nxt
+                i = nxt
+                continue
+            prev = i
             if self.sum1[i] == weak:
                 equal += 1
                 if self.max_chain is not None and equal > self.max_chain:
                     return None
                 if length == self.lens[i]:
                     if strong is None:
-                        data = self.view[offset : offset + length]
-                        strong = self.checksum.block_sum(data)[: self.cmp_len]
+                        strong = self.strong(offset, length)
                     if self.sum2[i] == strong:
                         self.counts.matches += 1
-                        return self._prefer_want(i, weak, length, strong)
+                        return self._chosen(i, offset, weak, length, strong, last_match)
                     self.counts.false_alarms += 1
-            i = self.next_in_chain[i]
+            i = nxt
         return None
 
-    def _prefer_want(self, i: int, weak: int, length: int, strong: bytes) -> int:
+    def _chosen(self, i, offset, weak, length, strong, last_match) -> tuple[int, int]:
+        """hash_search() after a strong match: same offset (in place), then want_i."""
+        b, count = self.head.block_len, self.head.count
+        if self.updating:
+            while self.aligned_offset < offset:
+                self.aligned_offset += b
+                self.aligned_i += 1
+            a, ai = self.aligned_offset, self.aligned_i
+            if (offset == a or (weak == 0 and length == b and a + length <= len(self.view))) and ai < count:
+                ok = True
+                if i != ai:
+                    if weak != self.sum1[ai] or length != self.lens[ai] or strong != self.sum2[ai]:
+                        ok = False
+                    else:
+                        i = ai
+                if ok and offset != a:      # zeros here and at the next block boundary: re-align
+                    weak = checksum1_ref(self.view[a : a + length])   # C overwrites sum, then sum2
+                    if weak != self.sum1[i]:
+                        ok = False
+                    else:
+                        strong = self.strong(a, length)
+                        if strong != self.sum2[i]:
+                            ok = False
+                        else:
+                            offset = a
+                if ok:
+                    self.same_offset[i] = True
+                    self.want = i
         w = self.want
         if (
-            i != w and w < self.head.count and self.sum1[w] == weak
-            and self.lens[w] == length and self.sum2[w] == strong
+            i != w and w < count
+            and (not self.updating or w * b >= offset or self.same_offset[w])
+            and self.sum1[w] == weak and self.lens[w] == length and self.sum2[w] == strong
         ):
             i = w
         self.want = i + 1
-        return i
+        return i, offset

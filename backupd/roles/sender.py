@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from backupd.errors import ExitCode, ProtocolError, RsyncError, StorageError, Unsupported
 from backupd.protocol.chmod import parse_chmod
 from backupd.protocol.constants import (
+    FNAMECMP_FNAME,
     MAX_BLOCK_SIZE,
     MAX_PATH_LEN,
     NDX_DEL_STATS,
@@ -68,7 +69,14 @@ from backupd.protocol.wire import (
 from backupd.roles.acl_sync import SenderAcls
 from backupd.roles.errors import ErrorTally, FileErrors, wire_text
 from backupd.roles.flist_builder import BuiltList, FlistBuilder, expand_globs, sanitize_arg
-from backupd.roles.sender_data import SourceFile, file_digest, open_source, send_literal, send_matched
+from backupd.roles.sender_data import (
+    SourceFile,
+    file_digest,
+    open_source,
+    send_literal,
+    send_matched,
+    updating_basis_file,
+)
 from backupd.roles.sender_lists import LOOKAHEAD, WireList, WireLists
 from backupd.roles.verbosity import server_verbosity
 from backupd.roles.xattr_sync import SenderXattrs, session_am_root, xattr_name_filter, xattr_optim
@@ -591,7 +599,7 @@ class Sender:
                 continue
             if phase == 2 and max_phase == 2:
                 raise ProtocolError("got transfer request in phase 2 [sender]")
-            self._transfer(ndx, item, attrs)
+            self._transfer(ndx, item, attrs, iflags)
 
     def _xattr_errors(self) -> None:
         """Report what could not be read (rsync: FERROR_XFER, io_error general)."""
@@ -625,9 +633,14 @@ class Sender:
         return head, sum1, sum2
 
     # -- one file ----------------------------------------------------------------------
-    def _transfer(self, ndx: int, item, attrs: bytes) -> None:
+    def _transfer(self, ndx: int, item, attrs: bytes, iflags: int) -> None:
         """Sum head and sums in; header, sum head, tokens and file sum out (or MSG_NO_SEND)."""
         redo = ndx in self.state.sent
+        basis_type = attrs[2] if iflags & ItemFlags.BASIS_TYPE_FOLLOWS else FNAMECMP_FNAME  # after the shortint
+        updating = updating_basis_file(
+            inplace=self.opts.inplace, fnamecmp_type=basis_type, protocol=self.state.protocol,
+            inplace_partial=bool(self.state.negotiated.compat_flags & CompatFlags.INPLACE_PARTIAL_DIR),
+            backup=self.opts.backup, redo=redo)
         append = 0 if redo else self.opts.append
         head, sum1, sum2 = self._read_sums(bool(append))
         src = self._open(item.source, ndx)
@@ -647,17 +660,18 @@ class Sender:
                 ok = send_literal(src, self.writer, self.checksum, self._write, start=start,
                                   hash_from=0 if append > 1 else start, counts=self.match_counts)
             elif head.count:
-                ok = self._send_matched(src, head, sum1, sum2, item.source)
+                ok = self._send_matched(src, head, sum1, sum2, item.source, updating)
             else:
                 ok = send_literal(src, self.writer, self.checksum, self._write, counts=self.match_counts)
         if not ok:
             self._file_error(f"read errors mapping {self._shown(item.source)}: the file shrank while it was sent")
         self.state.sent.add(ndx)
 
-    def _send_matched(self, src: SourceFile, head: SumHead, sum1, sum2: list[bytes], source: bytes) -> bool:
+    def _send_matched(self, src: SourceFile, head: SumHead, sum1, sum2: list[bytes], source: bytes,
+                      updating: bool) -> bool:
         try:
             return send_matched(src, head, sum1, sum2, self.checksum, self.writer, self._write,
-                                counts=self.match_counts)
+                                counts=self.match_counts, updating_basis=updating)
         except StorageError as exc:
             raise RsyncError(f"send_files: {self._shown(source)}: {exc}", ExitCode.FILEIO) from None
 

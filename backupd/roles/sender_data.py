@@ -28,7 +28,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from backupd.errors import StorageError
-from backupd.protocol.constants import CHUNK_SIZE
+from backupd.protocol.constants import CHUNK_SIZE, FNAMECMP_FNAME, FNAMECMP_PARTIAL_DIR
 from backupd.protocol.sums import Checksum, SumHead
 from backupd.protocol.tokens import TokenWriter
 from backupd.storage import ModuleTree
@@ -175,12 +175,31 @@ def _hash_range(src: SourceFile, hasher, view: memoryview, start: int, end: int)
     return True
 
 
+def updating_basis_file(*, inplace: bool, inplace_partial: bool, fnamecmp_type: int, protocol: int,
+                        backup: bool, redo: bool) -> bool:
+    """Whether the receiver writes into the basis it sent sums of (C's updating_basis_file).
+
+    ``(inplace_partial && fnamecmp_type == FNAMECMP_PARTIAL_DIR) || (inplace
+    && (protocol >= 29 ? fnamecmp_type == FNAMECMP_FNAME : make_backups <= 0))``;
+    below 29 ``make_backups`` is negated for the redo phase, so it is <= 0
+    without --backup or on a redo. Source: rsync sender.c send_files().
+    """
+    if inplace_partial and fnamecmp_type == FNAMECMP_PARTIAL_DIR:
+        return True
+    if not inplace:
+        return False
+    return fnamecmp_type == FNAMECMP_FNAME if protocol >= 29 else (not backup or redo)
+
+
 def send_matched(src: SourceFile, head: SumHead, sum1, sum2: list[bytes], checksum: Checksum,
-                 writer: TokenWriter, write: Write, *, counts: MatchCounts | None = None) -> bool:
+                 writer: TokenWriter, write: Write, *, counts: MatchCounts | None = None,
+                 updating_basis: bool = False) -> bool:
     """Match ``src`` against the client's block sums; send the tokens and the file sum.
 
     ``counts``, when given, adds the search's matches, hash hits, false
     alarms and literal bytes (rsync match.c hash_search(), for match_report()).
+    ``updating_basis``: the receiver writes into the basis (sender.c
+    updating_basis_file): the search uses no block it may have overwritten.
 
     Raises:
         StorageError: the file cannot be mapped.
@@ -195,7 +214,7 @@ def send_matched(src: SourceFile, head: SumHead, sum1, sum2: list[bytes], checks
         raise StorageError(f"cannot map the file: {exc}") from None
     view = memoryview(mapping)
     try:
-        for call in match_tokens(view, head, sum1, sum2, checksum, counts=counts):
+        for call in match_tokens(view, head, sum1, sum2, checksum, counts=counts, updating_basis=updating_basis):
             data = writer.send(call.literal, call.token, call.block)
             if data:
                 write(data)

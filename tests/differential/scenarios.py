@@ -811,5 +811,6 @@ from tests.differential import (  # noqa: E402 - each adds its scenarios to SCEN
     scenarios_everyday,  # noqa: F401
     scenarios_inc_recurse,  # noqa: F401
     scenarios_incremental,  # noqa: F401
+    scenarios_inplace,  # noqa: F401
     scenarios_legacy,  # noqa: F401
 )

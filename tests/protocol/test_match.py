@@ -46,6 +46,23 @@ def rebuild(calls, head: SumHead, basis: bytes) -> bytes:
     return bytes(out)
 
 
+def rebuild_in_place(calls, head: SumHead, basis: bytes) -> bytes:
+    """What an --inplace receiver builds: it writes over the basis it reads blocks from.
+
+    A block at the offset being written is skipped, not copied (receiver.c
+    receive_data() seeks), so it reads as the bytes already there.
+    """
+    out, pos = bytearray(basis), 0
+    for literal, token, _ in calls:
+        out[pos : pos + len(literal)] = literal
+        pos += len(literal)
+        if token >= 0:
+            at, size = token * head.block_len, head.block_size(token)
+            out[pos : pos + size] = out[at : at + size]
+            pos += size
+    return bytes(out[:pos])
+
+
 def covered(calls) -> bytes:
     """The sender's own bytes in call order: literals and the matched regions."""
     return b"".join(literal + (block or b"") for literal, _, block in calls)
@@ -160,15 +177,18 @@ def match_case(draw):
     st.integers(1, 80),
     st.integers(1, 300),
     st.sampled_from(["xxh128", "md5", "xxh64"]),
+    st.booleans(),
 )
-@example((b"\x00" * 64, b"\x00" * 70), 8, 2, None, 1, 5, "xxh128")
-def test_fast_search_equals_reference(case, block_size, s2_len, max_chain, chunk, window, name):
+@example((b"\x00" * 64, b"\x00" * 70), 8, 2, None, 1, 5, "xxh128", False)
+@example((b"\x00" * 64, b"\x00" * 70), 8, 2, None, 1, 5, "xxh128", True)
+@example((b"ab" * 40 + b"\x00" * 64, b"ab" * 3 + b"\x00" * 70 + b"ab" * 30), 8, 16, 2, 1, 5, "md5", True)
+def test_fast_search_equals_reference(case, block_size, s2_len, max_chain, chunk, window, name, updating):
     basis, new = case
     checksum = Checksum(name, -99)
     head = sum_sizes(len(basis), checksum.digest_len, block_size=block_size)
     head = SumHead(head.count, head.block_len, min(s2_len, checksum.digest_len), head.remainder)
     sum1, sum2 = decode_block_sums(generate_sums(basis, head, checksum), head)
-    kwargs = {"max_chain": max_chain, "chunk": chunk}
+    kwargs = {"max_chain": max_chain, "chunk": chunk, "updating_basis": updating}
     fast = as_tuples(match_tokens(new, head, sum1, sum2, checksum, window=window, **kwargs))
     assert fast == as_tuples(match_tokens_ref(new, head, sum1, sum2, checksum, **kwargs))
     counts, want = MatchCounts(), MatchCounts()
@@ -179,6 +199,8 @@ def test_fast_search_equals_reference(case, block_size, s2_len, max_chain, chunk
     assert covered(fast) == new
     if head.s2_len >= 4:                      # shorter strong sums may let a wrong block match
         assert rebuild(fast, head, basis) == new
+        if updating:                          # no block is read after the receiver wrote over it
+            assert rebuild_in_place(fast, head, basis) == new
     assert fast[-1][1] == -1 and all(token != -1 for _, token, _ in fast[:-1])
 
 

@@ -14,7 +14,17 @@ import pytest
 from backupd.protocol.match import match_tokens, match_tokens_ref
 from backupd.protocol.match_counts import MatchCounts, hash_tablesize, suffix_sums1
 from backupd.protocol.sums import Checksum, SumHead, checksum1_ref, decode_block_sums, generate_sums, sum_sizes
-from tests.delta_data import MANY, MANY2, REP_BASIS, REP_NEW, blob
+from tests.delta_data import (
+    BACKFWD_BASIS,
+    BACKFWD_NEW,
+    MANY,
+    MANY2,
+    REP_BASIS,
+    REP_NEW,
+    ZERO_BASIS,
+    ZERO_NEW,
+    blob,
+)
 
 BIG = blob(1, 96 * 1024)
 BIG2 = BIG[:40000] + b"inserted in the middle\n" + BIG[40000:90000]
@@ -39,6 +49,27 @@ def counted(search, new: bytes, head, sum1, sum2, checksum, **kw) -> MatchCounts
     for _ in search(new, head, sum1, sum2, checksum, counts=counts, **kw):
         pass
     return counts
+
+
+INPLACE_CASES = {  # the same, pulled with rsync -avv --inplace (sender.c updating_basis_file)
+    "shifted-copy": (BIG[:90000], BIG2, None, (57, 186, 0, 50123)),
+    "backward-and-forward": (BACKFWD_BASIS, BACKFWD_NEW, None, (42, 121, 0, 31100)),
+    "zeros-re-aligned": (ZERO_BASIS, ZERO_NEW, 500, (27, 27, 0, 500)),
+    "table-above-65536": (MANY, MANY2, 32, (31, 565346, 2118, 1698005)),
+}
+
+
+@pytest.mark.parametrize("name", INPLACE_CASES)
+def test_inplace_counts_equal_rsyncd(name):
+    basis, new, block_size, want = INPLACE_CASES[name]
+    checksum = Checksum("md5", 12345)
+    head, sum1, sum2 = sums_for(basis, block_size, checksum)
+    counts = counted(match_tokens, new, head, sum1, sum2, checksum, updating_basis=True)
+    assert (counts.matches, counts.hash_hits, counts.false_alarms, counts.data) == want
+    if len(new) < 200_000:
+        assert counted(match_tokens_ref, new, head, sum1, sum2, checksum, updating_basis=True) == counts
+    small = counted(match_tokens, new, head, sum1, sum2, checksum, updating_basis=True, window=777)
+    assert small == counts
 
 
 @pytest.mark.parametrize("name", CASES)

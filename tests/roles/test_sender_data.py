@@ -9,11 +9,19 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from backupd.protocol.constants import CHUNK_SIZE
+from backupd.protocol.constants import CHUNK_SIZE, FNAMECMP_FNAME, FNAMECMP_FUZZY, FNAMECMP_PARTIAL_DIR
 from backupd.protocol.match import literal_calls
 from backupd.protocol.sums import Checksum
 from backupd.protocol.tokens import make_token_writer
-from backupd.roles.sender_data import READ_SIZE, SourceFile, file_digest, open_source, send_literal, spoil
+from backupd.roles.sender_data import (
+    READ_SIZE,
+    SourceFile,
+    file_digest,
+    open_source,
+    send_literal,
+    spoil,
+    updating_basis_file,
+)
 from backupd.storage import ModuleTree
 
 CHECKSUM = Checksum("xxh128", 77)
@@ -95,3 +103,24 @@ def test_open_source_is_confined_and_digest_matches(tmp_path):
         hasher = CHECKSUM.file_sum_hasher()
         hasher.update(b"content")
         assert file_digest(tree, b"d/f", CHECKSUM) == (hasher.digest(), 7)
+
+
+@pytest.mark.parametrize(
+    ("inplace", "inplace_partial", "fnamecmp_type", "protocol", "backup", "redo", "want"),
+    [
+        (True, False, FNAMECMP_FNAME, 31, False, False, True),
+        (True, False, FNAMECMP_FNAME, 31, True, False, True),       # 29+: --backup does not matter
+        (True, False, FNAMECMP_FUZZY, 31, False, False, False),     # a fuzzy basis is another file
+        (True, True, FNAMECMP_PARTIAL_DIR, 31, False, False, True),
+        (False, True, FNAMECMP_PARTIAL_DIR, 31, False, False, True),  # partial-dir file written in place
+        (False, False, FNAMECMP_PARTIAL_DIR, 31, False, False, False),
+        (False, True, FNAMECMP_FNAME, 31, False, False, False),
+        (True, False, FNAMECMP_FNAME, 28, True, False, False),      # below 29: make_backups > 0
+        (True, False, FNAMECMP_FNAME, 28, True, True, True),        # the redo negates make_backups
+        (True, False, FNAMECMP_FNAME, 28, False, False, True),
+    ],
+)
+def test_updating_basis_file_follows_send_files(inplace, inplace_partial, fnamecmp_type, protocol, backup,
+                                                redo, want):
+    assert updating_basis_file(inplace=inplace, inplace_partial=inplace_partial, fnamecmp_type=fnamecmp_type,
+                               protocol=protocol, backup=backup, redo=redo) is want
