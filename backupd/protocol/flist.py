@@ -147,12 +147,19 @@ class _Prev:
 
 
 class FlistDecoder:
-    """Reads file-list entries; keeps the "same as previous" state across lists."""
+    """Reads file-list entries; keeps the "same as previous" state across lists.
+
+    ``wire_entries`` collects every entry read, unless ``keep_entries`` is
+    turned off (an incremental receiver holds its lists itself and frees
+    them); a hard-link reference is resolved through an index of the
+    entries read so far, kept only with -H.
+    """
 
     def __init__(self, opts: FlistOptions) -> None:
         self.opts = opts
         self._prev = _Prev()
         self.entries_read = 0
+        self.keep_entries = True
         self.wire_entries: list[FileEntry] = []
         self.ndx_start = 1 if opts.inc_recurse else 0
         self._list_count = 0
@@ -177,10 +184,12 @@ class FlistDecoder:
         if self.entries_read >= MAX_FLIST_ENTRIES:
             raise ProtocolError(f"file list over {MAX_FLIST_ENTRIES} entries")
         entry = self._read_fields(read, xflags & 0xFFFFFFFF)
-        self._by_wire_ndx[self.ndx_start + self._list_count] = entry
+        if self.opts.preserve_hard_links:
+            self._by_wire_ndx[self.ndx_start + self._list_count] = entry
         self._list_count += 1
         self.entries_read += 1
-        self.wire_entries.append(entry)
+        if self.keep_entries:
+            self.wire_entries.append(entry)
         return entry
 
     io_error: int = 0

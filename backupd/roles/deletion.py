@@ -105,7 +105,7 @@ class Deleter:
     def delete_pass(self) -> None:
         """Sweep every content directory of the list (--delete-before/-after), each read as the pass reaches it."""
         for ndx, entry in enumerate(self.state.flist):
-            if entry.is_content_dir and ndx not in self.state.skip:
+            if entry is not None and entry.is_content_dir and ndx not in self.state.skip:  # None: a freed file
                 path = self.state.dest[ndx]
                 st = self.state.tree.lstat(path)
                 if st is not None and stat.S_ISDIR(st.st_mode):
@@ -368,7 +368,7 @@ def _children_by_dir(flist: list[FileEntry], skip: set[int] = frozenset()) -> di
     """Directory name (b"" for the root) -> the set of its children's basenames (pruned ones not)."""
     out: dict[bytes, set[bytes]] = {}
     for ndx, entry in enumerate(flist):
-        if entry.name == b"." or ndx in skip:
+        if entry is None or entry.name == b"." or ndx in skip:  # None: a file of a freed list
             continue
         parent, _, base = entry.name.rpartition(b"/")
         out.setdefault(parent, set()).add(base)

@@ -232,7 +232,8 @@ class Generator:
         while (lst := self._next_list(position)) is not None:
             self._cur_list = position
             entries = st.flist[lst.start:lst.start + lst.count]
-            self.deleter.add_children(entries)
+            if delete_during:  # the names a deletion in their directory keeps
+                self.deleter.add_children(entries)
             if hard_links:
                 self._list_leaders(lst)
             if lst.parent is not None and lst.start - 1 not in st.skip:

@@ -43,6 +43,8 @@ class FileListReader:
     def __init__(self, flist_options, *, xattrs: int = 0, acls: bool = False, am_root: int = 0,
                  excluded=None) -> None:
         self.decoder = new_flist_decoder(flist_options)
+        if flist_options.inc_recurse:  # the lists hold the entries, and free them (IncLists.release)
+            self.decoder.keep_entries = False
         self.xattrs = XattrDecoder(am_root=am_root, level=xattrs, excluded=excluded) if xattrs else None
         self.acls = AclDecoder() if acls else None
         self.order = sort_key_for(flist_options.protocol)
@@ -156,6 +158,22 @@ class IncLists:
         self.lists.append(lst)
         self._starts.append(start - 1)
         return lst
+
+    def release(self, position: int, flist: list, dest: list, *ndx_sets: set[int]) -> None:
+        """Drop what the list at ``position`` holds once both sides are done with it (receiver.c flist_free).
+
+        Its files' entries and paths become None and their ndxs leave
+        ``ndx_sets``; its directories stay (their modes and times are set
+        at the end, and later lists name them as parents). A push then holds
+        the lists in flight and the directories, not the whole tree.
+        """
+        lst = self.lists[position]
+        for ndx in range(lst.start, lst.start + lst.count):
+            entry = flist[ndx]
+            if entry is not None and not entry.is_dir:
+                flist[ndx] = dest[ndx] = None
+                for ndxs in ndx_sets:
+                    ndxs.discard(ndx)
 
     def index_of(self, ndx: int) -> int:
         """Which list (position in ``lists``) wire ndx ``ndx`` belongs to (its reserved slot included)."""

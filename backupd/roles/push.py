@@ -38,7 +38,7 @@ class PushState:
     opts: TransferOptions
     negotiated: Negotiated
     tree: ModuleTree
-    flist: list[FileEntry]
+    flist: list[FileEntry]  # incremental: a finished list's files become None (IncLists.release)
     dest: list[bytes]
     dest_dir: bytes
     checksum: Checksum

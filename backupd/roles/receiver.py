@@ -98,7 +98,7 @@ class Receiver:
         elif code == MsgCode.NO_SEND and len(payload) == 4:
             ndx = int.from_bytes(payload, "little")
             self.log.info("client could not send ndx {}", ndx)
-            if self.state.inc is not None and 0 <= ndx < len(self.state.flist):
+            if self.state.inc is not None and 0 <= ndx < len(self.state.flist) and self.state.flist[ndx] is not None:
                 self._finished(ndx)  # io.c got_flist_entry_status FES_NO_SEND
         elif code in (MsgCode.INFO, MsgCode.WARNING, MsgCode.ERROR, MsgCode.ERROR_XFER):
             self.log.info("client says: {}", payload.decode("utf-8", "replace").rstrip())
@@ -122,6 +122,9 @@ class Receiver:
                     if self._lists_freed >= inc.dones_sent:  # an echo of nothing: the generator still works
                         raise ProtocolError("NDX_DONE for a file list the generator has not finished")
                     self._lists_freed += 1
+                    if not self.opts.hard_links:  # -H: a later list's member may link to one of it
+                        inc.release(self._lists_freed - 1, self.state.flist, self.state.dest,
+                                    self.state.requested, self.state.skip, self._sent_once)
                     if self._lists_freed < len(inc.lists):
                         continue
                 phase += 1
@@ -212,6 +215,8 @@ class Receiver:
     def _check_ndx(self, ndx: int) -> None:
         if not 0 <= ndx < len(self.state.flist):
             raise ProtocolError(f"Invalid file index: {ndx} (file list of {len(self.state.flist)} entries)")
+        if self.state.flist[ndx] is None:  # rsync.c read_ndx_and_attrs: not in a list still held
+            raise ProtocolError(f"File-list index {ndx} is in a file list already finished")
 
     def _check_transfer(self, ndx: int, phase: int, max_phase: int = MAX_PHASE) -> None:
         if phase == max_phase and max_phase == MAX_PHASE:

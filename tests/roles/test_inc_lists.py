@@ -91,3 +91,17 @@ def test_an_entry_outside_the_announced_directory_is_refused(name):
     state, encoder = _state(["./", "d/", "e/"])
     with pytest.raises(ProtocolError, match="is not in directory"):
         receive_sub_list(state, 1, io.BytesIO(_sub_list(encoder, name)).read)
+
+
+def test_a_finished_list_releases_its_files_but_keeps_its_directories():
+    flist, dest, inc = [], [], IncLists()
+    inc.add(flist, dest, _entries("./", "a.txt", "d/", "b.txt"), [b".", b"a.txt", b"d", b"b.txt"], None)
+    inc.parent_of_sub_list(1)
+    inc.add(flist, dest, _entries("d/x", "d/y"), [b"d/x", b"d/y"], 1)
+    requested, skip = {2, 4, 6}, {7}
+    inc.release(0, flist, dest, requested, skip)
+    assert [e.name if e is not None else None for e in flist] == [b".", b".", None, b"d", None, b"d", b"d/x", b"d/y"]
+    assert dest[:5] == [b".", b".", None, b"d", None]
+    assert (requested, skip) == ({6}, {7})          # the second list's ndxs are untouched
+    inc.release(1, flist, dest, requested, skip)
+    assert flist[5:] == [flist[3], None, None] and (requested, skip) == (set(), set())
