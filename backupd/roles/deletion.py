@@ -140,7 +140,9 @@ class Deleter:
         In reverse file-list order; changes nothing (rsync delete_in_dir's get_dirlist and its test).
         """
         rel = b"." if entry.name in (b".", b"") else entry.name
-        keep = self._children.get(_parent_key(entry.name), set())
+        children, key = self._children, _parent_key(entry.name)
+        # incremental: each directory is swept once, at its own list; its names are not needed after
+        keep = (children.pop(key, None) if self.state.inc is not None else children.get(key)) or set()
         listing = [Listed(name, st.st_mode) for name, st in self._scan(path)]
         return extraneous_entries(rel, path, listing, keep, self.rules)
 

@@ -81,7 +81,7 @@ def make(tmp_path: Path, files: dict[str, bytes | None], flist: list[FileEntry],
     tree = FailingTree(root, module="m", backup=backup)
     state = SimpleNamespace(
         opts=TransferOptions(**opts), tree=tree, flist=flist, dest=[e.name for e in flist], dest_dir=b".",
-        skip=set(), filters=None, module_filters=None, io_error=0, file_errors=0, protocol=32,
+        skip=set(), filters=None, module_filters=None, io_error=0, file_errors=0, protocol=32, inc=None,
     )
     out, log = Outbox(), Log()
     deleter = Deleter(state, out, log, FileErrors(out.send_msg, log, "generator", state))
