@@ -270,7 +270,7 @@ def match_tokens(
             alarms and literal bytes are added to it (match_counts; costs
             a few NumPy passes over the weak sums, so only when reported).
         updating_basis: the receiver writes into its basis (C's
-            updating_basis_file, ``match_inplace.updating_basis_file``):
+            updating_basis_file, ``sender_data.updating_basis_file``):
             passed blocks are unusable unless matched at their own offset.
 
     Raises:

@@ -53,8 +53,8 @@ class Negotiated:
 def plan_setup(opts: TransferOptions, *, allow_inc_recurse: bool = False) -> SetupPlan:
     """Compat flags and list choice for ``opts`` (compat.c setup_protocol).
 
-    CF_INC_RECURSE: only where the caller allows it (``allow_inc_recurse``:
-    the sender role), then as rsyncd's
+    CF_INC_RECURSE: only where the caller allows it (``allow_inc_recurse``;
+    a session allows it for every role), then as rsyncd's
     compat.c set_allow_inc_recurse() decides for a server: the client's
     ``i`` capability (a client with ``--no-inc-recursive``, or one whose
     receiver cannot, such as ``--delete-before``, leaves it out), ``-r``,

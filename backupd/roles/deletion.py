@@ -69,7 +69,7 @@ class Deleter:
 
     @property
     def _children(self) -> dict[bytes, set[bytes]]:
-        if self._children_map is None:  # a push without --delete never needs it
+        if self._children_map is None:  # without --delete never needed; incremental: add_children fills it
             self._children_map = _children_by_dir(self.state.flist, self._skip_at_start)
         return self._children_map
 
@@ -103,9 +103,12 @@ class Deleter:
         self.apply(plan_missing(entry.name, path, item, self.rules, self._budget, force=self.opts.force))
 
     def delete_pass(self) -> None:
-        """Sweep every content directory of the list (--delete-before/-after), each read as the pass reaches it."""
+        """Sweep every content directory of the list (--delete-before/-after), each read as the pass reaches it.
+
+        Those modes decline incremental recursion: the list is whole here, nothing freed.
+        """
         for ndx, entry in enumerate(self.state.flist):
-            if entry is not None and entry.is_content_dir and ndx not in self.state.skip:  # None: a freed file
+            if entry.is_content_dir and ndx not in self.state.skip:
                 path = self.state.dest[ndx]
                 st = self.state.tree.lstat(path)
                 if st is not None and stat.S_ISDIR(st.st_mode):
@@ -370,7 +373,7 @@ def _children_by_dir(flist: list[FileEntry], skip: set[int] = frozenset()) -> di
     """Directory name (b"" for the root) -> the set of its children's basenames (pruned ones not)."""
     out: dict[bytes, set[bytes]] = {}
     for ndx, entry in enumerate(flist):
-        if entry is None or entry.name == b"." or ndx in skip:  # None: a file of a freed list
+        if entry.name == b"." or ndx in skip:
             continue
         parent, _, base = entry.name.rpartition(b"/")
         out.setdefault(parent, set()).add(base)

@@ -610,7 +610,7 @@ class Generator:
             return None
         prefix, dest = path + b"/", self.state.dest
         for j in range(ndx + 1, len(dest)):
-            if dest[j] is not None and dest[j].startswith(prefix):  # None: a file of a freed list
+            if dest[j].startswith(prefix):  # later lists only: none is freed yet
                 dest[j] = real + b"/" + dest[j][len(prefix):]
         return real, real_st
 

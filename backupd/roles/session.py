@@ -421,6 +421,15 @@ class Session:
                 if request.protocol >= LEGACY_PROTOCOL:
                     self.inbox.start_mux()
 
+    def _option_error(self, request: ModuleRequest, exc: RsyncError) -> RsyncError:
+        """``exc``, an option rsyncd's parser refuses: framed after a lenient setup, closed 400 ms later.
+
+        clientserver.c rsync_module: option_error(), msleep(400), exit_cleanup().
+        """
+        self._setup_for_error(request)
+        self.exit_delay_s = OPTION_ERROR_DELAY_S
+        return exc
+
     # -- running ---------------------------------------------------------------------------
     def run(self) -> ExitCode:
         """Run the session to its end. Never raises; returns the exit code."""
@@ -433,19 +442,13 @@ class Session:
             if request.opts.sender:
                 self.role = "sender"
             if request.args_error is not None:
-                self._setup_for_error(request)
-                self.exit_delay_s = OPTION_ERROR_DELAY_S
-                raise request.args_error
+                raise self._option_error(request, request.args_error)
             refused = refused_option(request.opts, request.module.refuse_options)
-            if refused is not None:
-                self._setup_for_error(request)
-                self.exit_delay_s = OPTION_ERROR_DELAY_S
-                raise Unsupported(f"rsync: The server is configured to refuse {refused}")  # as rsyncd: no [role]
+            if refused is not None:  # as rsyncd: no [role]
+                raise self._option_error(request, Unsupported(f"rsync: The server is configured to refuse {refused}"))
             dashed = _dash_path_arg(request.opts.paths, request.module.name)
             if dashed is not None:
-                self._setup_for_error(request)
-                self.exit_delay_s = OPTION_ERROR_DELAY_S
-                raise popt_error(dashed, "unknown option")
+                raise self._option_error(request, popt_error(dashed, "unknown option"))
             negotiated = self.setup(request)
             return self._run_role(request, negotiated)
         except DaemonRefusal as exc:
