@@ -13,7 +13,8 @@ import sys
 import typer
 
 from backupd import __version__
-from backupd.errors import BackupdError, ConfigError
+from backupd.errors import BackupdError
+from backupd.ops.daemon import error_line
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -65,11 +66,8 @@ def main() -> None:
     _register()
     try:
         code = app(standalone_mode=False)  # returns typer.Exit's code instead of raising it
-    except ConfigError as exc:
-        typer.echo(f"backupd: config error: {exc}", err=True)
-        sys.exit(1)
-    except BackupdError as exc:
-        typer.echo(f"backupd: {exc}", err=True)
+    except BackupdError as exc:  # ConfigError included: one line, exit 1 (ops/daemon.error_line)
+        typer.echo(error_line(exc), err=True)
         sys.exit(1)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
