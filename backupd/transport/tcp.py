@@ -28,7 +28,8 @@ from backupd.transport.worker import fork_session
 
 MAX_WORKERS = 256  # a hard cap on session processes; per-module limits are `max connections`
 MAX_PREAUTH = 64  # connections not yet past auth; beyond it the oldest one is cut
-MAX_PREAUTH_PER_ADDRESS = 16  # the same, per client address
+MAX_PREAUTH_PER_ADDRESS = 16  # the same, per client address, once the oldest has waited PREAUTH_PATIENCE_S
+PREAUTH_PATIENCE_S = 5.0  # a login takes milliseconds; a burst of one host's clients is not a flood
 FAILURE_WINDOW_S = 60.0  # failed logins counted per address over this window
 MAX_AUTH_FAIL_DELAY_S = 8.0
 
@@ -218,13 +219,21 @@ class DaemonServer:
 
         Slow or silent clients that never log in then cannot keep a new
         client out: the newest connection always gets its chance to log in.
+        The per-address cap cuts only a connection that has waited
+        PREAUTH_PATIENCE_S, so a burst of one host's parallel pushes (stock
+        rsyncd serves them all) is not cut while its logins are under way on a
+        busy machine; the global cap (MAX_PREAUTH processes) is always kept.
         """
+        now = time.monotonic()
         same = [p for p in self.preauth.values() if p.addr == addr]
-        for pool, cap in ((same, MAX_PREAUTH_PER_ADDRESS), (list(self.preauth.values()), MAX_PREAUTH)):
+        for pool, cap, patience in ((same, MAX_PREAUTH_PER_ADDRESS, PREAUTH_PATIENCE_S),
+                                    (list(self.preauth.values()), MAX_PREAUTH, 0.0)):
             if len(pool) >= cap:
                 oldest = min(pool, key=lambda p: p.started)
+                if now - oldest.started < patience:
+                    continue
                 logger.warning("{} connections not yet logged in; cutting the oldest, from {} ({:.0f} s old)",
-                               len(pool), oldest.addr, time.monotonic() - oldest.started)
+                               len(pool), oldest.addr, now - oldest.started)
                 self._forget_preauth(oldest.status_fd)
                 try:
                     os.kill(oldest.pid, signal.SIGKILL)

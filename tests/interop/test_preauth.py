@@ -92,3 +92,38 @@ def test_a_trickling_client_is_cut_at_the_deadline(slow_server):
         elapsed = time.monotonic() - started
     assert DEADLINE_S - 1 <= elapsed <= DEADLINE_S + 3, f"cut after {elapsed:.1f} s"
     assert "handshake not completed" in server.log()
+
+
+def test_a_burst_from_one_address_is_not_cut_while_its_logins_are_young(slow_server):
+    """More than MAX_PREAUTH_PER_ADDRESS clients of one host, all mid-handshake
+    at once (parallel pushes on a busy machine): rsyncd serves every one, and so
+    must we; only a connection that has waited PREAUTH_PATIENCE_S is cut."""
+    from backupd.transport.tcp import MAX_PREAUTH, MAX_PREAUTH_PER_ADDRESS, PREAUTH_PATIENCE_S
+
+    server, _ = slow_server
+    count = MAX_PREAUTH_PER_ADDRESS + 8
+    assert count < MAX_PREAUTH
+    socks = []
+    try:
+        for _ in range(count):
+            s = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+            assert s.recv(100).startswith(b"@RSYNCD: ")
+            s.sendall(b"@RSYNCD: 31.0\n")  # greeted, not yet past auth: no module asked for
+            socks.append(s)
+        time.sleep(min(1.0, PREAUTH_PATIENCE_S / 4))
+        listings = []
+        for s in socks:
+            s.sendall(b"\n")  # ask for the module list, as `rsync host::` does
+            data = b""
+            while not data.endswith(b"@RSYNCD: EXIT\n"):
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+            listings.append(data)
+    finally:
+        for s in socks:
+            s.close()
+    served = [d for d in listings if d.endswith(b"@RSYNCD: EXIT\n")]
+    assert len(served) == count, f"{count - len(served)} of {count} connections were cut"
+    assert "not yet logged in" not in server.log()
