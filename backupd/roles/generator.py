@@ -535,7 +535,8 @@ class Generator:
             if not dry:
                 # a concurrent push may have made it: recv_generator lets EEXIST pass
                 tree.mkdir(path, 0o700 | (entry.mode & 0o7777), exist_ok=True)
-                self._changed(path)
+                self._scans.pop(path, None)  # its own scan (None while it was missing) is stale
+                self._noted(path)  # the parent's scan learns it: no rescan of the parent per new dir
             iflags = _IS_NEW | _LOCAL_CHANGE
         if iflags & _IS_NEW and self.alt is not None:
             iflags = self._alt_dir_flags(ndx, entry, path, iflags)
@@ -634,7 +635,10 @@ class Generator:
         return None if scan is None else scan.get(name)
 
     def _noted(self, path: bytes) -> None:
-        """``path`` (not a dir) was just written or removed: refresh its entry in a cached scan.
+        """``path`` was just written, made or removed: refresh its entry in a cached scan.
+
+        For a directory this is only its entry in its parent's scan; a scan
+        of the directory itself is the caller's to drop.
 
         Cheaper than :meth:`_changed` for a run of files in one directory
         (a --link-dest rotation links every one): no rescan of the directory.
