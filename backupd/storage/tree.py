@@ -231,9 +231,18 @@ class ModuleTree:
                 os.close(fd)
 
     def is_history_path(self, path: bytes) -> bool:
-        """True when ``path`` is the history dir or inside it (False without history)."""
-        comps = split_path(path, self.module)
-        return self.history is not None and self.history.contains(comps)
+        """True when ``path`` is the history dir or inside it (False without history).
+
+        A path that does not start with the history dir's name is not in it
+        (its components cannot begin with the history dir's): that answer
+        needs no split, which every file-list entry would pay for.
+
+        Raises:
+            PathEscape: a path that might be in history is not a clean module path.
+        """
+        if self.history is None or not path.startswith(self.history.dir_name):
+            return False
+        return self.history.contains(split_path(path, self.module))
 
     # -- writing ---------------------------------------------------------
 
