@@ -535,7 +535,6 @@ class Generator:
             if not dry:
                 # a concurrent push may have made it: recv_generator lets EEXIST pass
                 tree.mkdir(path, 0o700 | (entry.mode & 0o7777), exist_ok=True)
-                self._scans.pop(path, None)  # its own scan (None while it was missing) is stale
                 self._noted(path)  # the parent's scan learns it: no rescan of the parent per new dir
             iflags = _IS_NEW | _LOCAL_CHANGE
         if iflags & _IS_NEW and self.alt is not None:
@@ -637,12 +636,12 @@ class Generator:
     def _noted(self, path: bytes) -> None:
         """``path`` was just written, made or removed: refresh its entry in a cached scan.
 
-        For a directory this is only its entry in its parent's scan; a scan
-        of the directory itself is the caller's to drop.
-
-        Cheaper than :meth:`_changed` for a run of files in one directory
-        (a --link-dest rotation links every one): no rescan of the directory.
+        A scan of ``path`` itself (None while it was missing, or a directory
+        it replaced) is dropped. Cheaper than :meth:`_changed` for a run of
+        entries in one directory (a --link-dest rotation links every one, a
+        push makes each new directory): no rescan of the parent.
         """
+        self._scans.pop(path, None)
         parent, _, name = path.rpartition(b"/")
         scan = self._scans.get(parent or b".")
         if scan is None:
