@@ -34,19 +34,20 @@ MiB = 1 << 20
 BLOCK = 4096
 
 
-def used_bytes(fs: Path) -> int:
-    """Used space of the file system holding ``fs``, after a sync."""
+def block_device(fs: Path) -> str:
+    """Name of the block device mounted at ``fs`` (``loop0``), for /sys/block."""
+    source = subprocess.run(["findmnt", "-no", "SOURCE", str(fs)], capture_output=True, text=True, check=True)
+    return Path(source.stdout.strip()).resolve().name
+
+
+def disk_state(fs: Path, dev: str) -> tuple[int, int]:
+    """After one sync: (bytes used on the file system at ``fs``, bytes written so far to ``dev``).
+
+    Written bytes are the device's write sectors (512 bytes each) from /sys/block/DEV/stat.
+    """
     os.sync()
     st = os.statvfs(fs)
-    return (st.f_blocks - st.f_bfree) * st.f_frsize
-
-
-def device_written(fs: Path) -> int:
-    """Bytes written so far to the block device mounted at ``fs`` (sectors of 512 bytes), after a sync."""
-    os.sync()
-    source = subprocess.run(["findmnt", "-no", "SOURCE", str(fs)], capture_output=True, text=True, check=True)
-    dev = Path(source.stdout.strip()).resolve().name
-    return int(Path(f"/sys/block/{dev}/stat").read_text().split()[6]) * 512
+    return (st.f_blocks - st.f_bfree) * st.f_frsize, int(Path(f"/sys/block/{dev}/stat").read_text().split()[6]) * 512
 
 
 def unique_extent_bytes(root: Path) -> int:
@@ -104,12 +105,14 @@ def one_push(label: str, start, fs: Path, old: Path, new_dir: Path, port: int) -
     try:
         wait_listening(port)
         shutil.copy2(old, module / "r" / old.name)
-        used0, written0 = used_bytes(fs), device_written(fs)
+        dev = block_device(fs)
+        used0, written0 = disk_state(fs, dev)
         t = time.perf_counter()
         done = subprocess.run(["rsync", "-a", "--stats", "./", f"rsync://127.0.0.1:{port}/bench/r/"],
                               cwd=new_dir, capture_output=True, text=True)
         wall = time.perf_counter() - t
-        grew, wrote = used_bytes(fs) - used0, device_written(fs) - written0
+        used1, written1 = disk_state(fs, dev)
+        grew, wrote = used1 - used0, written1 - written0
         literal = re.search(r"Literal data: ([\d,]+)", done.stdout)
         files = sorted(str(p.relative_to(module)) for p in module.rglob("*") if p.is_file())
         extents = unique_extent_bytes(module) / MiB

@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from backupd.transport.tcp import MAX_PREAUTH, MAX_PREAUTH_PER_ADDRESS, PREAUTH_PATIENCE_S
 from tests.helpers import free_port, render_rsyncd_conf
 from tests.interop.conftest import assert_ok
 
@@ -98,8 +99,6 @@ def test_a_burst_from_one_address_is_not_cut_while_its_logins_are_young(slow_ser
     """More than MAX_PREAUTH_PER_ADDRESS clients of one host, all mid-handshake
     at once (parallel pushes on a busy machine): rsyncd serves every one, and so
     must we; only a connection that has waited PREAUTH_PATIENCE_S is cut."""
-    from backupd.transport.tcp import MAX_PREAUTH, MAX_PREAUTH_PER_ADDRESS, PREAUTH_PATIENCE_S
-
     server, _ = slow_server
     count = MAX_PREAUTH_PER_ADDRESS + 8
     assert count < MAX_PREAUTH
