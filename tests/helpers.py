@@ -74,8 +74,9 @@ class RsyncClient:
         timeout: float = 120,
         cwd: str | os.PathLike[str] | None = None,
         env: Mapping[str, str] | None = None,
+        wrapper: Sequence[str] = (),
     ) -> subprocess.CompletedProcess[str]:
-        """Run ``rsync <args>`` to its end; stdout/stderr captured as text.
+        """Run ``rsync <args>`` (after ``wrapper``, e.g. strace) to its end; stdout/stderr as text.
 
         The environment is ours minus every inherited ``RSYNC_*`` variable (so
         no password or connect program leaks in), with ``LC_ALL=C``, then
@@ -91,7 +92,7 @@ class RsyncClient:
         if password is not None:
             run_env["RSYNC_PASSWORD"] = password
         run_env.update(env or {})
-        argv = [*self.argv_prefix, *map(os.fspath, args)]
+        argv = [*wrapper, *self.argv_prefix, *map(os.fspath, args)]
         return run_in_session(argv, timeout=timeout, cwd=cwd, env=run_env)
 
     def with_protocol(self, protocol: int | None, id: str) -> RsyncClient:

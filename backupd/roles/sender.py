@@ -355,9 +355,10 @@ class Sender:
         self._send_file_list()
         self.state.xfer_ms = int((time.monotonic() - started) * 1000)
         if not self.items:  # main.c do_server_sender: exit_cleanup() without reading on
+            code = self._exit_code()
             self.out.flush()
-            self.session.reset_on_close = True
-            return self._exit_code()
+            self.session.exit_unread(code)
+            return code
         if self.opts.remove_source_files:
             self.session.inbox.on_message = self._on_message
         saved = self.io_error

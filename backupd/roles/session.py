@@ -126,6 +126,7 @@ class Session:
         # (noop_io_until_death), before it the process exits unread and the kernel resets
         self.input_buffered = False
         self.reset_on_close = False
+        self.close_unread = False  # a process exit: the kernel resets only if client data is unread
         # how long a failed session waits, its messages sent, before it closes: rsyncd sleeps
         # 100 ms in cleanup.c _exit_cleanup (am_server && exit_code), 400 ms more after an
         # option error (clientserver.c rsync_module), time in which the client's writes land
@@ -520,6 +521,21 @@ class Session:
         self.reset_on_close = not self.input_buffered or (self.role == "sender" and protocol < 31)
         return code
 
+    def exit_unread(self, code: ExitCode) -> None:
+        """End as rsyncd's sender does once it has stopped reading (io_end_buffering_in).
+
+        cleanup.c _exit_cleanup: a failing server sleeps 100 ms and exits
+        without reading on. Its MSG_ERROR_EXIT stays queued: a sender flushes
+        messages only while it does I/O, and it does none after that. The
+        kernel then resets the connection only if the client's answer (its own
+        MSG_ERROR_EXIT) lies unread: a client that answered within those
+        100 ms prints ``read error: Connection reset by peer (104)``, a slower
+        one reads EOF. Call with the role's output flushed.
+        """
+        if code:
+            self.exit_delay_s += EXIT_DELAY_S
+        self.close_unread = True
+
     def _close(self) -> None:
         if self.outbox is not None:
             self.outbox.close()
@@ -527,6 +543,11 @@ class Session:
             time.sleep(self.exit_delay_s)
         if self.reset_on_close:
             abort(self.stream)
+        elif self.close_unread:
+            try:
+                self.stream.close()
+            except OSError:
+                pass
         else:
             self._close_politely()
         if self.request is not None and self.request.root_fd is not None:

@@ -3,8 +3,9 @@
 A :class:`Scenario` is a module description (rsyncd.conf parameters, secrets),
 a seed tree for the module, a client tree, and a list of steps: rsync client
 commands (:class:`Rsync`), tree changes between them (:class:`Change`),
-commands run at the same time (:class:`Parallel`) and commands run while
-another connection holds a slot (:class:`Busy`).
+commands run at the same time (:class:`Parallel`), commands run while
+another connection holds a slot (:class:`Busy`) and commands of a client
+whose every write is late (:class:`Slow`).
 
 Both sides run in the *same* directories (``<base>/mod`` is the module of
 both servers, ``<base>/client`` the client's cwd): the rsyncd side first, then
@@ -32,7 +33,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.helpers import RsyncClient, make_tree
+import pytest
+
+from tests.helpers import RsyncClient, in_ci, make_tree
 
 MODULE = "mod"
 HISTORY = "history-backup"
@@ -95,7 +98,19 @@ class Busy:
     command: Rsync
 
 
-Step = Rsync | Change | Parallel | Busy
+@dataclass(frozen=True)
+class Slow:
+    """Run ``command`` with every write(2) of the client delayed by ``delay_ms`` (strace inject).
+
+    A slow client: its answers reach the daemon after the daemon has gone on,
+    e.g. after it closed, so a reset or an EOF shows which of the two it was.
+    """
+
+    command: Rsync
+    delay_ms: int = 100
+
+
+Step = Rsync | Change | Parallel | Busy | Slow
 
 
 @dataclass(frozen=True)
@@ -198,6 +213,9 @@ def run_side(ctx: SideContext, scenario: Scenario) -> list[StepRecord]:
             with hold_connection(ctx.port):
                 outcomes = [run_command(ctx, step.command)]
             label = "busy: " + " ".join(step.command.args)
+        elif isinstance(step, Slow):
+            outcomes = [run_command(ctx, step.command, wrapper=slow_writes(step.delay_ms))]
+            label = "slow client: " + " ".join(step.command.args)
         else:
             raise TypeError(step)
         records.append(
@@ -211,7 +229,7 @@ def run_side(ctx: SideContext, scenario: Scenario) -> list[StepRecord]:
     return records
 
 
-def run_command(ctx: SideContext, cmd: Rsync) -> Outcome:
+def run_command(ctx: SideContext, cmd: Rsync, wrapper: Sequence[str] = ()) -> Outcome:
     argv = cmd.argv(ctx)
     done = ctx.client.run(
         *argv,
@@ -219,6 +237,7 @@ def run_command(ctx: SideContext, cmd: Rsync) -> Outcome:
         cwd=ctx.base / "client",
         timeout=60,
         env=dict(cmd.env) or None,
+        wrapper=wrapper,
     )
     return normalise(ctx, " ".join(cmd.args), done)
 
@@ -235,6 +254,17 @@ def run_parallel(ctx: SideContext, cmds: Sequence[Rsync]) -> list[Outcome]:
     for t in threads:
         t.join()
     return [r for r in results if r is not None]
+
+
+def slow_writes(delay_ms: int) -> tuple[str, ...]:
+    """The strace prefix that delays each write(2) of the client (and its children) by ``delay_ms``."""
+    strace = shutil.which("strace")
+    if strace is None:
+        if in_ci():
+            pytest.fail("CI is true, so a missing strace fails the slow-client scenarios", pytrace=False)
+        pytest.skip("strace is not installed (.ci/run installs it): no slow-client scenarios")
+    inject = f"write:delay_enter={delay_ms * 1000}"
+    return (strace, "-f", "-qq", "-o", "/dev/null", "-e", "trace=write", "-e", f"inject={inject}")
 
 
 class hold_connection:

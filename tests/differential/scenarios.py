@@ -22,6 +22,7 @@ from tests.differential.harness import (
     Change,
     Parallel,
     Scenario,
+    Slow,
     rsync,
 )
 from tests.helpers import Dir, File, Symlink
@@ -704,6 +705,8 @@ scenario("list-only-root", rsync("--list-only", "{mod}/"), seed=pulled_tree())
 scenario("list-only-recursive", rsync("--list-only", "-r", "{mod}/"), seed=pulled_tree())
 scenario("list-only-file", rsync("--list-only", "{mod}/sub/c.txt"), seed=pulled_tree())
 scenario("list-only-missing", rsync("--list-only", "{mod}/nope"), seed=pulled_tree())
+# the daemon stops reading, waits 100 ms and exits: a client answering later reads EOF, no reset
+scenario("list-only-missing-slow-client", Slow(rsync("--list-only", "{mod}/nope")), seed=pulled_tree())
 scenario("list-no-dest", rsync("-a", "{mod}/sub/"), seed=pulled_tree())
 scenario("list-only-exclude", rsync("--list-only", "-r", "--exclude=*.txt", "{mod}/"),
          seed=pulled_tree())

@@ -304,13 +304,18 @@ class PullClient:
 
 
 def start_pull(sock: socket.socket, request: ModuleRequest, negotiated: Negotiated) -> tuple[threading.Thread, dict]:
-    """run_pull in a thread on ``sock``: returns (thread, box); box gets "code" (and "error" if it raised)."""
+    """run_pull in a thread on ``sock``: returns (thread, box).
+
+    box gets "code", "error" if it raised, and "exit_unread" (the code) if it ended without reading on.
+    """
     from backupd.roles.sender import run_pull
 
     inbox = Inbox(sock)
     inbox.start_mux()
-    session = SimpleNamespace(inbox=inbox, outbox=Outbox(sock), log=logger)
     box: dict = {}
+    # Session.exit_unread (a pull with nothing to send): recorded, the socket is closed below
+    session = SimpleNamespace(inbox=inbox, outbox=Outbox(sock), log=logger,
+                              exit_unread=lambda code: box.setdefault("exit_unread", code))
 
     def serve() -> None:
         try:
