@@ -24,7 +24,7 @@ from backupd.protocol.greeting import encode_error, encode_greeting
 from backupd.roles.session import AUTH_FAIL_DELAY_S
 from backupd.transport.listen import bind_listeners
 from backupd.transport.slots import anonymous_lock_file
-from backupd.transport.worker import fork_session
+from backupd.transport.worker import fork_session, trim_heap
 
 MAX_WORKERS = 256  # a hard cap on session processes; per-module limits are `max connections`
 MAX_PREAUTH = 64  # connections not yet past auth; beyond it the oldest one is cut
@@ -162,9 +162,10 @@ class DaemonServer:
         selector = self._selector = selectors.DefaultSelector()
         for sock in self.listeners:
             selector.register(sock, selectors.EVENT_READ, "listener")
+        trim_heap()
         while not self._stop:
-            if self._reload_pending:
-                self.reload()
+            if self._reload_pending and self.reload():
+                trim_heap()
             for key, _ in selector.select(timeout=0.5):
                 if key.data == "listener":
                     self._accept(key.fileobj)

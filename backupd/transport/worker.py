@@ -21,6 +21,22 @@ from backupd.roles.session import AUTH_FAIL_DELAY_S, AUTH_FAILED, AUTHENTICATED,
 EVENT_BYTES = {AUTHENTICATED: b"A", AUTH_FAILED: b"F"}
 
 
+def trim_heap() -> None:
+    """Give the listener's free heap pages back to the kernel (glibc ``malloc_trim(0)``).
+
+    Start-up (config parsing, imports) leaves about 2 MB of freed but resident
+    heap in the listener; every session forked from it would map those pages
+    too. Called once the listener is set up and after each reload. A libc
+    without ``malloc_trim`` (musl) is left as is. Never raises.
+    """
+    import ctypes
+
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (AttributeError, OSError):
+        pass
+
+
 def preload_session_modules() -> None:
     """Import the role modules once in the listener, so each forked session starts warm."""
     import importlib
