@@ -8,6 +8,7 @@ compat.c setup_protocol(); rsync-protocol-a.md §3, §5, §6.5.
 
 from __future__ import annotations
 
+import enum
 import fnmatch
 import grp
 import os
@@ -69,6 +70,14 @@ OPTION_ERROR_DELAY_S = 0.4  # clientserver.c rsync_module: msleep(400) after an 
 AUTHENTICATED, AUTH_FAILED = "authenticated", "auth-failed"  # SessionContext.on_event
 
 
+class Closing(enum.Enum):
+    """How a session's connection ends (``Session._close``), after its exit delay."""
+
+    POLITE = "polite"  # shut down, read the client's rest, close (rsyncd's noop_io_until_death)
+    RESET = "reset"    # a reset once the output is acknowledged (rsyncd exiting with input unread)
+    EXIT = "exit"      # a plain close: the kernel resets only if the client's data is unread
+
+
 @dataclass
 class SessionContext:
     """Who is connected and under which configuration."""
@@ -125,8 +134,7 @@ class Session:
         # multiplexed data; a fatal error after that drains the input before exiting
         # (noop_io_until_death), before it the process exits unread and the kernel resets
         self.input_buffered = False
-        self.reset_on_close = False
-        self.close_unread = False  # a process exit: the kernel resets only if client data is unread
+        self.closing = Closing.POLITE
         # how long a failed session waits, its messages sent, before it closes: rsyncd sleeps
         # 100 ms in cleanup.c _exit_cleanup (am_server && exit_code), 400 ms more after an
         # option error (clientserver.c rsync_module), time in which the client's writes land
@@ -508,7 +516,7 @@ class Session:
         if self.role == "sender" and not self.input_buffered:
             # a pull refused while rsyncd parses its options: the client sees the text, then
             # the reset before any exit message, and ends with its own code 10 (as with rsyncd)
-            self.reset_on_close = True
+            self.closing = Closing.RESET
             return code
         what = EXIT_TEXT.get(code, "error")
         trailer = f"rsync error: {what} (code {int(code)}) at backupd [{self.role}=backupd-{__version__}]\n"
@@ -518,7 +526,8 @@ class Session:
         if protocol >= 31 or self.input_buffered:
             self.outbox.send_msg(MsgCode.ERROR_EXIT, encode_int32(int(code)))
         # cleanup.c _exit_cleanup: only a receiver or a protocol 31+ peer waits for the client's EOF
-        self.reset_on_close = not self.input_buffered or (self.role == "sender" and protocol < 31)
+        if not self.input_buffered or (self.role == "sender" and protocol < 31):
+            self.closing = Closing.RESET
         return code
 
     def exit_unread(self, code: ExitCode) -> None:
@@ -534,16 +543,16 @@ class Session:
         """
         if code:
             self.exit_delay_s += EXIT_DELAY_S
-        self.close_unread = True
+        self.closing = Closing.EXIT
 
     def _close(self) -> None:
         if self.outbox is not None:
             self.outbox.close()
         if self.exit_delay_s:
             time.sleep(self.exit_delay_s)
-        if self.reset_on_close:
+        if self.closing is Closing.RESET:
             abort(self.stream)
-        elif self.close_unread:
+        elif self.closing is Closing.EXIT:
             try:
                 self.stream.close()
             except OSError:
