@@ -42,7 +42,7 @@ from backupd.protocol.server_args import has_protected_args
 from backupd.roles.session import run_session
 from backupd.roles.shell_session import run_shell_session
 from backupd.transport.ssh_auth import FailureLog, load_authorized_keys, password_matches
-from backupd.transport.worker import fork_session
+from backupd.transport.worker import fork_session, trim_heap
 
 LOGIN_GRACE_S = 30.0  # OpenSSH's LoginGraceTime, shorter
 MAX_AUTH_TRIES = 6  # OpenSSH's MaxAuthTries
@@ -138,6 +138,7 @@ class SshDaemon:
         loop.add_signal_handler(signal.SIGINT, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         acceptors = [await asyncssh.listen(sock=sock, **self._options()) for sock in self.sockets]
+        trim_heap()  # sessions fork from this process too
         await self._stop.wait()
         for acceptor in acceptors:
             acceptor.close()
