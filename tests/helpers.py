@@ -18,6 +18,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
+from typing import NoReturn
+
+import pytest
 
 # ---------------------------------------------------------------- environment
 
@@ -27,6 +30,17 @@ TRUTHY = {"1", "true", "yes", "on"}
 def in_ci() -> bool:
     """True when the CI env var is set to a true value (CI=true in .ci/run)."""
     return os.environ.get("CI", "").strip().lower() in TRUTHY
+
+
+def unavailable(why: str) -> NoReturn:
+    """Skip the test for a missing tool or resource (``why``); fail it when CI is true.
+
+    .ci/run installs everything the tests need, so there a skip would hide a
+    broken CI set-up as a green run.
+    """
+    if in_ci():
+        pytest.fail(f"CI is true, so a missing requirement fails: {why}", pytrace=False)
+    pytest.skip(why)
 
 
 def cache_dir() -> Path:

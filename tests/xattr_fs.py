@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from backupd.storage.reflink import clone_align
-from tests.helpers import in_ci
+from tests.helpers import unavailable
 
 BIG = 6000  # bytes: over ext4's one-block limit
 
@@ -37,12 +37,6 @@ def big_values_ok(path: Path) -> bool:
         raise
     finally:
         probe.unlink()
-
-
-def _unavailable(what: str, why: str):
-    if in_ci():
-        pytest.fail(f"no file system for {what}: {why}")
-    pytest.skip(f"no file system for {what}: {why}")
 
 
 @pytest.fixture(scope="session")
@@ -65,7 +59,7 @@ def xattr_base(tmp_path_factory):
 def _loop_xfs(tmp: Path, what: str, mkfs_args: list[str]):
     """Yield a loop-mounted XFS (512 MiB image under ``tmp``), unmounted afterwards; skip (fail in CI) without."""
     if os.geteuid() != 0 or shutil.which("mkfs.xfs") is None:
-        _unavailable(what, "tmp is not one, and no root + mkfs.xfs for a loop-mounted XFS")
+        unavailable(f"no file system for {what}: tmp is not one, and no root + mkfs.xfs for a loop-mounted XFS")
     image, mnt = tmp / "xfs.img", tmp / "mnt"
     mnt.mkdir()
     with open(image, "wb") as f:
@@ -75,7 +69,7 @@ def _loop_xfs(tmp: Path, what: str, mkfs_args: list[str]):
         ["mount", "-o", "loop", str(image), str(mnt)], capture_output=True, timeout=60
     ).returncode == 0
     if not mounted:
-        _unavailable(what, f"mkfs.xfs/mount failed: {made.stderr.strip()}")
+        unavailable(f"no file system for {what}: mkfs.xfs/mount failed: {made.stderr.strip()}")
     try:
         os.chmod(mnt, 0o755)
         yield mnt

@@ -33,9 +33,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytest
-
-from tests.helpers import RsyncClient, in_ci, make_tree
+from tests.helpers import RsyncClient, make_tree, unavailable
 
 MODULE = "mod"
 HISTORY = "history-backup"
@@ -260,9 +258,7 @@ def slow_writes(delay_ms: int) -> tuple[str, ...]:
     """The strace prefix that delays each write(2) of the client (and its children) by ``delay_ms``."""
     strace = shutil.which("strace")
     if strace is None:
-        if in_ci():
-            pytest.fail("CI is true, so a missing strace fails the slow-client scenarios", pytrace=False)
-        pytest.skip("strace is not installed (.ci/run installs it): no slow-client scenarios")
+        unavailable("strace is not installed (.ci/run installs it): no slow-client scenarios")
     inject = f"write:delay_enter={delay_ms * 1000}"
     return (strace, "-f", "-qq", "-o", "/dev/null", "-e", "trace=write", "-e", f"inject={inject}")
 

@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import ServerProcess, free_port, in_ci, kill_group, tree_differences
+from tests.helpers import ServerProcess, free_port, kill_group, tree_differences, unavailable
 
 MODULE = "mod"
 HISTORY = "history-backup"
@@ -246,26 +246,20 @@ def _pg_bindir() -> Path | None:
     return Path(initdb).resolve().parent if initdb else None
 
 
-def _unavailable(why: str):
-    if in_ci():
-        pytest.fail(f"CI is true, so missing PostgreSQL fails: {why}", pytrace=False)
-    pytest.skip(why)
-
-
 @pytest.fixture(scope="session")
 def postgres():
     """A throwaway PostgreSQL on 127.0.0.1; yields its DSN (trust auth, user postgres)."""
     psycopg = pytest.importorskip("psycopg")
     bindir = _pg_bindir()
     if bindir is None:
-        _unavailable("PostgreSQL server binaries not found (apt-get install postgresql)")
+        unavailable("PostgreSQL server binaries not found (apt-get install postgresql)")
     run_as: dict = {}
     root = Path(tempfile.mkdtemp(prefix="backupd-pg-"))
     if os.geteuid() == 0:
         try:
             pg = pwd.getpwnam("postgres")
         except KeyError:
-            _unavailable("running as root and there is no 'postgres' user to run the server")
+            unavailable("running as root and there is no 'postgres' user to run the server")
         os.chown(root, pg.pw_uid, pg.pw_gid)
         run_as = {"user": pg.pw_uid, "group": pg.pw_gid, "extra_groups": []}
     data, port = root / "data", free_port()
@@ -274,7 +268,7 @@ def postgres():
                           timeout=120, check=False, **run_as)
     if done.returncode != 0:
         shutil.rmtree(root, ignore_errors=True)
-        _unavailable(f"initdb failed: {done.stderr[-2000:]}")
+        unavailable(f"initdb failed: {done.stderr[-2000:]}")
     log = open(root / "postgres.log", "wb")  # noqa: SIM115 - closed at teardown
     proc = subprocess.Popen(
         [str(bindir / "postgres"), "-D", str(data), "-p", str(port), "-c", "listen_addresses=127.0.0.1",
@@ -293,7 +287,7 @@ def postgres():
 
     wait_until(up, 30)
     if proc.poll() is not None or not up():
-        _unavailable(f"postgres did not start: {(root / 'postgres.log').read_text()[-2000:]}")
+        unavailable(f"postgres did not start: {(root / 'postgres.log').read_text()[-2000:]}")
     yield dsn
     proc.send_signal(signal.SIGINT)  # fast shutdown
     try:
