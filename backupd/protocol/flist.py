@@ -16,12 +16,13 @@ from backupd.errors import ProtocolError
 from backupd.protocol.constants import MAX_PATH_LEN, XmitFlags
 from backupd.protocol.wire import (
     Read,
-    decode_int32,
+    Truncated,
     decode_varint,
-    decode_varlong,
     encode_int32,
     encode_varint,
     encode_varlong,
+    varint_at,
+    varlong_at,
 )
 from backupd.protocol.xattrs import XattrSet
 
@@ -42,6 +43,9 @@ _SAME_TIME = int(XmitFlags.SAME_TIME)
 _SAME_UID = int(XmitFlags.SAME_UID)
 _TOP_DIR = int(XmitFlags.TOP_DIR)
 _USER_NAME_FOLLOWS = int(XmitFlags.USER_NAME_FOLLOWS)
+# what an abbreviated hard-link member takes from its first (flist.c recv_file_entry, XMIT_HLINKED)
+_HLINK_COPIED = ("size", "mtime", "mtime_nsec", "mode", "uid", "gid", "rdev_major", "rdev_minor",
+                 "link_target", "checksum", "user_name", "group_name")
 _VALID_TYPES = (stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK, stat.S_IFCHR, stat.S_IFBLK, stat.S_IFIFO, stat.S_IFSOCK)
 
 
@@ -173,123 +177,176 @@ class FlistDecoder:
     def read_entry(self, read: Read) -> FileEntry | None:
         """Read one entry, or the end marker (returns None; see ``io_error``).
 
+        The stream form of :meth:`decode_at`: ``read`` is asked for exactly
+        the bytes the entry needs, one field group at a time.
+
         Raises:
+            ProtocolError: as decode_at.
+        """
+        data = read(1)
+        while True:
+            try:
+                return self.decode_at(data, 0)[0]
+            except Truncated as short:
+                if short.end <= len(data):
+                    raise RuntimeError(f"decoder wanted {short.end} of the {len(data)} bytes it had") from None
+                data += read(short.end - len(data))
+
+    io_error: int = 0
+
+    def decode_at(self, data: bytes, pos: int) -> tuple[FileEntry | None, int]:
+        """Decode the entry (or end marker, as None) at ``data[pos:]``; returns it and the position after it.
+
+        Source: rsync flist.c recv_file_entry, protocols 30-32 (varint
+        flags, varlong size and mtime). The receiver decodes from the bytes
+        it already holds, without a call per field; the "same as previous"
+        state (name, mtime, mode, ids, rdev major) changes only when the
+        whole entry was there.
+
+        Raises:
+            Truncated: ``data`` ends inside the entry; nothing was changed.
             ProtocolError: a bad name (``..``, absolute, too long), a bad mode,
                 an out-of-range value, or a hard-link reference to nothing.
         """
-        xflags = decode_varint(read)
+        n = len(data)
+        if pos >= n:
+            raise Truncated(pos + 1)
+        xflags = data[pos]
+        if xflags < 0x80:  # the one-byte varint of most entries, inline
+            pos += 1
+        else:
+            xflags, pos = varint_at(data, pos)
         if xflags == 0:
-            self.io_error = decode_varint(read)
-            return None
+            self.io_error, pos = varint_at(data, pos)
+            return None, pos
         if self.entries_read >= MAX_FLIST_ENTRIES:
             raise ProtocolError(f"file list over {MAX_FLIST_ENTRIES} entries")
-        entry = self._read_fields(read, xflags & 0xFFFFFFFF)
-        if self.opts.preserve_hard_links:
-            self._by_wire_ndx[self.ndx_start + self._list_count] = entry
+        xflags &= 0xFFFFFFFF
+        o, prev = self.opts, self._prev
+        # the name: l1 bytes of the previous one, then l2 new bytes
+        if xflags & _SAME_NAME:
+            if pos >= n:
+                raise Truncated(pos + 1)
+            l1, pos = data[pos], pos + 1
+        else:
+            l1 = 0
+        if xflags & _LONG_NAME:
+            l2, pos = varint_at(data, pos)
+        elif pos >= n:
+            raise Truncated(pos + 1)
+        else:
+            l2, pos = data[pos], pos + 1
+        if l1 > len(prev.name) or l2 < 0 or l1 + l2 >= MAX_PATH_LEN:
+            raise ProtocolError(f"file-list name of {l1}+{l2} bytes (previous name {len(prev.name)} bytes)")
+        end = pos + l2
+        if end > n:
+            raise Truncated(end)
+        name = prev.name[:l1] + data[pos:end]
+        pos = end
+        ndx = self.ndx_start + self._list_count
+        mtime, mode, uid, gid, rdev_major = prev.mtime, prev.mode, prev.uid, prev.gid, prev.rdev_major
+        group = src = None
+        if o.preserve_hard_links and xflags & _HLINKED:
+            if xflags & _HLINK_FIRST:
+                group = ndx
+            else:
+                first, pos = varint_at(data, pos)
+                src = self._by_wire_ndx.get(first)
+                if src is None or src.hlink_group is None:
+                    raise ProtocolError(f"hard-link reference {first} names no hard-linked entry read so far")
+                group = src.hlink_group
+                if first < self.ndx_start:  # in an earlier list: the fields follow in full
+                    src = None
+                xflags &= ~(_TOP_DIR | _NO_CONTENT_DIR)
+        if src is not None:  # abbreviated: every field as its first member's
+            entry = FileEntry(name, src.mode)
+            for attr in _HLINK_COPIED:
+                setattr(entry, attr, getattr(src, attr))
+            mode, mtime = src.mode, src.mtime
+            if o.preserve_uid and src.uid is not None:
+                uid = src.uid
+            if o.preserve_gid and src.gid is not None:
+                gid = src.gid
+            if src.is_device:
+                rdev_major = src.rdev_major
+        else:
+            # size: a varlong of at least 3 bytes, inline when its lead byte says no more follow
+            if pos + 3 <= n and data[pos] < 0x80:
+                size, pos = int.from_bytes(data[pos + 1:pos + 3], "little") | data[pos] << 16, pos + 3
+            else:
+                size, pos = varlong_at(data, pos, 3)
+                if size < 0:
+                    raise ProtocolError(f"{name!r}: negative file length {size}")
+            if not xflags & _SAME_TIME:
+                if pos + 4 <= n and data[pos] < 0x80:
+                    mtime, pos = int.from_bytes(data[pos + 1:pos + 4], "little") | data[pos] << 24, pos + 4
+                else:
+                    mtime, pos = varlong_at(data, pos, 4)
+            nsec = 0
+            if xflags & _MOD_NSEC:
+                nsec, pos = varint_at(data, pos)
+                if not 0 <= nsec <= 999_999_999:
+                    raise ProtocolError(f"{name!r}: mtime nanoseconds {nsec} out of range")
+            if not xflags & _SAME_MODE:
+                if pos + 4 > n:
+                    raise Truncated(pos + 4)
+                mode, pos = int.from_bytes(data[pos:pos + 4], "little"), pos + 4
+            ftype = stat.S_IFMT(mode)
+            if mode != 0 and ftype not in _VALID_TYPES:  # 0: a missing arg
+                raise ProtocolError(f"{name!r}: invalid file mode {mode:#o}")
+            # bit 8 of a non-directory is SAME_RDEV_MAJOR, not NO_CONTENT_DIR
+            kept = xflags & (_TOP_DIR | _NO_CONTENT_DIR) if ftype == stat.S_IFDIR else 0
+            entry = FileEntry(name, mode, size, mtime, nsec, xflags=kept)
+            if o.preserve_uid:
+                if not xflags & _SAME_UID:
+                    uid, pos = varint_at(data, pos)
+                    uid &= 0xFFFFFFFF  # uid_t: ids of 2**31 and up
+                    if xflags & _USER_NAME_FOLLOWS:
+                        prev.user_names[uid], pos = _name_at(data, pos)
+                entry.uid, entry.user_name = uid, prev.user_names.get(uid)
+            if o.preserve_gid:
+                if not xflags & _SAME_GID:
+                    gid, pos = varint_at(data, pos)
+                    gid &= 0xFFFFFFFF
+                    if xflags & _GROUP_NAME_FOLLOWS:
+                        prev.group_names[gid], pos = _name_at(data, pos)
+                entry.gid, entry.group_name = gid, prev.group_names.get(gid)
+            if ftype != stat.S_IFREG or o.csum_len:
+                rdev_major, pos = self._rdev_link_sum_at(data, pos, xflags, entry, ftype, rdev_major)
+        if pos > n:
+            raise Truncated(pos)
+        if group is not None:
+            entry.hlink_group, entry.hlink_first = group, group == ndx
+            self._by_wire_ndx[ndx] = entry
+        elif o.preserve_hard_links:
+            self._by_wire_ndx[ndx] = entry
+        prev.name, prev.mtime, prev.mode, prev.uid, prev.gid, prev.rdev_major = name, mtime, mode, uid, gid, rdev_major
         self._list_count += 1
         self.entries_read += 1
         if self.keep_entries:
             self.wire_entries.append(entry)
-        return entry
+        return entry, pos
 
-    io_error: int = 0
-
-    def _read_name(self, read: Read, xflags: int) -> bytes:
-        prev = self._prev
-        l1 = read(1)[0] if xflags & _SAME_NAME else 0
-        l2 = decode_varint(read) if xflags & _LONG_NAME else read(1)[0]
-        if l1 > len(prev.name) or l2 < 0 or l1 + l2 >= MAX_PATH_LEN:
-            raise ProtocolError(f"file-list name of {l1}+{l2} bytes (previous name {len(prev.name)} bytes)")
-        name = prev.name[:l1] + read(l2)
-        prev.name = name
-        return name
-
-    def _read_fields(self, read: Read, xflags: int) -> FileEntry:
-        o, prev = self.opts, self._prev
-        name = self._read_name(read, xflags)
-        entry = FileEntry(name=name, mode=0, xflags=xflags & (_TOP_DIR | _NO_CONTENT_DIR))
-        if o.preserve_hard_links and xflags & _HLINKED:
-            if self._read_hlink(read, xflags, entry):
-                return entry
-        entry.size = decode_varlong(read, 3)
-        if entry.size < 0:
-            raise ProtocolError(f"{name!r}: negative file length {entry.size}")
-        if not xflags & _SAME_TIME:
-            prev.mtime = decode_varlong(read, 4)
-        entry.mtime = prev.mtime
-        if xflags & _MOD_NSEC:
-            entry.mtime_nsec = decode_varint(read)
-            if not 0 <= entry.mtime_nsec <= 999_999_999:
-                raise ProtocolError(f"{name!r}: mtime nanoseconds {entry.mtime_nsec} out of range")
-        if not xflags & _SAME_MODE:
-            prev.mode = decode_int32(read) & 0xFFFFFFFF
-        entry.mode = prev.mode
-        if entry.mode != 0 and stat.S_IFMT(entry.mode) not in _VALID_TYPES:  # 0: a missing arg
-            raise ProtocolError(f"{name!r}: invalid file mode {entry.mode:#o}")
-        if not stat.S_ISDIR(entry.mode):
-            entry.xflags = 0  # bit 8 of a non-directory is SAME_RDEV_MAJOR, not NO_CONTENT_DIR
-        self._read_ids(read, xflags, entry)
-        self._read_rdev_link_sum(read, xflags, entry)
-        return entry
-
-    def _read_hlink(self, read: Read, xflags: int, entry: FileEntry) -> bool:
-        """Hard-link fields; True when the entry is abbreviated (copied from its first)."""
-        if xflags & _HLINK_FIRST:
-            entry.hlink_group, entry.hlink_first = self.ndx_start + self._list_count, True
-            return False
-        first = decode_varint(read)
-        src = self._by_wire_ndx.get(first)
-        if src is None or src.hlink_group is None:
-            raise ProtocolError(f"hard-link reference {first} names no hard-linked entry read so far")
-        entry.hlink_group = src.hlink_group
-        entry.xflags = 0
-        if first < self.ndx_start:
-            return False
-        for attr in ("size", "mtime", "mtime_nsec", "mode", "uid", "gid", "rdev_major", "rdev_minor",
-                     "link_target", "checksum", "user_name", "group_name"):
-            setattr(entry, attr, getattr(src, attr))
-        prev = self._prev
-        prev.mode, prev.mtime = src.mode, src.mtime
-        if self.opts.preserve_uid and src.uid is not None:
-            prev.uid = src.uid
-        if self.opts.preserve_gid and src.gid is not None:
-            prev.gid = src.gid
-        if src.is_device:
-            prev.rdev_major = src.rdev_major
-        return True
-
-    def _read_ids(self, read: Read, xflags: int, entry: FileEntry) -> None:
-        o, prev = self.opts, self._prev
-        if o.preserve_uid:
-            if not xflags & _SAME_UID:
-                prev.uid = decode_varint(read) & 0xFFFFFFFF  # uid_t: ids of 2**31 and up
-                if xflags & _USER_NAME_FOLLOWS:
-                    prev.user_names[prev.uid] = read(read(1)[0])
-            entry.uid = prev.uid
-            entry.user_name = prev.user_names.get(prev.uid)
-        if o.preserve_gid:
-            if not xflags & _SAME_GID:
-                prev.gid = decode_varint(read) & 0xFFFFFFFF
-                if xflags & _GROUP_NAME_FOLLOWS:
-                    prev.group_names[prev.gid] = read(read(1)[0])
-            entry.gid = prev.gid
-            entry.group_name = prev.group_names.get(prev.gid)
-
-    def _read_rdev_link_sum(self, read: Read, xflags: int, entry: FileEntry) -> None:
-        o, prev = self.opts, self._prev
-        if (o.preserve_devices and entry.is_device) or (o.preserve_specials and entry.is_special and o.protocol < 31):
+    def _rdev_link_sum_at(self, data: bytes, pos: int, xflags: int, entry: FileEntry, ftype: int,
+                          rdev_major: int) -> tuple[int, int]:
+        """Device numbers, symlink target, checksum; returns (rdev major for the next entry, position)."""
+        o = self.opts
+        device = ftype in (stat.S_IFCHR, stat.S_IFBLK)
+        if (o.preserve_devices and device) or (
+                o.preserve_specials and ftype in (stat.S_IFIFO, stat.S_IFSOCK) and o.protocol < 31):
             if not xflags & _SAME_RDEV_MAJOR:
-                prev.rdev_major = decode_varint(read)
-            minor = decode_varint(read)
-            if entry.is_device:  # a special's is only the historical filler (recv_file_entry)
-                entry.rdev_major, entry.rdev_minor = prev.rdev_major, minor
-        if o.preserve_links and entry.is_link:
-            n = decode_varint(read)
-            if not 0 < n < MAX_PATH_LEN:
-                raise ProtocolError(f"{entry.name!r}: symlink target of {n} bytes")
-            entry.link_target = read(n)
-        if o.csum_len and entry.is_reg:
-            entry.checksum = read(o.csum_len)
+                rdev_major, pos = varint_at(data, pos)
+            minor, pos = varint_at(data, pos)
+            if device:  # a special's is only the historical filler (recv_file_entry)
+                entry.rdev_major, entry.rdev_minor = rdev_major, minor
+        if o.preserve_links and ftype == stat.S_IFLNK:
+            length, pos = varint_at(data, pos)
+            if not 0 < length < MAX_PATH_LEN:
+                raise ProtocolError(f"{entry.name!r}: symlink target of {length} bytes")
+            entry.link_target, pos = data[pos:pos + length], pos + length
+        if o.csum_len and ftype == stat.S_IFREG:
+            entry.checksum, pos = data[pos:pos + o.csum_len], pos + o.csum_len
+        return rdev_major, pos
 
     def read_id_lists(self, read: Read) -> tuple[dict[int, bytes], dict[int, bytes]]:
         """The uid and gid name lists after a non-incremental list (uidlist.c recv_id_list).
@@ -462,6 +519,16 @@ class FlistEncoder:
         return b"".join(out)
 
 
+def _name_at(data: bytes, pos: int) -> tuple[bytes, int]:
+    """A user or group name after its id: one length byte, then the name (uidlist.c recv_user_name)."""
+    if pos >= len(data):
+        raise Truncated(pos + 1)
+    end = pos + 1 + data[pos]
+    if end > len(data):
+        raise Truncated(end)
+    return data[pos + 1:end], end
+
+
 def _signed32(value: int) -> int:
     value &= 0xFFFFFFFF
     return value - (1 << 32) if value & 0x80000000 else value
@@ -519,6 +586,17 @@ def sort_flist(entries: list[FileEntry]) -> list[FileEntry]:
 
 def _same_name(a: bytes, b: bytes) -> bool:
     return a == b or (a in (b".", b"") and b in (b".", b""))
+
+
+def plain_wire_name(name: bytes) -> bool:
+    """True for a name that :func:`clean_wire_name` leaves as it is and :func:`check_wire_name` accepts.
+
+    The common case, tested without splitting: not empty, no leading ``.``
+    or ``/``, no trailing ``/``, no ``//``, no ``/.`` (so no ``.`` or ``..``
+    component anywhere) and no NUL. Any other name takes the full rules.
+    """
+    return (bool(name) and name[0] not in b"./" and name[-1] != 0x2F and b"//" not in name
+            and b"/." not in name and b"\0" not in name)
 
 
 def clean_wire_name(name: bytes) -> bytes:

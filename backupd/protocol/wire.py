@@ -114,6 +114,19 @@ def _count_lead_ones(lead: int) -> int:
 _LEAD_ONES = bytes(_count_lead_ones(lead) for lead in range(256))  # lead byte -> extra bytes
 
 
+class Truncated(Exception):
+    """A buffer decoder ran out of bytes: ``end`` is the buffer length the value needs so far.
+
+    Raised by the ``*_at`` decoders, which read from bytes already received
+    instead of calling ``read`` per field; the caller gets more bytes and
+    decodes again from the same start.
+    """
+
+    def __init__(self, end: int) -> None:
+        super().__init__(end)
+        self.end = end
+
+
 def decode_varint(read: Read) -> int:
     """Read an rsync varint as a signed int32.
 
@@ -123,10 +136,37 @@ def decode_varint(read: Read) -> int:
     lead = read(1)[0]
     if lead < 0x80:  # one byte: most values on the wire
         return lead
+    return _varint_value(lead, read(_varint_extra(lead)))
+
+
+def varint_at(data: bytes, pos: int) -> tuple[int, int]:
+    """:func:`decode_varint` from ``data[pos:]``: (value, position after it).
+
+    Raises:
+        Truncated: ``data`` ends inside the varint.
+        ProtocolError: as decode_varint.
+    """
+    if pos >= len(data):
+        raise Truncated(pos + 1)
+    lead = data[pos]
+    if lead < 0x80:
+        return lead, pos + 1
+    end = pos + 1 + _varint_extra(lead)
+    if end > len(data):
+        raise Truncated(end)
+    return _varint_value(lead, data[pos + 1:end]), end
+
+
+def _varint_extra(lead: int) -> int:
     extra = _LEAD_ONES[lead]
     if extra > 4:
         raise ProtocolError(f"bad varint lead byte {lead:#04x}")
-    low = read(extra)
+    return extra
+
+
+def _varint_value(lead: int, low: bytes) -> int:
+    """io.c read_varint: the low bytes, then what the lead byte's unflagged bits hold."""
+    extra = len(low)
     top = lead & ((1 << (8 - extra)) - 1) if extra < 4 else 0
     value = int.from_bytes(low + bytes([top]), "little") & 0xFFFFFFFF
     return value - (1 << 32) if value & 0x80000000 else value
@@ -161,12 +201,39 @@ def decode_varlong(read: Read, min_bytes: int) -> int:
     lead = head[0]
     if lead < 0x80:  # no extra bytes: the value is head[1:] with lead on top
         return int.from_bytes(head[1:], "little") | lead << (8 * (min_bytes - 1))
-    low = head[1:]
+    extra = _varlong_extra(lead, min_bytes)
+    return _varlong_value(lead, extra, head[1:] + read(extra))
+
+
+def varlong_at(data: bytes, pos: int, min_bytes: int) -> tuple[int, int]:
+    """:func:`decode_varlong` from ``data[pos:]``: (value, position after it).
+
+    Raises:
+        Truncated: ``data`` ends inside the varlong.
+        ProtocolError: as decode_varlong.
+    """
+    end = pos + min_bytes
+    if end > len(data):
+        raise Truncated(end)
+    lead = data[pos]
+    if lead < 0x80:
+        return int.from_bytes(data[pos + 1:end], "little") | lead << (8 * (min_bytes - 1)), end
+    extra = _varlong_extra(lead, min_bytes)
+    if end + extra > len(data):
+        raise Truncated(end + extra)
+    return _varlong_value(lead, extra, data[pos + 1:end + extra]), end + extra
+
+
+def _varlong_extra(lead: int, min_bytes: int) -> int:
     extra = _LEAD_ONES[lead]
+    if min_bytes - 1 + extra > 8:
+        raise ProtocolError(f"bad varlong lead byte {lead:#04x}")
+    return extra
+
+
+def _varlong_value(lead: int, extra: int, low: bytes) -> int:
+    """io.c read_varlong: ``min_bytes - 1 + extra`` low bytes, the lead byte's unflagged bits on top."""
     if extra:
-        if min_bytes - 1 + extra > 8:
-            raise ProtocolError(f"bad varlong lead byte {lead:#04x}")
-        low += read(extra)
         lead &= (1 << (8 - extra)) - 1
     raw = low + bytes([lead]) if len(low) < 8 else low
     value = int.from_bytes(raw[:8], "little")

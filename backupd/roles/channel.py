@@ -12,15 +12,18 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import TypeVar
 
 from backupd.errors import ExitCode, ProtocolError, RsyncError, StreamClosed
 from backupd.protocol.constants import MPLEX_BASE, MsgCode
 from backupd.protocol.mux import decode_header, encode_frame
+from backupd.protocol.wire import Truncated
 from backupd.transport.stream import Stream
 
 READ_SIZE = 256 * 1024
 FRAME_DATA_MAX = 256 * 1024
 HIGH_WATER = 8 * 1024 * 1024
+T = TypeVar("T")
 
 
 def peer_exit(payload: bytes) -> StreamClosed:
@@ -139,15 +142,39 @@ class Inbox:
             return self._data[pos:end]
         if not self.muxed:
             return self.read_raw(n)
-        parts = [self._data[pos:]]
+        self._gather(n)
+        self._dpos = n
+        return self._data[:n]
+
+    def decode(self, decode_at: Callable[[bytes, int], tuple[T, int]]) -> T:
+        """One value that ``decode_at(data, pos) -> (value, end)`` decodes from the MSG_DATA stream.
+
+        ``decode_at`` reads the received bytes in place (no call per field)
+        and raises ``wire.Truncated`` when they end too soon; the next frames
+        are then joined on and it decodes again from the same start.
+        Multiplexed input only.
+        """
+        while True:
+            try:
+                value, end = decode_at(self._data, self._dpos)
+            except Truncated as short:
+                if short.end <= len(self._data):
+                    raise RuntimeError(f"decoder wanted {short.end} of the {len(self._data)} bytes it had") from None
+                self._gather(short.end - self._dpos)
+                continue
+            self._dpos = end
+            return value
+
+    def _gather(self, n: int) -> None:
+        """Join frames until at least ``n`` unread bytes are buffered; they then start at offset 0."""
+        parts = [self._data[self._dpos:]]
         have = len(parts[0])
         while have < n:
             payload = self._next_data()
             parts.append(payload)
             have += len(payload)
         self._data = b"".join(parts)
-        self._dpos = n
-        return self._data[:n]
+        self._dpos = 0
 
     def drain(self, limit_s: float = 5.0) -> None:
         """Read and drop input until EOF or ``limit_s`` seconds (polite close)."""

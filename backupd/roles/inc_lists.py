@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from backupd.errors import ProtocolError
 from backupd.protocol.acls import AclDecoder
-from backupd.protocol.flist import FileEntry, check_wire_name, clean_wire_name, sort_key_for
+from backupd.protocol.flist import FileEntry, check_wire_name, clean_wire_name, plain_wire_name, sort_key_for
 from backupd.protocol.flist_legacy import new_flist_decoder
 from backupd.protocol.xattrs import XattrDecoder
 
@@ -41,8 +41,10 @@ class FileListReader:
     """
 
     def __init__(self, flist_options, *, xattrs: int = 0, acls: bool = False, am_root: int = 0,
-                 excluded=None) -> None:
+                 excluded=None, inbox=None) -> None:
         self.decoder = new_flist_decoder(flist_options)
+        # protocol 30+ entries are decoded straight from the session's received bytes (channel.Inbox.decode)
+        self.inbox = inbox if flist_options.protocol >= 30 else None
         if flist_options.inc_recurse:  # the lists hold the entries, and free them (IncLists.release)
             self.decoder.keep_entries = False
         self.xattrs = XattrDecoder(am_root=am_root, level=xattrs, excluded=excluded) if xattrs else None
@@ -62,17 +64,20 @@ class FileListReader:
                 malformed entry.
         """
         entries = []
-        acls, xattrs = self.acls, self.xattrs
-        while (entry := self.decoder.read_entry(read)) is not None:
+        acls, xattrs, decoder = self.acls, self.xattrs, self.decoder
+        inbox = self.inbox if self.inbox is not None and self.inbox.muxed else None
+        decode_at = decoder.decode_at
+        while (entry := decoder.read_entry(read) if inbox is None else inbox.decode(decode_at)) is not None:
             if acls is not None and not entry.is_link:
                 entry.acls = acls.decode(read, entry.mode, entry.is_dir)
             if xattrs is not None:
                 entry.xattrs = xattrs.decode(read)
-            entry.name = clean_wire_name(entry.name)  # x//y -> x/y, sub/ -> sub (issue 15.9)
-            if entry.name != b".":
-                check_wire_name(entry.name)
-            elif not entry.is_dir:
-                raise ProtocolError("file-list entry '.' is not a directory")
+            if not plain_wire_name(entry.name):
+                entry.name = clean_wire_name(entry.name)  # x//y -> x/y, sub/ -> sub (issue 15.9)
+                if entry.name != b".":
+                    check_wire_name(entry.name)
+                elif not entry.is_dir:
+                    raise ProtocolError("file-list entry '.' is not a directory")
             entries.append(entry)
         return entries
 

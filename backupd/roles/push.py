@@ -97,7 +97,8 @@ def join_path(base: bytes, name: bytes) -> bytes:
 
 
 def read_file_list(
-    state_opts: TransferOptions, negotiated: Negotiated, protocol: int, read, *, am_root: int = 0, excluded=None
+    state_opts: TransferOptions, negotiated: Negotiated, protocol: int, read, *, am_root: int = 0, excluded=None,
+    inbox=None,
 ) -> tuple[list[FileEntry], int]:
     """Read the client's single file list and its id lists; return (sorted entries, io_error).
 
@@ -108,7 +109,7 @@ def read_file_list(
     Raises:
         ProtocolError: an unsafe name or a malformed entry.
     """
-    reader = list_reader(state_opts, negotiated, protocol, am_root=am_root, excluded=excluded)
+    reader = list_reader(state_opts, negotiated, protocol, am_root=am_root, excluded=excluded, inbox=inbox)
     entries = reader.read_entries(read)
     users, groups = reader.decoder.read_id_lists(read)
     if reader.acls is not None and not state_opts.numeric_ids:
@@ -123,10 +124,10 @@ def read_file_list(
 
 
 def list_reader(opts: TransferOptions, negotiated: Negotiated, protocol: int, *, am_root: int = 0,
-                excluded=None) -> FileListReader:
-    """The decoder of this push's file lists (inc_lists.FileListReader)."""
+                excluded=None, inbox=None) -> FileListReader:
+    """The decoder of this push's file lists (inc_lists.FileListReader), reading ``inbox`` when given."""
     return FileListReader(file_list_options(opts, negotiated, protocol), xattrs=opts.xattrs, acls=opts.acls,
-                          am_root=am_root, excluded=excluded)
+                          am_root=am_root, excluded=excluded, inbox=inbox)
 
 
 def receive_sub_list(state: PushState, dir_index: int, read) -> None:
@@ -457,13 +458,14 @@ def run_push(session, request, negotiated: Negotiated) -> ExitCode:
     inc = bool(negotiated.compat_flags & CompatFlags.INC_RECURSE)
     reader = ndx_in = first = extra = None
     if inc:
-        reader = list_reader(opts, negotiated, request.protocol, am_root=int(is_root), excluded=excluded)
+        reader = list_reader(opts, negotiated, request.protocol, am_root=int(is_root), excluded=excluded,
+                             inbox=session.inbox)
         ndx_in = NdxDecoder(request.protocol)
         first, extra, eof = _read_first_lists(reader, ndx_in, read)
         flist, io_error = first + (extra or []), reader.io_error
     else:
         flist, io_error = read_file_list(
-            opts, negotiated, request.protocol, read, am_root=int(is_root), excluded=excluded
+            opts, negotiated, request.protocol, read, am_root=int(is_root), excluded=excluded, inbox=session.inbox
         )
     maps = is_root and (opts.usermap is not None or opts.groupmap is not None)  # uidlist.c: root maps owners
 
