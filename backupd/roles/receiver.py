@@ -344,7 +344,7 @@ class Receiver:
 
     def _commit(self, ndx: int, entry, path: bytes, staged, basis_path: bytes | None = None) -> bool:
         state, opts = self.state, self.opts
-        st = state.tree.lstat(path)
+        st = staged.target_stat()
         # receiver.c: without -p the mode follows the basis opened (fd1), which may be another file
         mode_st = st if basis_path in (None, path) else self._basis_stat(basis_path)
         mode = new_file_mode(state, entry, mode_st)

@@ -137,9 +137,11 @@ def open_dir(root_fd: int, comps: tuple[bytes, ...], module: str, path: bytes) -
         PathEscape: a component is a symlink.
         OSError: a component is missing or not a directory.
     """
-    fd = os.dup(root_fd)
+    if not comps:
+        return os.dup(root_fd)
+    fd = open_step(root_fd, comps[0], module, path)  # the root itself is never closed here: no dup to start
     try:
-        for name in comps:
+        for name in comps[1:]:
             next_fd = open_step(fd, name, module, path)
             os.close(fd)
             fd = next_fd

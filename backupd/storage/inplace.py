@@ -128,6 +128,10 @@ class InplaceFile:
         """``--partial``: what was written stays (it already is the live file)."""
         self._close()
 
+    def target_stat(self) -> os.stat_result | None:
+        """lstat of what ``path`` holds now (StagedFile.target_stat's twin; here the file being rewritten)."""
+        return self._tree.lstat(self.path)
+
     def abort(self) -> None:
         """Stop writing; the file keeps what was written. Idempotent, never raises."""
         self._close()

@@ -295,6 +295,20 @@ class StagedFile:
         self._done = True
         self._close_fds()
 
+    def target_stat(self) -> os.stat_result | None:
+        """lstat of what the commit will replace (None: nothing there), through the parent fd held.
+
+        What ``ModuleTree.lstat(path)`` gives, without walking the path again.
+
+        Raises:
+            StorageError: any OS error but "missing".
+        """
+        with fs_errors(self._tree.module, self.path):
+            try:
+                return os.stat(self._comps[-1], dir_fd=self._parent_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                return None
+
     def abort(self) -> None:
         """Drop the temp file; the target is untouched. Idempotent, never raises."""
         if self._done:
