@@ -146,8 +146,7 @@ class AltDest:
         self.state: PushState = gen.state
         self.opts = gen.opts
         self.kind = self.opts.alt_dest_type
-        log_format = self.opts.log_format or ""
-        self.itemize_all = "%i%I" in log_format or self.state.verbosity >= 2  # INFO_GTE(NAME, 2), capped
+        self.itemize_all = gen.itemize_all
 
     def alt_path(self, index: int, path: bytes) -> bytes:
         """``basis_dir[index]/fname`` (see :func:`alt_path`)."""

@@ -91,6 +91,8 @@ class Generator:
         self._held: set[int] = set()             # ...followers their list waits for
         self._hlink_followers: list[tuple[int, int]] = []
         self._refused_dirs: list[bytes] = []  # module-excluded dirs: their contents are skipped
+        # -ii or -vv (INFO_GTE(NAME, 2), capped): unchanged entries are itemized too
+        self.itemize_all = "%i%I" in (self.opts.log_format or "") or state.verbosity >= 2
         self.alt = AltDest(self) if state.alt_dirs else None  # --link/copy/compare-dest
         self._alt_basis: dict[int, AltBasis] = {}
         self._parent_seen = b""  # recv_generator parent_dirname: the last parent checked
@@ -104,6 +106,7 @@ class Generator:
         self._first_unfinished = 0  # position in inc.lists of the oldest list not yet freed by an NDX_DONE
         self._cur_list: int | None = 0
         self._precreated: set[bytes] = set()  # dirs made 0700 while their parent's list was processed
+        self._quiet_uptodate = self._nothing_follows_uptodate()
 
     # -- thread control ----------------------------------------------------------------
     def start(self) -> None:
@@ -472,11 +475,10 @@ class Generator:
                     self._file_error(message, entry)
         if self.xattrs is not None:
             iflags |= self.xattrs.report(entry, path, bool(iflags & _IS_NEW))
-        log_format = self.opts.log_format or ""
         if self.state.protocol < 29:  # generator.c itemize: no iflags on the wire below 29
             self._legacy_name_line(entry, iflags)
             return
-        if iflags & _SIGNIFICANT or "%i%I" in log_format or self.state.verbosity >= 2:  # INFO_GTE(NAME, 2)
+        if iflags & _SIGNIFICANT or self.itemize_all:
             trailer = b"" if self.xattrs is None else self.xattrs.trailer(self.state.flist[ndx], iflags)
             self.out.write(self.ndx.encode(ndx) + encode_shortint(iflags) + trailer)
 
@@ -801,13 +803,35 @@ class Generator:
         self._success(ndx)
 
     # -- regular files -----------------------------------------------------------------
+    def _nothing_follows_uptodate(self) -> bool:
+        """True when a regular file the quick check finds current, attributes too, needs no further step.
+
+        The general path (size limits, --existing/--ignore-existing/--update,
+        alternates, the partial dir, -H leaders, ACLs and xattrs, -ii and -vv
+        lines, --remove-source-files, the name lines below protocol 29) would
+        then set, say and send nothing for it; with any of those options on,
+        every file takes the general path.
+        """
+        opts, state = self.opts, self.state
+        return (opts.min_size is None and opts.max_size is None
+                and not (opts.existing or opts.ignore_existing or opts.update or opts.append or opts.partial_dir
+                         or opts.hard_links or opts.remove_source_files)
+                and self.alt is None and self.acls is None and self.xattrs is None
+                and not self.itemize_all and state.protocol >= 29)
+
     def _process_file(self, ndx: int, entry: FileEntry, path: bytes) -> None:
         opts = self.opts
-        if (opts.min_size is not None and entry.size < opts.min_size) or (
+        if self._quiet_uptodate:  # the common noop entry ends at its quick check
+            st = self._lstat(path)
+            if (st is not None and stat.S_ISREG(st.st_mode) and self._unchanged(entry, path, st)
+                    and not self._attr_changes(entry, st)):
+                return
+        elif (opts.min_size is not None and entry.size < opts.min_size) or (
             opts.max_size is not None and entry.size > opts.max_size
         ):
             return
-        st = self._lstat(path)
+        else:
+            st = self._lstat(path)
         if st is None and opts.existing:
             return
         if st is not None and opts.ignore_existing:

@@ -28,6 +28,7 @@ import errno
 import fcntl
 import os
 import stat
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -733,10 +734,11 @@ def _scan_fd(dir_fd: int) -> dict[bytes, os.stat_result]:
     directory: an entry listed but already renamed away is simply not there.
     """
     out = {}
+    encoding, errors = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()  # os.fsencode, without its call
     with os.scandir(dir_fd) as it:
         for entry in it:
             try:
-                out[os.fsencode(entry.name)] = entry.stat(follow_symlinks=False)
+                out[entry.name.encode(encoding, errors)] = entry.stat(follow_symlinks=False)
             except FileNotFoundError:
                 continue
     return out
