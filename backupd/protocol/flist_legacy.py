@@ -83,6 +83,14 @@ class LegacyFlistDecoder(FlistDecoder):
         self.wire_entries.append(entry)
         return entry
 
+    def decode_at(self, data: bytes, pos: int):
+        """Not for protocols 27-29: their entries are read field by field (:meth:`read_entry`).
+
+        Raises:
+            NotImplementedError: always (the buffer form is FlistDecoder's, protocol 30+).
+        """
+        raise NotImplementedError("protocol 27-29 file-list entries are read with read_entry")
+
     def _read_legacy(self, read: Read, xflags: int) -> FileEntry:
         o, prev = self.opts, self._prev
         l1 = read(1)[0] if xflags & _SAME_NAME else 0

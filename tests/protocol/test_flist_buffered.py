@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from backupd.errors import ProtocolError
 from backupd.protocol.constants import MsgCode
 from backupd.protocol.flist import FileEntry, FlistDecoder, FlistEncoder, FlistOptions, plain_wire_name
+from backupd.protocol.flist_legacy import new_flist_encoder
 from backupd.protocol.mux import encode_frame
 from backupd.protocol.wire import ByteReader, Truncated
 from backupd.roles.channel import Inbox
@@ -136,3 +137,15 @@ def test_plain_names(name):
                                   b"a/./b", b".hidden", b"a/.hidden", b"a\0b"])
 def test_names_that_take_the_full_rules(name):
     assert not plain_wire_name(name)
+
+
+def test_protocol_29_lists_are_read_field_by_field_even_with_an_inbox():
+    o = FlistOptions(protocol=29, preserve_uid=True, numeric_ids=True)
+    encoder = new_flist_encoder(o)
+    sent = [FileEntry(name=b"a", mode=stat.S_IFREG | 0o644, size=3, mtime=7, uid=5),
+            FileEntry(name=b"b", mode=stat.S_IFREG | 0o600, size=9, mtime=7, uid=5)]
+    wire = b"".join(encoder.encode_entry(e) for e in sent) + encoder.encode_end(0)
+    inbox = Inbox(FrameStream(framed(wire, [2, 5])))
+    inbox.start_mux()
+    got = FileListReader(o, inbox=inbox).read_entries(inbox.read)
+    assert [(e.name, e.mode, e.size, e.uid) for e in got] == [(e.name, e.mode, e.size, e.uid) for e in sent]
