@@ -126,6 +126,16 @@ class Truncated(Exception):
         super().__init__(end)
         self.end = end
 
+    def beyond(self, have: int) -> int:
+        """How many bytes past the ``have`` held the decoder needs.
+
+        Raises:
+            RuntimeError: none (a decoder that asks for bytes it had would loop forever).
+        """
+        if self.end <= have:
+            raise RuntimeError(f"decoder wanted {self.end} of the {have} bytes it had")
+        return self.end - have
+
 
 def decode_varint(read: Read) -> int:
     """Read an rsync varint as a signed int32.

@@ -158,9 +158,8 @@ class Inbox:
             try:
                 value, end = decode_at(self._data, self._dpos)
             except Truncated as short:
-                if short.end <= len(self._data):
-                    raise RuntimeError(f"decoder wanted {short.end} of the {len(self._data)} bytes it had") from None
-                self._gather(short.end - self._dpos)
+                past_end = short.beyond(len(self._data))
+                self._gather(len(self._data) - self._dpos + past_end)
                 continue
             self._dpos = end
             return value

@@ -274,7 +274,7 @@ class Receiver:
                                   " -- discarding completed file.\n".encode("utf-8", "replace"))
             self._verification_failed(ndx, entry, phase, kept="put into partial-dir")
         elif self._retains_failed():
-            self._retain(entry, path, sink.staged)
+            self._retain(entry, sink.staged)
             self._verification_failed(ndx, entry, phase, kept="retained")
         else:
             sink.staged.abort()
@@ -387,11 +387,11 @@ class Receiver:
         opts = self.opts
         return bool(opts.inplace or opts.append or (opts.partial and not opts.partial_dir))
 
-    def _retain(self, entry, path: bytes, staged) -> None:
+    def _retain(self, entry, staged) -> None:
         """A failed update stays in place, its mtime left unset (finish_transfer with ok_to_set_time 0)."""
         state = self.state
         try:
-            mode = new_file_mode(state, entry, state.tree.lstat(path))
+            mode = new_file_mode(state, entry, staged.target_stat())
             staged.commit(mtime_ns=None, mode=mode, **owner_ids(state, entry))
         except (StorageError, FileError) as exc:
             staged.abort()
