@@ -344,9 +344,9 @@ class Receiver:
 
     def _commit(self, ndx: int, entry, path: bytes, staged, basis_path: bytes | None = None) -> bool:
         state, opts = self.state, self.opts
-        st = staged.target_stat()
-        # receiver.c: without -p the mode follows the basis opened (fd1), which may be another file
-        mode_st = st if basis_path in (None, path) else self._basis_stat(basis_path)
+        mode_st = None  # -p: the sender's mode, whatever is there
+        if not opts.perms:  # receiver.c: the mode follows the basis opened (fd1), which may be another file
+            mode_st = staged.target_stat() if basis_path in (None, path) else self._basis_stat(basis_path)
         mode = new_file_mode(state, entry, mode_st)
         if opts.acls:  # ACLs, then xattrs (rsync.c set_file_attrs)
             for message in apply_staged(entry, staged, mode):
@@ -361,7 +361,7 @@ class Receiver:
             self._file_error(f"cannot write {os.fsdecode(entry.name)}: {exc}")
             return False
         self.files_received += 1
-        ops_logging.file_received(self, entry, path, st)  # ops hook: transfer log line, counters
+        ops_logging.file_received(self, entry, path, staged.replaced)  # ops hook: transfer log line, counters
         if opts.remove_source_files:
             self.out.send_msg(MsgCode.SUCCESS, encode_int32(ndx))
         return True

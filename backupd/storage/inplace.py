@@ -35,6 +35,11 @@ class InplaceFile:
     is never overwritten first); ``commit`` truncates to what was written and
     sets the attributes; ``abort`` and ``keep_partial`` leave what was written
     (rsync's in-place semantics). Every failure is a ``StorageError``.
+
+    Attributes:
+        replaced: after :meth:`commit`, the lstat of the file as commit
+            found it (its data already rewritten, its attributes not yet
+            set), StagedFile.replaced's twin.
     """
 
     def __init__(self, tree: ModuleTree, fd: int, path: bytes, mode: int, *, sparse: bool = False) -> None:
@@ -48,6 +53,7 @@ class InplaceFile:
         # the catalog's xxh128 of the new bytes (written in order from offset 0, then truncated)
         self._hash = xxhash.xxh128() if tree.catalog is not None else None
         self.xfer_sum: tuple[str, str] | None = None  # (checksum name, hex) the transfer verified
+        self.replaced: os.stat_result | None = None
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Write ``data`` at the current offset (a basis view is copied first: it may alias the file)."""
@@ -97,6 +103,7 @@ class InplaceFile:
         """
         self._check_open()
         try:
+            self.replaced = self.target_stat()
             with fs_errors(self._tree.module, self.path):
                 os.ftruncate(self._fd, self._pos)
                 change_owner(self._fd, uid, gid)

@@ -65,6 +65,69 @@ def block_runs(view: memoryview) -> Iterator[tuple[memoryview, bool]]:
         start = end
 
 
+class TempWriter:
+    """The temp file's fd behind a write buffer: ``io.BufferedWriter``'s calls that StagedFile uses.
+
+    Made on a fresh ``O_EXCL`` file (offset 0), so nothing is asked of the
+    kernel at open; ``io.open`` would fstat and lseek the fd and set aside a
+    256 KiB buffer for a file that is mostly a few KiB. Writes of
+    WRITE_BUFFER bytes or more go straight to the fd. Raises OSError as
+    ``os.write``/``os.lseek`` do.
+    """
+
+    __slots__ = ("_fd", "_buf", "_pos")
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._buf = bytearray()
+        self._pos = 0  # the fd's offset (where the buffer goes)
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Append ``data`` at the position (buffered below WRITE_BUFFER)."""
+        if len(data) >= WRITE_BUFFER:
+            self.flush()
+            self._write_all(data)
+            return
+        self._buf += data
+        if len(self._buf) >= WRITE_BUFFER:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the buffer out."""
+        if self._buf:
+            buf, self._buf = self._buf, bytearray()
+            self._write_all(buf)
+
+    def _write_all(self, data: bytes | bytearray | memoryview) -> None:
+        with memoryview(data) as view:
+            view = view.cast("B")
+            while view:
+                written = os.write(self._fd, view)
+                self._pos += written
+                view = view[written:]
+
+    def tell(self) -> int:
+        """The position: bytes written or seeked over so far, buffer included."""
+        return self._pos + len(self._buf)
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        """Flush, then move the position as ``lseek`` does; returns it."""
+        self.flush()
+        self._pos = os.lseek(self._fd, offset, whence)
+        return self._pos
+
+    def fileno(self) -> int:
+        """The fd (the buffer is not flushed: call :meth:`flush` first)."""
+        return self._fd
+
+    def close(self) -> None:
+        """Flush and close the fd (closed even when the flush fails)."""
+        try:
+            self.flush()
+        finally:
+            os.close(self._fd)
+
+
 class StagedFile:
     """New content for one file, invisible until :meth:`commit`.
 
@@ -84,6 +147,9 @@ class StagedFile:
         clone_align: the block size matched basis blocks are cloned in
             (``storage.reflink``), 0 when they are copied (no reflinks in
             this module, or ``-S``).
+        replaced: after :meth:`commit`, the lstat of the entry the new
+            content replaced (None: there was none), read under the entry
+            lock just before the rename.
     """
 
     def __init__(
@@ -108,7 +174,7 @@ class StagedFile:
         parent = os.fstat(parent_fd)
         self._parent_id = (parent.st_dev, parent.st_ino)
         self.temp_name, fd = create_temp(self._temp_fd, comps[-1])
-        self._file = open(fd, "wb", buffering=WRITE_BUFFER)  # noqa: SIM115 - closed in finish
+        self._file = TempWriter(fd)
         self._done = False
         # the catalog's xxh128 of the stored bytes, hashed as they are written
         self._hash = xxhash.xxh128() if tree.catalog is not None else None
@@ -116,6 +182,7 @@ class StagedFile:
         self.xfer_sum: tuple[str, str] | None = None  # (checksum name, hex) the transfer verified
         self.clone_align = 0 if sparse else tree.clone_align
         self._run: CloneRun | None = None  # matched blocks not yet cloned
+        self.replaced: os.stat_result | None = None
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Append ``data`` (buffered; any size)."""
@@ -363,8 +430,8 @@ class StagedFile:
                 self._check_parent()
                 self._into_parent()
                 digest = self._hash.hexdigest() if self._hash is not None else None
-                self._tree.install(self._parent_fd, self.temp_name, self._comps, self.path,
-                                   digest=digest, xfer_sum=self.xfer_sum, new=self._sealed)
+                self.replaced = self._tree.install(self._parent_fd, self.temp_name, self._comps, self.path,
+                                                   digest=digest, xfer_sum=self.xfer_sum, new=self._sealed)
         except BaseException:
             self.abort()
             raise

@@ -544,10 +544,12 @@ class ModuleTree:
 
     def install(self, parent_fd: int, temp: bytes, comps: tuple[bytes, ...], path: bytes, *,
                 digest: str | None = None, xfer_sum: tuple[str, str] | None = None,
-                new: os.stat_result | None = None) -> None:
+                new: os.stat_result | None = None) -> os.stat_result | None:
         """Rename ``temp`` over entry ``comps[-1]`` of ``parent_fd``, history first.
 
-        For storage's own use (StagedFile, symlink); raises OSError. With a
+        For storage's own use (StagedFile, symlink); raises OSError. Returns
+        the lstat of the entry it replaced (None: there was none), as seen
+        under the entry lock. With a
         catalog, the retired and the new version are recorded once the
         rename is done (still under the entry lock): ``digest`` is the
         xxh128 of the new entry's bytes (read from ``temp`` when not given),
@@ -566,7 +568,7 @@ class ModuleTree:
             kept = self._displace(parent_fd, comps, st) if st is not None else None
             if not keeps:
                 os.rename(temp, name, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
-                return
+                return st
             if new is None:
                 new = _lstat(parent_fd, temp)
             if digest is None:
@@ -576,6 +578,7 @@ class ModuleTree:
             self.catalog.installed(join_path(comps), st, kept.path if kept else None, new, when, xxh128=digest,
                                    xfer_sum=value, xfer_sum_kind=kind, copy_ino=kept.copy_ino if kept else None)
             self._touched.add(comps[:-1])
+            return st
 
     def _record_new(self, parent_fd: int, name: bytes, comps: tuple[bytes, ...]) -> None:
         """Catalog op of a directory just made."""

@@ -5,13 +5,14 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from unittest.mock import patch
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from backupd.errors import StorageError
-from backupd.storage import HistoryStore, ModuleTree
+from backupd.storage import HistoryStore, ModuleTree, staging
 
 DAY = "history-backup/2024-05-17"
 STAMP = ".~134509~"  # conftest FIXED_NOW 13:45:09
@@ -281,3 +282,50 @@ def test_sparse_leaves_holes_for_zero_blocks_and_the_tail(tree, root):
     assert (root / "holes").read_bytes() == want and holes.st_size == len(want)
     assert dense.st_blocks * 512 >= 6 * mib  # written zeros take space...
     assert holes.st_blocks * 512 <= 64 * 1024  # ...holes do not: only the data blocks
+
+
+# ---------------------------------------------------------------- the temp file's writer, what commit replaced
+
+WRITER_OP = st.one_of(
+    st.tuples(st.just("write"), st.binary(max_size=200)),
+    st.tuples(st.just("skip"), st.integers(0, 100)),  # seek forward (a hole, as -S does)
+    st.tuples(st.just("rewind"), st.integers(0, 10_000)),  # seek back to a position already written
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(ops=st.lists(WRITER_OP, max_size=30))
+def test_temp_writer_is_a_buffered_file_whatever_the_calls(tmp_path_factory, ops):
+    path = tmp_path_factory.mktemp("writer") / "f"
+    model, pos = bytearray(), 0
+    with patch.object(staging, "WRITE_BUFFER", 64):  # small: buffered, flushed and direct writes all happen
+        writer = staging.TempWriter(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        for op, arg in ops:
+            if op == "write":
+                writer.write(arg)
+                model.extend(bytes(max(0, pos - len(model))))  # what a skip passed over reads as zeros
+                model[pos : pos + len(arg)] = arg
+                pos += len(arg)
+            elif op == "skip":
+                pos = writer.seek(arg, os.SEEK_CUR)
+            else:
+                pos = writer.seek(min(arg, len(model)))
+            assert writer.tell() == pos
+        writer.close()
+    with pytest.raises(OSError):
+        os.fstat(writer.fileno())  # closed
+    assert path.read_bytes() == bytes(model)  # a seek past the end alone leaves no bytes (seal truncates)
+
+
+def test_commit_reports_what_it_replaced(tree, root):
+    with tree.create_staged(b"f", 0o644) as staged:
+        staged.write(b"first")
+        staged.commit(mtime_ns=None)
+    assert staged.replaced is None  # nothing was there
+    first = (root / "f").lstat()
+    put(tree, b"f", b"second")
+    with tree.create_staged(b"f", 0o644) as staged:
+        staged.write(b"third")
+        staged.commit(mtime_ns=None)
+    assert staged.replaced.st_ino != first.st_ino  # the second version, not the first
+    assert staged.replaced.st_size == len(b"second") and staged.replaced.st_mtime_ns == 1_000_000_000
