@@ -25,8 +25,6 @@ from backupd.protocol.constants import ItemFlags
 from backupd.protocol.flist import FileEntry
 from backupd.roles.owners import lookup_id
 
-REPORT_ACL = int(ItemFlags.REPORT_ACL)
-
 
 def has_acls(entry: FileEntry) -> bool:
     """Entries with ACLs here: regular files and directories."""
@@ -84,7 +82,7 @@ class GeneratorAcls:
         access, default = entry.acls
         self.access_changed = not access_equal_enough(local[0], access, entry.mode)
         same = not self.access_changed and (not entry.is_dir or default_equal(local[1], default))
-        return 0 if same else REPORT_ACL
+        return 0 if same else ItemFlags.REPORT_ACL
 
     def apply(self, entry: FileEntry, path: bytes, *, rewrite: bool) -> list[str]:
         """Set ``entry``'s ACLs on the live entry (a regular file ``rewrite``: a new inode, history first)."""

@@ -30,16 +30,13 @@ from dataclasses import dataclass
 from enum import Enum
 
 from backupd.errors import StorageError
-from backupd.protocol.constants import ItemFlags, MsgCode
+from backupd.protocol.constants import SIGNIFICANT_ITEM_FLAGS, ItemFlags, MsgCode
 from backupd.protocol.flist import FileEntry
 from backupd.protocol.wire import encode_shortint, encode_vstring
 from backupd.roles.owners import owner_ids
 from backupd.roles.push import PushState, sanitize_path
 
 COPY_CHUNK = 4 << 20  # bytes copied per write from an alternate file
-_LOCAL_CHANGE = int(ItemFlags.LOCAL_CHANGE)
-_XNAME_FOLLOWS = int(ItemFlags.XNAME_FOLLOWS)
-_SIGNIFICANT = ~(int(ItemFlags.BASIS_TYPE_FOLLOWS) | _XNAME_FOLLOWS | _LOCAL_CHANGE) & 0xFFFF
 _MATCHED = 1 << 18  # rsync.h ITEM_MATCHED: itemize()'s own, never on the wire
 
 
@@ -219,36 +216,36 @@ class AltDest:
             entry.is_link and opts.omit_link_times
         )
         if entry.is_reg and st.st_size != entry.size:
-            iflags |= int(ItemFlags.REPORT_SIZE)
+            iflags |= ItemFlags.REPORT_SIZE
         if keep_time:
             if not self.gen._same_mtime(entry, st):
-                iflags |= int(ItemFlags.REPORT_TIME)
+                iflags |= ItemFlags.REPORT_TIME
         elif (
-            iflags & (int(ItemFlags.TRANSFER) | _LOCAL_CHANGE)
+            iflags & (ItemFlags.TRANSFER | ItemFlags.LOCAL_CHANGE)
             and not iflags & _MATCHED
-            and (not iflags & _XNAME_FOLLOWS or xname)
+            and (not iflags & ItemFlags.XNAME_FOLLOWS or xname)
         ):
-            iflags |= int(ItemFlags.REPORT_TIME)
+            iflags |= ItemFlags.REPORT_TIME
         if not entry.is_link:
             if opts.perms:
                 if (st.st_mode & 0o7777) != (entry.mode & 0o7777):
-                    iflags |= int(ItemFlags.REPORT_PERMS)
+                    iflags |= ItemFlags.REPORT_PERMS
             elif opts.executability and bool(st.st_mode & 0o111) != bool(entry.mode & 0o111):
-                iflags |= int(ItemFlags.REPORT_PERMS)
+                iflags |= ItemFlags.REPORT_PERMS
         owner = owner_ids(self.state, entry)
         if owner.get("uid", st.st_uid) != st.st_uid:
-            iflags |= int(ItemFlags.REPORT_OWNER)
+            iflags |= ItemFlags.REPORT_OWNER
         if owner.get("gid", st.st_gid) != st.st_gid:
-            iflags |= int(ItemFlags.REPORT_GROUP)
+            iflags |= ItemFlags.REPORT_GROUP
         return iflags
 
     def _itemize(self, ndx: int, iflags: int, xname: bytes | None = None) -> None:
         """Send ndx + iflags (+ xname) when significant or -ii asks (itemize's last test)."""
         if self.gen.state.protocol < 29:  # generator.c itemize: no iflags on the wire below 29
             return
-        if iflags & _SIGNIFICANT or self.itemize_all or xname:
+        if iflags & SIGNIFICANT_ITEM_FLAGS or self.itemize_all or xname:
             wire = self.gen.ndx.encode(ndx) + encode_shortint(iflags & 0xFFFF)
-            if iflags & _XNAME_FOLLOWS:
+            if iflags & ItemFlags.XNAME_FOLLOWS:
                 wire += encode_vstring(xname or b"")
             self.gen.out.write(wire)
 
@@ -278,7 +275,7 @@ class AltDest:
             if self._link(best.path, path):
                 self.gen.alt_written(ndx)  # -H: its waiting members first (finish_hard_link)
                 if self.itemize_all:
-                    self._itemize(ndx, _LOCAL_CHANGE | _XNAME_FOLLOWS, b"")
+                    self._itemize(ndx, ItemFlags.LOCAL_CHANGE | ItemFlags.XNAME_FOLLOWS, b"")
                 self.gen.say_uptodate(entry.name)
                 return True
         elif st is not None:
@@ -286,7 +283,7 @@ class AltDest:
         if level >= 2:
             if not self._copy(entry, best.path, path):
                 return False
-            self._itemize(ndx, self.item_flags(entry, best.st, _LOCAL_CHANGE))
+            self._itemize(ndx, self.item_flags(entry, best.st, ItemFlags.LOCAL_CHANGE))
             if level == 3:
                 self.gen.say_uptodate(entry.name)
             self.gen.alt_written(ndx)
@@ -386,9 +383,9 @@ class AltDest:
     def _report_match(self, ndx: int, entry: FileEntry, best: AltBasis, level: int, outcome: Outcome) -> Outcome:
         """-ii: the matched entry's line (try_dests_non's itemize with ITEM_MATCHED)."""
         if self.itemize_all and self.opts.log_format and "%i" in self.opts.log_format:
-            chg = 0 if self.kind == "compare" and not entry.is_dir else _LOCAL_CHANGE
+            chg = 0 if self.kind == "compare" and not entry.is_dir else ItemFlags.LOCAL_CHANGE
             if level == 3:
-                chg |= _XNAME_FOLLOWS
+                chg |= ItemFlags.XNAME_FOLLOWS
             flags = self.item_flags(entry, best.st, chg | _MATCHED, xname=b"" if level == 3 else None)
             self._itemize(ndx, flags & 0xFFFF, b"" if level == 3 else None)
         self.gen.say_uptodate(entry.name + (b"/" if entry.is_dir else b""))

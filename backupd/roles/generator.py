@@ -45,19 +45,8 @@ SCAN_CACHE_DIRS = 32
 GENERATOR_BUFFER = 32 * 1024  # rsync io.c IO_BUFFER_SIZE
 HLINK_LOOKAHEAD = 500  # generator.c: MIN_FILECNT_LOOKAHEAD / 2 entries read ahead with -H
 STOP_WAIT_S = 30.0  # how long a failed push waits for the generator thread to notice
-# plain ints: IntFlag arithmetic costs a microsecond per operation, per file
-_IS_NEW = int(ItemFlags.IS_NEW)
-_LOCAL_CHANGE = int(ItemFlags.LOCAL_CHANGE)
-_REPORT_CHANGE = int(ItemFlags.REPORT_CHANGE)
-_REPORT_GROUP = int(ItemFlags.REPORT_GROUP)
-_REPORT_OWNER = int(ItemFlags.REPORT_OWNER)
-_REPORT_PERMS = int(ItemFlags.REPORT_PERMS)
-_REPORT_SIZE = int(ItemFlags.REPORT_SIZE)
-_REPORT_TIME = int(ItemFlags.REPORT_TIME)
-_TRANSFER = int(ItemFlags.TRANSFER)
-_BASIS_TYPE_FOLLOWS = int(ItemFlags.BASIS_TYPE_FOLLOWS)
-_XNAME_FOLLOWS = int(ItemFlags.XNAME_FOLLOWS)
-_SIGNIFICANT = int(SIGNIFICANT_ITEM_FLAGS)
+# the attributes the generator sets on an entry it does not transfer
+_ATTR_CHANGES = ItemFlags.REPORT_PERMS | ItemFlags.REPORT_TIME | ItemFlags.REPORT_OWNER | ItemFlags.REPORT_GROUP
 
 
 class _Aborted(Exception):
@@ -466,19 +455,19 @@ class Generator:
         request follows the header (generator.c itemize).
         """
         entry, path = self.state.flist[ndx], self.state.dest[ndx]
-        if self.acls is not None and (acl := self.acls.report(entry, path, bool(iflags & _IS_NEW))):
+        if self.acls is not None and (acl := self.acls.report(entry, path, bool(iflags & ItemFlags.IS_NEW))):
             iflags |= acl
             if entry.is_reg:  # set before the xattrs are compared, as rsync's set_file_attrs (dirs: at the end)
                 if not self.opts.dry_run and self.acls.access_changed:
-                    iflags &= ~_REPORT_PERMS  # the ACL set gave the file its mode (acls.c change_sacl_perms)
+                    iflags &= ~ItemFlags.REPORT_PERMS  # the ACL set gave the file its mode (acls.c change_sacl_perms)
                 for message in self.acls.apply(entry, path, rewrite=True):
                     self._file_error(message, entry)
         if self.xattrs is not None:
-            iflags |= self.xattrs.report(entry, path, bool(iflags & _IS_NEW))
+            iflags |= self.xattrs.report(entry, path, bool(iflags & ItemFlags.IS_NEW))
         if self.state.protocol < 29:  # generator.c itemize: no iflags on the wire below 29
             self._legacy_name_line(entry, iflags)
             return
-        if iflags & _SIGNIFICANT or self.itemize_all:
+        if iflags & SIGNIFICANT_ITEM_FLAGS or self.itemize_all:
             trailer = b"" if self.xattrs is None else self.xattrs.trailer(self.state.flist[ndx], iflags)
             self.out.write(self.ndx.encode(ndx) + encode_shortint(iflags) + trailer)
 
@@ -496,10 +485,10 @@ class Generator:
         if realname is not None:
             line = name + b" => " + realname
         elif entry.is_dir:
-            if not iflags & (_IS_NEW | _REPORT_TIME | _REPORT_PERMS | _REPORT_OWNER | _REPORT_GROUP):
+            if not iflags & (ItemFlags.IS_NEW | _ATTR_CHANGES):
                 return
             line = name + b"/"
-        elif not iflags & _LOCAL_CHANGE:
+        elif not iflags & ItemFlags.LOCAL_CHANGE:
             return
         elif entry.is_link:
             line = name + b" -> " + (entry.link_target or b"")
@@ -519,7 +508,7 @@ class Generator:
             st = None
         if ndx == 0 and self.state.dir_created:  # get_local_name made it: FLAG_DIR_CREATED
             st = None
-            iflags = _IS_NEW | _LOCAL_CHANGE
+            iflags = ItemFlags.IS_NEW | ItemFlags.LOCAL_CHANGE
         elif st is not None and stat.S_ISDIR(st.st_mode):
             iflags = self._attr_changes(entry, st)
         elif st is not None and stat.S_ISLNK(st.st_mode) and (kept := self._kept_dirlink(ndx, path)):
@@ -538,8 +527,8 @@ class Generator:
                 # a concurrent push may have made it: recv_generator lets EEXIST pass
                 tree.mkdir(path, 0o700 | (entry.mode & 0o7777), exist_ok=True)
                 self._noted(path)  # the parent's scan learns it: no rescan of the parent per new dir
-            iflags = _IS_NEW | _LOCAL_CHANGE
-        if iflags & _IS_NEW and self.alt is not None:
+            iflags = ItemFlags.IS_NEW | ItemFlags.LOCAL_CHANGE
+        if iflags & ItemFlags.IS_NEW and self.alt is not None:
             iflags = self._alt_dir_flags(ndx, entry, path, iflags)
         if delete_during and st is not None and entry.is_content_dir:
             self.deleter.delete_in_dir(ndx, entry, path)
@@ -588,7 +577,7 @@ class Generator:
         if found is Outcome.NONE:
             return iflags
         if isinstance(found, AltBasis):
-            return self.alt.item_flags(entry, found.st, _LOCAL_CHANGE)
+            return self.alt.item_flags(entry, found.st, ItemFlags.LOCAL_CHANGE)
         return None
 
     def _kept_dirlink(self, ndx: int, path: bytes) -> tuple[bytes, os.stat_result] | None:
@@ -680,8 +669,8 @@ class Generator:
                 return
             st = None
         if st is not None and tree.readlink(path) == entry.link_target:
-            iflags = self._attr_changes(entry, st) & ~_REPORT_PERMS
-            if iflags & _REPORT_TIME and not self.opts.dry_run:
+            iflags = self._attr_changes(entry, st) & ~ItemFlags.REPORT_PERMS
+            if iflags & ItemFlags.REPORT_TIME and not self.opts.dry_run:
                 tree.set_attrs(path, mtime_ns=entry.mtime_ns)
             self._attrs_report(entry, iflags)
         else:
@@ -693,11 +682,11 @@ class Generator:
                 if made is not None and self._same_mtime(entry, made):
                     mtime = None  # rsync set_file_attrs: a new link within the same second keeps its time
                 tree.set_attrs(path, mtime_ns=mtime, **self._owner(entry))
-            iflags = _LOCAL_CHANGE | _IS_NEW
+            iflags = ItemFlags.LOCAL_CHANGE | ItemFlags.IS_NEW
             if st is not None:  # retargeted: the change, and the new link's time (itemize of the old one)
                 keep_time = self.opts.times and not self.opts.omit_link_times  # else itemize reports it anyway
-                time = self._attr_changes(entry, st) & _REPORT_TIME if keep_time else _REPORT_TIME
-                iflags = _LOCAL_CHANGE | _REPORT_CHANGE | time
+                time = self._attr_changes(entry, st) & ItemFlags.REPORT_TIME if keep_time else ItemFlags.REPORT_TIME
+                iflags = ItemFlags.LOCAL_CHANGE | ItemFlags.REPORT_CHANGE | time
             if found is not Outcome.NONE:
                 iflags = self._alt_made_flags(entry, found)
         if iflags is not None:
@@ -720,7 +709,7 @@ class Generator:
     def _alt_made_flags(self, entry: FileEntry, found: Outcome | AltBasis) -> int | None:
         """iflags of an entry created after an alternate was found: against it, or unreported."""
         if isinstance(found, AltBasis):
-            return self.alt.item_flags(entry, found.st, _LOCAL_CHANGE | _REPORT_CHANGE)
+            return self.alt.item_flags(entry, found.st, ItemFlags.LOCAL_CHANGE | ItemFlags.REPORT_CHANGE)
         return None
 
     def _success(self, ndx: int) -> None:
@@ -795,7 +784,7 @@ class Generator:
                 mtime_ns=entry.mtime_ns if self.opts.times else None,
                 **self._owner(entry),
             )
-        iflags = _LOCAL_CHANGE | (_REPORT_CHANGE if st is not None else _IS_NEW)
+        iflags = ItemFlags.LOCAL_CHANGE | (ItemFlags.REPORT_CHANGE if st is not None else ItemFlags.IS_NEW)
         if found is not Outcome.NONE:
             iflags = self._alt_made_flags(entry, found)
         if iflags is not None:
@@ -924,11 +913,12 @@ class Generator:
 
     def _update_attrs(self, ndx: int, entry: FileEntry, path: bytes, st: os.stat_result) -> None:
         iflags = self._attr_changes(entry, st)
-        if not self.opts.dry_run and iflags & (_REPORT_PERMS | _REPORT_TIME | _REPORT_OWNER | _REPORT_GROUP):
+        if not self.opts.dry_run and iflags & _ATTR_CHANGES:
             self.state.tree.set_attrs(
                 path,
-                mode=new_file_mode(self.state, entry, st) if iflags & _REPORT_PERMS else None,  # rsync.c dest_mode
-                mtime_ns=entry.mtime_ns if iflags & _REPORT_TIME else None,
+                # rsync.c dest_mode
+                mode=new_file_mode(self.state, entry, st) if iflags & ItemFlags.REPORT_PERMS else None,
+                mtime_ns=entry.mtime_ns if iflags & ItemFlags.REPORT_TIME else None,
                 **self._owner(entry),
             )
         self._attrs_report(entry, iflags)
@@ -940,7 +930,7 @@ class Generator:
         rsync.c set_file_attrs with ATTRS_REPORT, for an entry the quick
         check found current; MSG_INFO (FCLIENT).
         """
-        if iflags & (_REPORT_PERMS | _REPORT_TIME | _REPORT_OWNER | _REPORT_GROUP):
+        if iflags & (ItemFlags.REPORT_PERMS | ItemFlags.REPORT_TIME | ItemFlags.REPORT_OWNER | ItemFlags.REPORT_GROUP):
             self.say_uptodate(entry.name, updated=True)
         else:
             self.say_uptodate(entry.name)
@@ -967,16 +957,16 @@ class Generator:
         opts, iflags = self.opts, 0
         if (opts.times and not (entry.is_dir and opts.omit_dir_times) and not (entry.is_link and opts.omit_link_times)
                 and not self._same_mtime(entry, st)):  # itemize keep_time (-O, -J)
-            iflags |= _REPORT_TIME
+            iflags |= ItemFlags.REPORT_TIME
         if opts.perms and (st.st_mode & 0o7777) != (entry.mode & 0o7777):
-            iflags |= _REPORT_PERMS
+            iflags |= ItemFlags.REPORT_PERMS
         elif not opts.perms and opts.executability and bool(st.st_mode & 0o111) != bool(entry.mode & 0o111):
-            iflags |= _REPORT_PERMS  # generator.c itemize: -E reports an x-bit change
+            iflags |= ItemFlags.REPORT_PERMS  # generator.c itemize: -E reports an x-bit change
         owner = self._owner(entry)
         if owner.get("uid") is not None and owner["uid"] != st.st_uid:
-            iflags |= _REPORT_OWNER
+            iflags |= ItemFlags.REPORT_OWNER
         if owner.get("gid") is not None and owner["gid"] != st.st_gid:
-            iflags |= _REPORT_GROUP
+            iflags |= ItemFlags.REPORT_GROUP
         return iflags
 
     def _owner(self, entry: FileEntry) -> dict:
@@ -995,19 +985,19 @@ class Generator:
         elif st is None and redo:
             st = state.tree.lstat(path)
         exists = partial or (st is not None and stat.S_ISREG(st.st_mode))
-        iflags = _TRANSFER if alt is None else _TRANSFER | _BASIS_TYPE_FOLLOWS
+        iflags = ItemFlags.TRANSFER if alt is None else ItemFlags.TRANSFER | ItemFlags.BASIS_TYPE_FOLLOWS
         if alt is not None and alt.index >= FNAMECMP_FUZZY:
-            iflags |= _XNAME_FOLLOWS
+            iflags |= ItemFlags.XNAME_FOLLOWS
         if self.fuzzy is not None and not opts.whole_file and not opts.dry_run:
             self.fuzzy.mark_sent(state.dest[ndx])  # recv_generator: not a basis for what follows
         if st is None:
-            iflags |= _IS_NEW
+            iflags |= ItemFlags.IS_NEW
         else:
-            iflags |= self._attr_changes(entry, st) | (_REPORT_SIZE if st.st_size != entry.size else 0)
+            iflags |= self._attr_changes(entry, st) | (ItemFlags.REPORT_SIZE if st.st_size != entry.size else 0)
             if opts.checksum:
-                iflags |= _REPORT_CHANGE
+                iflags |= ItemFlags.REPORT_CHANGE
             if not opts.times:
-                iflags |= _REPORT_TIME
+                iflags |= ItemFlags.REPORT_TIME
         if self.xattrs is not None:
             iflags |= self.xattrs.report(entry, path, st is None)
         if self.acls is not None:
@@ -1108,14 +1098,15 @@ class Generator:
             if not self.opts.dry_run:
                 tree.hardlink(target, path)
                 self._noted(path)
-            iflags = _LOCAL_CHANGE | _XNAME_FOLLOWS | (_IS_NEW if st is None else 0)
+            iflags = ItemFlags.LOCAL_CHANGE | ItemFlags.XNAME_FOLLOWS | (ItemFlags.IS_NEW if st is None else 0)
             xname = self.state.flist[leader].name
             if st is None and self.alt is not None:  # itemized against a matching alternate
                 alt_st, report = self.alt.follower_match(entry, path, lead_st)
                 if not report:
                     return
                 if alt_st is not None:
-                    iflags = self.alt.item_flags(entry, alt_st, _LOCAL_CHANGE | _XNAME_FOLLOWS, xname=xname)
+                    linked = ItemFlags.LOCAL_CHANGE | ItemFlags.XNAME_FOLLOWS
+                    iflags = self.alt.item_flags(entry, alt_st, linked, xname=xname)
             iflags |= xreport
             if self.state.protocol < 29:
                 self._legacy_name_line(entry, iflags, realname=xname)

@@ -614,7 +614,7 @@ class Sender:
         Below protocol 29 nothing follows the ndx: a transfer (rsync.c read_ndx_and_attrs).
         """
         if self.state.protocol < 29:
-            return int(ItemFlags.TRANSFER | ItemFlags.MISSING_DATA), b""
+            return ItemFlags.TRANSFER | ItemFlags.MISSING_DATA, b""
         iflags = decode_shortint(self.read)
         echo = encode_shortint(iflags)
         if iflags & ItemFlags.BASIS_TYPE_FOLLOWS:

@@ -37,9 +37,7 @@ from backupd.protocol.xattrs import (
     xattr_diff,
 )
 
-_REPORT_XATTR = int(ItemFlags.REPORT_XATTR)
-_TRANSFER = int(ItemFlags.TRANSFER)
-_LINKED = int(ItemFlags.XNAME_FOLLOWS | ItemFlags.LOCAL_CHANGE)
+_LINKED = ItemFlags.XNAME_FOLLOWS | ItemFlags.LOCAL_CHANGE
 _EMPTY = XattrSet(-1, ())
 
 
@@ -67,7 +65,7 @@ def xattr_optim(protocol: int, compat_flags: int) -> bool:
 
 def exchanges(iflags: int, optim: bool) -> bool:
     """True when an item with ``iflags`` carries the request/answer (generator.c itemize, sender.c)."""
-    return bool(iflags & _REPORT_XATTR) and not (optim and iflags & _LINKED == _LINKED)
+    return bool(iflags & ItemFlags.REPORT_XATTR) and not (optim and iflags & _LINKED == _LINKED)
 
 
 def for_push(kind, state):
@@ -115,11 +113,11 @@ class GeneratorXattrs:
             key = (xset.ndx, item.num)
             if key not in self._done:
                 self._todo.add(key)
-        return _REPORT_XATTR if differ else 0
+        return ItemFlags.REPORT_XATTR if differ else 0
 
     def trailer(self, entry: FileEntry, iflags: int) -> bytes:
         """What follows the header of an item sent with ``iflags`` (send_xattr_request, generator side)."""
-        if self.dry_run or not iflags & (_REPORT_XATTR | _TRANSFER):
+        if self.dry_run or not iflags & (ItemFlags.REPORT_XATTR | ItemFlags.TRANSFER):
             return b""
         xset = entry.xattrs or _EMPTY
         nums = []
@@ -153,7 +151,7 @@ class ReceiverXattrs:
 
     def applies_to_live(self, iflags: int) -> bool:
         """True when a non-transfer item's set is to be applied now (receiver.c recv_files)."""
-        return not self.dry_run and bool(iflags & _REPORT_XATTR) and iflags & _LINKED != _LINKED
+        return not self.dry_run and bool(iflags & ItemFlags.REPORT_XATTR) and iflags & _LINKED != _LINKED
 
     def wanted(self, entry: FileEntry, local: dict[bytes, bytes] | None) -> tuple[dict[bytes, bytes], list[bytes]]:
         """The values to set for ``entry`` and the names whose value is nowhere (rsync_xal_set).

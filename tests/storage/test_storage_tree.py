@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from backupd.errors import StorageError
 from backupd.storage import ModuleTree
-from backupd.storage.fsops import temp_name
+from backupd.storage.fsops import fs_errors, temp_name
 
 
 def test_lstat_and_missing_cases(plain_tree, root):
@@ -61,6 +61,16 @@ def test_os_errors_become_storage_errors_naming_module_and_path(plain_tree, root
         prefix = f"module backup: {path.decode()}: "
         assert str(info.value) == prefix + os.strerror(code) or (
             code == errno.EINVAL and str(info.value).startswith(prefix))
+
+
+def test_fs_errors_converts_os_errors_only():
+    with pytest.raises(StorageError) as info, fs_errors("backup", b"d/f"):
+        os.stat(b"/nonexistent/\xff")
+    assert (info.value.errno, info.value.path, type(info.value.__cause__)) == (errno.ENOENT, b"d/f", FileNotFoundError)
+    with pytest.raises(KeyError), fs_errors("backup", b"d/f"):  # anything else passes through as it is
+        raise KeyError("x")
+    with fs_errors("backup", b"d/f"):
+        pass  # nothing raised, nothing to convert
 
 
 def test_missing_root_is_a_storage_error(tmp_path):
