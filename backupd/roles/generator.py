@@ -96,6 +96,7 @@ class Generator:
         self._cur_list: int | None = 0
         self._precreated: set[bytes] = set()  # dirs made 0700 while their parent's list was processed
         self._quiet_uptodate = self._nothing_follows_uptodate()
+        self._plain_check = self._plain_check_ids()
 
     # -- thread control ----------------------------------------------------------------
     def start(self) -> None:
@@ -380,8 +381,8 @@ class Generator:
     # -- one entry ---------------------------------------------------------------------
     def _process(self, ndx: int, entry: FileEntry, delete_during: bool) -> None:
         self._check_aborted()
-        path = self.state.dest[ndx]
-        if self.inc is not None and entry.is_dir and not self.inc.is_parent_slot(ndx):
+        path, is_dir = self.state.dest[ndx], entry.is_dir
+        if self.inc is not None and is_dir and not self.inc.is_parent_slot(ndx):
             self._precreate_dir(entry, path)
             return
         if self.state.tree.is_history_path(path):
@@ -390,7 +391,7 @@ class Generator:
         if self._refused_dirs and any(path.startswith(d + b"/") for d in self._refused_dirs):
             self.state.skip.add(ndx)  # generator.c recv_generator: skip_dir, nothing said
             return
-        if entry.name != b"." and self.state.daemon_excluded(path, entry.is_dir):
+        if entry.name != b"." and self.state.daemon_excluded(path, is_dir):
             self._refuse(ndx, entry, path)
             return
         try:
@@ -400,7 +401,7 @@ class Generator:
                 self._make_missing_parent(path)
             if entry.mode == 0:
                 self.deleter.delete_missing(ndx, entry, path)
-            elif entry.is_dir:
+            elif is_dir:
                 self._process_dir(ndx, entry, path, delete_during)
             elif entry.is_reg:
                 leader = self._hlink_leader.get(ndx, ndx)
@@ -808,10 +809,45 @@ class Generator:
                 and self.alt is None and self.acls is None and self.xattrs is None
                 and not self.itemize_all and state.protocol >= 29)
 
+    def _plain_check_ids(self) -> tuple[bool, bool, bool] | None:
+        """What :meth:`_plainly_uptodate` compares: (-p, uid, gid); None when it cannot decide alone.
+
+        It decides for the options whose quick check is size and whole-second
+        mtime (no -I, -c, --size-only, --modify-window) and whose attribute
+        check is the mode bits under -p (not -E alone) and, as root, the
+        uid/gid (under -o/-g; as root without -o/-g nothing is compared).
+        """
+        opts = self.opts
+        if not self._quiet_uptodate or opts.ignore_times or opts.checksum or opts.size_only or opts.modify_window:
+            return None
+        if opts.executability and not opts.perms:
+            return None
+        root = self.state.is_root
+        return bool(opts.perms), bool(root and opts.owner), bool(root and opts.group)
+
+    def _plainly_uptodate(self, entry: FileEntry, st: os.stat_result) -> bool:
+        """True when a regular file is current, attributes too, by the plain check (``_plain_check``).
+
+        What ``_unchanged`` and ``_attr_changes`` would conclude, for the
+        options ``_plain_check_ids`` admits, in one expression; False only
+        means "ask them": an id with a name to map (no --numeric-ids) is
+        left to them, as is any difference.
+        """
+        perms, uid, gid = self._plain_check
+        return (st.st_mode & 0o170000 == 0o100000 and st.st_size == entry.size
+                and st.st_mtime_ns // 1_000_000_000 == entry.mtime
+                and not (perms and (st.st_mode ^ entry.mode) & 0o7777)
+                and (not uid or entry.uid is None
+                     or (st.st_uid == entry.uid and (self.opts.numeric_ids or not entry.user_name)))
+                and (not gid or entry.gid is None
+                     or (st.st_gid == entry.gid and (self.opts.numeric_ids or not entry.group_name))))
+
     def _process_file(self, ndx: int, entry: FileEntry, path: bytes) -> None:
         opts = self.opts
         if self._quiet_uptodate:  # the common noop entry ends at its quick check
             st = self._lstat(path)
+            if st is not None and self._plain_check is not None and self._plainly_uptodate(entry, st):
+                return
             if (st is not None and stat.S_ISREG(st.st_mode) and self._unchanged(entry, path, st)
                     and not self._attr_changes(entry, st)):
                 return
