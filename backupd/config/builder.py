@@ -182,7 +182,10 @@ class ConfigBuilder:
                     f"module [{module.name}] has auth users but no "
                     "secrets file: no login can succeed",
                 )
-            modules[module.name] = ModuleConfig(name=module.name, **module.fields)
+            fields = module.fields
+            if "numeric_ids" not in fields:  # unset: on with chroot (clientserver.c, no name converter here)
+                fields = {**fields, "numeric_ids": fields.get("use_chroot", ModuleConfig.use_chroot)}
+            modules[module.name] = ModuleConfig(name=module.name, **fields)
         return DaemonConfig(
             modules=modules, source=source, warnings=tuple(self.warnings), **self._daemon
         )

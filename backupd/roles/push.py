@@ -98,13 +98,16 @@ def join_path(base: bytes, name: bytes) -> bytes:
 
 def read_file_list(
     state_opts: TransferOptions, negotiated: Negotiated, protocol: int, read, *, am_root: int = 0, excluded=None,
-    inbox=None,
+    inbox=None, module_numeric_ids: bool = False,
 ) -> tuple[list[FileEntry], int]:
     """Read the client's single file list and its id lists; return (sorted entries, io_error).
 
     With ``-X`` each entry is followed by its xattr block (flist.c
     recv_file_entry -> receive_xattr); ``am_root`` and the xattr filter
-    ``excluded`` (None: no ``x`` rules) decide which names are kept.
+    ``excluded`` (None: no ``x`` rules) decide which names are kept. The ACLs'
+    ids are mapped by the id lists' names unless ids are numeric (the
+    client's --numeric-ids or the module's ``numeric ids``: uidlist.c
+    recv_id_list calls match_acl_ids only without).
 
     Raises:
         ProtocolError: an unsafe name or a malformed entry.
@@ -112,7 +115,7 @@ def read_file_list(
     reader = list_reader(state_opts, negotiated, protocol, am_root=am_root, excluded=excluded, inbox=inbox)
     entries = reader.read_entries(read)
     users, groups = reader.decoder.read_id_lists(read)
-    if reader.acls is not None and not state_opts.numeric_ids:
+    if reader.acls is not None and not (state_opts.numeric_ids or module_numeric_ids):
         map_acl_ids(entries, users, groups)
     for entry in entries:
         if entry.uid is not None and entry.user_name is None:
@@ -183,9 +186,12 @@ def _read_first_lists(reader: FileListReader, ndx_in: NdxDecoder, read) -> tuple
 
 
 def adjust_incoming(entries: list[FileEntry], module) -> None:
-    """Apply the module's ``incoming chmod`` and ``munge symlinks`` to a received file list.
+    """Apply the module's ``numeric ids``, ``incoming chmod`` and ``munge symlinks`` to a received file list.
 
-    Modes of everything but symlinks go through the chmod spec (rsync flist.c
+    ``numeric ids`` drops the sender's user and group names, so the ids are
+    kept as sent, not mapped by this host's accounts (clientserver.c sets
+    numeric_ids -1, uidlist.c recv_user_name frees the names). Modes of
+    everything but symlinks go through the chmod spec (rsync flist.c
     recv_file_entry with daemon_chmod_modes); with ``munge symlinks`` every
     link target gets the ``/rsyncd-munged/`` prefix, so the stored link can
     point nowhere outside (rsync syscall.c do_symlink). Entries are changed in place.
@@ -194,6 +200,8 @@ def adjust_incoming(entries: list[FileEntry], module) -> None:
     # rsyncd without chroot sanitizes paths, link targets too unless it munges them (clientserver.c)
     sanitize = not module.use_chroot and not module.munge_symlinks
     for entry in entries:
+        if module.numeric_ids:
+            entry.user_name = entry.group_name = None
         if spec is not None:
             entry.mode = spec.apply(entry.mode)
         if entry.link_target is None:
@@ -465,7 +473,8 @@ def run_push(session, request, negotiated: Negotiated) -> ExitCode:
         flist, io_error = first + (extra or []), reader.io_error
     else:
         flist, io_error = read_file_list(
-            opts, negotiated, request.protocol, read, am_root=int(is_root), excluded=excluded, inbox=session.inbox
+            opts, negotiated, request.protocol, read, am_root=int(is_root), excluded=excluded, inbox=session.inbox,
+            module_numeric_ids=bool(module.numeric_ids),
         )
     maps = is_root and (opts.usermap is not None or opts.groupmap is not None)  # uidlist.c: root maps owners
 

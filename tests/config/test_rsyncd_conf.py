@@ -155,8 +155,19 @@ def test_aliases_and_unset():
         "[m]\npath = /m\nnumeric ids = unset\n[n]\npath = /n\n"
     )
     assert (cfg.port, cfg.address) == (1873, "::1")
-    assert cfg.modules["m"].numeric_ids is True  # unset: model default
+    assert cfg.modules["m"].numeric_ids is True  # unset: follows `use chroot` (on by default)
     assert cfg.modules["n"].numeric_ids is False  # global default
+
+
+def test_numeric_ids_unset_follows_use_chroot():
+    """clientserver.c: an unset `numeric ids` is on with chroot, off without (the differential
+    scenario push-client-names-numeric-unset shows rsyncd mapping names then)."""
+    cfg = parse_rsyncd_conf(
+        "use chroot = no\n[plain]\npath = /p\n[set]\npath = /s\nnumeric ids = yes\n"
+        "[chroot]\npath = /c\nuse chroot = yes\n[unset]\npath = /u\nuse chroot = yes\nnumeric ids = unset\n"
+    )
+    assert {name: m.numeric_ids for name, m in cfg.modules.items()} == {
+        "plain": False, "set": True, "chroot": True, "unset": True}
 
 
 def test_relative_paths_without_source_use_cwd(tmp_path, monkeypatch):

@@ -108,7 +108,22 @@ class Slow:
     delay_ms: int = 100
 
 
-Step = Rsync | Change | Parallel | Busy | Slow
+@dataclass(frozen=True)
+class OwnNames:
+    """Run ``command`` with the client seeing its own names for some ids (a mount namespace).
+
+    ``names`` maps an id to the name the client's /etc/passwd and /etc/group
+    give it (a line ahead of the system's), as on a client machine whose
+    accounts differ from the server's: the client sends those names with the
+    ids (uidlist.c add_uid), and the daemon maps them by its own accounts
+    unless the module has ``numeric ids``.
+    """
+
+    command: Rsync
+    names: Mapping[int, str]
+
+
+Step = Rsync | Change | Parallel | Busy | Slow | OwnNames
 
 
 @dataclass(frozen=True)
@@ -214,6 +229,9 @@ def run_side(ctx: SideContext, scenario: Scenario) -> list[StepRecord]:
         elif isinstance(step, Slow):
             outcomes = [run_command(ctx, step.command, wrapper=slow_writes(step.delay_ms))]
             label = "slow client: " + " ".join(step.command.args)
+        elif isinstance(step, OwnNames):
+            outcomes = [run_command(ctx, step.command, wrapper=own_names(ctx.base, step.names))]
+            label = f"client names {dict(step.names)}: " + " ".join(step.command.args)
         else:
             raise TypeError(step)
         records.append(
@@ -261,6 +279,26 @@ def slow_writes(delay_ms: int) -> tuple[str, ...]:
         unavailable("strace is not installed (.ci/run installs it): no slow-client scenarios")
     inject = f"write:delay_enter={delay_ms * 1000}"
     return (strace, "-f", "-qq", "-o", "/dev/null", "-e", "trace=write", "-e", f"inject={inject}")
+
+
+def own_names(base: Path, names: Mapping[int, str]) -> tuple[str, ...]:
+    """The prefix that runs the client with ``names`` for those uids and gids (see :class:`OwnNames`).
+
+    The system's /etc/passwd and /etc/group with one line per id put first,
+    bind-mounted over the real ones in a private mount namespace (root only).
+    """
+    unshare = shutil.which("unshare")
+    if unshare is None or os.geteuid() != 0:
+        unavailable("own client names need unshare(1) and root (a private mount namespace)")
+    files = []
+    for kind, system in (("passwd", "/etc/passwd"), ("group", "/etc/group")):
+        lines = [f"{name}:x:{ident}:{ident}::/:/usr/sbin/nologin" if kind == "passwd" else f"{name}:x:{ident}:"
+                 for ident, name in names.items()]
+        path = base / f"client-{kind}"
+        path.write_text("\n".join(lines) + "\n" + Path(system).read_text())
+        files.append(str(path))
+    script = 'mount --bind "$1" /etc/passwd && mount --bind "$2" /etc/group && shift 2 && exec "$@"'
+    return (unshare, "--mount", "--propagation", "private", "sh", "-c", script, "sh", *files)
 
 
 class hold_connection:

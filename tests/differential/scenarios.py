@@ -20,6 +20,7 @@ from tests.differential.harness import (
     USER,
     Busy,
     Change,
+    OwnNames,
     Parallel,
     Scenario,
     Slow,
@@ -97,6 +98,15 @@ def pull(*opts: str, path: str = "", dest: str = "dst/", **kw):
 
 def _at(base: Path, rel: str) -> Path:
     return base / rel
+
+
+def chown_tree(rel: str, ident: int):
+    """A change: everything under ``rel`` (itself too) owned by uid and gid ``ident``, symlinks themselves."""
+    def change(base: Path) -> None:
+        top = _at(base, rel)
+        for path in [top, *top.rglob("*")]:
+            os.lchown(path, ident, ident)
+    return change
 
 
 def write(rel: str, data: bytes, mtime: int = T0 + 500, mode: int | None = None) -> Change:
@@ -207,6 +217,19 @@ scenario("push-usermap-names", push("-ai", "--no-inc-recursive", "--groupmap=roo
          client=src_tree(), params={"numeric ids": "no"})
 scenario("push-usermap-numeric-ids", push("-ai", "--numeric-ids", "--usermap=0:65534", "--groupmap=0:1"),
          client=src_tree())
+# a client whose accounts differ from the server's: uid/gid 4242 is "daemon" there (1 on the server).
+# A module's `numeric ids` drops the names, the ids stay as sent (uidlist.c recv_user_name with
+# numeric_ids < 0); with `numeric ids = no` the server maps the names to its own ids
+CLIENT_DAEMON = {4242: "daemon"}
+for _how in ((), ("--no-inc-recursive",)):
+    _tag = "-no-inc" if _how else ""
+    scenario(f"push-client-names-numeric-module{_tag}", Change(chown_tree("client/src", 4242), "chown 4242"),
+             OwnNames(push("-ai", *_how), CLIENT_DAEMON), client=src_tree())
+    scenario(f"push-client-names-mapped{_tag}", Change(chown_tree("client/src", 4242), "chown 4242"),
+             OwnNames(push("-ai", *_how), CLIENT_DAEMON), client=src_tree(), params={"numeric ids": "no"})
+# `numeric ids` unset follows `use chroot` (clientserver.c): without chroot, as here, names are mapped
+scenario("push-client-names-numeric-unset", Change(chown_tree("client/src", 4242), "chown 4242"),
+         OwnNames(push("-ai"), CLIENT_DAEMON), client=src_tree(), params={"numeric ids": "unset"})
 scenario("push-usermap-unknown-name", push("-ai", "--usermap=*:no-such-user-here"), client=src_tree())
 scenario("push-usermap-no-colon", push("-ai", "--usermap=nobody"), client=src_tree())
 scenario("push-usermap-bad-number", push("-ai", "--usermap=1x:nobody"), client=src_tree())
