@@ -417,7 +417,8 @@ class Generator:
                     self._follow(ndx, leader)
                     return
                 self._process_file(ndx, entry, path)
-                self._settle_if_not_sent(ndx)  # up to date, failed or a dry run: nothing more will come
+                if self._hlink_leader:
+                    self._settle_if_not_sent(ndx)  # up to date, failed or a dry run: nothing more will come
             elif entry.is_link:
                 self._process_symlink(ndx, entry, path)
             else:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from dataclasses import dataclass
+from stat import S_ISDIR
 
 from backupd.errors import ProtocolError
 from backupd.protocol.acls import AclDecoder
@@ -83,8 +84,8 @@ class FileListReader:
 
     def sort(self, entries: list[FileEntry]) -> None:
         """rsync's file-list order (flist.c f_name_cmp), in place."""
-        order = self.order
-        entries.sort(key=lambda e: order(e.name, e.is_dir))
+        order = self.order  # S_ISDIR, not the is_dir property: once per entry of every list
+        entries.sort(key=lambda e: order(e.name, S_ISDIR(e.mode)))
 
     def next_list(self) -> None:
         """The ndx numbering of the next sub-list (its start follows this one's end plus one)."""
@@ -155,7 +156,7 @@ class IncLists:
         dest.append(b"" if parent is None else dest[self.dirs[parent]])
         flist.extend(entries)
         dest.extend(paths)
-        self.dirs.extend(start + i for i, e in enumerate(entries) if e.is_dir)
+        self.dirs.extend(start + i for i, e in enumerate(entries) if S_ISDIR(e.mode))
         if parent is None and not self.lists and entries and entries[0].name == b"." and entries[0].is_dir:
             flist[start - 1], dest[start - 1], parent = entries[0], paths[0], first_dir
             self._listed.add(first_dir)  # its contents are this list
@@ -173,12 +174,13 @@ class IncLists:
         the lists in flight and the directories, not the whole tree.
         """
         lst = self.lists[position]
-        for ndx in range(lst.start, lst.start + lst.count):
-            entry = flist[ndx]
-            if entry is not None and not entry.is_dir:
-                flist[ndx] = dest[ndx] = None
-                for ndxs in ndx_sets:
-                    ndxs.discard(ndx)
+        freed = [ndx for ndx in range(lst.start, lst.start + lst.count)
+                 if (entry := flist[ndx]) is not None and not S_ISDIR(entry.mode)]
+        for ndx in freed:
+            flist[ndx] = dest[ndx] = None
+        for ndxs in ndx_sets:
+            if ndxs:
+                ndxs.difference_update(freed)
 
     def index_of(self, ndx: int) -> int:
         """Which list (position in ``lists``) wire ndx ``ndx`` belongs to (its reserved slot included)."""
