@@ -126,37 +126,41 @@ def is_symlink_at(dir_fd: int, name: bytes) -> bool:
         return False
 
 
-def open_step(dir_fd: int, name: bytes, module: str, path: bytes) -> int:
-    """Open subdirectory ``name`` of ``dir_fd`` (O_PATH, O_NOFOLLOW).
+def open_step(dir_fd: int, name: bytes, module: str, path: bytes, flags: int = DIR_WALK_FLAGS) -> int:
+    """Open subdirectory ``name`` of ``dir_fd`` (O_PATH, O_NOFOLLOW; ``flags`` DIR_READ_FLAGS: readable).
 
     Raises:
         PathEscape: ``name`` is a symlink.
         OSError: missing (ENOENT), not a directory (ENOTDIR), ...
     """
     try:
-        return os.open(name, DIR_WALK_FLAGS, dir_fd=dir_fd)
+        return os.open(name, flags, dir_fd=dir_fd)
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.ENOTDIR) and is_symlink_at(dir_fd, name):
             raise escape_error(module, path, f"{show(name)} is a symlink") from None
         raise
 
 
-def open_dir(root_fd: int, comps: tuple[bytes, ...], module: str, path: bytes) -> int:
+def open_dir(root_fd: int, comps: tuple[bytes, ...], module: str, path: bytes, *, readable: bool = False) -> int:
     """Open directory ``comps`` below ``root_fd`` one component at a time.
 
     Returns a new fd (an ``O_PATH`` fd where available: usable as ``dir_fd``,
     not for reading) that the caller closes; ``()`` gives a dup of the root.
+    ``readable``: the directory itself is opened O_RDONLY (listable,
+    lockable; needs read permission on it), the ones on the way O_PATH.
 
     Raises:
         PathEscape: a component is a symlink.
         OSError: a component is missing or not a directory.
     """
+    last = DIR_READ_FLAGS if readable else DIR_WALK_FLAGS
     if not comps:
-        return os.dup(root_fd)
-    fd = open_step(root_fd, comps[0], module, path)  # the root itself is never closed here: no dup to start
+        return os.open(".", last, dir_fd=root_fd) if readable else os.dup(root_fd)
+    # the root itself is never closed here: no dup to start
+    fd = open_step(root_fd, comps[0], module, path, last if len(comps) == 1 else DIR_WALK_FLAGS)
     try:
-        for name in comps[1:]:
-            next_fd = open_step(fd, name, module, path)
+        for n, name in enumerate(comps[1:], 2):
+            next_fd = open_step(fd, name, module, path, last if n == len(comps) else DIR_WALK_FLAGS)
             os.close(fd)
             fd = next_fd
     except BaseException:

@@ -28,9 +28,7 @@ from backupd.errors import StorageError
 from backupd.storage.fsops import (
     change_owner,
     create_temp,
-    escape_error,
     fs_errors,
-    open_dir,
     show,
     split_path,
 )
@@ -427,11 +425,12 @@ class StagedFile:
         try:
             with fs_errors(self._tree.module, self.path):
                 self._seal(mode, mtime_ns, uid, gid)
-                self._check_parent()
                 self._into_parent()
                 digest = self._hash.hexdigest() if self._hash is not None else None
+                # the parent must still be at its path: install checks it under the entry lock
                 self.replaced = self._tree.install(self._parent_fd, self.temp_name, self._comps, self.path,
-                                                   digest=digest, xfer_sum=self.xfer_sum, new=self._sealed)
+                                                   digest=digest, xfer_sum=self.xfer_sum, new=self._sealed,
+                                                   parent_id=self._parent_id)
         except BaseException:
             self.abort()
             raise
@@ -456,17 +455,6 @@ class StagedFile:
             os.fsync(fd)
         self._sealed = os.fstat(fd) if self._hash is not None else None   # the catalog's row, without a lookup
         self._file.close()
-
-    def _check_parent(self) -> None:
-        """Refuse to finish when the parent directory is no longer at its path."""
-        module, path = self._tree.module, self.path
-        fd = open_dir(self._tree.root_fd, self._comps[:-1], module, path)
-        try:
-            now = os.fstat(fd)
-        finally:
-            os.close(fd)
-        if (now.st_dev, now.st_ino) != self._parent_id:
-            raise escape_error(module, path, "parent directory replaced during the transfer")
 
 
 RELEASE_EVERY = 32 << 20  # bytes viewed between two MADV_DONTNEED of the mapping

@@ -76,6 +76,26 @@ T = TypeVar("T")
 _NO_LOCK = frozenset({errno.EACCES, errno.EBADF, errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL})
 
 
+
+class _EntryLock:
+    """What ``ModuleTree._entry_lock`` returns: closing the fd at the end of the block releases the lock.
+
+    A class, not a generator-based context manager: one is made per file written.
+    """
+
+    __slots__ = ("_fd",)
+
+    def __init__(self, fd: int | None) -> None:
+        self._fd = fd
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+
+
 class ModuleTree:
     """One module's directory, opened once; all access dir-fd confined.
 
@@ -544,7 +564,8 @@ class ModuleTree:
 
     def install(self, parent_fd: int, temp: bytes, comps: tuple[bytes, ...], path: bytes, *,
                 digest: str | None = None, xfer_sum: tuple[str, str] | None = None,
-                new: os.stat_result | None = None) -> os.stat_result | None:
+                new: os.stat_result | None = None,
+                parent_id: tuple[int, int] | None = None) -> os.stat_result | None:
         """Rename ``temp`` over entry ``comps[-1]`` of ``parent_fd``, history first.
 
         For storage's own use (StagedFile, symlink); raises OSError. Returns
@@ -555,11 +576,13 @@ class ModuleTree:
         xxh128 of the new entry's bytes (read from ``temp`` when not given),
         ``xfer_sum`` ``(checksum name, hex)`` the whole-file checksum the
         transfer verified, ``new`` the temp entry's final stat if the caller
-        has it (else it is read here).
+        has it (else it is read here). ``parent_id`` ``(st_dev, st_ino)`` of
+        ``parent_fd``: the parent must still be at its path (see _entry_lock;
+        PathEscape if not).
         """
         name = comps[-1]
         keeps = self.catalog is not None and self._keeps_history(comps)
-        with self._entry_lock(parent_fd, comps):
+        with self._entry_lock(parent_fd, comps, path, parent_id):
             try:
                 st = _lstat(parent_fd, name)
             except FileNotFoundError:
@@ -606,8 +629,8 @@ class ModuleTree:
         """Now (ns), by the history's clock, so catalog times and day folders agree."""
         return self.history.now_ns()
 
-    @contextmanager
-    def _entry_lock(self, parent_fd: int, comps: tuple[bytes, ...]) -> Iterator[None]:
+    def _entry_lock(self, parent_fd: int, comps: tuple[bytes, ...], path: bytes = b"",
+                    parent_id: tuple[int, int] | None = None) -> _EntryLock:
         """Hold an exclusive ``flock`` on the parent directory while an entry is replaced.
 
         History keeps a version by linking the live entry aside, then the new
@@ -620,26 +643,58 @@ class ModuleTree:
         before the rename). Only taken when history is kept. A directory that
         cannot be opened for reading or a file system without ``flock``
         (ENOLCK, EOPNOTSUPP) goes unlocked, as before.
+
+        ``parent_id`` ``(st_dev, st_ino)``: the parent is opened again through
+        ``path`` from the module root, and must still be the directory
+        ``parent_fd`` is, history or not: one moved or replaced meanwhile
+        (into history, say) never gets the entry (PathEscape). That same fd
+        takes the lock. Use as ``with tree._entry_lock(...):``.
         """
-        if not self._keeps_history(comps):
-            yield
-            return
-        try:
-            fd = os.open(b".", DIR_READ_FLAGS, dir_fd=parent_fd)
-        except OSError as exc:
-            if exc.errno not in _NO_LOCK:
-                raise
-            yield
-            return
-        try:
+        keeps = self._keeps_history(comps)
+        if parent_id is not None:
+            fd = self._reopen_parent(comps, path, parent_id, readable=keeps)
+            if not keeps:
+                os.close(fd)
+                return _EntryLock(None)
+        elif not keeps:
+            return _EntryLock(None)
+        else:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
+                fd = os.open(b".", DIR_READ_FLAGS, dir_fd=parent_fd)
             except OSError as exc:
                 if exc.errno not in _NO_LOCK:
                     raise
-            yield
-        finally:
-            os.close(fd)  # releases the lock
+                return _EntryLock(None)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as exc:
+            if exc.errno not in _NO_LOCK:
+                os.close(fd)
+                raise
+        return _EntryLock(fd)
+
+    def _reopen_parent(self, comps: tuple[bytes, ...], path: bytes, parent_id: tuple[int, int], *,
+                       readable: bool) -> int:
+        """The parent dir of ``comps`` opened from the root; PathEscape unless it is ``parent_id``.
+
+        ``readable`` asks for a lockable fd; a directory the session may
+        not read gives an ``O_PATH`` one (flock then fails with EBADF).
+        """
+        try:
+            fd = open_dir(self._root_fd, comps[:-1], self.module, path, readable=readable)
+        except PermissionError:
+            if not readable:
+                raise
+            fd = open_dir(self._root_fd, comps[:-1], self.module, path)
+        try:
+            now = os.fstat(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        if (now.st_dev, now.st_ino) != parent_id:
+            os.close(fd)
+            raise escape_error(self.module, path, "parent directory replaced during the transfer")
+        return fd
 
     def _displace(self, parent_fd: int, comps: tuple[bytes, ...], st: os.stat_result) -> Kept | None:
         """Make way for a rename over ``comps[-1]`` without losing the old entry.

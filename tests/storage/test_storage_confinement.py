@@ -143,15 +143,52 @@ def test_parent_swapped_for_symlink_between_calls(tree, root, outside, snapshot)
         tree.lstat(b"d/f")
 
 
-def test_parent_renamed_away_during_transfer_is_refused(tree, root):
+@pytest.mark.parametrize("kind", ["history", "plain"])
+def test_parent_renamed_away_during_transfer_is_refused(tree, plain_tree, root, kind):
+    module = tree if kind == "history" else plain_tree
+    (root / "d" / "e").mkdir(parents=True)
+    for path, parent in ((b"d/f", root / "d"), (b"d/e/f", root / "d" / "e")):
+        staged = module.create_staged(path, 0o644)
+        staged.write(b"data")
+        os.rename(root / "d", root / "elsewhere")
+        (root / "d" / "e").mkdir(parents=True)
+        with pytest.raises(PathEscape, match="parent directory replaced during the transfer"):
+            staged.commit(mtime_ns=0)
+        assert not any((root / "elsewhere").rglob("f*")) and not any((root / "d").rglob("f*"))
+        assert not any((root / "elsewhere").rglob(".f*"))  # the temp file went with the refusal
+        shutil.rmtree(root / "elsewhere")
+
+
+def test_parent_moved_into_history_during_transfer_gets_nothing(tree, root):
+    """Another session's delete moves the directory into history while a file for it is written."""
     (root / "d").mkdir()
     staged = tree.create_staged(b"d/f", 0o644)
     staged.write(b"data")
-    os.rename(root / "d", root / "elsewhere")
-    (root / "d").mkdir()
-    with pytest.raises(PathEscape):
+    assert tree.delete(b"d").dirs == 1
+    kept = next((root / "history-backup").rglob("d"))
+    with pytest.raises(StorageError, match="No such file or directory"):  # nothing at d/ any more
         staged.commit(mtime_ns=0)
-    assert os.listdir(root / "elsewhere") == [] and os.listdir(root / "d") == []
+    assert os.listdir(kept) == [] and not (root / "d").exists()
+
+
+def test_unreadable_parent_is_checked_and_written_unlocked(tree, root, monkeypatch):
+    """A directory the session may write but not read (mode 0300 as a non-root user) gets no flock."""
+    import backupd.storage.tree as tree_module
+    real = tree_module.open_dir
+
+    def no_read(root_fd, comps, module, path, *, readable=False):
+        if readable:
+            raise PermissionError(13, "Permission denied")
+        return real(root_fd, comps, module, path)
+
+    (root / "d").mkdir()
+    (root / "d" / "f").write_bytes(b"old")
+    monkeypatch.setattr(tree_module, "open_dir", no_read)
+    with tree.create_staged(b"d/f", 0o644) as staged:
+        staged.write(b"new")
+        staged.commit(mtime_ns=0)
+    assert (root / "d" / "f").read_bytes() == b"new"
+    assert next((root / "history-backup").rglob("f")).read_bytes() == b"old"
 
 
 SEGMENTS = [b"a", b"b", b"..", b".", b"", b"up", b"out", b"a\0", b"history-backup"]
