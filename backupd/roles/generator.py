@@ -42,6 +42,9 @@ from backupd.roles.xattr_sync import GeneratorXattrs, for_push
 from backupd.storage.fsops import split_path
 
 SCAN_CACHE_DIRS = 32
+# lstats the cached scans hold at most (~800 bytes each) beside the directory being read and its
+# ancestors: memory follows the largest directories on one path, not the tree
+SCAN_CACHE_ENTRIES = 2048
 GENERATOR_BUFFER = 32 * 1024  # rsync io.c IO_BUFFER_SIZE
 HLINK_LOOKAHEAD = 500  # generator.c: MIN_FILECNT_LOOKAHEAD / 2 entries read ahead with -H
 STOP_WAIT_S = 30.0  # how long a failed push waits for the generator thread to notice
@@ -620,19 +623,32 @@ class Generator:
 
         The main pass looks at each entry once, right after its directory was
         scanned; the generator's own changes drop the scan (``_changed``).
+        Beyond SCAN_CACHE_DIRS directories or SCAN_CACHE_ENTRIES entries the
+        least recently used scans go, but never the one just read or its
+        ancestors: rsync's order comes back to a parent after each subtree
+        (and every list's directory is an entry of its parent).
         """
         parent, _, name = path.rpartition(b"/")
         if not name or name == b".":
             return self.state.tree.lstat(path)
         key = parent or b"."
-        if key in self._scans:
-            self._scans.move_to_end(key)
+        scans = self._scans
+        if key in scans:
+            scans.move_to_end(key)
         else:
-            self._scans[key] = self.state.tree.scan_dir(key)
-            if len(self._scans) > SCAN_CACHE_DIRS:
-                self._scans.popitem(last=False)
-        scan = self._scans[key]
+            scans[key] = self.state.tree.scan_dir(key)
+            self._trim_scans(key)
+        scan = scans[key]
         return None if scan is None else scan.get(name)
+
+    def _trim_scans(self, key: bytes) -> None:
+        """Drop least recently used scans over the bounds, keeping ``key`` and its ancestors (see _lstat)."""
+        scans = self._scans
+        while len(scans) > SCAN_CACHE_DIRS or sum(len(s) for s in scans.values() if s) > SCAN_CACHE_ENTRIES:
+            victim = next((k for k in scans if k != key and k != b"." and not key.startswith(k + b"/")), None)
+            if victim is None:
+                return
+            del scans[victim]
 
     def _noted(self, path: bytes) -> None:
         """``path`` was just written, made or removed: refresh its entry in a cached scan.
