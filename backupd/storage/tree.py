@@ -76,7 +76,6 @@ T = TypeVar("T")
 _NO_LOCK = frozenset({errno.EACCES, errno.EBADF, errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL})
 
 
-
 class _EntryLock:
     """What ``ModuleTree._entry_lock`` returns: closing the fd at the end of the block releases the lock.
 
