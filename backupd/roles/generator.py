@@ -991,7 +991,7 @@ class Generator:
         rsync.c set_file_attrs with ATTRS_REPORT, for an entry the quick
         check found current; MSG_INFO (FCLIENT).
         """
-        if iflags & (ItemFlags.REPORT_PERMS | ItemFlags.REPORT_TIME | ItemFlags.REPORT_OWNER | ItemFlags.REPORT_GROUP):
+        if iflags & _ATTR_CHANGES:
             self.say_uptodate(entry.name, updated=True)
         else:
             self.say_uptodate(entry.name)
