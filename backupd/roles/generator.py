@@ -234,9 +234,9 @@ class Generator:
                 self._list_leaders(lst)
             if lst.parent is not None and lst.start - 1 not in st.skip:
                 self._process(lst.start - 1, st.flist[lst.start - 1], delete_during)
-            for ndx in range(lst.start, lst.start + lst.count):
+            for ndx, entry in enumerate(entries, lst.start):
                 if ndx not in st.skip:
-                    self._process(ndx, st.flist[ndx], delete_during)
+                    self._process(ndx, entry, delete_during)
                     self._check_finished(check_redo=False)
                 if first_flush is not None and ndx >= first_flush:
                     self.out.flush()  # rsyncd's first loop check, the lists being complete

@@ -10,11 +10,11 @@ List k starts at ndx ``prev_start + prev_count + 1``; the skipped ndx
 ``start - 1`` names the list's parent directory (flist.c flist_new), which
 the generator itemizes, and the client's sender resolves, by that number.
 
-``PushState.flist`` and ``PushState.dest`` are indexed by wire ndx: each
-list's reserved slot holds its parent's entry (the same object as in the
-parent's list) or, for a first list without ``.``, a placeholder that is
-never processed. Nothing else about the push changes: every ndx-keyed table
-(skip, requested, basis paths) works across lists.
+``PushState.flist`` and ``PushState.dest`` are indexed by wire ndx (an
+``NdxTable`` each): each list's reserved slot holds its parent's entry (the
+same object as in the parent's list) or, for a first list without ``.``, a
+placeholder that is never processed. Nothing else about the push changes:
+every ndx-keyed table (skip, requested, basis paths) works across lists.
 """
 
 from __future__ import annotations
@@ -30,6 +30,118 @@ from backupd.protocol.flist_legacy import new_flist_decoder
 from backupd.protocol.xattrs import XattrDecoder
 
 PLACEHOLDER = FileEntry(name=b"", mode=0)  # the reserved slot of a first list that has no '.'
+CHUNK_SHIFT = 12  # NdxTable: 4,096 slots per chunk
+_CHUNK = 1 << CHUNK_SHIFT
+_MASK = _CHUNK - 1
+
+
+class NdxTable:
+    """A list indexed by wire ndx whose released lists cost only what they keep.
+
+    Reads and writes as a list does (``t[ndx]``, ``t[a:b]``, ``len``,
+    iteration, ``append``/``extend``), with the slots held in chunks of
+    4,096. ``drop_below(end)`` gives up every chunk wholly below ``end``:
+    what such a chunk still holds (the directories and reserved slots of
+    released lists; their files are None by then) moves to a dict, so a
+    push holds the lists in flight and the directories, not one slot per
+    file of the tree (rsync frees each list's array, flist.c flist_free).
+    A slot of a dropped chunk reads as what was kept there, or None.
+    """
+
+    __slots__ = ("_chunks", "_kept", "_len", "_dropped")
+
+    def __init__(self, items=()) -> None:
+        self._chunks: list[list | None] = []
+        self._kept: dict[int, object] = {}
+        self._len = 0
+        self._dropped = 0  # chunks below this index are dropped
+        self.extend(items)
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __getitem__(self, ndx):
+        try:
+            return self._chunks[ndx >> CHUNK_SHIFT][ndx & _MASK]
+        except TypeError:  # a slice, or a dropped chunk (None)
+            if isinstance(ndx, slice):
+                return self._slice(*ndx.indices(self._len))
+            if not 0 <= ndx < self._len:
+                raise IndexError(ndx) from None
+            return self._kept.get(ndx)
+
+    def _slice(self, start: int, stop: int, step: int) -> list:
+        if step != 1:
+            return [self[i] for i in range(start, stop, step)]
+        out: list = []
+        while start < stop:
+            c = start >> CHUNK_SHIFT
+            end = min(stop, (c + 1) << CHUNK_SHIFT)
+            chunk = self._chunks[c]
+            if chunk is None:
+                out.extend(map(self._kept.get, range(start, end)))
+            else:
+                out.extend(chunk[start & _MASK:((end - 1) & _MASK) + 1])
+            start = end
+        return out
+
+    def __setitem__(self, ndx: int, value) -> None:
+        if not 0 <= ndx < self._len:
+            raise IndexError(ndx)
+        chunk = self._chunks[ndx >> CHUNK_SHIFT]
+        if chunk is not None:
+            chunk[ndx & _MASK] = value
+        elif value is None:
+            self._kept.pop(ndx, None)
+        else:
+            self._kept[ndx] = value
+
+    def __iter__(self):
+        for c, chunk in enumerate(self._chunks):
+            if chunk is not None:
+                yield from chunk
+            else:
+                kept = self._kept
+                yield from (kept.get(ndx) for ndx in range(c << CHUNK_SHIFT, (c + 1) << CHUNK_SHIFT))
+
+    def append(self, value) -> None:
+        """Add one slot at ndx ``len(self)``."""
+        self.extend((value,))
+
+    def extend(self, values) -> None:
+        """Add slots at ndx ``len(self)`` onwards."""
+        chunks = self._chunks
+        values = list(values)
+        done = 0
+        while done < len(values):
+            if not chunks or len(chunks[-1]) == _CHUNK:
+                chunks.append([])
+            last = chunks[-1]
+            room = _CHUNK - len(last)
+            last.extend(values[done:done + room])
+            done += room
+        self._len += len(values)
+
+    def clear(self, ndxs) -> None:
+        """Set the slots ``ndxs`` (each below ``len(self)``) to None."""
+        chunks, kept = self._chunks, self._kept
+        for ndx in ndxs:
+            chunk = chunks[ndx >> CHUNK_SHIFT]
+            if chunk is not None:
+                chunk[ndx & _MASK] = None
+            else:
+                kept.pop(ndx, None)
+
+    def drop_below(self, end: int) -> None:
+        """Give up every full chunk that ends at or below ndx ``end``, keeping its non-None slots."""
+        chunks, kept, end = self._chunks, self._kept, min(end, self._len)  # whole chunks only
+        while (self._dropped + 1) << CHUNK_SHIFT <= end:
+            base = self._dropped << CHUNK_SHIFT
+            for i, value in enumerate(chunks[self._dropped]):
+                if value is not None:
+                    kept[base + i] = value
+            chunks[self._dropped] = None
+            self._dropped += 1
 
 
 class FileListReader:
@@ -92,7 +204,7 @@ class FileListReader:
         self.decoder.next_list()
 
 
-@dataclass
+@dataclass(slots=True)
 class FileList:
     """One received list: wire ndx ``start .. start+count-1``; ``start-1`` names ``parent``.
 
@@ -142,7 +254,7 @@ class IncLists:
         self._listed.add(dir_index)
         return self.dirs[dir_index]
 
-    def add(self, flist: list[FileEntry], dest: list[bytes], entries: list[FileEntry], paths: list[bytes],
+    def add(self, flist: NdxTable, dest: NdxTable, entries: list[FileEntry], paths: list[bytes],
             parent: int | None) -> FileList:
         """Append one sorted list (and its destination paths) to the wire-indexed tables.
 
@@ -165,22 +277,27 @@ class IncLists:
         self._starts.append(start - 1)
         return lst
 
-    def release(self, position: int, flist: list, dest: list, *ndx_sets: set[int]) -> None:
+    def release(self, position: int, flist: NdxTable, dest: NdxTable, *ndx_sets: set[int]) -> None:
         """Drop what the list at ``position`` holds once both sides are done with it (receiver.c flist_free).
 
         Its files' entries and paths become None and their ndxs leave
         ``ndx_sets``; its directories stay (their modes and times are set
-        at the end, and later lists name them as parents). A push then holds
-        the lists in flight and the directories, not the whole tree.
+        at the end, and later lists name them as parents). Lists are
+        released in order, so the tables then give up their chunks below
+        this list's end (``NdxTable.drop_below``). A push then holds the
+        lists in flight and the directories, not the whole tree.
         """
         lst = self.lists[position]
-        freed = [ndx for ndx in range(lst.start, lst.start + lst.count)
-                 if (entry := flist[ndx]) is not None and not S_ISDIR(entry.mode)]
-        for ndx in freed:
-            flist[ndx] = dest[ndx] = None
+        end = lst.start + lst.count
+        freed = [ndx for ndx, entry in enumerate(flist[lst.start:end], lst.start)
+                 if entry is not None and not S_ISDIR(entry.mode)]
+        flist.clear(freed)
+        dest.clear(freed)
         for ndxs in ndx_sets:
             if ndxs:
                 ndxs.difference_update(freed)
+        flist.drop_below(end)
+        dest.drop_below(end)
 
     def index_of(self, ndx: int) -> int:
         """Which list (position in ``lists``) wire ndx ``ndx`` belongs to (its reserved slot included)."""

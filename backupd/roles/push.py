@@ -24,7 +24,7 @@ from backupd.protocol.sums import Checksum
 from backupd.protocol.wire import NdxDecoder
 from backupd.roles.acl_sync import map_acl_ids
 from backupd.roles.idmap import apply_name_maps
-from backupd.roles.inc_lists import FileListReader, IncLists
+from backupd.roles.inc_lists import FileListReader, IncLists, NdxTable
 from backupd.roles.verbosity import server_verbosity
 from backupd.roles.xattr_sync import xattr_name_filter
 from backupd.storage import HistoryStore, ModuleTree
@@ -38,8 +38,8 @@ class PushState:
     opts: TransferOptions
     negotiated: Negotiated
     tree: ModuleTree
-    flist: list[FileEntry]  # incremental: a finished list's files become None (IncLists.release)
-    dest: list[bytes]
+    flist: list[FileEntry] | NdxTable  # incremental: a finished list's files become None (IncLists.release)
+    dest: list[bytes] | NdxTable
     dest_dir: bytes
     checksum: Checksum
     filters: object | None
@@ -549,7 +549,7 @@ def run_push(session, request, negotiated: Negotiated) -> ExitCode:
 def _index_lists(state: PushState, first, extra, eof: bool, reader, ndx_in, incoming) -> None:
     """The first list (and the one read with it) as wire-indexed tables with reserved slots (inc_lists.py)."""
     dest = state.dest
-    state.flist, state.dest = [], []
+    state.flist, state.dest = NdxTable(), NdxTable()
     state.inc = IncLists()
     state.inc.add(state.flist, state.dest, first, dest[:len(first)], None)
     if extra is not None:
