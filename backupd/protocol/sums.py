@@ -30,6 +30,8 @@ SUM_LENGTH = 16                 # rsync.h SUM_LENGTH: longest per-block strong s
 FIRST_PASS_S2_LEN = 2           # csum_length in phase 0 (SHORT_SUM_LENGTH)
 BLOCKSUM_BIAS = 10              # generator.c: bits of safety in the s2length rule
 SUMS_WINDOW = 2 * 1024 * 1024   # bytes of basis turned into sum1 values per NumPy pass
+ROW = 256                       # block_sums1 by row: bytes per float32 row
+ROW_MIN_BLOCK = 2048            # shorter blocks are summed block by block (a masked row per boundary costs more)
 _MAX_COUNT = 0x7FFFFFFF         # count is an int32 on the wire
 MAX_ALLOC = 1 << 30             # rsync --max-alloc default (options.c DEFAULT_MAX_ALLOC)
 SUM_BUF_SIZE = 24               # sizeof(struct sum_buf) in rsync.h: what C allocates per block
@@ -232,10 +234,18 @@ def checksum1_ref(data: Buffer) -> int:
 def block_sums1(window: Buffer, block_len: int) -> np.ndarray:
     """checksum1 of each block of ``window``: uint32, shape ``(ceil(len / block_len),)``.
 
-    ``window`` starts on a block boundary, a few MiB at a time
-    (temporaries: about 8 bytes per byte); the last block may be short.
-    Source: rsync checksum.c get_checksum1().
+    ``window`` starts on a block boundary, a few MiB at a time; the last
+    block may be short. Blocks of ROW_MIN_BLOCK bytes or more (every basis
+    over about 4 MiB) are summed row by row (``_block_sums1_by_row``), the
+    rest block by block. Source: rsync checksum.c get_checksum1().
     """
+    if block_len >= ROW_MIN_BLOCK:
+        return _block_sums1_by_row(window, block_len)
+    return _block_sums1_by_block(window, block_len)
+
+
+def _block_sums1_by_block(window: Buffer, block_len: int) -> np.ndarray:
+    """block_sums1 as one int64 matrix product per window (temporaries: about 8 bytes per byte)."""
     import numpy as np  # loaded by the first session that needs it
     x = np.frombuffer(window, dtype=np.int8).astype(np.int64)
     n_full = len(x) // block_len
@@ -245,6 +255,46 @@ def block_sums1(window: Buffer, block_len: int) -> np.ndarray:
     if tail := len(x) - n_full * block_len:
         s1 = np.append(s1, x[-tail:].sum())
         s2 = np.append(s2, x[-tail:] @ weights[-tail:])
+    return ((s1 & 0xFFFF) | (s2 & 0xFFFF) << 16).astype(np.uint32)
+
+
+def _block_sums1_by_row(window: Buffer, block_len: int) -> np.ndarray:
+    """block_sums1 from float32 rows of ROW bytes, two BLAS matrix-vector products per window.
+
+    Per row ``r``: ``S = sum x[j]`` and ``T = sum j * x[j]`` (j = 0..ROW-1).
+    Every partial sum of either is an integer below 2**24 in magnitude
+    (``128 * 255 * 256 / 2``), so float32 holds it exactly whatever order
+    BLAS adds in. Prefix sums over rows give ``A(p) = sum x[k]`` and
+    ``W(p) = sum k * x[k]`` for k < p at row starts; a block boundary inside
+    a row adds that row's masked part. A block ``[b, e)`` then has
+    ``s1 = A(e) - A(b)`` and ``s2 = (e - b) * s1 - (W(e) - W(b) - b * s1)``
+    (checksum1's ``sum (n - i) * x[b + i]``). Temporaries: about 5 bytes
+    per byte. Source: rsync checksum.c get_checksum1().
+    """
+    import numpy as np  # loaded by the first session that needs it
+    x = np.frombuffer(window, dtype=np.int8)
+    n = len(x)
+    nrows = -(-n // ROW)
+    flat = np.empty(nrows * ROW, dtype=np.float32)
+    flat[:n] = x
+    flat[n:] = 0
+    rows = flat.reshape(nrows, ROW)
+    ones, ramp = np.ones(ROW, dtype=np.float32), np.arange(ROW, dtype=np.float32)
+    s = (rows @ ones).astype(np.int64)
+    t = (rows @ ramp).astype(np.int64)
+    first = np.arange(nrows, dtype=np.int64) * ROW           # index of each row's first byte
+    a = np.concatenate(([0], np.cumsum(s)))                  # A at row starts (and at the end)
+    w = np.concatenate(([0], np.cumsum(t + first * s)))      # W at row starts
+    bounds = np.append(np.arange(0, n, block_len, dtype=np.int64), n)
+    row, col = np.divmod(bounds, ROW)
+    a_b, w_b = a[row], w[row]
+    if len(cut := np.flatnonzero(col)):                      # boundaries inside a row
+        part = np.where(ramp < col[cut, None], rows[row[cut]], 0)
+        part_s = (part @ ones).astype(np.int64)
+        a_b[cut] += part_s
+        w_b[cut] += (part @ ramp).astype(np.int64) + first[row[cut]] * part_s
+    s1 = np.diff(a_b)
+    s2 = np.diff(bounds) * s1 - (np.diff(w_b) - bounds[:-1] * s1)
     return ((s1 & 0xFFFF) | (s2 & 0xFFFF) << 16).astype(np.uint32)
 
 

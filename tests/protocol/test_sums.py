@@ -19,11 +19,14 @@ from backupd.protocol.sums import (
     HAVE_MD4,
     MAX_ALLOC,
     NULL_SUM_HEAD,
+    ROW,
+    ROW_MIN_BLOCK,
     SUM_BUF_SIZE,
     SUPPORTED_CHECKSUMS,
     Checksum,
     StrongSums,
     SumHead,
+    _block_sums1_by_row,
     block_sums1,
     checksum1_ref,
     decode_block_sums,
@@ -207,6 +210,27 @@ def test_checksum1_uses_signed_bytes():
 def test_block_sums1_equals_reference(data, block_len):
     want = [checksum1_ref(data[i : i + block_len]) for i in range(0, len(data), block_len)]
     assert block_sums1(data, block_len).tolist() == want
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.binary(max_size=40_000), st.integers(min_value=ROW_MIN_BLOCK, max_value=12_000))
+@example(b"\x80" * 70_000, 65_536)                   # every row at the float32 bound: -128 * (0 + ... + 255)
+@example(b"\x7f" * 70_000, ROW * 9)                   # boundaries on row starts only
+@example(bytes(range(256)) * 40, ROW_MIN_BLOCK + 1)
+def test_block_sums1_by_row_equals_reference(data, block_len):
+    """The row-wise path that bases of about 4 MiB or more take."""
+    want = [checksum1_ref(data[i : i + block_len]) for i in range(0, len(data), block_len)]
+    assert block_sums1(data, block_len).tolist() == want
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.binary(max_size=3000), st.integers(min_value=1, max_value=700))
+@example(b"", 5)
+@example(b"\x80" * 1000, 1)
+def test_row_sums_hold_for_any_block_length(data, block_len):
+    """Its block boundaries inside rows, and blocks shorter than a row, too."""
+    want = [checksum1_ref(data[i : i + block_len]) for i in range(0, len(data), block_len)]
+    assert _block_sums1_by_row(data, block_len).tolist() == want
 
 
 @given(st.binary(max_size=600), st.integers(min_value=1, max_value=80))
