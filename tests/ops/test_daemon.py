@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from backupd.ops.daemon import ServeOptions, main
+from backupd.ops.daemon import ServeOptions, main, one_blas_thread
 
 
 def test_listener_runs_without_the_cli_framework(backupd_server, tmp_path) -> None:
@@ -82,3 +82,21 @@ def test_options_round_trip(config, port, address, log_json, ssh_port) -> None:
 def test_bad_options_argument_exits_2(arg, capsys) -> None:
     assert main(arg) == 2
     assert capsys.readouterr().err.startswith("backupd: daemon: bad options argument")
+
+
+def test_sessions_get_one_blas_thread_unless_the_operator_chose(monkeypatch) -> None:
+    """numpy reads OPENBLAS_NUM_THREADS when it loads in a session; an operator's own value stands."""
+    env: dict[str, str] = {}
+    one_blas_thread(env)
+    assert env == {"OPENBLAS_NUM_THREADS": "1"}
+    env = {"OPENBLAS_NUM_THREADS": "2"}
+    one_blas_thread(env)
+    assert env == {"OPENBLAS_NUM_THREADS": "2"}
+    seen = []
+    monkeypatch.setattr("backupd.ops.daemon.one_blas_thread", lambda: seen.append("set"))
+    monkeypatch.setattr("backupd.ops.daemon.load", lambda opts: (_ for _ in ()).throw(RuntimeError("stop")))
+    from backupd.ops import daemon
+    for run in (daemon.run_stdio, daemon.run_daemon):
+        with pytest.raises(RuntimeError, match="stop"):
+            run(ServeOptions())
+    assert seen == ["set", "set"]  # both ways a daemon starts set it before any session
