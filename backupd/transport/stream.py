@@ -25,6 +25,43 @@ class Stream(Protocol):
     def close(self) -> None: ...  # noqa: D102
 
 
+QUICKACK_BELOW = 64 * 1024  # QuickAckSocket: a read this short may leave the client waiting for our ACK
+
+
+class QuickAckSocket(socket.socket):
+    """A TCP connection that acknowledges a short read at once (TCP_QUICKACK, re-armed after each).
+
+    rsync's client writes some messages in two pieces (``--server`` and the
+    rest of the arguments, a vstring's length and its bytes) without
+    TCP_NODELAY, so its kernel holds the second piece until the first is
+    acknowledged, and Linux may delay that ACK by 40 ms. Every rsyncd
+    session waits out two such delays before its file list, about 85 ms on
+    loopback; acknowledging at once removes them. ``TCP_QUICKACK`` is not
+    sticky, hence the re-arming; a read of QUICKACK_BELOW bytes or more is
+    bulk data, whose full segments the kernel acknowledges promptly anyway.
+    """
+
+    __slots__ = ()
+
+    @classmethod
+    def adopt(cls, conn: socket.socket) -> QuickAckSocket:
+        """The same connection (fd, options, timeout) as a QuickAckSocket; ``conn`` is detached."""
+        timeout = conn.gettimeout()
+        sock = cls(conn.family, conn.type, conn.proto, fileno=conn.detach())
+        sock.settimeout(timeout)
+        return sock
+
+    def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        """``socket.recv``; a short read sends its ACK now."""
+        data = super().recv(bufsize, flags)
+        if 0 < len(data) < QUICKACK_BELOW:
+            try:
+                self.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+            except OSError:  # closed under us: the next call says so
+                pass
+        return data
+
+
 class FdStream:
     """A Stream over two file descriptors (stdin/stdout, or a pipe pair)."""
 

@@ -17,6 +17,7 @@ from loguru import logger
 from backupd.config.model import DaemonConfig
 from backupd.errors import ExitCode
 from backupd.roles.session import AUTH_FAIL_DELAY_S, AUTH_FAILED, AUTHENTICATED, SessionContext, run_session
+from backupd.transport.stream import QuickAckSocket
 
 EVENT_BYTES = {AUTHENTICATED: b"A", AUTH_FAILED: b"F"}
 
@@ -99,6 +100,7 @@ def fork_session(
                     pass
         if conn.family in (socket.AF_INET, socket.AF_INET6):
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn = QuickAckSocket.adopt(conn)  # the client's split writes wait for no delayed ACK
         ctx = SessionContext(config=config, peer_addr=peer_addr, session_id=session_id,
                              on_event=_event_writer(status_fd), auth_fail_delay_s=auth_fail_delay_s,
                              slot_fd=slot_fd)
