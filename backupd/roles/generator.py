@@ -1103,10 +1103,10 @@ class Generator:
             )
             if opts.append and not redo:
                 return head.encode()
-            parts = [head.encode()]
+            parts, per_block = [head.encode()], 4 + head.s2_len
             for piece in iter_sums_wire(basis.view(0, basis.size), head, self.state.checksum):
                 parts.append(piece)
-                basis.release()  # the sums of a GB file must not leave it all in our RSS
+                basis.read_through(len(piece) // per_block * head.block_len)  # a GB file must not stay in our RSS
             return b"".join(parts)
 
     def _clone_align(self) -> int:

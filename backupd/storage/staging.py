@@ -522,10 +522,19 @@ class Basis:
         """
         if offset < 0 or length < 0 or offset + length > self.size:
             raise ValueError(f"range {offset}+{length} outside basis of {self.size} bytes")
+        self.read_through(length)
+        return self._view[offset : offset + length]
+
+    def read_through(self, length: int) -> None:
+        """Count ``length`` more bytes read from the views; every RELEASE_EVERY of them, :meth:`release`.
+
+        ``view()`` counts its own range; a caller reading a long view piece
+        by piece reports each piece here instead of releasing after each
+        (every release walks the whole mapping).
+        """
         self._touched += length
         if self._touched >= RELEASE_EVERY:
             self.release()
-        return self._view[offset : offset + length]
 
     def release(self) -> None:
         """Drop the mapped pages from this process's memory (MADV_DONTNEED).

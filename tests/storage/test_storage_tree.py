@@ -147,6 +147,38 @@ def test_owner_change_is_skipped_and_failures_ignored_as_non_root(plain_tree, ro
     assert stat.S_IMODE(after.st_mode) == 0o600
 
 
+def _mapped_kib(path) -> int:
+    """Resident KiB of this process's mappings of ``path`` (/proc/self/smaps)."""
+    total, inside = 0, False
+    for line in open("/proc/self/smaps"):
+        if re.match(r"^[0-9a-f]+-[0-9a-f]+ ", line):
+            inside = line.rstrip().endswith(str(path))
+        elif inside and line.startswith("Rss:"):
+            total += int(line.split()[1])
+    return total
+
+
+def test_a_basis_read_piece_by_piece_releases_its_pages_every_release_every_bytes(plain_tree, root, monkeypatch):
+    """What the generator's sums of a GB file do: the mapped pages stay bounded, one release per RELEASE_EVERY."""
+    from backupd.storage import staging
+
+    monkeypatch.setattr(staging, "RELEASE_EVERY", 64 << 10)
+    (root / "big").write_bytes(os.urandom(1 << 20))
+    releases = []
+    real_release = staging.Basis.release
+    monkeypatch.setattr(staging.Basis, "release", lambda self: (releases.append(1), real_release(self)))
+    with plain_tree.open_basis(b"big") as basis:
+        whole = basis.view(0, basis.size)  # counted at once: one release before anything is read
+        peak = 0
+        for off in range(0, basis.size, 16 << 10):
+            assert whole[off : off + (16 << 10)].tobytes().count(0) >= 0  # fault the piece in
+            basis.read_through(16 << 10)
+            peak = max(peak, _mapped_kib(root / "big"))
+        del whole
+        assert len(releases) == 1 + (1 << 20) // (64 << 10)
+        assert peak <= 64 + 16 + 64  # the pages read since the last release, fault-around included
+
+
 def test_open_basis_views(plain_tree, root):
     data = bytes(range(256)) * 1000
     (root / "f").write_bytes(data)
