@@ -177,8 +177,9 @@ def _varint_extra(lead: int) -> int:
 def _varint_value(lead: int, low: bytes) -> int:
     """io.c read_varint: the low bytes, then what the lead byte's unflagged bits hold."""
     extra = len(low)
-    top = lead & ((1 << (8 - extra)) - 1) if extra < 4 else 0
-    value = int.from_bytes(low + bytes([top]), "little") & 0xFFFFFFFF
+    if extra == 4:  # the lead byte adds nothing: a signed int32
+        return int.from_bytes(low, "little", signed=True)
+    value = int.from_bytes(low, "little") | (lead & ((1 << (8 - extra)) - 1)) << (8 * extra)
     return value - (1 << 32) if value & 0x80000000 else value
 
 
