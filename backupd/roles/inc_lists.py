@@ -46,16 +46,16 @@ class NdxTable:
     push holds the lists in flight and the directories, not one slot per
     file of the tree (rsync frees each list's array, flist.c flist_free).
     A slot of a dropped chunk reads as what was kept there, or None.
+    Indexes are wire ndxs, never negative.
     """
 
     __slots__ = ("_chunks", "_kept", "_len", "_dropped")
 
-    def __init__(self, items=()) -> None:
+    def __init__(self) -> None:
         self._chunks: list[list | None] = []
         self._kept: dict[int, object] = {}
         self._len = 0
         self._dropped = 0  # chunks below this index are dropped
-        self.extend(items)
 
     def __len__(self) -> int:
         return self._len
