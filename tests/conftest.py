@@ -55,6 +55,22 @@ CLIENT_VARIANTS = [
     ("c3.5.0-p30", RSYNC_350, 30),
 ]
 _INTEROP_FIXTURES = {"rsync_client", "rsync_clients", "stock_rsyncd", "backupd_server"}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_state_dir(tmp_path_factory):
+    """The catalogs of every server and CLI the tests run go under the session's tmp dir.
+
+    Without it, a run as root leaves one catalog per module path in the real
+    state dir (/var/lib/backupd): thousands after a few runs. A
+    BACKUPD_STATE_DIR already set (CI's, a developer's) is kept.
+    """
+    if "BACKUPD_STATE_DIR" in os.environ:
+        yield
+        return
+    os.environ["BACKUPD_STATE_DIR"] = str(tmp_path_factory.mktemp("state"))
+    yield
+    os.environ.pop("BACKUPD_STATE_DIR", None)
 _SERVERS = pytest.StashKey[list[tuple[str, ServerProcess]]]()
 
 
