@@ -55,6 +55,7 @@ CLIENT_VARIANTS = [
     ("c3.5.0-p30", RSYNC_350, 30),
 ]
 _INTEROP_FIXTURES = {"rsync_client", "rsync_clients", "stock_rsyncd", "backupd_server"}
+_SERVERS = pytest.StashKey[list[tuple[str, ServerProcess]]]()
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -71,7 +72,6 @@ def _private_state_dir(tmp_path_factory):
     os.environ["BACKUPD_STATE_DIR"] = str(tmp_path_factory.mktemp("state"))
     yield
     os.environ.pop("BACKUPD_STATE_DIR", None)
-_SERVERS = pytest.StashKey[list[tuple[str, ServerProcess]]]()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -92,10 +92,14 @@ def test_sessions_get_one_blas_thread_unless_the_operator_chose(monkeypatch) -> 
     env = {"OPENBLAS_NUM_THREADS": "2"}
     one_blas_thread(env)
     assert env == {"OPENBLAS_NUM_THREADS": "2"}
-    seen = []
-    monkeypatch.setattr("backupd.ops.daemon.one_blas_thread", lambda: seen.append("set"))
-    monkeypatch.setattr("backupd.ops.daemon.load", lambda opts: (_ for _ in ()).throw(RuntimeError("stop")))
     from backupd.ops import daemon
+
+    def load(opts):
+        raise RuntimeError("stop")
+
+    seen = []
+    monkeypatch.setattr(daemon, "one_blas_thread", lambda: seen.append("set"))
+    monkeypatch.setattr(daemon, "load", load)
     for run in (daemon.run_stdio, daemon.run_daemon):
         with pytest.raises(RuntimeError, match="stop"):
             run(ServeOptions())
